@@ -1,0 +1,39 @@
+"""The central server's typed configuration (``configs/server.toml``, ``/etc/shelfcast/server.toml``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from forecasting.logs import LoggingConfig
+from forecasting.settings import load_config
+
+
+class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[server]``: where the API listens and what it holds."""
+
+    host: str = "127.0.0.1"
+    port: int = 8470
+    state_dir: str = ".shelfcast/server"
+    admin_token: str = ""
+    public_url: str = ""
+    max_request_body_bytes: int = 512 * 1024 * 1024
+    max_page_size: int = 500
+    stale_after_seconds: int = 900
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Whole server configuration file."""
+
+    server: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.server.state_dir)
+
+
+def load_server_config(files: list[Path]) -> ServerConfig:
+    """Defaults < /etc/shelfcast/server.toml < files < SHELFCAST_SERVER__* / SHELFCAST_LOGGING__*."""
+    return load_config(ServerConfig, files, system_file="server.toml", restrict_env_to=("server", "logging"))

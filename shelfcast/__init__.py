@@ -1,0 +1,3 @@
+"""shelfcast: edge/on-prem MLOps for retail demand forecasting."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,81 @@
+"""Layered typed config: defaults, files, environment, and errors that name file and field path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from agent.config import AgentConfig
+from forecasting.errors import ConfigError
+from forecasting.settings import env_overrides, load_config
+from server.config import ServerConfig
+from shelfcast.cli import cli
+
+
+def test_defaults_need_no_file() -> None:
+    """With no file and no environment, the embedded defaults stand (loopback, local state)."""
+    cfg = load_config(ServerConfig, [], environ={})
+    assert cfg.server.host == "127.0.0.1"
+    assert cfg.server.state_dir == ".shelfcast/server"
+
+
+def test_file_then_env_override(tmp_path: Path) -> None:
+    """A file overrides defaults; SHELFCAST_SECTION__KEY overrides the file, typed as TOML values."""
+    path = tmp_path / "agent.toml"
+    path.write_text('[agent]\nstore_id = "s7"\npoll_interval_seconds = 5\n[api]\nport = 9000\n')
+    cfg = load_config(AgentConfig, [path], environ={"SHELFCAST_API__PORT": "9100", "OTHER": "x"})
+    assert cfg.agent.store_id == "s7"
+    assert cfg.agent.poll_interval_seconds == 5.0
+    assert cfg.api.port == 9100
+
+
+def test_unknown_key_names_file_and_path(tmp_path: Path) -> None:
+    """A typo'd key fails with the file name and the field path."""
+    path = tmp_path / "server.toml"
+    path.write_text("[server]\nprot = 1\n")
+    with pytest.raises(ConfigError, match=r"server\.toml.*unknown field `prot`.*\$\.server"):
+        load_config(ServerConfig, [path], environ={})
+
+
+def test_wrong_type_names_file_and_path(tmp_path: Path) -> None:
+    """A wrong type fails with what was expected and where."""
+    path = tmp_path / "server.toml"
+    path.write_text('[server]\nport = "eighty"\n')
+    with pytest.raises(ConfigError, match=r"Expected `int`, got `str` - at `\$\.server\.port`"):
+        load_config(ServerConfig, [path], environ={})
+
+
+def test_bad_env_override_is_named() -> None:
+    """A bad environment value names the environment as its source."""
+    with pytest.raises(ConfigError, match="environment"):
+        load_config(ServerConfig, [], environ={"SHELFCAST_SERVER__PORT": "x"})
+
+
+def test_env_overrides_nest() -> None:
+    """Double underscores nest; values parse as TOML where they can."""
+    tree = env_overrides({"SHELFCAST_A__B__C": "true", "SHELFCAST_A__D": "hello world"})
+    assert tree == {"a": {"b": {"c": True}, "d": "hello world"}}
+
+
+def test_config_check_cli(tmp_path: Path) -> None:
+    """`shelfcast config check` exits 0 on a valid file and 1 with the field path on a typo."""
+    good = tmp_path / "agent.toml"
+    good.write_text('[agent]\nstore_id = "s1"\n')
+    bad = tmp_path / "agent-bad.toml"
+    bad.write_text("[agent]\nstore_idd = 1\n")
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["config", "check", str(good)])
+    assert ok.exit_code == 0, ok.output
+    fail = runner.invoke(cli, ["config", "check", str(bad)])
+    assert fail.exit_code == 1
+    assert "store_idd" in fail.output and "$.agent" in fail.output
+
+
+@pytest.mark.parametrize("name", ["server.toml", "agent.toml", "train.toml"])
+def test_shipped_example_configs_are_valid(name: str) -> None:
+    """Every example in configs/ passes `config check`."""
+    path = Path(__file__).resolve().parents[2] / "configs" / name
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
