@@ -43,8 +43,9 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
-    """A named structlog logger (the name becomes the ``logger`` field)."""
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(logger=name)
+    """A named structlog logger (the name becomes the ``logger_name`` field); lazy, usable before set-up."""
+    # ``logger=`` cannot be used: it collides with the first parameter of structlog.wrap_logger.
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(logger_name=name)
     return logger
 
 
