@@ -11,6 +11,7 @@ import click
 from agent import cli as agent_cli
 from agent.config import AgentConfig
 from agent.errors import AgentError
+from forecasting import bundle_cli
 from forecasting import cli as forecasting_cli
 from forecasting.config import TrainConfig
 from forecasting.errors import ForecastingError
@@ -97,6 +98,9 @@ def _guess_kind(file: Path) -> str:
 
 
 cli.add_command(forecasting_cli.data)
+cli.add_command(bundle_cli.keys)
+cli.add_command(bundle_cli.bundle)
+cli.add_command(bundle_cli.score_cmd)
 cli.add_command(server_cli.server)
 cli.add_command(agent_cli.agent)
 cli.add_command(demo_cmd.demo)

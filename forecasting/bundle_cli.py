@@ -1,0 +1,179 @@
+"""Commands for keys, bundles and scoring: ``shelfcast keys|bundle|score``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from forecasting.cli import output_option
+from forecasting.tables import OutputFormat, render, render_table
+
+_PATH = click.Path(path_type=Path)
+_EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+_EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@click.group()
+def keys() -> None:
+    """Create the ed25519 keys that sign model bundles."""
+
+
+@keys.command("generate")
+@click.option(
+    "--out", "out", type=_PATH, required=True, help="Private key file (0600); public key to FILE.pub."
+)
+@click.option("--force", is_flag=True, help="Replace an existing key pair (agents trusting it will refuse).")
+def keys_generate(out: Path, force: bool) -> None:
+    """Write a new signing key to FILE and its public half to FILE.pub; print the key id."""
+    from forecasting.signing import generate_key_files
+
+    private, public, kid = generate_key_files(out, overwrite=force)
+    click.echo(f"key {kid}: private {private} (mode 0600), public {public}")
+
+
+@click.group()
+def bundle() -> None:
+    """Verify, inspect and pack signed model bundles."""
+
+
+@bundle.command("verify")
+@click.argument("bundle_dir", type=_EXISTING_DIR)
+@click.option(
+    "--key",
+    "key_files",
+    type=_EXISTING_FILE,
+    multiple=True,
+    required=True,
+    help="Trusted public key file (repeatable: trust several keys during a rotation).",
+)
+@click.option("--min-version", type=int, default=0, show_default=True, help="Refuse versions below this.")
+def bundle_verify(bundle_dir: Path, key_files: tuple[Path, ...], min_version: int) -> None:
+    """Check signature, key, hashes, sizes, listed files, expiry and version of BUNDLE_DIR.
+
+    Exit 0 with a one-line summary when valid; exit 1 with the specific reason when not.
+    """
+    from forecasting.bundle import verify
+    from forecasting.signing import decode_signature
+
+    manifest = verify(bundle_dir, list(key_files), min_version=min_version)
+    kid = decode_signature((bundle_dir / "manifest.sig").read_bytes()).key_id
+    expiry = manifest.expires_at.isoformat() if manifest.expires_at else "never"
+    click.echo(
+        f"valid: {manifest.model_name} v{manifest.version}, signed by key {kid}, "
+        f"{len(manifest.files)} payload files, expires {expiry}"
+    )
+
+
+@bundle.command("show")
+@click.argument("bundle_dir", type=_EXISTING_DIR)
+@output_option
+def bundle_show(bundle_dir: Path, output: OutputFormat) -> None:
+    """Print the manifest of BUNDLE_DIR (not verified: use `bundle verify` for trust)."""
+    from forecasting.bundle import read_manifest
+
+    manifest = read_manifest(bundle_dir)
+    if output == "json":
+        click.echo(render(msgspec.to_builtins(manifest), "json"))
+        return
+    summary: dict[str, Any] = {
+        "model_name": manifest.model_name,
+        "version": manifest.version,
+        "format_version": manifest.format_version,
+        "created_at": manifest.created_at.isoformat(),
+        "expires_at": manifest.expires_at.isoformat() if manifest.expires_at else None,
+        "freq": manifest.freq,
+        "horizon": manifest.horizon,
+        "levels": manifest.levels,
+        "season_length": manifest.season_length,
+        "fallback_model": manifest.fallback_model,
+        "run_id": manifest.lineage.run_id,
+        "dataset_fingerprint": manifest.lineage.dataset_fingerprint,
+        "code_version": manifest.lineage.code_version,
+    }
+    click.echo(render(summary, "table"))
+    if manifest.selection:
+        click.echo("\nselection")
+        click.echo(render_table([{"category": c, "model": m} for c, m in sorted(manifest.selection.items())]))
+    if manifest.models:
+        click.echo("\nmodels")
+        rows = [
+            {"label": k, "family": e.family, "state": e.state, "params": e.params, "payload": e.payload}
+            for k, e in sorted(manifest.models.items())
+        ]
+        click.echo(render_table(rows))
+    if manifest.metrics:
+        click.echo("\nmetrics")
+        click.echo(render_table([{"scope": k, **v} for k, v in sorted(manifest.metrics.items())]))
+    click.echo("\nfiles")
+    click.echo(render_table([msgspec.to_builtins(f) for f in manifest.files], ["path", "size", "sha256"]))
+
+
+@bundle.command("pack")
+@click.argument("bundle_dir", type=_EXISTING_DIR)
+@click.option("--out", "out", type=_PATH, required=True, help="Archive file to write (tar).")
+def bundle_pack(bundle_dir: Path, out: Path) -> None:
+    """Pack BUNDLE_DIR into one deterministic archive; print its sha256."""
+    from forecasting.bundle import pack_archive
+
+    digest = pack_archive(bundle_dir, out)
+    click.echo(f"{digest}  {out}")
+
+
+@bundle.command("unpack")
+@click.argument("archive", type=_EXISTING_FILE)
+@click.option("--out", "out", type=_PATH, required=True, help="Directory to create.")
+@click.option("--max-bytes", type=int, default=2 << 30, show_default=True, help="Size cap for the contents.")
+def bundle_unpack(archive: Path, out: Path, max_bytes: int) -> None:
+    """Unpack ARCHIVE into a new directory (safe names, size cap); verify it afterwards."""
+    from forecasting.bundle import unpack_archive
+
+    click.echo(str(unpack_archive(archive, out, max_bytes=max_bytes)))
+
+
+@click.command("score")
+@click.option("--bundle", "bundle_dir", type=_EXISTING_DIR, required=True, help="Bundle directory.")
+@click.option("--history", type=_EXISTING_FILE, required=True, help="Sales history (Parquet or CSV).")
+@click.option("--out", "out", type=_PATH, required=True, help="Forecast file (.parquet or .csv).")
+@click.option(
+    "--key",
+    "key_files",
+    type=_EXISTING_FILE,
+    multiple=True,
+    help="Verify the bundle against these trusted public keys first (repeatable).",
+)
+@click.option("--horizon", type=int, default=None, help="Steps ahead (default: the bundle's horizon).")
+@click.option(
+    "--level", "levels", type=int, multiple=True, help="Interval level (repeatable; default: bundle's)."
+)
+@click.option("--threads", type=int, default=2, show_default=True, help="Worker threads/processes.")
+def score_cmd(
+    bundle_dir: Path,
+    history: Path,
+    out: Path,
+    key_files: tuple[Path, ...],
+    horizon: int | None,
+    levels: tuple[int, ...],
+    threads: int,
+) -> None:
+    """Forecast every series of HISTORY with a bundle and write the forecasts."""
+    import polars as pl
+
+    from forecasting.bundle import verify
+    from forecasting.errors import DataError
+    from forecasting.scoring import score
+
+    if key_files:
+        verify(bundle_dir, list(key_files))
+    suffix = history.suffix.lower()
+    if suffix in {".parquet", ".pq"}:
+        frame = pl.read_parquet(history)
+    elif suffix == ".csv":
+        frame = pl.read_csv(history, try_parse_dates=True)
+    else:
+        raise DataError(f"{history}: unknown format (use .parquet or .csv)")
+    result = score(bundle_dir, frame, horizon=horizon, levels=levels or None, out=out, threads=threads)
+    n_series = result.select("store_id", "item_id").n_unique()
+    click.echo(f"{n_series} series, {result.height} rows -> {out}")
