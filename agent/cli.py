@@ -1,10 +1,216 @@
-"""``shelfcast agent ...``: run the store agent."""
+"""``shelfcast agent ...``: run the store agent, inspect it, score, roll back, install it as a service."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import click
+import msgspec
+
+from agent.config import AgentConfig, load_agent_config
+from agent.errors import AgentError
+from forecasting.cli import config_option, output_option
+
+
+def _load(
+    config_files: tuple[Path, ...], host: str | None, port: int | None, state_dir: Path | None
+) -> AgentConfig:
+    config = load_agent_config(list(config_files))
+    return config.with_overrides(host=host, port=port, state_dir=str(state_dir) if state_dir else None)
+
+
+def _common(func: Any) -> Any:
+    func = click.option(
+        "--state-dir", type=click.Path(file_okay=False, path_type=Path), help="Override [agent] state_dir."
+    )(func)
+    func = click.option("--port", type=click.IntRange(0, 65535), help="Override [api] port.")(func)
+    func = click.option("--host", help="Override [api] host.")(func)
+    return config_option(func)
 
 
 @click.group()
 def agent() -> None:
     """Run and inspect the store agent."""
+
+
+@agent.command("run")
+@_common
+def run(config_files: tuple[Path, ...], host: str | None, port: int | None, state_dir: Path | None) -> None:
+    """Run the agent: follow the server's assignment, score, serve forecasts (until SIGTERM)."""
+    import structlog
+
+    from agent.runtime import AgentRuntime
+    from forecasting.logs import configure_logging
+
+    config = _load(config_files, host, port, state_dir)
+    configure_logging(config.logging.level, config.logging.format)
+    structlog.contextvars.bind_contextvars(store_id=config.agent.store_id)
+    AgentRuntime(config).serve()
+
+
+def _api_call(config: AgentConfig, method: str, path: str, timeout: float) -> dict[str, Any] | None:
+    """Call the running agent's API; None when no agent listens there."""
+    import httpx
+
+    host = config.api.host if config.api.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+    headers = {"Authorization": f"Bearer {config.api.token}"} if config.api.token else {}
+    try:
+        response = httpx.request(
+            method, f"http://{host}:{config.api.port}{path}", headers=headers, timeout=timeout
+        )
+    except httpx.ConnectError:
+        return None
+    except httpx.HTTPError as exc:
+        raise AgentError(f"the running agent did not answer {path}: {exc}") from exc
+    body = response.json() if response.content else {}
+    if response.status_code >= 400:
+        raise AgentError(str(body.get("detail") or body.get("title") or response.status_code))
+    result: dict[str, Any] = body
+    return result
+
+
+def _offline_runtime(config: AgentConfig) -> Any:
+    from agent.runtime import AgentRuntime
+
+    runtime = AgentRuntime(config)
+    try:
+        runtime.open_state()
+    except Exception as exc:
+        raise AgentError(f"cannot open the agent's state in {runtime.paths.root}: {exc}") from exc
+    return runtime
+
+
+def _print(result: dict[str, Any], output: str) -> None:
+    from forecasting.tables import render
+
+    if output == "json":
+        click.echo(msgspec.json.encode(result).decode())
+    else:
+        rows = [{"field": k, "value": v} for k, v in result.items()]
+        click.echo(render(rows, "table"))
+
+
+@agent.command("status")
+@_common
+@output_option
+def status_cmd(
+    config_files: tuple[Path, ...], host: str | None, port: int | None, state_dir: Path | None, output: str
+) -> None:
+    """Active version, last sync, last scoring, staleness and lifecycle state."""
+    config = _load(config_files, host, port, state_dir)
+    result = _api_call(config, "GET", "/v1/status", 10.0)
+    if result is None:
+        result = _offline_status(config)
+    _print(result, output)
+
+
+def _offline_status(config: AgentConfig) -> dict[str, Any]:
+    from agent.lifecycle import load_record
+    from agent.paths import StatePaths
+    from agent.scoring import read_serving
+
+    paths = StatePaths(config.state_path)
+    record = load_record(paths)
+    pointer = read_serving(paths)
+    return {
+        "store_id": config.agent.store_id,
+        "running": False,
+        "model_name": record.active.model_name if record.active else None,
+        "active_version": record.active.version if record.active else None,
+        "served_version": pointer.version if pointer else None,
+        "last_sync_at": record.last_sync_at,
+        "last_scored_at": pointer.scored_at if pointer else None,
+        "state": record.state.value,
+        "last_error": record.last_error,
+    }
+
+
+@agent.command("score")
+@_common
+@output_option
+def score_cmd(
+    config_files: tuple[Path, ...], host: str | None, port: int | None, state_dir: Path | None, output: str
+) -> None:
+    """Score the active model version on the store's history now."""
+    config = _load(config_files, host, port, state_dir)
+    result = _api_call(config, "POST", "/v1/score", config.scoring.timeout_seconds + 180)
+    if result is None:
+        runtime = _offline_runtime(config)
+        try:
+            result = runtime.score_now()
+        finally:
+            runtime.store.close()
+            runtime.scorer.close()
+    _print(result, output)
+
+
+@agent.command("rollback")
+@_common
+@output_option
+def rollback_cmd(
+    config_files: tuple[Path, ...], host: str | None, port: int | None, state_dir: Path | None, output: str
+) -> None:
+    """Switch back to the newest kept version older than the active one."""
+    config = _load(config_files, host, port, state_dir)
+    result = _api_call(config, "POST", "/v1/rollback", config.scoring.timeout_seconds + 180)
+    if result is None:
+        runtime = _offline_runtime(config)
+        try:
+            result = runtime.rollback_now()
+        finally:
+            runtime.store.close()
+            runtime.scorer.close()
+    _print(result, output)
+
+
+@agent.command("install")
+@click.option("--server", "server_url", required=True, help="Central server URL (https://... on a WAN).")
+@click.option("--store-id", required=True, help="This store's id as registered on the server.")
+@click.option("--enrollment-token", required=True, help="One-time enrollment token from `POST /v1/stores`.")
+@click.option(
+    "--trusted-key",
+    "trusted_keys",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Public key (.pub) trusted to sign model bundles (repeatable; copied under /etc/shelfcast/keys).",
+)
+@click.option("--api-host", default="0.0.0.0", show_default=True, help="Where the inventory API listens.")  # noqa: S104
+@click.option("--api-port", default=8471, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/"),
+    show_default=True,
+    help="Install under this root instead of / (packaging and tests).",
+)
+@click.option("--executable", type=click.Path(path_type=Path), help="shelfcast executable the unit runs.")
+@click.option("--force", is_flag=True, help="Overwrite an existing config file.")
+def install_cmd(
+    server_url: str,
+    store_id: str,
+    enrollment_token: str,
+    trusted_keys: tuple[Path, ...],
+    api_host: str,
+    api_port: int,
+    root: Path,
+    executable: Path | None,
+    force: bool,
+) -> None:
+    """Write /etc/shelfcast/agent.toml (0600) and the systemd unit; then `systemctl enable --now`."""
+    from agent.install import install
+
+    written = install(
+        root=root,
+        server_url=server_url,
+        store_id=store_id,
+        enrollment_token=enrollment_token,
+        trusted_keys=list(trusted_keys),
+        api_host=api_host,
+        api_port=api_port,
+        executable=executable,
+        force=force,
+    )
+    for path in written:
+        click.echo(f"wrote {path}")
+    click.echo("next: systemctl daemon-reload && systemctl enable --now shelfcast-agent")

@@ -16,11 +16,23 @@ class AgentSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     store_id: str = "store-1"
     server_url: str = "http://127.0.0.1:8470"
     token: str = ""
+    enrollment_token: str = ""
+    trusted_keys: list[str] = msgspec.field(default_factory=list)
     state_dir: str = ".shelfcast/agent"
     sales_dir: str = ""
+    ca_file: str = ""
     poll_interval_seconds: float = 60.0
+    heartbeat_interval_seconds: float = 60.0
+    max_backoff_seconds: float = 300.0
     request_timeout_seconds: float = 30.0
     max_bundle_bytes: int = 512 * 1024 * 1024
+    keep_versions: int = 2
+    max_update_attempts: int = 3
+    outbox_max_rows: int = 10_000
+    stale_after_seconds: float = 3 * 24 * 3600.0
+    # Testing crash recovery only: hold this long in the named lifecycle state (e.g. "activate").
+    fault_hold_state: str = ""
+    fault_hold_seconds: float = 0.0
 
 
 class ApiSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -30,6 +42,9 @@ class ApiSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     port: int = 8471
     max_horizon: int = 366
     max_page_size: int = 10_000
+    default_page_size: int = 1_000
+    token: str = ""
+    max_upload_bytes: int = 256 * 1024 * 1024
 
 
 class ScoringSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -38,6 +53,17 @@ class ScoringSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     horizon: int = 28
     levels: list[int] = msgspec.field(default_factory=lambda: [80, 95])
     threads: int = 2
+    daily_at: str = "02:00"
+    keep_runs: int = 7
+    timeout_seconds: float = 3600.0
+    worker_idle_seconds: float = 120.0
+
+    def __post_init__(self) -> None:
+        hour, sep, minute = self.daily_at.partition(":")
+        if not (sep and hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
+            raise ValueError(f"daily_at must be HH:MM local time, got {self.daily_at!r}")
+        if self.horizon < 1:
+            raise ValueError("horizon must be >= 1")
 
 
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -51,6 +77,26 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     @property
     def state_path(self) -> Path:
         return Path(self.agent.state_dir)
+
+    @property
+    def sales_path(self) -> Path:
+        return Path(self.agent.sales_dir) if self.agent.sales_dir else self.state_path / "inbox"
+
+    def with_overrides(
+        self, *, host: str | None = None, port: int | None = None, state_dir: str | None = None
+    ) -> AgentConfig:
+        """A copy with command-line overrides applied (``--host``, ``--port``, ``--state-dir``)."""
+        api_changes: dict[str, object] = {}
+        if host is not None:
+            api_changes["host"] = host
+        if port is not None:
+            api_changes["port"] = port
+        agent = self.agent
+        if state_dir is not None:
+            agent = msgspec.structs.replace(agent, state_dir=state_dir)
+        return msgspec.structs.replace(
+            self, agent=agent, api=msgspec.structs.replace(self.api, **api_changes)
+        )
 
 
 def load_agent_config(files: list[Path]) -> AgentConfig:

@@ -11,3 +11,19 @@ class SyncError(AgentError):
 
 class NoActiveModelError(AgentError):
     """The agent has no verified model version to score or serve yet."""
+
+
+class EnrollmentError(SyncError):
+    """Enrollment was refused (bad or used one-time token) or no credential is available."""
+
+
+class UpdateRejectedError(AgentError):
+    """A model version failed download checks, verification, staging or its health check."""
+
+
+class ScoringError(AgentError):
+    """Scoring the active model on the store's history failed."""
+
+
+class IngestError(AgentError):
+    """A sales extract could not be read at all (bad rows are quarantined, not raised)."""

@@ -1,0 +1,339 @@
+"""The inventory API on the agent's own port (Litestar): forecasts, status, probes, metrics, sales upload.
+
+Controllers stay thin: they read the runtime's current :class:`ForecastView` or hand work to the
+runtime; problem details (RFC 9457) for every error.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+from litestar import Litestar, Request, Response, Router, get, post
+from litestar.connection import ASGIConnection
+from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.params import Parameter
+
+from agent.errors import AgentError, IngestError, NoActiveModelError
+from agent.forecasts import MEDIA_TYPES, CursorError, ForecastView, negotiate, render
+from shelfcast import __version__
+
+if TYPE_CHECKING:
+    from agent.runtime import AgentRuntime
+
+JSON = "application/json"
+PROBLEM = "application/problem+json"
+
+
+def problem(status: int, title: str, detail: str = "") -> Response[bytes]:
+    body = {"type": "about:blank", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM)
+
+
+def _runtime(request: Request[Any, Any, Any]) -> AgentRuntime:
+    runtime: AgentRuntime = request.app.state.runtime
+    return runtime
+
+
+def _view_or_problem(runtime: AgentRuntime) -> ForecastView | Response[bytes]:
+    view = runtime.view
+    if view is None:
+        return problem(
+            503, "No forecasts yet", "no model version has been activated and scored on this agent"
+        )
+    return view
+
+
+def _not_modified(request: Request[Any, Any, Any], etag: str) -> bool:
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    return header.strip() == "*" or etag in (tag.strip() for tag in header.split(","))
+
+
+def _horizon(runtime: AgentRuntime, view: ForecastView, horizon: int | None) -> int | Response[bytes]:
+    cap = runtime.config.api.max_horizon
+    if horizon is None:
+        return min(cap, max(1, view.pointer.n_rows // max(view.pointer.n_series, 1)))
+    if horizon < 1 or horizon > cap:
+        return problem(400, "Bad horizon", f"horizon must be between 1 and {cap}")
+    return horizon
+
+
+@get("/livez", include_in_schema=True, sync_to_thread=False)
+def livez() -> Response[bytes]:
+    """The process is up and answering."""
+    return Response(b'{"status":"ok"}', media_type=JSON)
+
+
+@get("/readyz", sync_to_thread=False)
+def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Ready when a model version is active and its forecasts are scored (503 otherwise)."""
+    runtime = _runtime(request)
+    ready = runtime.is_ready()
+    body = {"ready": ready, "state": runtime.record.state.value}
+    return Response(msgspec.json.encode(body), status_code=200 if ready else 503, media_type=JSON)
+
+
+@get("/metrics", sync_to_thread=False)
+def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus text format."""
+    runtime = _runtime(request)
+    c = runtime.counters
+    view = runtime.view
+    record = runtime.record
+    lines = [
+        "# HELP shelfcast_agent_info Agent build and identity.",
+        "# TYPE shelfcast_agent_info gauge",
+        f'shelfcast_agent_info{{version="{__version__}",store_id="{runtime.config.agent.store_id}"}} 1',
+        "# HELP shelfcast_agent_http_requests_total Inventory API requests by route.",
+        "# TYPE shelfcast_agent_http_requests_total counter",
+    ]
+    lines += [
+        f'shelfcast_agent_http_requests_total{{route="{r}"}} {n}' for r, n in sorted(c.requests.items())
+    ]
+    active = record.active.version if record.active else 0
+    served = view.pointer.version if view else 0
+    scored_ts = view.pointer.scored_at.timestamp() if view else 0.0
+    sync_ts = record.last_sync_at.timestamp() if record.last_sync_at else 0.0
+    outbox = float(runtime.store.outbox_size()) if runtime.store else 0.0
+    gauges: list[tuple[str, str, str, float]] = [
+        ("scoring_runs_total", "counter", "Completed scoring runs.", c.scoring_runs),
+        ("scoring_failures_total", "counter", "Failed scoring runs.", c.scoring_failures),
+        (
+            "sync_failures_total",
+            "counter",
+            "Failed lifecycle runs (unreachable or refused).",
+            c.sync_failures,
+        ),
+        ("activations_total", "counter", "Model versions activated.", c.activations),
+        ("rollbacks_total", "counter", "Rollbacks (failed updates and operator rollbacks).", c.rollbacks),
+        ("reports_delivered_total", "counter", "Outbox reports delivered.", c.reports_delivered),
+        ("sales_rows_ingested_total", "counter", "Sales rows accepted.", c.rows_ingested),
+        ("sales_rows_quarantined_total", "counter", "Sales rows quarantined.", c.rows_quarantined),
+        ("active_version", "gauge", "Active model version (0: none).", active),
+        ("served_version", "gauge", "Model version of the served forecasts (0: none).", served),
+        ("last_scored_timestamp_seconds", "gauge", "When the served forecasts were scored.", scored_ts),
+        ("last_sync_timestamp_seconds", "gauge", "Last successful assignment poll.", sync_ts),
+        ("outbox_reports", "gauge", "Reports waiting in the outbox.", outbox),
+        ("ready", "gauge", "1 when a model is active and scored.", 1 if runtime.is_ready() else 0),
+    ]
+    for name, kind, help_text, value in gauges:
+        lines += [f"# HELP shelfcast_agent_{name} {help_text}", f"# TYPE shelfcast_agent_{name} {kind}"]
+        lines.append(f"shelfcast_agent_{name} {value:g}")
+    return Response(("\n".join(lines) + "\n").encode(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@get("/status", sync_to_thread=False)
+def status(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Active version, last sync, last scoring, staleness and lifecycle state."""
+    runtime = _runtime(request)
+    runtime.counters.hit("status")
+    return Response(msgspec.json.encode(runtime.status()), media_type=JSON)
+
+
+@get("/forecasts/{item_id:str}")
+async def forecast_item(
+    request: Request[Any, Any, Any],
+    item_id: str,
+    horizon: int | None = None,
+    fmt: Annotated[str | None, Parameter(query="format")] = None,
+) -> Response[bytes]:
+    """Forecasts of one item, with prediction intervals (JSON, CSV, Parquet or Arrow by ``Accept``)."""
+    runtime = _runtime(request)
+    runtime.counters.hit("forecast_item")
+    view = _view_or_problem(runtime)
+    if isinstance(view, Response):
+        return view
+    steps = _horizon(runtime, view, horizon)
+    if isinstance(steps, Response):
+        return steps
+    chosen = negotiate(request.headers.get("accept"), fmt)
+    if chosen is None:
+        return problem(406, "Not acceptable", "formats: json, csv, parquet, arrow")
+    etag = view.etag("item", item_id, steps, chosen)
+    if _not_modified(request, etag):
+        return Response(b"", status_code=304, headers={"ETag": etag})
+    if chosen == "json":
+        body = view.item_json(item_id, steps)
+    else:
+        frame = view.item_frame(item_id, steps)
+        body = None if frame is None else render(frame, chosen, view.meta(), None)
+    if body is None:
+        return problem(404, "Unknown item", f"no forecasts for item {item_id!r} in this store")
+    headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Model-Version": str(view.pointer.version)}
+    return Response(body, media_type=MEDIA_TYPES[chosen], headers=headers)
+
+
+@get("/forecasts", sync_to_thread=True)
+def forecast_list(  # noqa: PLR0911 - one early answer per bad request
+    request: Request[Any, Any, Any],
+    item_id: Annotated[list[str] | None, Parameter(query="item_id")] = None,
+    category: str | None = None,
+    horizon: int | None = None,
+    cursor: str | None = None,
+    limit: int | None = None,
+    fmt: Annotated[str | None, Parameter(query="format")] = None,
+) -> Response[bytes]:
+    """Forecasts filtered by item (repeatable), category and horizon; cursor pagination; any format.
+
+    JSON and CSV pages hold at most ``[api] max_page_size`` rows (default ``default_page_size``);
+    Parquet and Arrow return every matching row unless ``limit`` is given (whole-store export).
+    """
+    runtime = _runtime(request)
+    runtime.counters.hit("forecast_list")
+    view = _view_or_problem(runtime)
+    if isinstance(view, Response):
+        return view
+    steps = _horizon(runtime, view, horizon)
+    if isinstance(steps, Response):
+        return steps
+    chosen = negotiate(request.headers.get("accept"), fmt)
+    if chosen is None:
+        return problem(406, "Not acceptable", "formats: json, csv, parquet, arrow")
+    api = runtime.config.api
+    if limit is not None and not 1 <= limit <= api.max_page_size:
+        return problem(400, "Bad limit", f"limit must be between 1 and {api.max_page_size}")
+    if limit is None and chosen in ("json", "csv"):
+        limit = api.default_page_size
+    items = sorted(set(item_id or []))
+    query_key = msgspec.json.encode([items, category, steps, limit]).decode()
+    etag = view.etag("list", query_key, cursor, chosen)
+    if _not_modified(request, etag):
+        return Response(b"", status_code=304, headers={"ETag": etag})
+    try:
+        page, next_cursor = view.select(
+            item_ids=items, category=category, horizon=steps, cursor=cursor, limit=limit, query_key=query_key
+        )
+    except CursorError as exc:
+        return problem(400, "Bad cursor", str(exc))
+    body = render(page, chosen, view.meta(), next_cursor)
+    headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Model-Version": str(view.pointer.version)}
+    if next_cursor:
+        headers["X-Next-Cursor"] = next_cursor
+        headers["Link"] = f'<?cursor={next_cursor}>; rel="next"'
+    return Response(body, media_type=MEDIA_TYPES[chosen], headers=headers)
+
+
+SALES_TYPES = {
+    "text/csv": "csv",
+    "application/csv": "csv",
+    "application/vnd.apache.parquet": "parquet",
+    "application/x-parquet": "parquet",
+    "application/parquet": "parquet",
+    "application/octet-stream": "parquet",
+    "application/json": "json",
+}
+
+
+@post("/sales", sync_to_thread=True, status_code=200)
+def post_sales(request: Request[Any, Any, Any], body: bytes) -> Response[bytes]:
+    """Append sales rows (CSV, Parquet or JSON by ``Content-Type``); bad rows are quarantined with reasons."""
+    from agent.ingest import ingest_bytes
+
+    runtime = _runtime(request)
+    runtime.counters.hit("sales")
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    fmt = SALES_TYPES.get(ctype)
+    if fmt is None:
+        return problem(
+            415, "Unsupported sales format", "send text/csv, application/vnd.apache.parquet or JSON"
+        )
+    if len(body) > runtime.config.api.max_upload_bytes:
+        return problem(413, "Too large", f"at most {runtime.config.api.max_upload_bytes} bytes per upload")
+    if runtime.store is None:
+        return problem(503, "Starting", "the local store is not open yet")
+    source = f"api:{datetime.now(UTC):%Y%m%dT%H%M%S.%f}"
+    try:
+        result = ingest_bytes(
+            runtime.store,
+            body,
+            fmt,  # type: ignore[arg-type]
+            source=source,
+            store_id=runtime.config.agent.store_id,
+            today=datetime.now().astimezone().date(),
+        )
+    except IngestError as exc:
+        return problem(422, "Unreadable sales extract", str(exc))
+    runtime.counters.rows_ingested += result.rows_ok
+    runtime.counters.rows_quarantined += result.rows_quarantined
+    answer = {
+        "source": result.source,
+        "rows_accepted": result.rows_ok,
+        "rows_quarantined": result.rows_quarantined,
+        "reasons": result.reasons,
+    }
+    return Response(msgspec.json.encode(answer), media_type=JSON)
+
+
+@post("/score", sync_to_thread=True, status_code=200)
+def post_score(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Score the active version now (what ``shelfcast agent score`` calls)."""
+    runtime = _runtime(request)
+    try:
+        result = runtime.submit(runtime.score_now, timeout=runtime.config.scoring.timeout_seconds + 120)
+    except NoActiveModelError as exc:
+        return problem(409, "No active model", str(exc))
+    except AgentError as exc:
+        return problem(500, "Scoring failed", str(exc))
+    return Response(msgspec.json.encode(result), media_type=JSON)
+
+
+@post("/rollback", sync_to_thread=True, status_code=200)
+def post_rollback(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Switch back to the newest kept version older than the active one (``shelfcast agent rollback``)."""
+    runtime = _runtime(request)
+    try:
+        result = runtime.submit(runtime.rollback_now, timeout=runtime.config.scoring.timeout_seconds + 120)
+    except AgentError as exc:
+        return problem(409, "Rollback impossible", str(exc))
+    return Response(msgspec.json.encode(result), media_type=JSON)
+
+
+def _token_guard(token: str) -> Any:
+    expected = f"Bearer {token}".encode()
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+        given = (connection.headers.get("authorization") or "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise NotAuthorizedException("a valid API token is required (Authorization: Bearer <token>)")
+
+    return guard
+
+
+def _problem_handler(_request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    if isinstance(exc, HTTPException):
+        return problem(exc.status_code, exc.detail or "Error", str(getattr(exc, "extra", "") or ""))
+    return problem(500, "Internal error", type(exc).__name__)
+
+
+def create_app(runtime: AgentRuntime) -> Litestar:
+    """The agent's Litestar app over a runtime (tests and the benchmark build their own)."""
+    guards = [_token_guard(runtime.config.api.token)] if runtime.config.api.token else []
+    v1 = Router(
+        path="/v1",
+        route_handlers=[status, forecast_item, forecast_list, post_sales, post_score, post_rollback],
+        guards=guards,
+    )
+    app = Litestar(
+        route_handlers=[livez, readyz, metrics, v1],
+        openapi_config=OpenAPIConfig(
+            title="shelfcast store agent",
+            version=__version__,
+            description="Forecasts for the store's inventory system, status and sales upload.",
+            path="/schema",
+        ),
+        exception_handlers={Exception: _problem_handler},
+        logging_config=None,
+        debug=False,
+    )
+    app.state.runtime = runtime
+    app.state.started = time.time()
+    return app

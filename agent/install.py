@@ -1,0 +1,136 @@
+"""``shelfcast agent install``: the config file (0600), trusted keys and the systemd unit of a store agent.
+
+Everything is written under ``root`` (``/`` on a store machine; a temporary folder in tests and when
+building a package). The service user is created only when installing into the real root as root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+from agent.errors import AgentError
+from agent.paths import atomic_write_bytes
+
+SERVICE_USER = "shelfcast-agent"
+UNIT_NAME = "shelfcast-agent.service"
+DEFAULT_EXECUTABLE = "/opt/shelfcast/bin/shelfcast"
+
+
+def unit_text(name: str = UNIT_NAME) -> str:
+    """The packaged unit file (identical to ``systemd/<name>`` in the source tree)."""
+    return (resources.files("agent") / "units" / name).read_text()
+
+
+def _toml_string(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def render_config(
+    *,
+    server_url: str,
+    store_id: str,
+    enrollment_token: str,
+    trusted_keys: list[str],
+    api_host: str,
+    api_port: int,
+) -> str:
+    keys = ", ".join(_toml_string(k) for k in trusted_keys)
+    return (
+        "# Written by `shelfcast agent install`. The enrollment token is used once; the store credential\n"
+        "# then lives in the state directory (/var/lib/shelfcast-agent/credential, 0600).\n"
+        "[agent]\n"
+        f"server_url = {_toml_string(server_url)}\n"
+        f"store_id = {_toml_string(store_id)}\n"
+        f"enrollment_token = {_toml_string(enrollment_token)}\n"
+        f"trusted_keys = [{keys}]\n"
+        'sales_dir = "/var/lib/shelfcast-agent/inbox"\n'
+        "\n[api]\n"
+        f"host = {_toml_string(api_host)}\n"
+        f"port = {api_port}\n"
+        "\n[logging]\n"
+        'format = "json"\n'
+    )
+
+
+def _ensure_user(root: Path) -> None:
+    if root != Path("/") or os.geteuid() != 0:
+        return
+    if subprocess.run(["/usr/bin/id", "-u", SERVICE_USER], capture_output=True, check=False).returncode == 0:  # noqa: S603
+        return
+    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+    subprocess.run(  # noqa: S603 - fixed arguments
+        [useradd, "--system", "--no-create-home", "--home-dir", "/var/lib/shelfcast-agent", "--shell",
+         "/usr/sbin/nologin", SERVICE_USER],
+        check=True,
+    )  # fmt: skip
+
+
+def _chown(path: Path, root: Path) -> None:
+    if root == Path("/") and os.geteuid() == 0:
+        shutil.chown(path, user=SERVICE_USER, group=SERVICE_USER)
+
+
+def install(
+    *,
+    root: Path,
+    server_url: str,
+    store_id: str,
+    enrollment_token: str,
+    trusted_keys: list[Path],
+    api_host: str,
+    api_port: int,
+    executable: Path | None = None,
+    force: bool = False,
+) -> list[Path]:
+    """Write config, keys and unit under ``root``; returns the files written."""
+    if not server_url.startswith(("http://", "https://")):
+        raise AgentError(f"--server must be an http(s) URL, got {server_url!r}")
+    etc = root / "etc" / "shelfcast"
+    config_path = etc / "agent.toml"
+    if config_path.exists() and not force:
+        raise AgentError(f"{config_path} exists; pass --force to overwrite it")
+    _ensure_user(root)
+    keys_dir = etc / "keys"
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    key_paths: list[str] = []
+    for key in trusted_keys:
+        if not key.is_file():
+            raise AgentError(f"trusted key {key} not found")
+        target = keys_dir / key.name
+        atomic_write_bytes(target, key.read_bytes(), mode=0o644)
+        written.append(target)
+        key_paths.append(str(Path("/etc/shelfcast/keys") / key.name))
+    text = render_config(
+        server_url=server_url,
+        store_id=store_id,
+        enrollment_token=enrollment_token,
+        trusted_keys=key_paths,
+        api_host=api_host,
+        api_port=api_port,
+    )
+    atomic_write_bytes(config_path, text.encode(), mode=0o600)
+    _chown(config_path, root)
+    written.append(config_path)
+    exe = executable or _default_executable()
+    unit = unit_text().replace(DEFAULT_EXECUTABLE, str(exe))
+    unit_path = root / "etc" / "systemd" / "system" / UNIT_NAME
+    unit_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(unit_path, unit.encode(), mode=0o644)
+    written.append(unit_path)
+    return written
+
+
+def _default_executable() -> Path:
+    """The ``shelfcast`` script beside this interpreter (the venv it was installed into)."""
+    candidate = Path(sys.executable).parent / "shelfcast"
+    if candidate.is_file():
+        return candidate
+    found = shutil.which("shelfcast")
+    return Path(found) if found else Path(DEFAULT_EXECUTABLE)

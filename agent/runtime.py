@@ -1,0 +1,494 @@
+"""The running agent: the inventory API (uvicorn, main thread) and the work loop (one worker thread).
+
+The work loop ingests sales, runs the update lifecycle when a poll is due, scores (after activation, on
+the daily schedule, on demand), queues heartbeats and flushes the outbox. The API only reads the
+current :class:`ForecastView` (swapped atomically) and hands commands to the loop through a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from agent.config import AgentConfig
+from agent.errors import AgentError, NoActiveModelError, ScoringError
+from agent.forecasts import ForecastView
+from agent.lifecycle import Lifecycle, Record, VersionRef, read_credential
+from agent.notify import notify, watchdog_interval_seconds
+from agent.paths import StatePaths, read_symlink
+from agent.scoring import Scorer, ScoringSettings, read_serving, score_store
+from agent.sync import SyncClient, backoff_seconds
+from forecasting.contracts import Heartbeat
+from forecasting.logs import get_logger
+
+if TYPE_CHECKING:
+    from agent.store import LocalStore
+
+log = get_logger("agent.runtime")
+
+TICK_SECONDS = 1.0
+STALL_SECONDS = 120.0
+
+
+@dataclass
+class Counters:
+    """Figures exported at ``/metrics``."""
+
+    requests: dict[str, int] = field(default_factory=dict)
+    scoring_runs: int = 0
+    scoring_failures: int = 0
+    sync_failures: int = 0
+    activations: int = 0
+    rollbacks: int = 0
+    reports_delivered: int = 0
+    rows_ingested: int = 0
+    rows_quarantined: int = 0
+
+    def hit(self, route: str) -> None:
+        self.requests[route] = self.requests.get(route, 0) + 1
+
+
+Command = Callable[[], Any]
+
+
+class AgentRuntime:
+    """State shared by the API and the work loop."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.paths = StatePaths(config.state_path)
+        self.paths.ensure()
+        config.sales_path.mkdir(parents=True, exist_ok=True)
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.view: ForecastView | None = None
+        self.counters = Counters()
+        self.store: LocalStore | None = None
+        self.lifecycle: Lifecycle | None = None
+        self.record = Record()
+        self.commands: queue.Queue[tuple[Command, Future[Any]]] = queue.Queue()
+        self.started_at = time.time()
+        self.last_tick = time.monotonic()
+        self.busy_until = 0.0
+        self.ready_event = threading.Event()
+        self._next_poll = 0.0
+        self._poll_failures = 0
+        self._next_heartbeat = 0.0
+        self._next_flush = 0.0
+        self._flush_failures = 0
+        self._next_daily: datetime | None = None
+        self._client: SyncClient | None = None
+        self.worker: threading.Thread | None = None
+        self.last_flush_at: datetime | None = None
+        self.scorer = Scorer(
+            self.scoring_settings,
+            idle_seconds=config.scoring.worker_idle_seconds,
+            cache_dir=self.paths.root / "cache",
+        )
+
+    # -- shared views for the API --------------------------------------------------------------------
+
+    @property
+    def scoring_settings(self) -> ScoringSettings:
+        sc = self.config.scoring
+        return ScoringSettings(sc.horizon, list(sc.levels), sc.threads, sc.timeout_seconds, sc.keep_runs)
+
+    def status(self) -> dict[str, Any]:
+        record = self.record
+        view = self.view
+        last_sync = record.last_sync_at
+        stale = (
+            last_sync is None
+            or (datetime.now(UTC) - last_sync).total_seconds() > self.config.agent.stale_after_seconds
+        )
+        return {
+            "store_id": self.config.agent.store_id,
+            "model_name": record.active.model_name if record.active else None,
+            "active_version": record.active.version if record.active else None,
+            "served_version": view.pointer.version if view else None,
+            "scoring_run": view.pointer.run_id if view else None,
+            "last_sync_at": last_sync,
+            "last_scored_at": view.pointer.scored_at if view else None,
+            "stale": stale,
+            "state": record.state.value,
+            "last_error": record.last_error,
+            "previous_version": record.previous.version if record.previous else None,
+            "outbox_size": self.store.outbox_size() if self.store else None,
+            "ready": self.is_ready(),
+        }
+
+    def is_ready(self) -> bool:
+        return self.record.active is not None and self.view is not None
+
+    def healthy(self) -> bool:
+        """For the systemd watchdog: the work loop is alive and not stalled (long work declares itself)."""
+        if self.worker is None or not self.worker.is_alive():
+            return False
+        now = time.monotonic()
+        return now - self.last_tick < STALL_SECONDS or now < self.busy_until
+
+    def submit(self, command: Command, timeout: float) -> Any:
+        """Run ``command`` on the work loop (sole writer of lifecycle and store); wait for its result."""
+        future: Future[Any] = Future()
+        self.commands.put((command, future))
+        self.wake.set()
+        return future.result(timeout=timeout)
+
+    # -- work loop -----------------------------------------------------------------------------------
+
+    def start_worker(self) -> None:
+        self.worker = threading.Thread(target=self._work, name="agent-work", daemon=True)
+        self.worker.start()
+
+    def _make_client(self) -> SyncClient:
+        if self._client is None:
+            self._client = SyncClient(
+                self.config.agent.server_url,
+                timeout_seconds=self.config.agent.request_timeout_seconds,
+                ca_file=self.config.agent.ca_file,
+            )
+        return self._client
+
+    def open_state(self) -> None:
+        """Open the store, recover the lifecycle and load the last served forecasts (also used by CLI)."""
+        from agent.store import LocalStore
+
+        self.store = LocalStore(self.paths.database)
+        self.lifecycle = Lifecycle(
+            self.config, self.paths, stop=self.stop, client_factory=self._make_client, scorer=self.scorer
+        )
+        self.lifecycle.recover()
+        self.record = self.lifecycle.record
+        self._load_serving()
+
+    def _load_serving(self) -> None:
+        pointer = read_serving(self.paths)
+        if pointer is None:
+            return
+        try:
+            self.view = ForecastView.load(self.paths.root, pointer)
+        except (OSError, ValueError) as exc:
+            log.error(  # noqa: TRY400 - expected failure, no traceback
+                "serving_load_failed", run_id=pointer.run_id, reason=str(exc)
+            )
+
+    def _work(self) -> None:
+        try:
+            self.busy_until = time.monotonic() + 600
+            self.open_state()
+            self.busy_until = 0.0
+            self.ready_event.set()
+            self._schedule_daily()
+            while not self.stop.is_set():
+                self.last_tick = time.monotonic()
+                self._step()
+                self.wake.wait(TICK_SECONDS)
+                self.wake.clear()
+        except Exception:
+            log.exception("work_loop_crashed")
+            raise
+        finally:
+            self.ready_event.set()
+            if self.lifecycle is not None:
+                self.lifecycle.close()
+            if self.store is not None:
+                self.store.close()
+            self.scorer.close()
+
+    def _step(self) -> None:
+        self._run_commands()
+        self._ingest()
+        now = time.monotonic()
+        if now >= self._next_poll:
+            self._run_lifecycle()
+        self._maybe_score_missing()
+        self._maybe_score_daily()
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._queue_heartbeat()
+            self._next_heartbeat = now + self.config.agent.heartbeat_interval_seconds
+        if now >= self._next_flush:
+            self._flush_outbox()
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                command, future = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(command())
+                except Exception as exc:
+                    future.set_exception(exc)
+
+    def _ingest(self) -> None:
+        from agent.ingest import ingest_folder
+
+        assert self.store is not None
+        try:
+            results = ingest_folder(
+                self.store, self.config.sales_path, store_id=self.config.agent.store_id, today=_today()
+            )
+        except OSError as exc:
+            log.error(  # noqa: TRY400 - expected failure, no traceback
+                "sales_folder_unreadable", folder=str(self.config.sales_path), reason=str(exc)
+            )
+            return
+        for result in results:
+            self.counters.rows_ingested += result.rows_ok
+            self.counters.rows_quarantined += result.rows_quarantined
+
+    def _run_lifecycle(self) -> None:
+        assert self.lifecycle is not None
+        self.busy_until = time.monotonic() + self.config.scoring.timeout_seconds + 600
+        try:
+            outcome = self.lifecycle.run()
+        finally:
+            self.busy_until = 0.0
+        self.record = self.lifecycle.record
+        base = self.config.agent.poll_interval_seconds
+        if outcome.failed:
+            self._poll_failures += 1
+            self.counters.sync_failures += 1
+            delay = backoff_seconds(
+                self._poll_failures, min(base, 5.0), self.config.agent.max_backoff_seconds
+            )
+        else:
+            self._poll_failures = 0
+            delay = base
+        self._next_poll = time.monotonic() + delay
+        if outcome.rolled_back:
+            self.counters.rollbacks += 1
+        if outcome.activated is not None:
+            self.counters.activations += 1
+            self._queue_heartbeat()
+            self._score("activation")
+
+    def _maybe_score_missing(self) -> None:
+        active = self.record.active
+        if active is None:
+            return
+        view = self.view
+        if view is not None and (view.pointer.model_name, view.pointer.version) == (
+            active.model_name,
+            active.version,
+        ):
+            return
+        if time.monotonic() < getattr(self, "_next_missing_score", 0.0):
+            return
+        # Active model not scored yet (first data, restart after a crash, operator rollback).
+        if not self._score("catch_up"):
+            self._next_missing_score = time.monotonic() + 60.0
+
+    def _schedule_daily(self) -> None:
+        hour, minute = (int(x) for x in self.config.scoring.daily_at.split(":"))
+        now = datetime.now().astimezone()
+        moment = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        if moment <= now:
+            moment += timedelta(days=1)
+        self._next_daily = moment
+
+    def _maybe_score_daily(self) -> None:
+        if self._next_daily is None or datetime.now().astimezone() < self._next_daily:
+            return
+        self._schedule_daily()
+        if self.record.active is not None:
+            self._score("schedule")
+
+    def _score(self, trigger: str) -> bool:
+        active = self.record.active
+        assert self.store is not None
+        if active is None:
+            raise NoActiveModelError("no active model version to score")
+        bundle = read_symlink(self.paths.current)
+        if bundle is None:
+            raise NoActiveModelError("the current version link is missing")
+        self.busy_until = time.monotonic() + self.config.scoring.timeout_seconds + 60
+        try:
+            pointer = score_store(
+                self.paths,
+                self.store,
+                bundle,
+                model_name=active.model_name,
+                version=active.version,
+                scorer=self.scorer,
+                trigger=trigger,
+            )
+            self.view = ForecastView.load(self.paths.root, pointer)
+        except ScoringError as exc:
+            self.counters.scoring_failures += 1
+            log.error(  # noqa: TRY400 - expected failure, no traceback
+                "scoring_failed", trigger=trigger, model_version=active.version, reason=str(exc)
+            )
+            return False
+        finally:
+            self.busy_until = 0.0
+        self.counters.scoring_runs += 1
+        return True
+
+    def score_now(self) -> dict[str, Any]:
+        """``POST /v1/score`` / ``shelfcast agent score`` (runs on the work loop)."""
+        if not self._score("on_demand"):
+            raise ScoringError(self._last_scoring_error())
+        assert self.view is not None
+        return {"run_id": self.view.pointer.run_id, "model_version": self.view.pointer.version}
+
+    def _last_scoring_error(self) -> str:
+        return "scoring failed; see the agent log (scoring_failed)"
+
+    def rollback_now(self) -> dict[str, Any]:
+        """``POST /v1/rollback`` / ``shelfcast agent rollback`` (runs on the work loop)."""
+        assert self.lifecycle is not None
+        back: VersionRef = self.lifecycle.rollback_to_previous()
+        self.record = self.lifecycle.record
+        self.counters.rollbacks += 1
+        self._queue_heartbeat()
+        self._score("rollback")
+        return {"model_name": back.model_name, "active_version": back.version}
+
+    # -- reports -------------------------------------------------------------------------------------
+
+    def _queue_heartbeat(self) -> None:
+        assert self.store is not None
+        record = self.record
+        view = self.view
+        from shelfcast import __version__
+
+        beat = Heartbeat(
+            store_id=self.config.agent.store_id,
+            state=record.state.value,
+            model_name=record.active.model_name if record.active else None,
+            active_version=record.active.version if record.active else None,
+            last_scored_at=view.pointer.scored_at if view else None,
+            agent_version=__version__,
+            sent_at=datetime.now(UTC),
+        )
+        self.store.enqueue(
+            "heartbeat",
+            "/v1/heartbeats",
+            msgspec.json.encode(beat),
+            f"hb-{self.config.agent.store_id}-{uuid.uuid4().hex}",
+            max_rows=self.config.agent.outbox_max_rows,
+        )
+
+    def _flush_outbox(self) -> None:
+        """Deliver queued reports in order; stop at the first transport or server error (retry later)."""
+        from agent.errors import SyncError
+
+        assert self.store is not None
+        token = self.config.agent.token or read_credential(self.paths)
+        if not token:
+            self._next_flush = time.monotonic() + self.config.agent.heartbeat_interval_seconds
+            return
+        client = self._make_client()
+        client.token = token
+        for _ in range(10):
+            batch = self.store.outbox_batch(100)
+            if not batch:
+                break
+            for item in batch:
+                try:
+                    status = client.post_report(item.path, item.body, item.idempotency_key)
+                except SyncError as exc:
+                    self._flush_failed(str(exc))
+                    return
+                if 200 <= status < 300 or status == 409:
+                    self.store.outbox_done(item.seq)
+                    self.counters.reports_delivered += 1
+                elif status in (401, 403) or status >= 500 or status == 429:
+                    self.store.outbox_attempted(item.seq)
+                    self._flush_failed(f"server answered {status}")
+                    return
+                else:
+                    log.error(
+                        "report_dropped", kind=item.kind, status=status, idempotency_key=item.idempotency_key
+                    )
+                    self.store.outbox_done(item.seq)
+        self._flush_failures = 0
+        self.last_flush_at = datetime.now(UTC)
+        self._next_flush = time.monotonic() + min(self.config.agent.heartbeat_interval_seconds, 30.0)
+
+    def _flush_failed(self, reason: str) -> None:
+        self._flush_failures += 1
+        delay = backoff_seconds(self._flush_failures, 2.0, self.config.agent.max_backoff_seconds)
+        self._next_flush = time.monotonic() + delay
+        log.warning("outbox_flush_failed", reason=reason, retry_in_seconds=round(delay, 1))
+
+    # -- process -------------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Run the API and the work loop until SIGTERM/SIGINT; systemd READY=1 once listening."""
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        import uvicorn
+
+        from agent.api import create_app
+
+        app = create_app(self)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=self.config.api.host,
+                port=self.config.api.port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                server_header=False,
+                timeout_graceful_shutdown=5,
+            )
+        )
+        self.start_worker()
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.005)
+        if task.done():
+            self.stop.set()
+            await task
+            raise AgentError(
+                f"inventory API could not listen on {self.config.api.host}:{self.config.api.port}"
+            )
+        notify(
+            f"READY=1\nSTATUS=serving on {self.config.api.host}:{self.config.api.port}\nMAINPID={os.getpid()}"
+        )
+        log.info(
+            "agent_started",
+            store_id=self.config.agent.store_id,
+            url=f"http://{self.config.api.host}:{self.config.api.port}",
+            state_dir=str(self.paths.root),
+            server_url=self.config.agent.server_url,
+        )
+        interval = watchdog_interval_seconds()
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=interval or 5.0)
+                if interval and self.healthy():
+                    notify("WATCHDOG=1")
+                if self.worker is not None and not self.worker.is_alive() and not self.stop.is_set():
+                    log.error("work_loop_died", action="stopping so systemd restarts the agent")
+                    server.should_exit = True
+        finally:
+            notify("STOPPING=1")
+            self.stop.set()
+            self.wake.set()
+            if self.worker is not None:
+                self.worker.join(timeout=30)
+            if self._client is not None:
+                self._client.close()
+            log.info("agent_stopped", store_id=self.config.agent.store_id)
+
+
+def _today() -> date:
+    return datetime.now().astimezone().date()

@@ -1,0 +1,326 @@
+"""Scoring runs: the active bundle applied to the store's history, in a child process; results kept per run.
+
+Also the health check of a staged bundle: score a built-in probe (a small deterministic history) and
+check the output is complete, finite and ordered (lo <= forecast <= hi).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import select
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from agent.errors import ScoringError, UpdateRejectedError
+from agent.paths import StatePaths, atomic_write_bytes, remove_tree
+from forecasting.logs import get_logger
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from agent.store import LocalStore
+
+log = get_logger("agent.scoring")
+
+PROBE_DAYS = 120
+PROBE_HORIZON = 7
+
+
+class ServingPointer(msgspec.Struct, frozen=True, kw_only=True):
+    """``serving.json``: the scoring run the inventory API serves."""
+
+    run_id: str
+    model_name: str
+    version: int
+    path: str
+    scored_at: datetime
+    n_series: int
+    n_rows: int
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    horizon: int
+    levels: list[int]
+    threads: int
+    timeout_seconds: float
+    keep_runs: int
+
+
+class Scorer:
+    """The warm scoring child (``agent.score_worker``): started on demand, restarted after a failure.
+
+    One job at a time (callers hold no other lock while waiting); a job that exceeds its timeout
+    kills the child.
+    """
+
+    def __init__(
+        self, settings: ScoringSettings, *, idle_seconds: float = 120.0, cache_dir: Path | None = None
+    ) -> None:
+        self.settings = settings
+        self.idle_seconds = idle_seconds
+        self.cache_dir = cache_dir
+        self._proc: subprocess.Popen[str] | None = None
+        self._lock = threading.Lock()
+
+    def _child(self) -> subprocess.Popen[str]:
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        threads = str(self.settings.threads)
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "POLARS_MAX_THREADS": threads}
+        env.pop("NOTIFY_SOCKET", None)
+        env.pop("WATCHDOG_USEC", None)
+        env.pop("WATCHDOG_PID", None)
+        if self.cache_dir is not None:
+            env.setdefault("NUMBA_CACHE_DIR", str(self.cache_dir))
+        cmd = [sys.executable, "-m", "agent.score_worker", "--idle-seconds", str(self.idle_seconds)]
+        self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, text=True, env=env
+        )
+        return self._proc
+
+    def warm(self) -> None:
+        """Start the child now (it imports the scoring stack while the caller does other work)."""
+        with self._lock:
+            self._child()
+
+    def run(self, bundle_dir: Path, history: Path, out: Path, horizon: int) -> int:
+        """Score ``history`` with ``bundle_dir`` into ``out``; rows written, or ``ScoringError``."""
+        job = {
+            "bundle": str(bundle_dir),
+            "history": str(history),
+            "out": str(out),
+            "horizon": horizon,
+            "levels": list(self.settings.levels),
+            "threads": self.settings.threads,
+        }
+        with self._lock:
+            for attempt in (1, 2):
+                proc = self._child()
+                assert proc.stdin is not None and proc.stdout is not None
+                try:
+                    proc.stdin.write(msgspec.json.encode(job).decode() + "\n")
+                    proc.stdin.flush()
+                except (BrokenPipeError, OSError):
+                    # The child had just exited after its idle time: start a fresh one once.
+                    self._reap()
+                    if attempt == 2:
+                        raise ScoringError("scoring process could not be started") from None
+                    continue
+                line = self._read_answer(proc)
+                if line is None:
+                    self._reap()
+                    raise ScoringError(
+                        f"scoring process died or took longer than {self.settings.timeout_seconds:.0f} s"
+                    )
+                answer = msgspec.json.decode(line)
+                if not answer.get("ok"):
+                    raise ScoringError(str(answer.get("error")))
+                return int(answer.get("rows", 0))
+        raise ScoringError("scoring process could not be started")
+
+    def _read_answer(self, proc: subprocess.Popen[str]) -> str | None:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], self.settings.timeout_seconds)
+        if not ready:
+            return None
+        line = proc.stdout.readline()
+        return line or None
+
+    def _reap(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._reap()
+
+
+def check_output(frame: pl.DataFrame, *, levels: list[int], horizon: int, n_series: int) -> None:
+    """Complete, finite and ordered forecasts, or ``ScoringError`` saying what is wrong."""
+    import polars as pl
+
+    needed = ["store_id", "item_id", "ds", "forecast"]
+    for level in levels:
+        needed += [f"forecast-lo-{level}", f"forecast-hi-{level}"]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise ScoringError(f"scoring output lacks column(s) {', '.join(missing)}")
+    if frame.height != n_series * horizon:
+        raise ScoringError(f"scoring output has {frame.height} rows, expected {n_series} series x {horizon}")
+    values = frame.select(pl.col("forecast"), *[pl.col(c) for c in needed[4:]])
+    if values.null_count().sum_horizontal().item() or not all(
+        values[c].is_finite().all() for c in values.columns
+    ):
+        raise ScoringError("scoring output has missing or non-finite values")
+    for level in levels:
+        bad = frame.filter(
+            (pl.col(f"forecast-lo-{level}") > pl.col("forecast") + 1e-9)
+            | (pl.col("forecast") > pl.col(f"forecast-hi-{level}") + 1e-9)
+        ).height
+        if bad:
+            raise ScoringError(f"{bad} rows have forecast outside their {level}% interval")
+
+
+def probe_history(store_id: str, today: date) -> pl.DataFrame:
+    """The built-in probe: two weekly-seasonal series and an intermittent one, deterministic."""
+    import math
+
+    import polars as pl
+
+    start = today - timedelta(days=PROBE_DAYS)
+    rows: dict[str, list[Any]] = {"store_id": [], "item_id": [], "category": [], "ds": [], "y": []}
+    for item, category, level in (
+        ("PROBE-1", "probe", 20.0),
+        ("PROBE-2", "probe", 5.0),
+        ("PROBE-3", "probe", 0.0),
+    ):
+        for day in range(PROBE_DAYS):
+            if level:
+                value = level * (1 + 0.3 * math.sin(2 * math.pi * day / 7)) + (day % 3)
+            else:
+                value = 1.0 if day % 9 == 0 else 0.0
+            rows["store_id"].append(store_id)
+            rows["item_id"].append(item)
+            rows["category"].append(category)
+            rows["ds"].append(start + timedelta(days=day))
+            rows["y"].append(round(value, 3))
+    return pl.DataFrame(rows, schema_overrides={"ds": pl.Date})
+
+
+def health_check(bundle_dir: Path, work_dir: Path, scorer: Scorer, *, store_id: str) -> float:
+    """Score the built-in probe with a staged bundle; seconds taken, or ``UpdateRejectedError``."""
+    import polars as pl
+
+    started = time.monotonic()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    history = work_dir / "probe-history.parquet"
+    out = work_dir / "probe-forecasts.parquet"
+    probe = probe_history(store_id, datetime.now(UTC).date())
+    probe.write_parquet(history)
+    try:
+        scorer.run(bundle_dir, history, out, PROBE_HORIZON)
+        frame = pl.read_parquet(out)
+        check_output(frame, levels=scorer.settings.levels, horizon=PROBE_HORIZON, n_series=3)
+    except ScoringError as exc:
+        raise UpdateRejectedError(f"health check failed: {exc}") from exc
+    finally:
+        remove_tree(work_dir)
+    return time.monotonic() - started
+
+
+def new_run_id(version: int) -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}Z-v{version}-{secrets.token_hex(3)}"
+
+
+def score_store(
+    paths: StatePaths,
+    store: LocalStore,
+    bundle_dir: Path,
+    *,
+    model_name: str,
+    version: int,
+    scorer: Scorer,
+    trigger: str,
+) -> ServingPointer:
+    """Score every series of the store; keep the run; point ``serving.json`` at it."""
+    import polars as pl
+
+    started_at = datetime.now(UTC)
+    started = time.monotonic()
+    run_id = new_run_id(version)
+    run_dir = paths.runs / run_id
+    run_dir.mkdir(parents=True)
+    history = run_dir / "history.parquet"
+    try:
+        history_rows = store.export_history(history)
+        _require_history(history_rows)
+        n_series = (
+            pl.scan_parquet(history).select(pl.struct("store_id", "item_id").n_unique()).collect().item()
+        )
+        out = run_dir / "forecasts.parquet"
+        settings = scorer.settings
+        scorer.run(bundle_dir, history, out, settings.horizon)
+        frame = pl.read_parquet(out)
+        check_output(frame, levels=settings.levels, horizon=settings.horizon, n_series=int(n_series))
+    except Exception:
+        remove_tree(run_dir)
+        raise
+    history.unlink(missing_ok=True)
+    duration = time.monotonic() - started
+    pointer = ServingPointer(
+        run_id=run_id,
+        model_name=model_name,
+        version=version,
+        path=str(out.relative_to(paths.root)),
+        scored_at=datetime.now(UTC),
+        n_series=int(n_series),
+        n_rows=frame.height,
+    )
+    store.record_run(
+        {
+            "run_id": run_id,
+            "model_name": model_name,
+            "version": version,
+            "trigger": trigger,
+            "started_at": started_at,
+            "finished_at": pointer.scored_at,
+            "n_series": pointer.n_series,
+            "n_rows": pointer.n_rows,
+            "history_rows": history_rows,
+            "path": pointer.path,
+        }
+    )
+    atomic_write_bytes(paths.serving, msgspec.json.encode(pointer))
+    prune_runs(paths, store, keep=settings.keep_runs, serving=run_id)
+    log.info(
+        "forecast_scored",
+        run_id=run_id,
+        model_name=model_name,
+        model_version=version,
+        trigger=trigger,
+        n_series=pointer.n_series,
+        n_rows=pointer.n_rows,
+        history_rows=history_rows,
+        duration_seconds=round(duration, 3),
+    )
+    return pointer
+
+
+def _require_history(rows: int) -> None:
+    if rows == 0:
+        raise ScoringError("no sales history yet: drop extracts into the sales folder or POST /v1/sales")
+
+
+def read_serving(paths: StatePaths) -> ServingPointer | None:
+    try:
+        return msgspec.json.decode(paths.serving.read_bytes(), type=ServingPointer)
+    except (FileNotFoundError, msgspec.DecodeError):
+        return None
+
+
+def prune_runs(paths: StatePaths, store: LocalStore, *, keep: int, serving: str) -> None:
+    """Keep the newest ``keep`` runs (always the one being served)."""
+    runs = sorted((p for p in paths.runs.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True)
+    for old in runs[max(keep, 1) :]:
+        if old.name != serving:
+            remove_tree(old)
+            store.delete_run(old.name)

@@ -1,0 +1,255 @@
+"""The agent's local DuckDB store: sales history, quarantined rows, the report outbox, scoring runs.
+
+One process (the running agent) owns the file; every method takes the store's lock, so the API threads
+and the lifecycle thread can share one connection safely.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from forecasting.logs import get_logger
+
+if TYPE_CHECKING:
+    import duckdb
+    import polars as pl
+
+log = get_logger("agent.store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sales (
+    store_id VARCHAR NOT NULL,
+    item_id VARCHAR NOT NULL,
+    category VARCHAR NOT NULL,
+    ds DATE NOT NULL,
+    y DOUBLE NOT NULL,
+    source VARCHAR,
+    ingested_at TIMESTAMPTZ,
+    PRIMARY KEY (store_id, item_id, ds)
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    source VARCHAR NOT NULL,
+    row_number BIGINT,
+    reason VARCHAR NOT NULL,
+    row_json VARCHAR,
+    quarantined_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ingested_files (
+    sha256 VARCHAR PRIMARY KEY,
+    name VARCHAR NOT NULL,
+    rows_ok BIGINT NOT NULL,
+    rows_quarantined BIGINT NOT NULL,
+    ingested_at TIMESTAMPTZ NOT NULL
+);
+CREATE SEQUENCE IF NOT EXISTS outbox_seq;
+CREATE TABLE IF NOT EXISTS outbox (
+    seq BIGINT PRIMARY KEY DEFAULT nextval('outbox_seq'),
+    idempotency_key VARCHAR NOT NULL UNIQUE,
+    kind VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,
+    body BLOB NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS scoring_runs (
+    run_id VARCHAR PRIMARY KEY,
+    model_name VARCHAR NOT NULL,
+    version INTEGER NOT NULL,
+    trigger VARCHAR NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    finished_at TIMESTAMPTZ NOT NULL,
+    n_series BIGINT NOT NULL,
+    n_rows BIGINT NOT NULL,
+    history_rows BIGINT NOT NULL,
+    path VARCHAR NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One queued report."""
+
+    seq: int
+    idempotency_key: str
+    kind: str
+    path: str
+    body: bytes
+    attempts: int
+
+
+class LocalStore:
+    """The agent's DuckDB file."""
+
+    def __init__(self, path: Path) -> None:
+        import duckdb
+
+        self.path = path
+        self._lock = threading.RLock()
+        self._con: duckdb.DuckDBPyConnection = duckdb.connect(str(path))
+        self._con.execute("SET threads = 2")
+        self._con.execute(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    def _fetch(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._con.execute(sql, params or []).fetchall()
+
+    # -- sales ---------------------------------------------------------------------------------------
+
+    def append_sales(self, frame: pl.DataFrame, source: str) -> int:
+        """Upsert canonical rows (a later extract corrects an earlier one for the same store/item/day)."""
+        if frame.height == 0:
+            return 0
+        table = frame.select("store_id", "item_id", "category", "ds", "y").to_arrow()
+        now = datetime.now(UTC)
+        with self._lock:
+            self._con.register("incoming_sales", table)
+            try:
+                self._con.execute(
+                    "INSERT OR REPLACE INTO sales SELECT store_id, item_id, category, ds, y, ?, ? "
+                    "FROM incoming_sales",
+                    [source, now],
+                )
+            finally:
+                self._con.unregister("incoming_sales")
+        return frame.height
+
+    def quarantine(self, rows: Sequence[tuple[int | None, str, str | None]], source: str) -> None:
+        """Keep rejected rows with the reason (row number, reason, the row as JSON)."""
+        if not rows:
+            return
+        now = datetime.now(UTC)
+        with self._lock:
+            self._con.executemany(
+                "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?)",
+                [[source, number, reason, raw, now] for number, reason, raw in rows],
+            )
+
+    def file_seen(self, sha256: str) -> bool:
+        return bool(self._fetch("SELECT 1 FROM ingested_files WHERE sha256 = ?", [sha256]))
+
+    def record_file(self, sha256: str, name: str, rows_ok: int, rows_bad: int) -> None:
+        with self._lock:
+            self._con.execute(
+                "INSERT OR REPLACE INTO ingested_files VALUES (?, ?, ?, ?, ?)",
+                [sha256, name, rows_ok, rows_bad, datetime.now(UTC)],
+            )
+
+    def export_history(self, out: Path) -> int:
+        """Write the whole history as a canonical Parquet file (for the scoring process); returns rows."""
+        with self._lock:
+            (count,) = self._con.execute("SELECT count(*) FROM sales").fetchone() or (0,)
+            target = str(out).replace("'", "''")
+            query = (
+                "COPY (SELECT store_id, item_id, category, ds, y FROM sales ORDER BY store_id, item_id, ds) "
+            )
+            self._con.execute(query + f"TO '{target}' (FORMAT PARQUET)")
+        return int(count)
+
+    def sales_summary(self) -> dict[str, Any]:
+        rows = self._fetch("SELECT count(*), count(DISTINCT item_id), min(ds), max(ds) FROM sales")
+        (quarantined,) = self._fetch("SELECT count(*) FROM quarantine")[0]
+        n, items, first, last = rows[0]
+        return {
+            "rows": int(n),
+            "series": int(items),
+            "first_ds": first.isoformat() if first else None,
+            "last_ds": last.isoformat() if last else None,
+            "quarantined_rows": int(quarantined),
+        }
+
+    # -- outbox --------------------------------------------------------------------------------------
+
+    def enqueue(self, kind: str, path: str, body: bytes, idempotency_key: str, *, max_rows: int) -> None:
+        """Queue a report; when the outbox is full, drop the oldest heartbeats first (loudly)."""
+        with self._lock:
+            self._con.execute(
+                "INSERT INTO outbox (idempotency_key, kind, path, body, created_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                [idempotency_key, kind, path, body, datetime.now(UTC)],
+            )
+            (count,) = self._con.execute("SELECT count(*) FROM outbox").fetchone() or (0,)
+            if count > max_rows:
+                self._compact(int(count) - max_rows)
+
+    def _compact(self, excess: int) -> None:
+        # Heartbeats are superseded by later ones; other reports go only when heartbeats cannot make room.
+        dropped = 0
+        for condition in ("kind = 'heartbeat'", "TRUE"):
+            if dropped >= excess:
+                break
+            rows = self._con.execute(
+                f"SELECT seq FROM outbox WHERE {condition} ORDER BY seq LIMIT ?",  # noqa: S608 - fixed conditions
+                [excess - dropped],
+            ).fetchall()
+            if rows:
+                self._con.executemany("DELETE FROM outbox WHERE seq = ?", [[r[0]] for r in rows])
+                dropped += len(rows)
+        log.warning(
+            "outbox_compacted",
+            dropped=dropped,
+            reason="outbox over its bound while the server is unreachable; oldest reports discarded",
+        )
+
+    def outbox_batch(self, limit: int = 100) -> list[OutboxItem]:
+        rows = self._fetch(
+            "SELECT seq, idempotency_key, kind, path, body, attempts FROM outbox ORDER BY seq LIMIT ?",
+            [limit],
+        )
+        return [OutboxItem(int(r[0]), r[1], r[2], r[3], bytes(r[4]), int(r[5])) for r in rows]
+
+    def outbox_done(self, seq: int) -> None:
+        with self._lock:
+            self._con.execute("DELETE FROM outbox WHERE seq = ?", [seq])
+
+    def outbox_attempted(self, seq: int) -> None:
+        with self._lock:
+            self._con.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", [seq])
+
+    def outbox_size(self) -> int:
+        return int(self._fetch("SELECT count(*) FROM outbox")[0][0])
+
+    # -- scoring runs --------------------------------------------------------------------------------
+
+    def record_run(self, run: dict[str, Any]) -> None:
+        with self._lock:
+            self._con.execute(
+                "INSERT OR REPLACE INTO scoring_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    run["run_id"],
+                    run["model_name"],
+                    run["version"],
+                    run["trigger"],
+                    run["started_at"],
+                    run["finished_at"],
+                    run["n_series"],
+                    run["n_rows"],
+                    run["history_rows"],
+                    run["path"],
+                ],
+            )
+
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self._fetch(
+            "SELECT run_id, model_name, version, trigger, started_at, finished_at, n_series, n_rows, "
+            "history_rows, path FROM scoring_runs ORDER BY started_at DESC LIMIT ?",
+            [limit],
+        )
+        keys = [
+            *("run_id", "model_name", "version", "trigger", "started_at", "finished_at"),
+            *("n_series", "n_rows", "history_rows", "path"),
+        ]
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def delete_run(self, run_id: str) -> None:
+        with self._lock:
+            self._con.execute("DELETE FROM scoring_runs WHERE run_id = ?", [run_id])

@@ -1,0 +1,189 @@
+"""The agent's client of the central server: enrollment, assignment polls, bundle downloads, reports.
+
+Every method raises ``SyncError`` (or ``EnrollmentError``) for anything the caller should retry later or
+report; nothing here decides policy (that is the lifecycle's job).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from agent.errors import EnrollmentError, SyncError, UpdateRejectedError
+from forecasting.contracts import Assignment
+
+if TYPE_CHECKING:
+    import httpx
+
+CHUNK_BYTES = 1024 * 1024
+
+
+class EnrollResponse(msgspec.Struct, frozen=True):
+    """``POST /v1/enroll`` answer (extra fields the server adds are ignored)."""
+
+    store_id: str
+    token: str
+
+
+@dataclass(frozen=True)
+class AssignmentPoll:
+    """Result of one assignment poll: a new assignment, ``not_modified`` (304), or nothing assigned (404)."""
+
+    assignment: Assignment | None
+    etag: str | None
+    not_modified: bool = False
+
+
+def backoff_seconds(failures: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter: uniform in [base/2, min(cap, base * 2**failures)]."""
+    ceiling = min(cap, base * (2 ** min(failures, 30)))
+    return random.uniform(min(base / 2, ceiling), ceiling)
+
+
+def _problem_detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict):
+        return str(body.get("detail") or body.get("title") or body)[:300]
+    return str(body)[:300]
+
+
+class SyncClient:
+    """Blocking HTTP client of the server API, one per agent process (connection pooling)."""
+
+    def __init__(self, base_url: str, *, timeout_seconds: float, ca_file: str = "") -> None:
+        import httpx
+
+        verify: Any = ca_file if ca_file else True
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 5.0)),
+            verify=verify,
+            headers={"User-Agent": "shelfcast-agent"},
+        )
+        self.token = ""
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        import httpx
+
+        try:
+            return self._client.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise SyncError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+
+    def enroll(self, store_id: str, enrollment_token: str) -> str:
+        """Trade the one-time enrollment token for the store credential."""
+        response = self._request(
+            "POST", "/v1/enroll", json={"store_id": store_id, "enrollment_token": enrollment_token}
+        )
+        if response.status_code in (400, 401, 403, 404, 409, 410):
+            raise EnrollmentError(f"enrollment refused ({response.status_code}): {_problem_detail(response)}")
+        if response.status_code != 200:
+            raise SyncError(f"enrollment failed ({response.status_code}): {_problem_detail(response)}")
+        answer = msgspec.json.decode(response.content, type=EnrollResponse, strict=False)
+        return answer.token
+
+    def poll_assignment(self, store_id: str, etag: str | None) -> AssignmentPoll:
+        """``GET /v1/stores/{id}/assignment`` with ``If-None-Match``."""
+        headers = self._auth()
+        if etag:
+            headers["If-None-Match"] = etag
+        response = self._request("GET", f"/v1/stores/{store_id}/assignment", headers=headers)
+        if response.status_code == 304:
+            return AssignmentPoll(None, etag, not_modified=True)
+        if response.status_code == 404:
+            return AssignmentPoll(None, None)
+        if response.status_code in (401, 403):
+            raise EnrollmentError(f"credential refused ({response.status_code}): {_problem_detail(response)}")
+        if response.status_code != 200:
+            raise SyncError(f"assignment poll failed ({response.status_code}): {_problem_detail(response)}")
+        try:
+            decoder = msgspec.json.Decoder(Assignment)
+            assignment = decoder.decode(response.content)
+        except msgspec.DecodeError:
+            # A newer server may add fields: accept them rather than stop updating.
+            assignment = msgspec.convert(response.json(), Assignment, strict=False, from_attributes=False)
+        return AssignmentPoll(assignment, response.headers.get("ETag"))
+
+    def download_bundle(self, sha256: str, expected_size: int, dest_dir: Path, *, max_bytes: int) -> Path:
+        """Download ``/v1/bundles/{sha256}`` into ``dest_dir/<sha256>``, resuming a ``.part`` with ``Range``.
+
+        The size cap is enforced before and while reading; the sha256 of the whole file must match.
+        """
+        if expected_size > max_bytes:
+            raise UpdateRejectedError(
+                f"bundle {sha256[:12]} is {expected_size} bytes, over the {max_bytes} cap"
+            )
+        final = dest_dir / sha256
+        if final.is_file() and _sha256_file(final) == sha256:
+            return final
+        part = dest_dir / f"{sha256}.part"
+        have = part.stat().st_size if part.exists() else 0
+        if have > max_bytes or (expected_size and have > expected_size):
+            part.unlink()
+            have = 0
+        headers = self._auth()
+        if have:
+            headers["Range"] = f"bytes={have}-"
+            headers["If-Range"] = f'"{sha256}"'
+        import httpx
+
+        try:
+            with self._client.stream("GET", f"/v1/bundles/{sha256}", headers=headers) as response:
+                if response.status_code == 200:
+                    have = 0
+                elif response.status_code == 416:
+                    # The part file is complete or garbage: start over next time.
+                    part.unlink(missing_ok=True)
+                    raise SyncError(f"bundle {sha256[:12]}: range not satisfiable, restarting download")
+                elif response.status_code != 206:
+                    raise SyncError(f"bundle {sha256[:12]} download failed ({response.status_code})")
+                with part.open("r+b" if have else "wb") as fh:
+                    fh.seek(have)
+                    fh.truncate()
+                    written = have
+                    for chunk in response.iter_bytes(CHUNK_BYTES):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise UpdateRejectedError(
+                                f"bundle {sha256[:12]} exceeds the {max_bytes}-byte cap"
+                            )
+                        fh.write(chunk)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        except httpx.HTTPError as exc:
+            raise SyncError(f"bundle {sha256[:12]} download interrupted: {exc}") from exc
+        digest = _sha256_file(part)
+        if digest != sha256:
+            part.unlink(missing_ok=True)
+            raise UpdateRejectedError(f"bundle {sha256[:12]}: sha256 mismatch (got {digest[:12]})")
+        Path(part).replace(final)
+        return final
+
+    def post_report(self, path: str, body: bytes, idempotency_key: str) -> int:
+        """POST one outbox report; returns the status code (transport errors raise ``SyncError``)."""
+        headers = {**self._auth(), "Idempotency-Key": idempotency_key, "Content-Type": "application/json"}
+        response = self._request("POST", path, content=body, headers=headers)
+        return response.status_code
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
