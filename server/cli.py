@@ -1,10 +1,170 @@
-"""``shelfcast server ...``: run the central server."""
+"""``shelfcast server ...``: run the central server, create its first admin credential, back up, restore."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
 import click
+
+from forecasting.cli import config_option
+from forecasting.logs import configure_logging, get_logger
+from server.config import ServerConfig, load_server_config
+
+log = get_logger("server.cli")
+
+
+def _load(config_files: tuple[Path, ...], state_dir: Path | None, **overrides: Any) -> ServerConfig:
+    config = load_server_config(list(config_files))
+    return config.with_overrides(state_dir=None if state_dir is None else str(state_dir), **overrides)
+
+
+def state_dir_option(func: Any) -> Any:
+    return click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Folder for the database and bundle blobs (overrides [server] state_dir).",
+    )(func)
 
 
 @click.group()
 def server() -> None:
     """Run and administer the central server."""
+
+
+@server.command("run")
+@config_option
+@click.option("--host", default=None, help="Address to listen on (overrides [server] host).")
+@click.option("--port", type=int, default=None, help="Port to listen on (overrides [server] port).")
+@state_dir_option
+def run(config_files: tuple[Path, ...], host: str | None, port: int | None, state_dir: Path | None) -> None:
+    """Serve the registry, fleet and agent API (Litestar under uvicorn) until interrupted."""
+    import uvicorn
+
+    from server.app import ServerState, create_app
+
+    config = _load(config_files, state_dir, host=host, port=port)
+    configure_logging(config.logging.level, config.logging.format)
+    state = ServerState(config)
+    state.open()  # a locked or unreadable database fails here, as one clear sentence
+    app = create_app(config, state)
+    url = f"http://{config.server.host}:{config.server.port}"
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                log.info("server_started", url=url, state_dir=str(config.state_path), pid=os.getpid())
+
+    uv_config = uvicorn.Config(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        http="httptools",
+        loop="uvloop",
+        timeout_graceful_shutdown=5,
+    )
+    try:
+        Server(uv_config).run()
+    finally:
+        state.close()
+    log.info("server_stopped", url=url)
+
+
+@server.command("init")
+@config_option
+@state_dir_option
+def init(config_files: tuple[Path, ...], state_dir: Path | None) -> None:
+    """Create the state folder and an admin credential; prints the token once (only its hash is kept)."""
+    from server.app import ServerState
+    from server.fleet.schemas import CredentialCreate
+
+    config = _load(config_files, state_dir)
+    state = ServerState(config)
+    state.open()
+    try:
+        from server.auth import Principal
+
+        created = state.fleet.create_credential(
+            CredentialCreate(role="admin", label="shelfcast server init"),
+            Principal(role="admin", credential_id="init"),
+        )
+    finally:
+        state.close()
+    click.echo(f"state folder: {config.state_path}")
+    click.echo(f"admin credential {created.credential_id} (shown once; store it safely):")
+    click.echo(created.token)
+
+
+@server.command("backup")
+@config_option
+@state_dir_option
+@click.option(
+    "--to", "dest", required=True, type=click.Path(file_okay=False, path_type=Path), help="New folder."
+)
+@click.option(
+    "--server", "server_url", envvar="SHELFCAST_SERVER_URL", default=None, help="Back up a running server."
+)
+@click.option("--token", envvar="SHELFCAST_TOKEN", default=None, help="Admin token for --server.")
+def backup(
+    config_files: tuple[Path, ...],
+    state_dir: Path | None,
+    dest: Path,
+    server_url: str | None,
+    token: str | None,
+) -> None:
+    """Write a consistent backup (database + bundles) into a new folder.
+
+    With --server (or SHELFCAST_SERVER_URL) the running server makes the snapshot over HTTP; otherwise
+    the state folder of a stopped server is read directly.
+    """
+    from server.backup import backup_offline, extract_backup_tar
+
+    if server_url:
+        import httpx
+
+        from server.admin_cli import check_response
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".backup-") as tmp:
+            archive = Path(tmp) / "backup.tar"
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            with (
+                httpx.stream(
+                    "GET", f"{server_url.rstrip('/')}/v1/admin/backup", headers=headers, timeout=600
+                ) as resp,
+            ):
+                if resp.status_code != 200:
+                    resp.read()
+                    check_response(resp)
+                with archive.open("wb") as fh:
+                    for chunk in resp.iter_bytes():
+                        fh.write(chunk)
+            manifest = extract_backup_tar(archive, dest)
+    else:
+        config = _load(config_files, state_dir)
+        manifest = backup_offline(config.state_path, dest)
+    size = sum(f.size for f in manifest.files)
+    click.echo(f"backup written to {dest}: {len(manifest.files)} files, {size} bytes")
+
+
+@server.command("restore")
+@config_option
+@state_dir_option
+@click.option("--from", "src", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace an existing state (moved aside, not deleted).")
+def restore_cmd(config_files: tuple[Path, ...], state_dir: Path | None, src: Path, force: bool) -> None:
+    """Restore a backup into the state folder of a stopped server (every file's sha256 is checked first)."""
+    from server.backup import restore
+
+    config = _load(config_files, state_dir)
+    previous = restore(src, config.state_path, force=force)
+    click.echo(f"restored {src} into {config.state_path}")
+    if previous is not None:
+        click.echo(f"the previous state was moved to {previous}")

@@ -19,8 +19,12 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     admin_token: str = ""
     public_url: str = ""
     max_request_body_bytes: int = 512 * 1024 * 1024
+    max_json_body_bytes: int = 1024 * 1024
     max_page_size: int = 500
+    default_page_size: int = 100
     stale_after_seconds: int = 900
+    enrollment_ttl_seconds: int = 7 * 24 * 3600
+    trusted_keys: list[str] = msgspec.field(default_factory=list)
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -32,6 +36,19 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     @property
     def state_path(self) -> Path:
         return Path(self.server.state_dir)
+
+    def with_overrides(
+        self, *, host: str | None = None, port: int | None = None, state_dir: str | None = None
+    ) -> ServerConfig:
+        """A copy with command-line overrides applied (``--host``, ``--port``, ``--state-dir``)."""
+        changes: dict[str, object] = {}
+        if host is not None:
+            changes["host"] = host
+        if port is not None:
+            changes["port"] = port
+        if state_dir is not None:
+            changes["state_dir"] = state_dir
+        return msgspec.structs.replace(self, server=msgspec.structs.replace(self.server, **changes))
 
 
 def load_server_config(files: list[Path]) -> ServerConfig:

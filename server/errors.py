@@ -32,3 +32,26 @@ class StorageLockedError(ServerError):
     """Another process already writes the server's database file."""
 
     title = "Database file in use"
+
+
+class UnauthorizedError(ServerError):
+    """No credential, or one the server does not know (or has revoked)."""
+
+    status_code = 401
+    title = "Unauthorized"
+
+
+class PayloadTooLargeError(ServerError):
+    status_code = 413
+    title = "Payload too large"
+
+
+class RangeNotSatisfiableError(ServerError):
+    status_code = 416
+    title = "Range not satisfiable"
+
+
+class BackupError(ServerError):
+    """A backup cannot be written, or a restore source is incomplete or corrupt."""
+
+    title = "Backup or restore failed"

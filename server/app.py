@@ -1,0 +1,212 @@
+"""``create_app(config)``: the central server's Litestar app. Nothing happens at import time.
+
+The app owns one :class:`ServerState` (DuckDB connection, blob store, services); it is opened at start
+(or before, by ``shelfcast server run``, so a locked database fails with a clear message) and closed
+at shutdown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, Router
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from forecasting.contracts import Problem
+from forecasting.logs import get_logger
+from server.auth import TokenIndex, make_guard
+from server.blobs import BlobStore
+from server.config import ServerConfig
+from server.db import DB_FILE_NAME, Database
+from server.errors import ServerError
+from server.fleet.controllers import (
+    CredentialController,
+    EnrollController,
+    GroupController,
+    HeartbeatController,
+    StoreController,
+)
+from server.fleet.repository import FleetRepository
+from server.fleet.services import FleetService
+from server.monitoring import Metrics
+from server.registry.controllers import BundleController, DatasetController, ModelController, RunController
+from server.registry.repository import RegistryRepository
+from server.registry.services import RegistryService
+from server.system import AdminController, SystemController
+
+log = get_logger("server.app")
+
+
+class ServerState:
+    """Everything the running server holds: the database, the blobs and the services over them."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.root = config.state_path
+        self.tokens = TokenIndex(config.server.admin_token)
+        self.db: Database | None = None
+        self._fleet: FleetService | None = None
+        self._registry: RegistryService | None = None
+        self.metrics = Metrics(self._fleet_gauges)
+
+    def _fleet_gauges(self) -> dict[str, Any]:
+        return self.fleet.gauges()
+
+    @property
+    def fleet(self) -> FleetService:
+        if self._fleet is None:
+            raise ServerError("the server state is not open")
+        return self._fleet
+
+    @property
+    def registry(self) -> RegistryService:
+        if self._registry is None:
+            raise ServerError("the server state is not open")
+        return self._registry
+
+    def open(self) -> None:
+        """Open the database (migrating it), the blob store and the services; idempotent."""
+        if self.db is not None:
+            return
+        server = self.config.server
+        self.root.mkdir(parents=True, exist_ok=True)
+        db = Database.open(self.root / DB_FILE_NAME)
+        blobs = BlobStore(self.root / "blobs", self.root / "tmp")
+        for stale in blobs.tmp_dir.glob("upload-*.part"):
+            stale.unlink(missing_ok=True)
+        registry_repo = RegistryRepository(db)
+        fleet = FleetService(
+            FleetRepository(db),
+            registry_repo,
+            self.tokens,
+            enrollment_ttl_seconds=server.enrollment_ttl_seconds,
+            stale_after_seconds=server.stale_after_seconds,
+            page_default=server.default_page_size,
+            page_cap=server.max_page_size,
+        )
+        self._registry = RegistryService(
+            registry_repo,
+            blobs,
+            trusted_keys=server.trusted_keys,
+            keys_dir=self.root / "keys",
+            max_bundle_bytes=server.max_request_body_bytes,
+            page_default=server.default_page_size,
+            page_cap=server.max_page_size,
+            on_change=fleet.invalidate_assignments,
+        )
+        self._fleet = fleet
+        self.db = db
+        fleet.load_tokens()
+        fleet.prune()
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.checkpoint()
+            self.db.close()
+            self.db = None
+            self._fleet = None
+            self._registry = None
+
+
+def problem(status: int, title: str, detail: str) -> Response[bytes]:
+    body = msgspec.json.encode(Problem(title=title, status=status, detail=detail))
+    return Response(body, status_code=status, media_type="application/problem+json")
+
+
+def server_error_handler(_: Request[Any, Any, Any], exc: ServerError) -> Response[bytes]:
+    if exc.status_code >= 500:
+        log.error("request_failed", error=str(exc), error_type=type(exc).__name__)
+    return problem(exc.status_code, exc.title, str(exc))
+
+
+def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    detail = exc.detail
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+        reasons = "; ".join(
+            f"{e.get('key') or e.get('source', 'body')}: {e.get('message')}"
+            if isinstance(e, dict)
+            else str(e)
+            for e in exc.extra
+        )
+        detail = f"{detail}: {reasons}" if reasons else detail
+    title = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 413: "Payload too large"}.get(
+        exc.status_code, "HTTP error"
+    )
+    return problem(exc.status_code, title, detail)
+
+
+def unexpected_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.exception("request_crashed", path=request.url.path, error_type=type(exc).__name__)
+    return problem(500, "Internal server error", "the server failed to handle this request; see its log")
+
+
+def create_app(config: ServerConfig, state: ServerState | None = None) -> Litestar:
+    """Build the server's app for ``config`` (opening its state at start-up if not opened already)."""
+    state = state or ServerState(config)
+
+    def registry_provider() -> RegistryService:
+        return state.registry
+
+    def fleet_provider() -> FleetService:
+        return state.fleet
+
+    api = Router(
+        path="/",
+        route_handlers=[
+            ModelController,
+            BundleController,
+            RunController,
+            DatasetController,
+            StoreController,
+            GroupController,
+            EnrollController,
+            HeartbeatController,
+            CredentialController,
+            AdminController,
+        ],
+        request_max_body_size=config.server.max_json_body_bytes,
+    )
+    openapi = OpenAPIConfig(
+        title="shelfcast server",
+        version="1",
+        description="Central registry, fleet and assignments for shelfcast store agents.",
+        path="/schema",
+        render_plugins=[SwaggerRenderPlugin()],
+        openapi_router=Router(path="/schema", route_handlers=[], opt={"access": "public"}),
+        components=Components(
+            security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")},
+        ),
+        security=[{"bearer": []}],
+    )
+    app = Litestar(
+        route_handlers=[api, SystemController],
+        dependencies={
+            "registry": Provide(registry_provider, sync_to_thread=False),
+            "fleet": Provide(fleet_provider, sync_to_thread=False),
+        },
+        guards=[make_guard(state.tokens)],
+        exception_handlers={
+            ServerError: server_error_handler,
+            HTTPException: http_error_handler,
+            Exception: unexpected_error_handler,
+        },
+        middleware=[state.metrics.middleware],
+        openapi_config=openapi,
+        on_startup=[state.open],
+        on_shutdown=[state.close],
+        request_max_body_size=config.server.max_json_body_bytes,
+        debug=False,
+    )
+    app.state.server = state
+    return app
+
+
+def state_of(app: Litestar) -> ServerState:
+    state = app.state.server
+    assert isinstance(state, ServerState)
+    return state

@@ -1,0 +1,145 @@
+"""HTTP routes of the fleet: stores, enrollment, credentials, assignments, heartbeats."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.params import Parameter
+
+from forecasting.contracts import Heartbeat
+from server.auth import principal_of
+from server.fleet import schemas
+from server.fleet.services import FleetService
+from server.registry.controllers import Cursor, Limit
+
+READER = {"access": "reader"}
+ADMIN = {"access": "admin"}
+AGENT = {"access": "agent"}
+STORE = {"access": "store"}
+PUBLIC = {"access": "public"}
+
+
+class StoreController(Controller):
+    path = "/v1/stores"
+    tags = ["fleet"]  # noqa: RUF012 - Litestar reads class attributes
+
+    @post(
+        "/",
+        opt=ADMIN,
+        sync_to_thread=True,
+        status_code=201,
+        summary="Create a store; returns a one-time enrollment token",
+    )
+    def create(self, fleet: FleetService, data: schemas.StoreCreate) -> schemas.StoreCreated:
+        return fleet.create_store(data)
+
+    @get("/", opt=READER, sync_to_thread=True)
+    def list_stores(
+        self,
+        fleet: FleetService,
+        region: Annotated[str | None, Parameter(query="region", required=False)] = None,
+        group: Annotated[str | None, Parameter(query="group", required=False)] = None,
+        model_name: Annotated[str | None, Parameter(query="model_name", required=False)] = None,
+        limit: Limit = None,
+        cursor: Cursor = None,
+    ) -> schemas.StorePage:
+        return fleet.list_stores(
+            limit=limit, cursor=cursor, region=region, group=group, model_name=model_name
+        )
+
+    @get("/{store_id:str}", opt=READER, sync_to_thread=True)
+    def get_store(self, fleet: FleetService, store_id: str) -> schemas.Store:
+        return fleet.get_store(store_id)
+
+    @patch("/{store_id:str}", opt=ADMIN, sync_to_thread=True)
+    def update(self, fleet: FleetService, store_id: str, data: schemas.StoreUpdate) -> schemas.Store:
+        return fleet.update_store(store_id, data)
+
+    @post("/{store_id:str}/enrollment-tokens", opt=ADMIN, sync_to_thread=True, status_code=201)
+    def new_enrollment_token(self, fleet: FleetService, store_id: str) -> schemas.StoreCreated:
+        return fleet.new_enrollment_token(store_id)
+
+    @post("/{store_id:str}/revoke", opt=ADMIN, sync_to_thread=True, status_code=200)
+    def revoke(self, request: Request[Any, Any, Any], fleet: FleetService, store_id: str) -> schemas.Store:
+        return fleet.revoke_store(store_id, principal_of(request.state))
+
+    @post("/{store_id:str}/credentials/rotate", opt=STORE, sync_to_thread=True, status_code=200)
+    def rotate(
+        self, request: Request[Any, Any, Any], fleet: FleetService, store_id: str
+    ) -> schemas.EnrollResponse:
+        return fleet.rotate_store_credential(store_id, principal_of(request.state))
+
+    @get(
+        "/{store_id:str}/assignment",
+        opt=STORE,
+        summary="Which version this store must run (strong ETag; If-None-Match gives 304)",
+        response_description="forecasting.contracts.Assignment",
+    )
+    async def assignment(
+        self, request: Request[Any, Any, Any], fleet: FleetService, store_id: str
+    ) -> Response[bytes]:
+        cached = fleet.cached_assignment(store_id)
+        if cached is False or cached is None:
+            cached = await anyio.to_thread.run_sync(fleet.assignment, store_id)
+        assert not isinstance(cached, bool)
+        if request.headers.get("if-none-match") == cached.etag:
+            return Response(b"", status_code=304, headers={"ETag": cached.etag})
+        return Response(cached.body, media_type="application/json", headers={"ETag": cached.etag})
+
+
+class GroupController(Controller):
+    path = "/v1/groups"
+    tags = ["fleet"]  # noqa: RUF012
+
+    @get("/", opt=READER, sync_to_thread=True)
+    def list_groups(self, fleet: FleetService) -> list[schemas.Group]:
+        return fleet.list_groups()
+
+
+class EnrollController(Controller):
+    path = "/v1/enroll"
+    tags = ["agents"]  # noqa: RUF012
+
+    @post(
+        "/", opt=PUBLIC, sync_to_thread=True, status_code=200, summary="Exchange a one-time enrollment token"
+    )
+    def enroll(self, fleet: FleetService, data: schemas.EnrollRequest) -> schemas.EnrollResponse:
+        return fleet.enroll(data)
+
+
+class HeartbeatController(Controller):
+    path = "/v1/heartbeats"
+    tags = ["agents"]  # noqa: RUF012
+
+    @post("/", opt=AGENT, sync_to_thread=True, status_code=202)
+    def heartbeat(
+        self,
+        request: Request[Any, Any, Any],
+        fleet: FleetService,
+        data: Heartbeat,
+        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", required=False)] = None,
+    ) -> schemas.Accepted:
+        return fleet.record_heartbeat(data, principal_of(request.state), idempotency_key)
+
+
+class CredentialController(Controller):
+    path = "/v1/credentials"
+    tags = ["fleet"]  # noqa: RUF012
+
+    @post(
+        "/", opt=ADMIN, sync_to_thread=True, status_code=201, summary="Create an admin or reader credential"
+    )
+    def create(
+        self, request: Request[Any, Any, Any], fleet: FleetService, data: schemas.CredentialCreate
+    ) -> schemas.CredentialCreated:
+        return fleet.create_credential(data, principal_of(request.state))
+
+    @get("/", opt=ADMIN, sync_to_thread=True)
+    def list_credentials(self, fleet: FleetService) -> list[schemas.Credential]:
+        return fleet.list_credentials()
+
+    @delete("/{credential_id:str}", opt=ADMIN, sync_to_thread=True)
+    def revoke(self, request: Request[Any, Any, Any], fleet: FleetService, credential_id: str) -> None:
+        fleet.revoke_credential(credential_id, principal_of(request.state))

@@ -1,0 +1,209 @@
+"""SQL of the fleet domain: stores, groups, enrollment tokens, credentials, agent status, report keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from server.db import Database, utcnow
+
+STORE_COLUMNS = "store_id, model_name, name, region, type, size, tags, created_at, revoked_at"
+
+
+class FleetRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- stores -----------------------------------------------------------------------------------
+
+    def insert_store(self, row: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO stores (store_id, model_name, name, region, type, size, tags, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                row["store_id"],
+                row["model_name"],
+                row["name"],
+                row["region"],
+                row["type"],
+                row["size"],
+                msgspec.json.encode(row["tags"]).decode(),
+                utcnow(),
+            ],
+        )
+
+    def update_store(self, store_id: str, changes: dict[str, Any]) -> None:
+        if not changes:
+            return
+        values = [msgspec.json.encode(v).decode() if k == "tags" else v for k, v in changes.items()]
+        assignments = ", ".join(f'"{k}" = ?' for k in changes)
+        self.db.execute(f"UPDATE stores SET {assignments} WHERE store_id = ?", [*values, store_id])  # noqa: S608
+
+    def set_store_revoked(self, store_id: str, revoked: bool) -> None:
+        self.db.execute(
+            "UPDATE stores SET revoked_at = ? WHERE store_id = ?", [utcnow() if revoked else None, store_id]
+        )
+
+    def get_store(self, store_id: str) -> dict[str, Any] | None:
+        rows = self._stores_where("s.store_id = ?", [store_id], limit=1)
+        return rows[0] if rows else None
+
+    def list_stores(
+        self, *, after: str | None, limit: int, region: str | None, group: str | None, model_name: str | None
+    ) -> list[dict[str, Any]]:
+        clauses, params = ["TRUE"], []
+        if after is not None:
+            clauses.append("s.store_id > ?")
+            params.append(after)
+        if region is not None:
+            clauses.append("s.region = ?")
+            params.append(region)
+        if model_name is not None:
+            clauses.append("s.model_name = ?")
+            params.append(model_name)
+        if group is not None:
+            clauses.append("s.store_id IN (SELECT store_id FROM store_groups WHERE group_name = ?)")
+            params.append(group)
+        return self._stores_where(" AND ".join(clauses), params, limit=limit)
+
+    def all_store_models(self) -> dict[str, str]:
+        rows = self.db.fetch_all("SELECT store_id, model_name FROM stores WHERE revoked_at IS NULL")
+        return {r["store_id"]: r["model_name"] for r in rows}
+
+    def _stores_where(self, where: str, params: list[Any], *, limit: int) -> list[dict[str, Any]]:
+        rows = self.db.fetch_all(
+            f"SELECT s.store_id, s.model_name, s.name, s.region, s.type, s.size, s.tags, s.created_at, "  # noqa: S608
+            "s.revoked_at, a.state, a.model_name AS status_model_name, a.active_version, a.last_scored_at, "
+            "a.agent_version, a.last_contact_at, "
+            "coalesce((SELECT list(g.group_name ORDER BY g.group_name) FROM store_groups g "
+            "WHERE g.store_id = s.store_id), []) AS groups "
+            f"FROM stores s LEFT JOIN agent_status a USING (store_id) WHERE {where} "
+            "ORDER BY s.store_id LIMIT ?",
+            [*params, limit],
+        )
+        for row in rows:
+            row["tags"] = msgspec.json.decode(row["tags"])
+        return rows
+
+    def set_groups(self, store_id: str, groups: list[str]) -> None:
+        self.db.execute("DELETE FROM store_groups WHERE store_id = ?", [store_id])
+        for group in sorted(set(groups)):
+            self.db.execute("INSERT INTO store_groups VALUES (?, ?)", [group, store_id])
+
+    def list_groups(self) -> list[dict[str, Any]]:
+        return self.db.fetch_all(
+            "SELECT group_name AS group, list(store_id ORDER BY store_id) AS store_ids "
+            "FROM store_groups GROUP BY group_name ORDER BY group_name"
+        )
+
+    # --- enrollment tokens and credentials ----------------------------------------------------------
+
+    def insert_enrollment_token(self, token_sha256: str, store_id: str, expires_at: datetime) -> None:
+        self.db.execute(
+            "INSERT INTO enrollment_tokens VALUES (?, ?, ?, ?, NULL)",
+            [token_sha256, store_id, utcnow(), expires_at],
+        )
+
+    def get_enrollment_token(self, token_sha256: str) -> dict[str, Any] | None:
+        return self.db.fetch_one("SELECT * FROM enrollment_tokens WHERE token_sha256 = ?", [token_sha256])
+
+    def use_enrollment_token(self, token_sha256: str) -> None:
+        self.db.execute(
+            "UPDATE enrollment_tokens SET used_at = ? WHERE token_sha256 = ?", [utcnow(), token_sha256]
+        )
+
+    def expire_enrollment_tokens(self, store_id: str) -> None:
+        self.db.execute(
+            "UPDATE enrollment_tokens SET used_at = ? WHERE store_id = ? AND used_at IS NULL",
+            [utcnow(), store_id],
+        )
+
+    def insert_credential(
+        self, credential_id: str, token_sha256: str, role: str, store_id: str | None, label: str
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO credentials VALUES (?, ?, ?, ?, ?, ?, NULL)",
+            [credential_id, token_sha256, role, store_id, label, utcnow()],
+        )
+
+    def revoke_credentials(self, *, store_id: str | None = None, credential_id: str | None = None) -> int:
+        if store_id is not None:
+            where, param = "store_id = ?", store_id
+        elif credential_id is not None:
+            where, param = "credential_id = ?", credential_id
+        else:
+            return 0
+        count = self.db.scalar(
+            f"SELECT count(*) FROM credentials WHERE {where} AND revoked_at IS NULL",  # noqa: S608
+            [param],
+        )
+        self.db.execute(
+            f"UPDATE credentials SET revoked_at = ? WHERE {where} AND revoked_at IS NULL",  # noqa: S608
+            [utcnow(), param],
+        )
+        return int(count or 0)
+
+    def active_credentials(self) -> list[dict[str, Any]]:
+        return self.db.fetch_all(
+            "SELECT credential_id, token_sha256, role, store_id FROM credentials WHERE revoked_at IS NULL"
+        )
+
+    def list_credentials(self) -> list[dict[str, Any]]:
+        return self.db.fetch_all(
+            "SELECT credential_id, role, store_id, label, created_at, revoked_at FROM credentials "
+            "ORDER BY created_at, credential_id"
+        )
+
+    def get_credential(self, credential_id: str) -> dict[str, Any] | None:
+        return self.db.fetch_one("SELECT * FROM credentials WHERE credential_id = ?", [credential_id])
+
+    # --- agent status and report idempotency --------------------------------------------------------
+
+    def claim_report_key(self, store_id: str, key: str) -> bool:
+        """Record ``key`` for ``store_id``; False when it was seen before (a retried delivery)."""
+        seen = self.db.scalar(
+            "SELECT count(*) FROM report_keys WHERE store_id = ? AND idempotency_key = ?", [store_id, key]
+        )
+        if seen:
+            return False
+        self.db.execute("INSERT INTO report_keys VALUES (?, ?, ?)", [store_id, key, utcnow()])
+        return True
+
+    def prune_report_keys(self, older_than: datetime) -> None:
+        self.db.execute("DELETE FROM report_keys WHERE received_at < ?", [older_than])
+
+    def upsert_agent_status(self, row: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO agent_status (store_id, state, model_name, active_version, last_scored_at, "
+            "agent_version, sent_at, last_contact_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (store_id) DO UPDATE SET state = excluded.state, model_name = excluded.model_name, "
+            "active_version = excluded.active_version, last_scored_at = excluded.last_scored_at, "
+            "agent_version = excluded.agent_version, sent_at = excluded.sent_at, "
+            "last_contact_at = excluded.last_contact_at",
+            [
+                row["store_id"],
+                row["state"],
+                row["model_name"],
+                row["active_version"],
+                row["last_scored_at"],
+                row["agent_version"],
+                row["sent_at"],
+                row["last_contact_at"],
+            ],
+        )
+
+    def fleet_gauges(self, stale_before: datetime) -> dict[str, Any]:
+        by_version = self.db.fetch_all(
+            "SELECT coalesce(model_name, '') AS model_name, "
+            "coalesce(CAST(active_version AS VARCHAR), 'none') "
+            "AS version, count(*) AS n FROM agent_status GROUP BY ALL ORDER BY ALL"
+        )
+        stores = self.db.scalar("SELECT count(*) FROM stores WHERE revoked_at IS NULL")
+        stale = self.db.scalar(
+            "SELECT count(*) FROM stores s LEFT JOIN agent_status a USING (store_id) "
+            "WHERE s.revoked_at IS NULL AND (a.last_contact_at IS NULL OR a.last_contact_at < ?)",
+            [stale_before],
+        )
+        return {"by_version": by_version, "stores": int(stores or 0), "stale": int(stale or 0)}

@@ -1,0 +1,347 @@
+"""Rules of the fleet: stores and their credentials, enrollment, heartbeats, assignments (cached, ETagged)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from forecasting.contracts import Assignment, Heartbeat
+from forecasting.logs import get_logger
+from server.auth import Principal, TokenIndex, hash_token, new_id, new_token
+from server.db import as_utc, to_naive_utc, utcnow
+from server.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnauthorizedError,
+)
+from server.fleet import schemas
+from server.fleet.repository import FleetRepository
+from server.pagination import next_cursor, page_request
+from server.registry.repository import RegistryRepository
+from server.registry.services import check_name
+
+log = get_logger("server.fleet")
+
+REPORT_KEY_RETENTION = timedelta(days=2)
+
+
+class CachedAssignment(msgspec.Struct, frozen=True):
+    etag: str
+    body: bytes
+
+
+class FleetService:
+    def __init__(
+        self,
+        repo: FleetRepository,
+        registry: RegistryRepository,
+        tokens: TokenIndex,
+        *,
+        enrollment_ttl_seconds: int,
+        stale_after_seconds: int,
+        page_default: int,
+        page_cap: int,
+    ) -> None:
+        self.repo = repo
+        self.registry = registry
+        self.tokens = tokens
+        self.enrollment_ttl = timedelta(seconds=enrollment_ttl_seconds)
+        self.stale_after = timedelta(seconds=stale_after_seconds)
+        self.page_default = page_default
+        self.page_cap = page_cap
+        self._assignments: dict[str, CachedAssignment | None] = {}
+        self._cache_lock = threading.Lock()
+        self._generation = 0
+
+    def load_tokens(self) -> None:
+        """Fill the token index from the credentials table (at start and after restores)."""
+        self.tokens.replace_all(
+            (
+                r["token_sha256"],
+                Principal(role=r["role"], credential_id=r["credential_id"], store_id=r["store_id"]),
+            )
+            for r in self.repo.active_credentials()
+        )
+
+    # --- stores -----------------------------------------------------------------------------------
+
+    def create_store(self, body: schemas.StoreCreate) -> schemas.StoreCreated:
+        check_name(body.store_id, "store id")
+        check_name(body.model_name, "model name")
+        with self.repo.db.transaction():
+            if self.repo.get_store(body.store_id) is not None:
+                raise ConflictError(f"store {body.store_id!r} already exists")
+            self.repo.insert_store(msgspec.to_builtins(body))
+            self.repo.set_groups(body.store_id, body.groups)
+            token, expires_at = self._issue_enrollment(body.store_id)
+        self.repo.db.checkpoint()
+        self.invalidate_assignments()
+        log.info("store_created", store_id=body.store_id, model_name=body.model_name)
+        return schemas.StoreCreated(store_id=body.store_id, enrollment_token=token, expires_at=expires_at)
+
+    def update_store(self, store_id: str, body: schemas.StoreUpdate) -> schemas.Store:
+        changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None and k != "groups"}
+        if "model_name" in changes:
+            check_name(changes["model_name"], "model name")
+        with self.repo.db.transaction():
+            self._require_store(store_id)
+            self.repo.update_store(store_id, changes)
+            if body.groups is not None:
+                self.repo.set_groups(store_id, body.groups)
+        self.repo.db.checkpoint()
+        self.invalidate_assignments()
+        return self.get_store(store_id)
+
+    def get_store(self, store_id: str) -> schemas.Store:
+        return self._store(self._require_store(store_id))
+
+    def list_stores(
+        self,
+        *,
+        limit: int | None,
+        cursor: str | None,
+        region: str | None = None,
+        group: str | None = None,
+        model_name: str | None = None,
+    ) -> schemas.StorePage:
+        page = page_request(limit, cursor, default=self.page_default, cap=self.page_cap)
+        rows = self.repo.list_stores(
+            after=page.after[0] if page.after else None,
+            limit=page.limit + 1,
+            region=region,
+            group=group,
+            model_name=model_name,
+        )
+        rows, nxt = next_cursor(rows, page.limit, lambda r: [r["store_id"]])
+        return schemas.StorePage(items=[self._store(r) for r in rows], next_cursor=nxt)
+
+    def list_groups(self) -> list[schemas.Group]:
+        return [msgspec.convert(r, schemas.Group) for r in self.repo.list_groups()]
+
+    def _require_store(self, store_id: str) -> dict[str, Any]:
+        row = self.repo.get_store(store_id)
+        if row is None:
+            raise NotFoundError(f"no store {store_id!r}")
+        return row
+
+    def _store(self, row: dict[str, Any]) -> schemas.Store:
+        status = None
+        if row.get("state") is not None:
+            contact = row["last_contact_at"]
+            status = schemas.AgentStatus(
+                state=row["state"],
+                model_name=row["status_model_name"],
+                active_version=row["active_version"],
+                last_scored_at=as_utc(row["last_scored_at"]),
+                agent_version=row["agent_version"],
+                last_contact_at=as_utc(contact) or contact,
+                stale=contact < utcnow() - self.stale_after,
+            )
+        return schemas.Store(
+            store_id=row["store_id"],
+            model_name=row["model_name"],
+            name=row["name"],
+            region=row["region"],
+            type=row["type"],
+            size=row["size"],
+            tags=row["tags"],
+            groups=list(row["groups"]),
+            created_at=as_utc(row["created_at"]) or row["created_at"],
+            revoked_at=as_utc(row["revoked_at"]),
+            status=status,
+        )
+
+    # --- enrollment and credentials -------------------------------------------------------------------
+
+    def _issue_enrollment(self, store_id: str) -> tuple[str, datetime]:
+        token = new_token("enroll")
+        expires_at = utcnow() + self.enrollment_ttl
+        self.repo.insert_enrollment_token(hash_token(token), store_id, expires_at)
+        return token, as_utc(expires_at) or expires_at
+
+    def new_enrollment_token(self, store_id: str) -> schemas.StoreCreated:
+        """A fresh one-time enrollment token (to re-enroll a replaced machine); older ones stop working."""
+        with self.repo.db.transaction():
+            self._require_store(store_id)
+            self.repo.expire_enrollment_tokens(store_id)
+            self.repo.set_store_revoked(store_id, revoked=False)
+            token, expires_at = self._issue_enrollment(store_id)
+        self.repo.db.checkpoint()
+        self.invalidate_assignments()
+        return schemas.StoreCreated(store_id=store_id, enrollment_token=token, expires_at=expires_at)
+
+    def enroll(self, body: schemas.EnrollRequest) -> schemas.EnrollResponse:
+        """Exchange a one-time enrollment token for the store's credential (older ones are revoked)."""
+        digest = hash_token(body.enrollment_token)
+        with self.repo.db.transaction():
+            row = self.repo.get_enrollment_token(digest)
+            if row is None or not hmac.compare_digest(row["token_sha256"], digest):
+                raise UnauthorizedError("unknown enrollment token")
+            if row["store_id"] != body.store_id:
+                raise PermissionDeniedError(f"this enrollment token is not for store {body.store_id!r}")
+            if row["used_at"] is not None:
+                raise UnauthorizedError("this enrollment token was already used (ask an admin for a new one)")
+            if row["expires_at"] < utcnow():
+                raise UnauthorizedError("this enrollment token has expired (ask an admin for a new one)")
+            self.repo.use_enrollment_token(digest)
+            self.repo.revoke_credentials(store_id=body.store_id)
+            credential_id, token = self._new_store_credential(body.store_id, "enrolled")
+        self.repo.db.checkpoint()
+        self.tokens.remove_where(lambda p: p.store_id == body.store_id and p.credential_id != credential_id)
+        log.info("store_enrolled", store_id=body.store_id, credential_id=credential_id)
+        return schemas.EnrollResponse(store_id=body.store_id, token=token, credential_id=credential_id)
+
+    def _new_store_credential(self, store_id: str, label: str) -> tuple[str, str]:
+        token = new_token("agent")
+        credential_id = new_id("cred")
+        digest = hash_token(token)
+        self.repo.insert_credential(credential_id, digest, "agent", store_id, label)
+        self.tokens.add(digest, Principal(role="agent", credential_id=credential_id, store_id=store_id))
+        return credential_id, token
+
+    def rotate_store_credential(self, store_id: str, who: Principal) -> schemas.EnrollResponse:
+        """A new credential for the store; the previous ones stop working at once."""
+        with self.repo.db.transaction():
+            self._require_store(store_id)
+            self.repo.revoke_credentials(store_id=store_id)
+            credential_id, token = self._new_store_credential(store_id, f"rotated by {who.actor}")
+        self.repo.db.checkpoint()
+        self.tokens.remove_where(lambda p: p.store_id == store_id and p.credential_id != credential_id)
+        log.info("store_credential_rotated", store_id=store_id, actor=who.actor)
+        return schemas.EnrollResponse(store_id=store_id, token=token, credential_id=credential_id)
+
+    def revoke_store(self, store_id: str, who: Principal) -> schemas.Store:
+        """Revoke every credential and pending enrollment token of the store; it gets no assignment."""
+        with self.repo.db.transaction():
+            self._require_store(store_id)
+            self.repo.revoke_credentials(store_id=store_id)
+            self.repo.expire_enrollment_tokens(store_id)
+            self.repo.set_store_revoked(store_id, revoked=True)
+        self.repo.db.checkpoint()
+        self.tokens.remove_where(lambda p: p.store_id == store_id)
+        self.invalidate_assignments()
+        log.info("store_revoked", store_id=store_id, actor=who.actor)
+        return self.get_store(store_id)
+
+    def create_credential(self, body: schemas.CredentialCreate, who: Principal) -> schemas.CredentialCreated:
+        token = new_token(body.role)
+        credential_id = new_id("cred")
+        digest = hash_token(token)
+        with self.repo.db.transaction():
+            self.repo.insert_credential(
+                credential_id, digest, body.role, None, body.label or f"by {who.actor}"
+            )
+        self.repo.db.checkpoint()
+        self.tokens.add(digest, Principal(role=body.role, credential_id=credential_id))
+        log.info("credential_created", credential_id=credential_id, role=body.role, actor=who.actor)
+        return schemas.CredentialCreated(credential_id=credential_id, role=body.role, token=token)
+
+    def list_credentials(self) -> list[schemas.Credential]:
+        rows = self.repo.list_credentials()
+        for row in rows:
+            row["created_at"] = as_utc(row["created_at"])
+            row["revoked_at"] = as_utc(row["revoked_at"])
+        return [msgspec.convert(r, schemas.Credential) for r in rows]
+
+    def revoke_credential(self, credential_id: str, who: Principal) -> None:
+        if who.credential_id == credential_id:
+            raise ConflictError("a credential cannot revoke itself")
+        with self.repo.db.transaction():
+            if self.repo.get_credential(credential_id) is None:
+                raise NotFoundError(f"no credential {credential_id!r}")
+            self.repo.revoke_credentials(credential_id=credential_id)
+        self.repo.db.checkpoint()
+        self.tokens.remove_where(lambda p: p.credential_id == credential_id)
+        log.info("credential_revoked", credential_id=credential_id, actor=who.actor)
+
+    # --- heartbeats -------------------------------------------------------------------------------
+
+    def record_heartbeat(
+        self, beat: Heartbeat, who: Principal, idempotency_key: str | None
+    ) -> schemas.Accepted:
+        if who.role == "agent" and who.store_id != beat.store_id:
+            raise PermissionDeniedError(
+                f"this credential belongs to store {who.store_id}; it cannot report for {beat.store_id}"
+            )
+        if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
+            raise InvalidInputError("Idempotency-Key must be 1-200 characters")
+        now = utcnow()
+        with self.repo.db.transaction():
+            self._require_store(beat.store_id)
+            if idempotency_key and not self.repo.claim_report_key(beat.store_id, idempotency_key):
+                return schemas.Accepted(duplicate=True)
+            self.repo.upsert_agent_status(
+                {
+                    "store_id": beat.store_id,
+                    "state": beat.state,
+                    "model_name": beat.model_name,
+                    "active_version": beat.active_version,
+                    "last_scored_at": to_naive_utc(beat.last_scored_at),
+                    "agent_version": beat.agent_version,
+                    "sent_at": to_naive_utc(beat.sent_at),
+                    "last_contact_at": now,
+                }
+            )
+        return schemas.Accepted()
+
+    def prune(self) -> None:
+        with self.repo.db.transaction():
+            self.repo.prune_report_keys(utcnow() - REPORT_KEY_RETENTION)
+
+    def gauges(self) -> dict[str, Any]:
+        return self.repo.fleet_gauges(utcnow() - self.stale_after)
+
+    # --- assignments ------------------------------------------------------------------------------
+
+    def invalidate_assignments(self) -> None:
+        with self._cache_lock:
+            self._assignments = {}
+            self._generation += 1
+
+    def cached_assignment(self, store_id: str) -> CachedAssignment | bool | None:
+        """The cached answer for ``store_id``: the entry, None (nothing assigned), False (not cached)."""
+        return self._assignments.get(store_id, False)
+
+    def assignment(self, store_id: str) -> CachedAssignment:
+        """The store's assignment (its model's ``champion``) with a strong ETag; cached until a change."""
+        cached = self._assignments.get(store_id, False)
+        if cached is False:
+            with self._cache_lock:
+                generation = self._generation
+            cached = self._compute_assignment(store_id)
+            with self._cache_lock:
+                if generation == self._generation:
+                    self._assignments[store_id] = cached
+        if cached is None:
+            raise NotFoundError(f"nothing is assigned to store {store_id!r} yet (its model has no champion)")
+        assert isinstance(cached, CachedAssignment)
+        return cached
+
+    def _compute_assignment(self, store_id: str) -> CachedAssignment | None:
+        store = self._require_store(store_id)
+        if store["revoked_at"] is not None:
+            return None
+        model_name = store["model_name"]
+        alias = self.registry.get_alias(model_name, "champion")
+        if alias is None:
+            return None
+        version = self.registry.get_version(model_name, int(alias["version"]))
+        if version is None:
+            return None
+        body = msgspec.json.encode(
+            Assignment(
+                store_id=store_id,
+                model_name=model_name,
+                version=int(version["version"]),
+                bundle_sha256=version["bundle_sha256"],
+                bundle_size=int(version["bundle_size"]),
+            )
+        )
+        return CachedAssignment(etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"', body=body)

@@ -1,0 +1,138 @@
+"""Numbered schema migrations of the server's DuckDB file, applied in order at start and recorded.
+
+Append new migrations at the end with the next number; never edit one that has shipped.
+Timestamps are naive UTC ``TIMESTAMP`` values; JSON documents are stored as text.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Migration(NamedTuple):
+    number: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "registry and fleet",
+        """
+        CREATE TABLE credentials (
+            credential_id VARCHAR PRIMARY KEY,
+            token_sha256 VARCHAR NOT NULL UNIQUE,
+            role VARCHAR NOT NULL,
+            store_id VARCHAR,
+            label VARCHAR NOT NULL DEFAULT '',
+            created_at TIMESTAMP NOT NULL,
+            revoked_at TIMESTAMP
+        );
+        CREATE TABLE stores (
+            store_id VARCHAR PRIMARY KEY,
+            name VARCHAR NOT NULL DEFAULT '',
+            region VARCHAR NOT NULL DEFAULT '',
+            type VARCHAR NOT NULL DEFAULT '',
+            size VARCHAR NOT NULL DEFAULT '',
+            tags VARCHAR NOT NULL DEFAULT '[]',
+            model_name VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            revoked_at TIMESTAMP
+        );
+        CREATE TABLE store_groups (
+            group_name VARCHAR NOT NULL,
+            store_id VARCHAR NOT NULL,
+            PRIMARY KEY (group_name, store_id)
+        );
+        CREATE TABLE enrollment_tokens (
+            token_sha256 VARCHAR PRIMARY KEY,
+            store_id VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            expires_at TIMESTAMP NOT NULL,
+            used_at TIMESTAMP
+        );
+        CREATE TABLE agent_status (
+            store_id VARCHAR PRIMARY KEY,
+            state VARCHAR NOT NULL,
+            model_name VARCHAR,
+            active_version INTEGER,
+            last_scored_at TIMESTAMP,
+            agent_version VARCHAR NOT NULL DEFAULT '',
+            sent_at TIMESTAMP NOT NULL,
+            last_contact_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE report_keys (
+            store_id VARCHAR NOT NULL,
+            idempotency_key VARCHAR NOT NULL,
+            received_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (store_id, idempotency_key)
+        );
+        CREATE TABLE models (
+            name VARCHAR PRIMARY KEY,
+            description VARCHAR NOT NULL DEFAULT '',
+            tags VARCHAR NOT NULL DEFAULT '[]',
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE model_versions (
+            model_name VARCHAR NOT NULL,
+            version INTEGER NOT NULL,
+            bundle_sha256 VARCHAR NOT NULL,
+            bundle_size BIGINT NOT NULL,
+            manifest VARCHAR NOT NULL,
+            run_id VARCHAR,
+            dataset_id VARCHAR,
+            created_at TIMESTAMP NOT NULL,
+            created_by VARCHAR NOT NULL,
+            PRIMARY KEY (model_name, version)
+        );
+        CREATE TABLE aliases (
+            model_name VARCHAR NOT NULL,
+            alias VARCHAR NOT NULL,
+            version INTEGER NOT NULL,
+            updated_at TIMESTAMP NOT NULL,
+            updated_by VARCHAR NOT NULL,
+            PRIMARY KEY (model_name, alias)
+        );
+        CREATE SEQUENCE alias_event_ids START 1;
+        CREATE TABLE alias_events (
+            event_id BIGINT PRIMARY KEY DEFAULT nextval('alias_event_ids'),
+            model_name VARCHAR NOT NULL,
+            alias VARCHAR NOT NULL,
+            from_version INTEGER,
+            to_version INTEGER NOT NULL,
+            actor VARCHAR NOT NULL,
+            reason VARCHAR NOT NULL DEFAULT '',
+            moved_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE datasets (
+            dataset_id VARCHAR PRIMARY KEY,
+            name VARCHAR NOT NULL DEFAULT '',
+            schema VARCHAR NOT NULL DEFAULT '{}',
+            row_count BIGINT,
+            date_min VARCHAR,
+            date_max VARCHAR,
+            stores VARCHAR NOT NULL DEFAULT '[]',
+            source VARCHAR NOT NULL DEFAULT '',
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE runs (
+            run_id VARCHAR PRIMARY KEY,
+            model_name VARCHAR NOT NULL DEFAULT '',
+            status VARCHAR NOT NULL DEFAULT 'finished',
+            params VARCHAR NOT NULL DEFAULT '{}',
+            metrics VARCHAR NOT NULL DEFAULT '{}',
+            selection VARCHAR NOT NULL DEFAULT '{}',
+            artifacts VARCHAR NOT NULL DEFAULT '[]',
+            dataset_id VARCHAR,
+            code_version VARCHAR NOT NULL DEFAULT '',
+            packages VARCHAR NOT NULL DEFAULT '{}',
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP,
+            record VARCHAR NOT NULL DEFAULT '{}',
+            created_at TIMESTAMP NOT NULL,
+            created_by VARCHAR NOT NULL
+        );
+        """,
+    ),
+)

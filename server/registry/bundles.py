@@ -1,0 +1,54 @@
+"""Checking an uploaded bundle archive with the same code an agent runs (``forecasting.bundle.verify``)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from forecasting.errors import BundleError
+from server.errors import InvalidInputError
+
+
+def trusted_key_files(configured: Sequence[str], keys_dir: Path) -> list[Path]:
+    """Public keys the server trusts: ``[server] trusted_keys`` plus ``<state_dir>/keys/*.pub``."""
+    files = [Path(p) for p in configured]
+    if keys_dir.is_dir():
+        files.extend(sorted(keys_dir.glob("*.pub")))
+    return files
+
+
+def inspect_archive(
+    archive: Path, work_dir: Path, trusted: Sequence[Path], *, max_bytes: int
+) -> dict[str, Any]:
+    """Unpack and verify ``archive``; return its manifest as plain data. Refusals say why (422)."""
+    from forecasting.bundle import unpack_archive, verify
+
+    if not trusted:
+        raise InvalidInputError(
+            "the server trusts no signing key, so it cannot accept a bundle: list public key files in "
+            "[server] trusted_keys or copy them into <state_dir>/keys/*.pub"
+        )
+    scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="verify-"))
+    try:
+        bundle_dir = unpack_archive(archive, scratch / "bundle", max_bytes=max_bytes)
+        manifest = verify(bundle_dir, list(trusted))
+    except BundleError as exc:
+        raise InvalidInputError(f"bundle refused: {exc}") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    data = msgspec.to_builtins(manifest)
+    assert isinstance(data, dict)
+    return data
+
+
+def summarize_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest as the registry keeps it: per-series model entries summarised (they can be huge)."""
+    kept = {k: v for k, v in manifest.items() if k not in {"models", "reference"}}
+    models = manifest.get("models") or {}
+    kept["model_count"] = len(models)
+    return kept
