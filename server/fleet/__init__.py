@@ -1,0 +1,1 @@
+"""Fleet domain: stores, enrollment, credentials, heartbeats, assignments."""
