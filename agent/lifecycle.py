@@ -482,6 +482,8 @@ class Lifecycle:
         )
         self.outcome.rolled_back = True
         self.record.target = None
+        # Ask for the full assignment next time: the update is retried (bounded by max_update_attempts).
+        self.record.assignment_etag = None
         return Event.SUCCESS
 
     # -- operator rollback ---------------------------------------------------------------------------

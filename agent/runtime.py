@@ -8,12 +8,14 @@ current :class:`ForecastView` (swapped atomically) and hands commands to the loo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
+import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -105,7 +107,7 @@ class AgentRuntime:
         return ScoringSettings(sc.horizon, list(sc.levels), sc.threads, sc.timeout_seconds, sc.keep_runs)
 
     def status(self) -> dict[str, Any]:
-        record = self.record
+        record = self.lifecycle.record if self.lifecycle is not None else self.record
         view = self.view
         last_sync = record.last_sync_at
         stale = (
@@ -437,8 +439,22 @@ class AgentRuntime:
 
         from agent.api import create_app
 
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                # Like uvicorn's, minus re-raising the signal afterwards: the agent still has to stop its
+                # work loop, close its store and tell systemd it is stopping.
+                originals = {
+                    sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+                }
+                try:
+                    yield
+                finally:
+                    for sig, handler in originals.items():
+                        signal.signal(sig, handler)
+
         app = create_app(self)
-        server = uvicorn.Server(
+        server = Server(
             uvicorn.Config(
                 app,
                 host=self.config.api.host,
