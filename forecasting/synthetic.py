@@ -303,25 +303,23 @@ def generate(
         )
 
     step = 7 if weekly else 1
-    ds_days = (cal.day0 + step * np.arange(n_out)).astype(np.int32)
     holiday_out = cal.is_holiday.reshape(n_out, 7).any(axis=1) if weekly else cal.is_holiday
     promo_out = item.promo_week if weekly else item.promo_day
 
-    # Rows: store-major, then item, then ds.
-    item_rows = np.repeat(np.arange(items, dtype=np.uint32), n_out)
-    category_names = pl.Series([c.name for c in CATEGORIES])
-    return pl.DataFrame(
-        {
-            "store_id": _ids("S", stores, 3).gather(
-                np.repeat(np.arange(stores, dtype=np.uint32), items * n_out)
-            ),
-            "item_id": _ids("I", items, 5).gather(np.tile(item_rows, stores)),
-            "category": category_names.gather(np.tile(item.category.astype(np.uint32)[item_rows], stores)),
-            "ds": pl.Series(np.tile(ds_days, n_series)).cast(pl.Date),
-            "y": y.reshape(-1),
-            "is_holiday": np.tile(holiday_out, n_series),
-            "on_promo": np.tile(promo_out.reshape(-1), stores),
-        }
+    # Rows: store-major, then item, then ds; row r is store r // (items * n_out), item r // n_out % items.
+    row = pl.int_range(n_series * n_out, dtype=pl.UInt32)
+    item_of_row = row // n_out % items
+    item_category = pl.Series([c.name for c in CATEGORIES]).gather(item.category)
+    keys = pl.select(
+        store_id=pl.lit(_ids("S", stores, 3)).gather(row // (items * n_out)),
+        item_id=pl.lit(_ids("I", items, 5)).gather(item_of_row),
+        category=pl.lit(item_category).gather(item_of_row),
+        ds=(pl.lit(cal.day0, dtype=pl.Int32) + (row % n_out * step).cast(pl.Int32)).cast(pl.Date),
+    )
+    return keys.with_columns(
+        y=pl.Series(y.reshape(-1)),
+        is_holiday=pl.Series(np.tile(holiday_out, n_series)),
+        on_promo=pl.Series(np.tile(promo_out.reshape(-1), stores)),
     )
 
 
