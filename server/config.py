@@ -51,6 +51,25 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return msgspec.structs.replace(self, server=msgspec.structs.replace(self.server, **changes))
 
 
+class ClientSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[client]``: where the admin CLI finds the server and which credential it sends."""
+
+    server_url: str = "http://127.0.0.1:8470"
+    token: str = ""
+    timeout_seconds: float = 120.0
+
+
+class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The admin CLI's config file (``--config``, ``/etc/shelfcast/client.toml``)."""
+
+    client: ClientSection = msgspec.field(default_factory=ClientSection)
+
+
+def load_client_config(files: list[Path]) -> ClientConfig:
+    """Defaults < /etc/shelfcast/client.toml < files < SHELFCAST_CLIENT__* variables."""
+    return load_config(ClientConfig, files, system_file="client.toml", restrict_env_to=("client",))
+
+
 def load_server_config(files: list[Path]) -> ServerConfig:
     """Defaults < /etc/shelfcast/server.toml < files < SHELFCAST_SERVER__* / SHELFCAST_LOGGING__*."""
     return load_config(ServerConfig, files, system_file="server.toml", restrict_env_to=("server", "logging"))

@@ -17,6 +17,7 @@ from forecasting.config import TrainConfig
 from forecasting.errors import ForecastingError
 from forecasting.logs import configure_logging
 from forecasting.settings import check_file
+from server import admin_cli
 from server import cli as server_cli
 from server.config import ServerConfig
 from server.errors import ServerError
@@ -98,10 +99,14 @@ def _guess_kind(file: Path) -> str:
 
 
 cli.add_command(forecasting_cli.data)
+cli.add_command(forecasting_cli.backtest_cmd)
+cli.add_command(forecasting_cli.train_cmd)
 cli.add_command(bundle_cli.keys)
 cli.add_command(bundle_cli.bundle)
 cli.add_command(bundle_cli.score_cmd)
 cli.add_command(server_cli.server)
+for admin_group in admin_cli.ADMIN_GROUPS:
+    cli.add_command(admin_group)
 cli.add_command(agent_cli.agent)
 cli.add_command(demo_cmd.demo)
 

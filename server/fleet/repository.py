@@ -163,13 +163,14 @@ class FleetRepository:
 
     def claim_report_key(self, store_id: str, key: str) -> bool:
         """Record ``key`` for ``store_id``; False when it was seen before (a retried delivery)."""
-        seen = self.db.scalar(
-            "SELECT count(*) FROM report_keys WHERE store_id = ? AND idempotency_key = ?", [store_id, key]
+        claimed = self.db.fetch_all(
+            "INSERT INTO report_keys VALUES (?, ?, ?) ON CONFLICT DO NOTHING RETURNING store_id",
+            [store_id, key, utcnow()],
         )
-        if seen:
-            return False
-        self.db.execute("INSERT INTO report_keys VALUES (?, ?, ?)", [store_id, key, utcnow()])
-        return True
+        return bool(claimed)
+
+    def store_exists(self, store_id: str) -> bool:
+        return bool(self.db.scalar("SELECT count(*) FROM stores WHERE store_id = ?", [store_id]))
 
     def prune_report_keys(self, older_than: datetime) -> None:
         self.db.execute("DELETE FROM report_keys WHERE received_at < ?", [older_than])

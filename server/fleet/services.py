@@ -274,7 +274,9 @@ class FleetService:
             raise InvalidInputError("Idempotency-Key must be 1-200 characters")
         now = utcnow()
         with self.repo.db.transaction():
-            self._require_store(beat.store_id)
+            # an agent credential exists only for an existing store; an admin may name any store
+            if who.role != "agent" and not self.repo.store_exists(beat.store_id):
+                raise NotFoundError(f"no store {beat.store_id!r}")
             if idempotency_key and not self.repo.claim_report_key(beat.store_id, idempotency_key):
                 return schemas.Accepted(duplicate=True)
             self.repo.upsert_agent_status(

@@ -421,14 +421,26 @@ class RegistryService:
         return msgspec.convert(_utc_rows(row, "created_at", "started_at", "finished_at"), schemas.Run)
 
 
+DATASET_ALIASES = {  # names the training run record uses -> dataset fields
+    "fingerprint": "dataset_id",
+    "rows": "row_count",
+    "first_ds": "date_min",
+    "last_ds": "date_max",
+}
+
+
 def _dataset_row(dataset_id: str, described: Any) -> dict[str, Any]:
     """The dataset a run names, with what the run record says about it (fields that fit the schema)."""
-    data = (
-        {k: v for k, v in described.items() if k in schemas.DatasetIn.__struct_fields__}
-        if isinstance(described, dict)
-        else {}
-    )
+    data: dict[str, Any] = {}
+    if isinstance(described, dict):
+        for key, value in described.items():
+            name = DATASET_ALIASES.get(key, key)
+            if name in schemas.DatasetIn.__struct_fields__:
+                data[name] = value
     data["dataset_id"] = dataset_id
+    for key in ("date_min", "date_max"):
+        if data.get(key) is not None:
+            data[key] = str(data[key])
     try:
         result = msgspec.to_builtins(msgspec.convert(data, schemas.DatasetIn, strict=False))
     except msgspec.ValidationError:

@@ -1,0 +1,157 @@
+"""State that must outlive the process: restarts, the single-writer lock, backup and restore."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from server.db import DB_FILE_NAME, Database
+from server.errors import StorageLockedError
+from tests.conftest import free_port
+from tests.server.conftest import RunningServer, create_store, enroll, launch, make_bundle, publish
+
+
+def _populate(server: RunningServer, tmp_path: Path, key: Path) -> dict[str, str]:
+    with server.admin() as admin:
+        token = enroll(
+            server.url, "S001", create_store(admin, "S001", "demand", region="east", groups=["pilot"])
+        )
+        admin.post("/v1/runs", json={"run_id": "run-1", "model_name": "demand", "dataset_id": "d" * 64})
+        archive = make_bundle(tmp_path, key, "demand", 1, run_id="run-1", dataset_fingerprint="d" * 64)
+        publish(admin, archive, "demand").raise_for_status()
+        admin.put(
+            "/v1/models/demand/aliases/champion", json={"version": 1, "reason": "go"}
+        ).raise_for_status()
+        reader = admin.post("/v1/credentials", json={"role": "reader"}).json()["token"]
+    return {"agent": token, "reader": reader, "sha": hashlib.sha256(archive.read_bytes()).hexdigest()}
+
+
+def _check_populated(server: RunningServer, secrets: dict[str, str]) -> None:
+    with server.client(secrets["agent"]) as agent:
+        assignment = agent.get("/v1/stores/S001/assignment")
+        assert assignment.status_code == 200
+        assert assignment.json()["bundle_sha256"] == secrets["sha"]
+        bundle = agent.get(f"/v1/bundles/{secrets['sha']}")
+        assert hashlib.sha256(bundle.content).hexdigest() == secrets["sha"]
+    with server.client(secrets["reader"]) as reader:
+        store = reader.get("/v1/stores/S001").json()
+        assert (store["region"], store["groups"]) == ("east", ["pilot"])
+        history = reader.get("/v1/models/demand/aliases/champion/history").json()["items"]
+        assert [(e["to_version"], e["reason"]) for e in history] == [(1, "go")]
+        lineage = reader.get("/v1/models/demand/versions/1/lineage").json()
+        assert lineage["run"]["run_id"] == "run-1"
+        assert lineage["dataset"]["dataset_id"] == "d" * 64
+
+
+def test_second_writer_is_refused_clearly(server: RunningServer) -> None:
+    """A second server on the same state folder exits 1 saying the database is in use."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shelfcast",
+            "server",
+            "run",
+            "--port",
+            str(free_port()),
+            "--state-dir",
+            str(server.state_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env={**os.environ, "SHELFCAST_LOGGING__FORMAT": "json"},
+    )
+    assert result.returncode == 1
+    assert "in use by another process" in result.stderr
+    assert "Traceback" not in result.stderr
+    with pytest.raises(StorageLockedError):
+        Database.open(server.state_dir / DB_FILE_NAME)
+
+
+def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
+    """Migrations apply once, are recorded with their number, and re-opening applies nothing."""
+    db = Database.open(tmp_path / "r.duckdb")
+    assert db.schema_version() >= 1
+    assert db.migrate() == []
+    db.close()
+    con = duckdb.connect(str(tmp_path / "r.duckdb"))
+    rows = con.execute("SELECT number, name FROM schema_migrations ORDER BY number").fetchall()
+    con.close()
+    assert rows[0] == (1, "registry and fleet")
+
+
+def test_restart_backup_and_restore_keep_everything(
+    fresh_server: RunningServer, tmp_path: Path, signing_key: Path
+) -> None:
+    """Registry, fleet, credentials and blobs survive a restart, and an online backup restored elsewhere."""
+    secrets = _populate(fresh_server, tmp_path, signing_key)
+    fresh_server.restart()
+    _check_populated(fresh_server, secrets)
+    backup_dir = tmp_path / "backup"
+    env = {
+        **os.environ,
+        "SHELFCAST_SERVER_URL": fresh_server.url,
+        "SHELFCAST_TOKEN": fresh_server.admin_token,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "shelfcast", "server", "backup", "--to", str(backup_dir)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (backup_dir / "backup.json").is_file()
+    restored_dir = tmp_path / "restored" / "state"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shelfcast",
+            "server",
+            "restore",
+            "--from",
+            str(backup_dir),
+            "--state-dir",
+            str(restored_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    restored = launch(restored_dir.parent, fresh_server.trusted_key)
+    try:
+        _check_populated(restored, secrets)
+    finally:
+        restored.process.stop()
+    (backup_dir / DB_FILE_NAME).write_bytes(b"corrupt")
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shelfcast",
+            "server",
+            "restore",
+            "--from",
+            str(backup_dir),
+            "--state-dir",
+            str(tmp_path / "other"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert "does not match its recorded sha256" in refused.stderr
