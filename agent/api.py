@@ -115,6 +115,7 @@ def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
         ),
         ("activations_total", "counter", "Model versions activated.", c.activations),
         ("rollbacks_total", "counter", "Rollbacks (failed updates and operator rollbacks).", c.rollbacks),
+        ("reports_queued_total", "counter", "Reports queued in the outbox.", c.reports_queued),
         ("reports_delivered_total", "counter", "Outbox reports delivered.", c.reports_delivered),
         ("sales_rows_ingested_total", "counter", "Sales rows accepted.", c.rows_ingested),
         ("sales_rows_quarantined_total", "counter", "Sales rows quarantined.", c.rows_quarantined),

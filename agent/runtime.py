@@ -53,6 +53,7 @@ class Counters:
     sync_failures: int = 0
     activations: int = 0
     rollbacks: int = 0
+    reports_queued: int = 0
     reports_delivered: int = 0
     rows_ingested: int = 0
     rows_quarantined: int = 0
@@ -377,6 +378,7 @@ class AgentRuntime:
             agent_version=__version__,
             sent_at=datetime.now(UTC),
         )
+        self.counters.reports_queued += 1
         self.store.enqueue(
             "heartbeat",
             "/v1/heartbeats",
