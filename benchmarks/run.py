@@ -45,6 +45,8 @@ OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
     ">": operator.gt,
 }
+# pytest plugins that come with dependencies, import heavy modules (pandas, ...) at start and serve no suite.
+UNUSED_PLUGINS = ("fugue_test", "fugue_test_fixtures", "faker", "hypothesispytest")
 FIELDS = ("suite", "figure", "value", "unit", "baseline", "ratio", "target", "met")
 
 
@@ -247,6 +249,7 @@ def run_pytest(files: Sequence[Path], json_path: Path, tiny: bool, extra: Sequen
         "python_files=bench_*.py",
         "-p",
         "no:cacheprovider",
+        *(arg for name in UNUSED_PLUGINS for arg in ("-p", f"no:{name}")),
         "-q",
         *extra,
     ]
