@@ -11,7 +11,7 @@
 - holidays (New Year, Easter, Memorial Day, Independence Day, Labor Day, Thanksgiving, Christmas): shopping
   before the day, a dip (or a lift) on the day, scaled by the category's sensitivity;
 - promotions planned centrally per item, a week at a time, lifting demand by an item-specific factor;
-- multiplicative log-normal noise, then Poisson counts.
+- day-to-day noise and counting noise: whole units with the mean and spread of Poisson-log-normal counts.
 
 About a quarter of the items are intermittent: most days sell nothing, and a day that sells sells a lump of
 ``1 + Poisson`` units. Rarely a day is net negative (returns exceed sales). Ids are ``S001..`` and
@@ -20,7 +20,8 @@ every seed and every size.
 
 Everything is computed with numpy on blocks of series (no Python loop per series or per row). Block random
 streams are derived from ``(seed, block)``, so the same arguments always give the same frame, and writing it
-gives the same Parquet bytes.
+gives the same Parquet bytes (with the same numpy and Polars builds on the same kind of CPU: vectorised
+``exp``/``log`` may differ in the last bit between instruction sets).
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ _STORE_SIZE_SHARES = np.array([0.3, 0.5, 0.2])
 
 
 @dataclass(frozen=True)
-class _Holiday:
+class Holiday:
+    """A holiday and its effect on demand (a category's sensitivity scales the factors)."""
+
     day: date
     day_factor: float  # demand on the day itself
     pre_factor: float  # demand on each of the ``pre_days`` before it
@@ -114,16 +117,16 @@ def _nth_weekday(year: int, month: int, weekday: int, n: int) -> date:
     return last - timedelta(days=(last.weekday() - weekday) % 7)
 
 
-def holidays(year: int) -> list[_Holiday]:
+def holidays(year: int) -> list[Holiday]:
     """The holidays of one year with their effect on demand."""
     return [
-        _Holiday(date(year, 1, 1), 0.7, 1.3, 1),
-        _Holiday(_easter(year), 0.6, 1.35, 2),
-        _Holiday(_nth_weekday(year, 5, 0, -1), 1.25, 1.15, 2),  # Memorial Day
-        _Holiday(date(year, 7, 4), 1.2, 1.4, 2),
-        _Holiday(_nth_weekday(year, 9, 0, 1), 1.2, 1.15, 2),  # Labor Day
-        _Holiday(_nth_weekday(year, 11, 3, 4), 0.5, 1.7, 3),  # Thanksgiving
-        _Holiday(date(year, 12, 25), 0.35, 1.6, 3),
+        Holiday(date(year, 1, 1), 0.7, 1.3, 1),
+        Holiday(_easter(year), 0.6, 1.35, 2),
+        Holiday(_nth_weekday(year, 5, 0, -1), 1.25, 1.15, 2),  # Memorial Day
+        Holiday(date(year, 7, 4), 1.2, 1.4, 2),
+        Holiday(_nth_weekday(year, 9, 0, 1), 1.2, 1.15, 2),  # Labor Day
+        Holiday(_nth_weekday(year, 11, 3, 4), 0.5, 1.7, 3),  # Thanksgiving
+        Holiday(date(year, 12, 25), 0.35, 1.6, 3),
     ]
 
 
