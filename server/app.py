@@ -19,7 +19,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from forecasting.contracts import Problem
 from forecasting.logs import get_logger
-from server.auth import TokenIndex, make_guard
+from server.auth import TokenIndex, make_auth_middleware
 from server.blobs import BlobStore
 from server.config import ServerConfig
 from server.db import DB_FILE_NAME, Database
@@ -189,13 +189,12 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> Litest
             "registry": Provide(registry_provider, sync_to_thread=False),
             "fleet": Provide(fleet_provider, sync_to_thread=False),
         },
-        guards=[make_guard(state.tokens)],
         exception_handlers={
             ServerError: server_error_handler,
             HTTPException: http_error_handler,
             Exception: unexpected_error_handler,
         },
-        middleware=[state.metrics.middleware],
+        middleware=[state.metrics.middleware, make_auth_middleware(state.tokens)],
         openapi_config=openapi,
         on_startup=[state.open],
         on_shutdown=[state.close],

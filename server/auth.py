@@ -1,6 +1,6 @@
 """Credentials: bearer tokens stored as sha256 hashes, roles ``admin``/``reader``/``agent`` (store-scoped).
 
-Every route declares its access policy in ``opt={"access": ...}``; one guard enforces it for the whole
+Every route declares its access policy in ``opt={"access": ...}``; one middleware enforces it for the whole
 app and refuses any route that declares none (so a new route cannot be left open by mistake).
 
 Policies:
@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import secrets
 import threading
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -27,6 +27,7 @@ from server.errors import PermissionDeniedError, ServerError, UnauthorizedError
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
     from litestar.handlers.base import BaseRouteHandler
+    from litestar.types import ASGIApp, Receive, Scope, Send
 
 Role = Literal["admin", "reader", "agent"]
 Access = Literal["public", "reader", "admin", "agent", "store"]
@@ -113,24 +114,38 @@ def check_access(access: str, principal: Principal, path_store_id: str | None) -
     raise PermissionDeniedError(f"a {role} credential may not use this endpoint (needs {access})")
 
 
-def make_guard(
-    index: TokenIndex,
-) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Coroutine[Any, Any, None]]:
-    """The app-wide guard enforcing each route's declared ``access`` policy."""
+def make_auth_middleware(index: TokenIndex) -> Callable[[ASGIApp], ASGIApp]:
+    """ASGI middleware enforcing each route's declared ``access`` policy (one place for the whole app).
 
-    async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-        access = handler.opt.get("access")
-        if access is None and _is_auto_options(handler):
-            return  # Litestar's own OPTIONS answer (the Allow header), no data
-        if access not in ACCESS_POLICIES:
-            raise ServerError(f"route {handler.handler_name} declares no valid access policy; refusing")
-        if access == "public":
-            return
-        principal = index.authenticate(connection.headers.get("authorization"))
-        check_access(access, principal, connection.path_params.get("store_id"))
-        connection.state.principal = principal
+    A middleware rather than a Litestar guard: it runs after routing (``scope["route_handler"]`` is set)
+    and inside the exception handling, without the per-request copy of the handler guards cost.
+    """
 
-    return guard
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def authorize(scope: Scope, receive: Receive, send: Send) -> None:
+            handler = scope["route_handler"]
+            access = handler.opt.get("access")
+            if access is None and _is_auto_options(handler):
+                await app(scope, receive, send)  # Litestar's own OPTIONS answer (the Allow header), no data
+                return
+            if access not in ACCESS_POLICIES:
+                raise ServerError(f"route {handler.handler_name} declares no valid access policy; refusing")
+            if access != "public":
+                principal = index.authenticate(_header(scope, b"authorization"))
+                check_access(access, principal, scope["path_params"].get("store_id"))
+                scope.setdefault("state", {})["principal"] = principal
+            await app(scope, receive, send)
+
+        return authorize
+
+    return middleware
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _is_auto_options(handler: BaseRouteHandler) -> bool:
@@ -138,9 +153,9 @@ def _is_auto_options(handler: BaseRouteHandler) -> bool:
     return methods == {"OPTIONS"}
 
 
-def principal_of(state: Any) -> Principal:
-    """The principal the guard attached to the request state."""
-    principal = getattr(state, "principal", None)
+def principal_of(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    """The principal the auth middleware attached to the request's scope state."""
+    principal = request.scope.get("state", {}).get("principal")
     if not isinstance(principal, Principal):
         raise UnauthorizedError("no authenticated principal on this request")
     return principal

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import anyio
-from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import Parameter
+from litestar.response.base import ASGIResponse
 
 from forecasting.contracts import Heartbeat
 from server.auth import principal_of
@@ -63,30 +64,42 @@ class StoreController(Controller):
 
     @post("/{store_id:str}/revoke", opt=ADMIN, sync_to_thread=True, status_code=200)
     def revoke(self, request: Request[Any, Any, Any], fleet: FleetService, store_id: str) -> schemas.Store:
-        return fleet.revoke_store(store_id, principal_of(request.state))
+        return fleet.revoke_store(store_id, principal_of(request))
 
     @post("/{store_id:str}/credentials/rotate", opt=STORE, sync_to_thread=True, status_code=200)
     def rotate(
         self, request: Request[Any, Any, Any], fleet: FleetService, store_id: str
     ) -> schemas.EnrollResponse:
-        return fleet.rotate_store_credential(store_id, principal_of(request.state))
+        return fleet.rotate_store_credential(store_id, principal_of(request))
 
     @get(
         "/{store_id:str}/assignment",
         opt=STORE,
         summary="Which version this store must run (strong ETag; If-None-Match gives 304)",
-        response_description="forecasting.contracts.Assignment",
+        description="Body: forecasting.contracts.Assignment. 404 while the store's model has no champion.",
     )
-    async def assignment(
-        self, request: Request[Any, Any, Any], fleet: FleetService, store_id: str
-    ) -> Response[bytes]:
+    async def assignment(self, request: Request[Any, Any, Any]) -> ASGIResponse:
+        """The hot path of every agent's poll: answered from memory, no database, no body on 304."""
+        store_id: str = request.path_params["store_id"]
+        fleet: FleetService = request.app.state.server.fleet
         cached = fleet.cached_assignment(store_id)
         if cached is False or cached is None:
             cached = await anyio.to_thread.run_sync(fleet.assignment, store_id)
         assert not isinstance(cached, bool)
-        if request.headers.get("if-none-match") == cached.etag:
-            return Response(b"", status_code=304, headers={"ETag": cached.etag})
-        return Response(cached.body, media_type="application/json", headers={"ETag": cached.etag})
+        etag = cached.etag.encode()
+        if header(request.scope, b"if-none-match") == etag:
+            return ASGIResponse(status_code=304, encoded_headers=[(b"etag", etag)])
+        return ASGIResponse(
+            body=cached.body, media_type="application/json", encoded_headers=[(b"etag", etag)]
+        )
+
+
+def header(scope: Any, name: bytes) -> bytes | None:
+    """One raw request header (names are lower-case in ASGI), without building a Headers object."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
 
 
 class GroupController(Controller):
@@ -121,7 +134,7 @@ class HeartbeatController(Controller):
         data: Heartbeat,
         idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", required=False)] = None,
     ) -> schemas.Accepted:
-        return fleet.record_heartbeat(data, principal_of(request.state), idempotency_key)
+        return fleet.record_heartbeat(data, principal_of(request), idempotency_key)
 
 
 class CredentialController(Controller):
@@ -134,7 +147,7 @@ class CredentialController(Controller):
     def create(
         self, request: Request[Any, Any, Any], fleet: FleetService, data: schemas.CredentialCreate
     ) -> schemas.CredentialCreated:
-        return fleet.create_credential(data, principal_of(request.state))
+        return fleet.create_credential(data, principal_of(request))
 
     @get("/", opt=ADMIN, sync_to_thread=True)
     def list_credentials(self, fleet: FleetService) -> list[schemas.Credential]:
@@ -142,4 +155,4 @@ class CredentialController(Controller):
 
     @delete("/{credential_id:str}", opt=ADMIN, sync_to_thread=True)
     def revoke(self, request: Request[Any, Any, Any], fleet: FleetService, credential_id: str) -> None:
-        fleet.revoke_credential(credential_id, principal_of(request.state))
+        fleet.revoke_credential(credential_id, principal_of(request))

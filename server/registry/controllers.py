@@ -82,7 +82,7 @@ class ModelController(Controller):
         alias: str,
         data: schemas.AliasSet,
     ) -> schemas.AliasInfo:
-        return registry.set_alias(name, alias, data, principal_of(request.state))
+        return registry.set_alias(name, alias, data, principal_of(request))
 
     @post("/{name:str}/aliases/{alias:str}/rollback", opt=ADMIN, sync_to_thread=True, status_code=200)
     def rollback_alias(
@@ -93,9 +93,7 @@ class ModelController(Controller):
         alias: str,
         data: schemas.AliasRollback | None = None,
     ) -> schemas.AliasInfo:
-        return registry.rollback_alias(
-            name, alias, data or schemas.AliasRollback(), principal_of(request.state)
-        )
+        return registry.rollback_alias(name, alias, data or schemas.AliasRollback(), principal_of(request))
 
     @get("/{name:str}/aliases/{alias:str}/history", opt=READER, sync_to_thread=True)
     def alias_history(
@@ -119,7 +117,7 @@ class ModelController(Controller):
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLargeError(f"the bundle is {declared} bytes; this server accepts up to {limit}")
         temp, sha256, size = await receive_to_file(request, registry, limit)
-        principal = principal_of(request.state)
+        principal = principal_of(request)
         return await anyio.to_thread.run_sync(lambda: registry.publish(name, temp, sha256, size, principal))
 
 
@@ -225,7 +223,7 @@ class RunController(Controller):
     def register(
         self, request: Request[Any, Any, Any], registry: RegistryService, data: dict[str, Any]
     ) -> schemas.Run:
-        return registry.register_run(data, principal_of(request.state))
+        return registry.register_run(data, principal_of(request))
 
     @get("/", opt=READER, sync_to_thread=True)
     def list_runs(
