@@ -65,16 +65,22 @@ def _rows(bench_size: str) -> int:
 def test_generate(benchmark: Any, figures: Any, bench_size: str) -> None:
     """generate(): the realistic store, in memory."""
     figures.timing("generate", baseline="generate_plain", target="ratio <= 3")
-    result = benchmark.pedantic(generate, args=SHAPES[bench_size], rounds=ROUNDS[bench_size])
+    result = benchmark.pedantic(
+        figures.with_cpu(generate), args=SHAPES[bench_size], rounds=ROUNDS[bench_size]
+    )
     assert result.height == _rows(bench_size)
+    figures.value("generate_cpu", figures.cpu_seconds(), "cpu-s", baseline="generate_plain_cpu")
     figures.value("generate_rows_per_second", _rows(bench_size) / figures.seconds(), "rows/s")
 
 
 def test_generate_plain(benchmark: Any, figures: Any, bench_size: str) -> None:
     """Baseline: a plain random frame of the same shape and types."""
     figures.timing("generate_plain")
-    result = benchmark.pedantic(plain_frame, args=SHAPES[bench_size], rounds=ROUNDS[bench_size])
+    result = benchmark.pedantic(
+        figures.with_cpu(plain_frame), args=SHAPES[bench_size], rounds=ROUNDS[bench_size]
+    )
     assert result.height == _rows(bench_size)
+    figures.value("generate_plain_cpu", figures.cpu_seconds(), "cpu-s")
 
 
 def test_write_parquet(
@@ -83,7 +89,8 @@ def test_write_parquet(
     """write_frame(): atomic Parquet write of the generated store."""
     out = tmp_path / "sales.parquet"
     figures.timing("write_parquet", baseline="write_parquet_pyarrow", target="ratio <= 1.5")
-    benchmark.pedantic(write_frame, args=(frame, out), rounds=ROUNDS[bench_size])
+    benchmark.pedantic(figures.with_cpu(write_frame), args=(frame, out), rounds=ROUNDS[bench_size])
+    figures.value("write_parquet_cpu", figures.cpu_seconds(), "cpu-s", baseline="write_parquet_pyarrow_cpu")
     figures.value("parquet_size", out.stat().st_size / 2**20, "MiB", baseline="parquet_size_pyarrow")
 
 
@@ -93,7 +100,9 @@ def test_write_parquet_pyarrow(
     """Baseline: pyarrow's write_table of the same frame."""
     out = tmp_path / "sales.parquet"
     figures.timing("write_parquet_pyarrow")
-    benchmark.pedantic(lambda: pq.write_table(frame.to_arrow(), out), rounds=ROUNDS[bench_size])
+    write = figures.with_cpu(lambda: pq.write_table(frame.to_arrow(), out))
+    benchmark.pedantic(write, rounds=ROUNDS[bench_size])
+    figures.value("write_parquet_pyarrow_cpu", figures.cpu_seconds(), "cpu-s")
     figures.value("parquet_size_pyarrow", out.stat().st_size / 2**20, "MiB")
 
 
@@ -101,4 +110,6 @@ def test_generate_and_write(benchmark: Any, figures: Any, bench_size: str, tmp_p
     """What `shelfcast data generate` does: generate and write the store (target: seconds, not minutes)."""
     out = tmp_path / "sales.parquet"
     figures.timing("generate_and_write", target="value <= 10")
-    benchmark.pedantic(lambda: write_frame(generate(*SHAPES[bench_size]), out), rounds=ROUNDS[bench_size])
+    both = figures.with_cpu(lambda: write_frame(generate(*SHAPES[bench_size]), out))
+    benchmark.pedantic(both, rounds=ROUNDS[bench_size])
+    figures.value("generate_and_write_cpu", figures.cpu_seconds(), "cpu-s")

@@ -15,6 +15,8 @@ pytest-benchmark's own JSON and run.py needs no per-suite code)::
   ``figures.timing(None)`` drops it, for a test whose timing is only the vehicle of other figures.
 - ``figures.value(name, value, unit, baseline=, target=)`` adds a figure that is not a timing: requests per
   second from a load generator, peak RSS, a file size.
+- ``figures.with_cpu(func)`` / ``figures.cpu_seconds()``: the CPU time of the process during the rounds;
+  on a machine shared with other work it wanders much less than the wall time (unit ``cpu-s``).
 - ``baseline`` names another figure of the same suite, measured in the same run with the same unit;
   ``ratio = value / baseline value``.
 - ``target`` is ``"<value|ratio> <op> <number>"`` with op one of ``<= < >= >``; ``met`` says if it holds.
@@ -28,6 +30,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -55,6 +59,7 @@ class Figures:
     def __init__(self, benchmark: Any) -> None:
         self._benchmark = benchmark
         self._info: dict[str, Any] = benchmark.extra_info
+        self._cpu: list[float] = []
 
     def timing(self, name: str | None, *, baseline: str | None = None, target: str | None = None) -> None:
         """Name the benchmark's own timing figure (``None``: do not report it)."""
@@ -79,6 +84,24 @@ class Figures:
             raise ValueError(f"figure {name!r}: value {value!r} is not a finite number")
         entry = {"figure": name, "value": float(value), "unit": unit, "baseline": baseline, "target": target}
         self._info.setdefault("figures", []).append(entry)
+
+    def with_cpu(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """``func`` wrapped to record the process CPU time of each call (for :meth:`cpu_seconds`)."""
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            began = time.process_time()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self._cpu.append(time.process_time() - began)
+
+        return timed
+
+    def cpu_seconds(self) -> float:
+        """The least CPU time (all threads of this process) of the calls made through :meth:`with_cpu`."""
+        if not self._cpu:
+            raise RuntimeError("no CPU time recorded: run the benchmark on figures.with_cpu(func)")
+        return min(self._cpu)
 
     def seconds(self) -> float:
         """The benchmark's minimum time per round so far (after ``benchmark(...)``/``pedantic``)."""

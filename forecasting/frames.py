@@ -43,16 +43,19 @@ def write_frame(df: pl.DataFrame, path: Path | str) -> Path:
     fmt = frame_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    # O_EXCL: never follow or reuse an existing file; mode 0o666 lets the umask decide, as for any new file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    # O_EXCL reserves a fresh name (never an existing file or link); mode 0o666 lets the umask decide, as
+    # for any new file. Polars then writes to the path itself: cheaper than through a Python file object.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        with os.fdopen(fd, "wb") as handle:
-            if fmt == "parquet":
-                df.write_parquet(handle)
-            else:
-                df.write_csv(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        if fmt == "parquet":
+            df.write_parquet(tmp)
+        else:
+            df.write_csv(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
