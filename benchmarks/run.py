@@ -15,6 +15,8 @@ Rows of the suites that ran replace their previous rows; other suites' rows are 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import operator
 import os
@@ -23,7 +25,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -166,6 +168,17 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
     return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
 
 
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` so runs finishing together do not lose each other's rows."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temporary file in the same folder, then rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -306,12 +319,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     results = args.results or (None if args.tiny else RESULTS)
     if results is not None:
-        merged = merge(load_rows(results), rows)
-        write_json(results, merged)
-        print(f"wrote {len(rows)} rows to {results}")
-        if args.update_doc:
-            update_doc(merged, machine_line)
-            print(f"updated {DOC.name}")
+        results.parent.mkdir(parents=True, exist_ok=True)
+        with locked(results.resolve().parent):
+            merged = merge(load_rows(results), rows)
+            write_json(results, merged)
+            if args.update_doc:
+                update_doc(merged, machine_line)
+        print(f"wrote {len(rows)} rows to {results}" + (f"; updated {DOC.name}" if args.update_doc else ""))
     if args.check and any(r.met is False for r in rows):
         print("error: some targets are not met", file=sys.stderr)
         return 1
