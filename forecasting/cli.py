@@ -92,3 +92,165 @@ def generate_command(
         f"wrote {out}: {frame.height:,} rows, {stores * items:,} series, {first!s}..{last!s} ({freq}), "
         f"{done - began:.2f} s (generate {generated - began:.2f} s, write {done - generated:.2f} s)"
     )
+
+
+# --- data validate, backtest, train ---------------------------------------------------------------------
+
+
+def _data_option(func: F) -> F:
+    return click.option(
+        "--data",
+        "data_file",
+        required=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Sales extract (CSV, CSV.gz or Parquet), mapped to the canonical frame by the [data] section.",
+    )(func)
+
+
+def _load_config(config_files: tuple[Path, ...]) -> Any:
+    from forecasting.config import load_train_config
+
+    return load_train_config(list(config_files))
+
+
+@data.command("validate")
+@config_option
+@_data_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for validation.json, validation.txt and quarantine.csv [default: ./<data name>.validation].",
+)
+@click.option("--strict", is_flag=True, help="Fail (exit 1) when any row is quarantined.")
+@output_option
+def validate_cmd(
+    config_files: tuple[Path, ...], data_file: Path, out_dir: Path | None, strict: bool, output: str
+) -> None:
+    """Check a sales extract: every broken rule counted, bad rows quarantined with their line numbers.
+
+    Exits non-zero only when nothing usable remains, or with --strict when any row was quarantined.
+    """
+    from forecasting.tables import render
+    from forecasting.validation import load_canonical, render_text, require_usable, write_reports
+
+    cfg = _load_config(config_files)
+    result = load_canonical(data_file, cfg.data)
+    target = out_dir or Path(f"{data_file.name.split('.')[0]}.validation")
+    paths = write_reports(result, target)
+    if output == "json":
+        import msgspec
+
+        click.echo(render(msgspec.to_builtins(result.report), "json"))
+    else:
+        click.echo(render_text(result.report), nl=False)
+        click.echo(f"reports: {paths['json']}, {paths['text']}; quarantined rows: {paths['quarantine']}")
+    require_usable(result, strict=strict)
+
+
+def _validated_frame(cfg: Any, data_file: Path, report_dir: Path, strict: bool = False) -> Any:
+    from forecasting.validation import load_canonical, require_usable, write_reports
+
+    result = load_canonical(data_file, cfg.data)
+    write_reports(result, report_dir)
+    require_usable(result, strict=strict)
+    return result.frame
+
+
+@click.command("backtest")
+@config_option
+@_data_option
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder."
+)
+@click.option("--strict", is_flag=True, help="Refuse data with quarantined rows.")
+@output_option
+def backtest_cmd(
+    config_files: tuple[Path, ...], data_file: Path, out_dir: Path, strict: bool, output: str
+) -> None:
+    """Rolling-origin backtest of the candidate models: metric tables (CSV, JSON), selection and plots."""
+    from forecasting import metrics, plots
+    from forecasting.backtest import run_backtest, with_unique_id
+    from forecasting.models import check_candidates
+    from forecasting.selection import select_models
+    from forecasting.tables import render
+    from forecasting.training import write_tables
+
+    cfg = _load_config(config_files)
+    check_candidates(cfg.train)
+    frame = _validated_frame(cfg, data_file, out_dir, strict)
+    result = run_backtest(frame, cfg.train, cfg.data.freq)
+    selection = select_models(
+        result,
+        metric=cfg.train.metric,
+        by=cfg.train.select_by,
+        fallback=cfg.train.fallback,
+        top_k=cfg.train.ensemble_top_k,
+        season_length=cfg.train.season_length,
+    )
+    write_tables(result, selection, out_dir)
+    plots.plot_series(result, selection, with_unique_id(frame), out_dir / "forecasts.png")
+    plots.plot_errors(result, selection, out_dir / "errors_by_category.png")
+    overall = metrics.aggregate(result.series_metrics)
+    rows = [
+        {
+            k: v
+            for k, v in r.items()
+            if k in {"model", "series", "mae", "wape", "smape", "mase", "rmsse", "wmae"}
+        }
+        for r in overall.iter_rows(named=True)
+    ]
+    click.echo(render(rows, "json" if output == "json" else "table"))
+    if output == "table":
+        wins = selection.table["selected"].value_counts().sort("count", descending=True)
+        summary = ", ".join(f"{r['selected']} x{r['count']}" for r in wins.iter_rows(named=True))
+        click.echo(f"selected per {selection.by} by {selection.metric}: {summary}")
+        click.echo(f"tables and plots in {out_dir}")
+
+
+@click.command("train")
+@config_option
+@_data_option
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Bundle folder to create (the run record goes to <DIR>.run/ beside it).",
+)
+@click.option(
+    "--signing-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="ed25519 private key (`shelfcast keys generate`); default: a new key in <DIR>.run/.",
+)
+@click.option("--model-name", default=None, help="Model name [default: [train] model_name].")
+@click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--strict", is_flag=True, help="Refuse data with quarantined rows.")
+def train_cmd(
+    config_files: tuple[Path, ...],
+    data_file: Path,
+    out_dir: Path,
+    signing_key: Path | None,
+    model_name: str | None,
+    version: int,
+    strict: bool,
+) -> None:
+    """Backtest, select per category, fit on all data and write a signed model bundle plus its run record."""
+    from forecasting.training import train, write_run
+
+    cfg = _load_config(config_files)
+    run_dir = out_dir.parent / f"{out_dir.name}.run"
+    frame = _validated_frame(cfg, data_file, run_dir / "validation", strict)
+    if signing_key is None:
+        from forecasting.signing import generate_key_files
+
+        signing_key, _, _ = generate_key_files(run_dir / "signing.key", overwrite=True)
+        click.echo(f"warning: no --signing-key; signed with a new key {signing_key}", err=True)
+    result = train(frame, cfg)
+    record = write_run(result, out_dir, signing_key=signing_key, model_name=model_name, version=version)
+    models = ", ".join(f"{k} x{v}" for k, v in record["selection"]["models"].items())
+    click.echo(f"bundle {out_dir} ({record['model_name']} v{record['version']}, run {record['run_id']})")
+    click.echo(f"series per model: {models}")
+    click.echo(f"run record {run_dir / 'run.json'}")

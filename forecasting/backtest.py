@@ -1,0 +1,200 @@
+"""Rolling-origin backtests of the candidate models (statsforecast ``cross_validation`` on Polars frames).
+
+Series long enough for every candidate and every window are backtested; the rest are listed as short and
+get the fallback model at selection. The result keeps the raw cross-validation frame (Nixtla layout:
+``unique_id, ds, cutoff, y`` + one column per model and ``<model>-lo-80`` ...) and per-series metrics.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from forecasting import metrics
+from forecasting.config import TrainSection
+from forecasting.errors import DataError
+from forecasting.logs import get_logger
+from forecasting.models import GLOBAL_MODELS, build_models, min_length
+
+log = get_logger(__name__)
+ID = "unique_id"
+SERIES_KEYS = ["store_id", "item_id", "category"]
+SF_FREQ = {"D": "1d", "W": "1w", "H": "1h"}
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    """Cross-validation forecasts, per-series metrics and which series were too short to backtest."""
+
+    cv: pl.DataFrame
+    models: list[str]
+    series_metrics: pl.DataFrame
+    series: pl.DataFrame
+    train: pl.DataFrame
+    short_series: list[str]
+    horizon: int
+    windows: int
+    step: int
+    duration_seconds: float
+
+
+def with_unique_id(frame: pl.DataFrame) -> pl.DataFrame:
+    """Adds ``unique_id = store_id/item_id`` (statsforecast's series key) as the first column."""
+    uid = pl.concat_str([pl.col("store_id"), pl.col("item_id")], separator="/").alias(ID)
+    return frame.select(uid, pl.all())
+
+
+def series_table(frame: pl.DataFrame) -> pl.DataFrame:
+    """One row per series: ``unique_id, store_id, item_id, category, n, last_ds``."""
+    return (
+        with_unique_id(frame)
+        .group_by(ID, maintain_order=True)
+        .agg(
+            pl.col("store_id").first(),
+            pl.col("item_id").first(),
+            pl.col("category").first(),
+            pl.len().alias("n"),
+            pl.col("ds").max().alias("last_ds"),
+        )
+        .sort(ID)
+    )
+
+
+def sf_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """The statsforecast input ``unique_id, ds, y`` sorted by series and date."""
+    return with_unique_id(frame).select(ID, "ds", "y").sort(ID, "ds")
+
+
+def backtest_length(cfg: TrainSection, horizon: int, windows: int, step: int, models: list[str]) -> int:
+    """Rows a series needs to take part in every window of the backtest."""
+    local = [m for m in models if m not in GLOBAL_MODELS]
+    return min_length(local, cfg, horizon) + horizon + step * (windows - 1)
+
+
+def run_backtest(
+    frame: pl.DataFrame,
+    cfg: TrainSection,
+    freq: str,
+    *,
+    horizon: int | None = None,
+    windows: int | None = None,
+    step: int | None = None,
+    models: list[str] | None = None,
+    intervals: bool = True,
+) -> BacktestResult:
+    """Backtest ``models`` (default: ``cfg.models``) over ``windows`` rolling origins on ``frame``."""
+    started = time.perf_counter()
+    h = horizon or cfg.horizon
+    n_windows = windows or cfg.windows
+    step_size = step or cfg.step or h
+    names = list(models or cfg.models)
+    series = series_table(frame)
+    need = backtest_length(cfg, h, n_windows, step_size, names)
+    eligible = series.filter(pl.col("n") >= need)
+    short = series.filter(pl.col("n") < need)[ID].to_list()
+    if eligible.height == 0:
+        raise DataError(
+            f"no series has the {need} periods the backtest needs (horizon {h}, {n_windows} windows)"
+        )
+    data = sf_frame(frame).join(eligible.select(ID), on=ID, how="semi")
+    levels = list(cfg.levels) if intervals else []
+    local = [m for m in names if m not in GLOBAL_MODELS]
+    log.info(
+        "backtest_started", series=eligible.height, short_series=len(short), models=names, windows=n_windows
+    )
+    cv: pl.DataFrame | None = None
+    if local:
+        cv = cross_validation(data, local, cfg, freq, h=h, n_windows=n_windows, step=step_size, levels=levels)
+    if "LightGBM" in names:
+        from forecasting import gbm
+
+        gcv = gbm.cross_validation(frame, eligible[ID], cfg, freq, h=h, n_windows=n_windows, step=step_size)
+        cv = gcv if cv is None else cv.join(gcv.drop("y"), on=[ID, "ds", "cutoff"], how="left")
+    assert cv is not None
+    cv = cv.join(series.select(ID, *SERIES_KEYS), on=ID, how="left")
+    extra = [c for c in ("is_holiday",) if c in frame.columns]
+    if extra:
+        cv = cv.join(with_unique_id(frame).select(ID, "ds", *extra), on=[ID, "ds"], how="left")
+    first_cutoff = cv.group_by(ID).agg(pl.col("cutoff").min().alias("_c"))
+    train = data.join(first_cutoff, on=ID).filter(pl.col("ds") <= pl.col("_c")).drop("_c")
+    sm = metrics.per_series(
+        cv,
+        names,
+        train,
+        season_length=cfg.season_length,
+        levels=levels,
+        holiday_col="is_holiday" if extra else None,
+    )
+    sm = sm.join(series.select(ID, *SERIES_KEYS), on=ID, how="left")
+    duration = time.perf_counter() - started
+    log.info(
+        "backtest_finished",
+        series=eligible.height,
+        models=len(names),
+        windows=n_windows,
+        duration_seconds=round(duration, 3),
+    )
+    return BacktestResult(
+        cv=cv,
+        models=names,
+        series_metrics=sm,
+        series=series,
+        train=train,
+        short_series=short,
+        horizon=h,
+        windows=n_windows,
+        step=step_size,
+        duration_seconds=duration,
+    )
+
+
+def cross_validation(
+    data: pl.DataFrame,
+    names: list[str],
+    cfg: TrainSection,
+    freq: str,
+    *,
+    h: int,
+    n_windows: int,
+    step: int,
+    levels: list[int],
+) -> pl.DataFrame:
+    """statsforecast ``cross_validation`` on the local or Dask engine; rows sorted by series, cutoff, ds."""
+    models = build_models(names, cfg, h, intervals=bool(levels))
+    if cfg.engine == "dask":
+        from forecasting import distributed
+
+        out = distributed.cross_validation(
+            data, models, freq, h=h, n_windows=n_windows, step=step, levels=levels, cfg=cfg
+        )
+    else:
+        sf = _statsforecast(models, freq, cfg)
+        out = sf.cross_validation(
+            df=data, h=h, n_windows=n_windows, step_size=step, level=levels or None, refit=True
+        )
+    return normalise_output(out, names, levels, keys=[ID, "ds", "cutoff", "y"])
+
+
+def _statsforecast(models: list[Any], freq: str, cfg: TrainSection) -> Any:
+    from statsforecast import StatsForecast
+
+    return StatsForecast(models=models, freq=SF_FREQ[freq], n_jobs=cfg.n_jobs, verbose=sys.stderr.isatty())
+
+
+def normalise_output(out: Any, names: list[str], levels: list[int], keys: list[str]) -> pl.DataFrame:
+    """Polars frame with a stable column order (keys, then each model with its intervals) and row order."""
+    df = out if isinstance(out, pl.DataFrame) else pl.from_pandas(out.reset_index(drop=False))
+    cols = [k for k in keys if k in df.columns]
+    for name in names:
+        cols.append(name)
+        for level in sorted(levels):
+            for side in ("lo", "hi"):
+                col = f"{name}-{side}-{level}"
+                if col in df.columns:
+                    cols.append(col)
+    sort_keys = [k for k in (ID, "cutoff", "ds") if k in df.columns]
+    return df.select(cols).with_columns(pl.col(ID).cast(pl.Utf8)).sort(sort_keys)

@@ -1,0 +1,306 @@
+"""Candidate models built from ``[train]`` config, and the M4 deseasonalised benchmarks (Naive2, SES).
+
+Each candidate is a statsforecast model with a stable alias (the column name in forecasts and the name in
+selection tables). Models without native prediction intervals get conformal intervals.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from forecasting.config import TrainSection
+from forecasting.errors import ConfigError
+
+FloatArray = npt.NDArray[np.float64]
+GLOBAL_MODELS = frozenset({"LightGBM"})
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    """A candidate: how to build it, how much history it needs, whether it has native intervals."""
+
+    name: str
+    build: Callable[[TrainSection, Any], Any]
+    min_length: Callable[[TrainSection], int]
+    native_intervals: bool
+    intermittent: bool = False
+
+
+def _sf_models() -> Any:
+    import statsforecast.models as m
+
+    return m
+
+
+def _spec_table() -> dict[str, CandidateSpec]:
+    def s(cfg: TrainSection) -> int:
+        return max(cfg.season_length, 1)
+
+    def mstl_seasons(cfg: TrainSection) -> list[int]:
+        return cfg.mstl_season_lengths or [s(cfg)]
+
+    def mk(
+        name: str, native: bool, min_len: Callable[[TrainSection], int], intermittent: bool = False
+    ) -> Any:
+        def deco(fn: Callable[[TrainSection, Any], Any]) -> CandidateSpec:
+            return CandidateSpec(name, fn, min_len, native, intermittent)
+
+        return deco
+
+    specs: list[CandidateSpec] = [
+        mk("Naive", True, lambda c: 1)(lambda c, pi: _sf_models().Naive(alias="Naive")),
+        mk("SeasonalNaive", True, s)(
+            lambda c, pi: _sf_models().SeasonalNaive(season_length=s(c), alias="SeasonalNaive")
+        ),
+        mk("HistoricAverage", True, lambda c: 1)(
+            lambda c, pi: _sf_models().HistoricAverage(alias="HistoricAverage")
+        ),
+        mk("RandomWalkWithDrift", True, lambda c: 2)(
+            lambda c, pi: _sf_models().RandomWalkWithDrift(alias="RandomWalkWithDrift")
+        ),
+        mk("WindowAverage", False, lambda c: c.window_size)(
+            lambda c, pi: _sf_models().WindowAverage(
+                window_size=c.window_size, alias="WindowAverage", prediction_intervals=pi
+            )
+        ),
+        mk("SeasonalWindowAverage", False, lambda c: s(c) * c.season_windows)(
+            lambda c, pi: _sf_models().SeasonalWindowAverage(
+                season_length=s(c),
+                window_size=c.season_windows,
+                alias="SeasonalWindowAverage",
+                prediction_intervals=pi,
+            )
+        ),
+        mk("SES", False, lambda c: 2)(
+            lambda c, pi: _sf_models().SimpleExponentialSmoothingOptimized(
+                alias="SES", prediction_intervals=pi
+            )
+        ),
+        mk("SeasonalES", False, lambda c: 2 * s(c))(
+            lambda c, pi: _sf_models().SeasonalExponentialSmoothingOptimized(
+                season_length=s(c), alias="SeasonalES", prediction_intervals=pi
+            )
+        ),
+        mk("AutoETS", True, lambda c: 3)(
+            lambda c, pi: _sf_models().AutoETS(season_length=s(c), model=c.ets_model, alias="AutoETS")
+        ),
+        mk("AutoTheta", True, lambda c: 3)(
+            lambda c, pi: _sf_models().AutoTheta(season_length=s(c), alias="AutoTheta")
+        ),
+        mk("Theta", True, lambda c: 3)(
+            lambda c, pi: _sf_models().Theta(
+                season_length=s(c), decomposition_type="multiplicative", alias="Theta"
+            )
+        ),
+        mk("MSTL", True, lambda c: 2 * max(mstl_seasons(c)))(
+            lambda c, pi: _sf_models().MSTL(
+                season_length=mstl_seasons(c),
+                trend_forecaster=_sf_models().AutoETS(model="ZNN"),
+                alias="MSTL",
+            )
+        ),
+        mk("AutoARIMA", True, lambda c: 3)(
+            lambda c, pi: _sf_models().AutoARIMA(season_length=s(c), alias="AutoARIMA")
+        ),
+        mk("Naive2", False, lambda c: 1)(
+            lambda c, pi: m4_model_class()(
+                "naive", season_length=s(c), alias="Naive2", prediction_intervals=pi
+            )
+        ),
+        mk("SESD", False, lambda c: 2)(
+            lambda c, pi: m4_model_class()("ses", season_length=s(c), alias="SESD", prediction_intervals=pi)
+        ),
+        mk("CrostonOptimized", False, lambda c: 2, intermittent=True)(
+            lambda c, pi: _sf_models().CrostonOptimized(alias="CrostonOptimized", prediction_intervals=pi)
+        ),
+        mk("CrostonClassic", False, lambda c: 2, intermittent=True)(
+            lambda c, pi: _sf_models().CrostonClassic(alias="CrostonClassic", prediction_intervals=pi)
+        ),
+        mk("ADIDA", False, lambda c: 2, intermittent=True)(
+            lambda c, pi: _sf_models().ADIDA(alias="ADIDA", prediction_intervals=pi)
+        ),
+        mk("IMAPA", False, lambda c: 2, intermittent=True)(
+            lambda c, pi: _sf_models().IMAPA(alias="IMAPA", prediction_intervals=pi)
+        ),
+        mk("TSB", False, lambda c: 2, intermittent=True)(
+            lambda c, pi: _sf_models().TSB(
+                alpha_d=c.tsb_alpha_d, alpha_p=c.tsb_alpha_p, alias="TSB", prediction_intervals=pi
+            )
+        ),
+    ]
+    return {spec.name: spec for spec in specs}
+
+
+def candidate_specs() -> dict[str, CandidateSpec]:
+    """Every local (per-series) candidate by name."""
+    return _spec_table()
+
+
+def check_candidates(cfg: TrainSection) -> None:
+    """Fail early, naming the field, when ``[train] models`` or ``fallback`` names an unknown candidate."""
+    known = set(candidate_specs()) | GLOBAL_MODELS
+    unknown = [m for m in cfg.models if m not in known]
+    if unknown:
+        raise ConfigError(f"[train] models: unknown candidate(s) {unknown}; known: {sorted(known)}")
+    if cfg.fallback not in candidate_specs():
+        raise ConfigError(f"[train] fallback: unknown model {cfg.fallback!r}")
+    if len(set(cfg.models)) != len(cfg.models):
+        raise ConfigError("[train] models: a candidate is listed twice")
+
+
+def build_models(names: list[str], cfg: TrainSection, horizon: int, *, intervals: bool = True) -> list[Any]:
+    """statsforecast model objects for ``names`` (local models only), conformal intervals where needed."""
+    specs = candidate_specs()
+    conformal = None
+    if intervals:
+        from statsforecast.utils import ConformalIntervals
+
+        conformal = ConformalIntervals(h=horizon, n_windows=cfg.conformal_windows)
+    models = []
+    for name in names:
+        spec = specs[name]
+        models.append(spec.build(cfg, None if spec.native_intervals else conformal))
+    return models
+
+
+def min_length(names: list[str], cfg: TrainSection, horizon: int, *, intervals: bool = True) -> int:
+    """History a series needs so that every named model fits (with conformal calibration if asked)."""
+    specs = candidate_specs()
+    need = 1
+    for name in names:
+        spec = specs[name]
+        n = spec.min_length(cfg)
+        if intervals and not spec.native_intervals:
+            n = max(n, cfg.conformal_windows * horizon + 1)
+        need = max(need, n)
+    return need
+
+
+# --- M4 conventions: seasonality test and classical multiplicative decomposition -------------------------
+
+
+def seasonality_test(y: FloatArray, season_length: int) -> bool:
+    """The M4 90 % autocorrelation test: is lag ``season_length`` significant (needs 3 seasons of data)?"""
+    n = len(y)
+    if season_length <= 1 or n < 3 * season_length:
+        return False
+    x = y - y.mean()
+    denom = float(np.dot(x, x))
+    if denom == 0.0:
+        return False
+    acf = np.array([float(np.dot(x[k:], x[: n - k])) / denom for k in range(1, season_length + 1)])
+    limit = 1.645 / np.sqrt(n) * np.sqrt(1.0 + 2.0 * np.sum(acf[: season_length - 1] ** 2))
+    return bool(abs(acf[season_length - 1]) > limit)
+
+
+def multiplicative_indices(y: FloatArray, season_length: int) -> FloatArray:
+    """Seasonal indices (``decompose(type="multiplicative")$figure``), position 0 = first observation."""
+    m = season_length
+    n = len(y)
+    weights = np.r_[0.5, np.ones(m - 1), 0.5] / m if m % 2 == 0 else np.ones(m) / m
+    half = len(weights) // 2
+    trend = np.full(n, np.nan)
+    conv = np.convolve(y, weights, mode="valid")
+    trend[half : half + len(conv)] = conv
+    ratio = y / trend
+    figure = np.array([np.nanmean(ratio[i::m]) for i in range(m)])
+    figure = figure / figure.mean()
+    result: FloatArray = figure.astype(np.float64)
+    return result
+
+
+def deseasonalise(
+    y: FloatArray, season_length: int, horizon: int
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """``(adjusted history, in-sample indices, out-of-sample indices)``; indices are 1 when not seasonal."""
+    n = len(y)
+    if not seasonality_test(y, season_length):
+        return y, np.ones(n), np.ones(horizon)
+    figure = multiplicative_indices(y, season_length)
+    idx_in = figure[np.arange(n) % season_length]
+    idx_out = figure[np.arange(n, n + horizon) % season_length]
+    return y / idx_in, idx_in, idx_out
+
+
+def naive2_forecast(y: FloatArray, season_length: int, horizon: int) -> FloatArray:
+    """M4 Naive2: the last deseasonalised value, reseasonalised."""
+    adj, _, idx_out = deseasonalise(y, season_length, horizon)
+    return np.full(horizon, adj[-1]) * idx_out
+
+
+def ses_deseasonalised_forecast(y: FloatArray, season_length: int, horizon: int) -> FloatArray:
+    """M4 SES: exponential smoothing (ETS(A,N,N), alpha and level fitted by MSE) on deseasonalised data."""
+    from statsforecast.ets import ets_f, forecast_ets
+
+    adj, _, idx_out = deseasonalise(y, season_length, horizon)
+    fit = ets_f(adj, m=1, model="ANN", opt_crit="mse")  # type: ignore[no-untyped-call]
+    mean = forecast_ets(fit, h=horizon)["mean"]  # type: ignore[no-untyped-call]
+    return np.asarray(mean, dtype=np.float64) * idx_out
+
+
+@functools.cache
+def m4_model_class() -> Any:
+    """A statsforecast model class running the M4 deseasonalised benchmarks (``naive`` = Naive2, ``ses``)."""
+    from statsforecast.models import _TS
+
+    class M4Deseasonalised(_TS):
+        """Naive2 / SES of the M4 organisers, usable in ``StatsForecast`` like any other model."""
+
+        def __init__(
+            self, method: str, season_length: int, alias: str, prediction_intervals: Any = None
+        ) -> None:
+            self.method = method
+            self.season_length = season_length
+            self.alias = alias
+            self.prediction_intervals = prediction_intervals
+
+        def _mean(self, y: FloatArray, h: int) -> FloatArray:
+            if self.method == "naive":
+                return naive2_forecast(y, self.season_length, h)
+            return ses_deseasonalised_forecast(y, self.season_length, h)
+
+        def fit(self, y: FloatArray, X: Any = None) -> Any:  # noqa: N803 - statsforecast's signature
+            self.model_ = {"y": np.asarray(y, dtype=np.float64)}
+            self._store_cs(y=y, X=X)  # type: ignore[no-untyped-call]
+            return self
+
+        def predict(self, h: int, X: Any = None, level: list[int] | None = None) -> dict[str, Any]:  # noqa: N803
+            res: dict[str, Any] = {"mean": self._mean(self.model_["y"], h)}
+            if level is None:
+                return res
+            if self.prediction_intervals is None:
+                raise ValueError(f"{self.alias}: prediction intervals need conformal settings")
+            out: dict[str, Any] = self._add_predict_conformal_intervals(  # type: ignore[no-untyped-call]
+                res, sorted(level)
+            )
+            return out
+
+        def forecast(
+            self,
+            y: FloatArray,
+            h: int,
+            X: Any = None,  # noqa: N803
+            X_future: Any = None,  # noqa: N803
+            level: list[int] | None = None,
+            fitted: bool = False,
+        ) -> dict[str, Any]:
+            y = np.asarray(y, dtype=np.float64)
+            res: dict[str, Any] = {"mean": self._mean(y, h)}
+            if fitted:
+                res["fitted"] = np.full(len(y), np.nan)
+            if level is None:
+                return res
+            if self.prediction_intervals is None:
+                raise ValueError(f"{self.alias}: prediction intervals need conformal settings")
+            out: dict[str, Any] = self._add_conformal_intervals(  # type: ignore[no-untyped-call]
+                fcst=res, y=y, X=X, level=sorted(level)
+            )
+            return out
+
+    return M4Deseasonalised

@@ -1,0 +1,506 @@
+"""Training runs: backtest the candidates, select per category, fit on all data, bundle, record the run.
+
+``train(frame, config)`` does the modelling and returns a :class:`TrainResult`; ``write_run`` turns it into a
+signed bundle (through ``forecasting.bundle.write_bundle``) and a run directory beside it (``<DIR>.run/``
+with ``run.json``, the selection and metric tables and the forecasts of the final fit). Every run records
+the dataset fingerprint (sha256 of the canonical frame), the config hash, the code and package versions
+and the seed; the same inputs give byte-identical forecasts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import polars as pl
+
+from forecasting import metrics
+from forecasting.backtest import ID, BacktestResult, run_backtest, series_table
+from forecasting.config import TrainConfig, TrainSection
+from forecasting.errors import ConfigError
+from forecasting.logs import get_logger
+from forecasting.models import GLOBAL_MODELS, check_candidates
+from forecasting.selection import Selection, ensemble_members, select_models
+
+log = get_logger(__name__)
+PACKAGES = (
+    "polars",
+    "numpy",
+    "scipy",
+    "pandas",
+    "statsforecast",
+    "utilsforecast",
+    "coreforecast",
+    "lightgbm",
+    "msgspec",
+)
+# Candidates the bundle format can carry (a statsforecast class + JSON params). The M4 benchmarks
+# (Naive2, SESD) run in backtests only.
+NOT_DEPLOYABLE = frozenset({"Naive2", "SESD"})
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What a run is made of (recorded in run.json and in the bundle manifest)."""
+
+    run_id: str
+    dataset_fingerprint: str
+    config_hash: str
+    code_version: str
+    packages: dict[str, str]
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Backtest evidence, selection, the per-series model of the final fit and the run's lineage."""
+
+    backtest: BacktestResult
+    selection: Selection
+    assignment: pl.DataFrame
+    frame: pl.DataFrame
+    lineage: Lineage
+    config: TrainConfig
+    started_at: datetime
+    duration_seconds: float
+
+
+def dataset_fingerprint(frame: pl.DataFrame) -> str:
+    """sha256 of the canonical frame's content (rows sorted by series and date, CSV-serialised)."""
+    ordered = frame.sort(["store_id", "item_id", "ds"])
+    digest = hashlib.sha256()
+    digest.update(",".join(f"{k}:{v}" for k, v in ordered.schema.items()).encode())
+    chunk = 200_000
+    for start in range(0, ordered.height, chunk):
+        digest.update(ordered.slice(start, chunk).write_csv(include_header=False).encode())
+    return digest.hexdigest()
+
+
+def config_hash(config: TrainConfig) -> str:
+    """sha256 of the effective [data] and [train] sections (logging settings excluded)."""
+    payload = msgspec.json.encode({"data": config.data, "train": config.train})
+    return hashlib.sha256(payload).hexdigest()
+
+
+def code_version() -> str:
+    """The installed shelfcast version."""
+    try:
+        return importlib.metadata.version("shelfcast")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a forecast."""
+    out: dict[str, str] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def make_lineage(frame: pl.DataFrame, config: TrainConfig) -> Lineage:
+    """Fingerprints and versions of one run; the run id derives from data, config and code."""
+    fp = dataset_fingerprint(frame)
+    ch = config_hash(config)
+    cv = code_version()
+    run_id = "run-" + hashlib.sha256(f"{fp}:{ch}:{cv}".encode()).hexdigest()[:16]
+    return Lineage(
+        run_id=run_id,
+        dataset_fingerprint=fp,
+        config_hash=ch,
+        code_version=cv,
+        packages=package_versions(),
+        seed=config.train.seed,
+    )
+
+
+def deployable_assignment(selection: Selection, result: BacktestResult, fallback: str) -> pl.DataFrame:
+    """Per-series model the bundle carries: the selected one, or the best deployable one of its group."""
+    group = "category" if selection.by == "category" else ID
+    scores = metrics.aggregate(result.series_metrics, [group]).select(group, "model", selection.metric)
+    ok = scores.filter(
+        ~pl.col("model").is_in(list(NOT_DEPLOYABLE | GLOBAL_MODELS))
+        & ~pl.col("model").str.starts_with("Ensemble(")
+        & pl.col(selection.metric).is_not_null()
+    )
+    order = {m: i for i, m in enumerate(result.models)}
+    best = (
+        ok.with_columns(pl.col("model").replace_strict(order, default=len(order)).alias("_r"))
+        .sort(group, selection.metric, "_r")
+        .group_by(group, maintain_order=True)
+        .first()
+        .select(group, pl.col("model").alias("_best"))
+    )
+    assignment = selection.assignment.join(best, on=group, how="left")
+
+    def deployable(name: str) -> bool:
+        return all(m not in NOT_DEPLOYABLE | GLOBAL_MODELS for m in ensemble_members(name)) and not (
+            name.startswith("Ensemble(")
+        )
+
+    is_ok = pl.col("model").map_elements(deployable, return_dtype=pl.Boolean)
+    return assignment.with_columns(
+        pl.when(is_ok).then(pl.col("model")).otherwise(pl.col("_best").fill_null(fallback)).alias("model")
+    ).drop("_best")
+
+
+def train(frame: pl.DataFrame, config: TrainConfig) -> TrainResult:
+    """Backtest, select and decide the final per-series models for ``frame`` (a validated canonical frame)."""
+    started_at = datetime.now().astimezone()
+    t0 = time.perf_counter()
+    cfg = config.train
+    check_candidates(cfg)
+    if cfg.fallback in NOT_DEPLOYABLE:
+        raise ConfigError(f"[train] fallback: {cfg.fallback} cannot be bundled")
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)  # statsforecast draws from the global generator
+    lineage = make_lineage(frame, config)
+    log.info("training_started", run_id=lineage.run_id, rows=frame.height, models=cfg.models)
+    result = run_backtest(frame, cfg, config.data.freq)
+    selection = select_models(
+        result,
+        metric=cfg.metric,
+        by=cfg.select_by,
+        fallback=cfg.fallback,
+        top_k=cfg.ensemble_top_k,
+        season_length=cfg.season_length,
+    )
+    assignment = deployable_assignment(selection, result, cfg.fallback)
+    duration = time.perf_counter() - t0
+    log.info(
+        "training_selected",
+        run_id=lineage.run_id,
+        series=assignment.height,
+        groups=selection.table.height,
+        duration_seconds=round(duration, 3),
+    )
+    return TrainResult(
+        backtest=result,
+        selection=selection,
+        assignment=assignment,
+        frame=frame,
+        lineage=lineage,
+        config=config,
+        started_at=started_at,
+        duration_seconds=duration,
+    )
+
+
+def model_families(cfg: TrainSection) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """statsforecast class name and constructor parameters of every deployable candidate label."""
+    s = max(cfg.season_length, 1)
+    families = {
+        "SES": "SimpleExponentialSmoothingOptimized",
+        "SeasonalES": "SeasonalExponentialSmoothingOptimized",
+    }
+    params: dict[str, dict[str, Any]] = {
+        "SeasonalNaive": {"season_length": s},
+        "WindowAverage": {"window_size": cfg.window_size},
+        "SeasonalWindowAverage": {"season_length": s, "window_size": cfg.season_windows},
+        "SeasonalES": {"season_length": s},
+        "AutoETS": {"season_length": s, "model": cfg.ets_model},
+        "AutoTheta": {"season_length": s},
+        "Theta": {"season_length": s, "decomposition_type": "multiplicative"},
+        "MSTL": {"season_length": cfg.mstl_season_lengths or [s]},
+        "AutoARIMA": {"season_length": s},
+        "TSB": {"alpha_d": cfg.tsb_alpha_d, "alpha_p": cfg.tsb_alpha_p},
+    }
+    return families, params
+
+
+def reference_stats(frame: pl.DataFrame, season_length: int) -> dict[str, dict[str, float]]:
+    """Distribution summaries of the last year (or season x 8) of sales per category, for drift checks."""
+    span = max(season_length * 8, 56)
+    recent = frame.filter(
+        pl.col("ds") > pl.col("ds").max().over(["store_id", "item_id"]) - _span(frame, span)
+    )
+    stats = recent.group_by("category").agg(
+        pl.col("y").mean().alias("mean"),
+        pl.col("y").std().alias("std"),
+        pl.col("y").quantile(0.1).alias("p10"),
+        pl.col("y").median().alias("p50"),
+        pl.col("y").quantile(0.9).alias("p90"),
+        (pl.col("y") == 0).mean().alias("zero_share"),
+        pl.len().cast(pl.Float64).alias("n"),
+    )
+    out: dict[str, dict[str, float]] = {}
+    for row in stats.sort("category").iter_rows(named=True):
+        category = str(row.pop("category"))
+        out[category] = {k: float(v) if v is not None else 0.0 for k, v in row.items()}
+    return out
+
+
+def _span(frame: pl.DataFrame, periods: int) -> Any:
+    dtype = frame.schema["ds"]
+    if isinstance(dtype, pl.Datetime):
+        return pl.duration(hours=periods)
+    step = frame.select(pl.col("ds").unique().sort().diff().drop_nulls().min()).item()
+    return step * periods if step is not None else timedelta(days=periods)
+
+
+def metrics_tables(result: BacktestResult) -> dict[str, pl.DataFrame]:
+    """Backtest metrics per series, category, store and overall."""
+    sm = result.series_metrics
+    return {
+        "series": sm.select(
+            ID, "store_id", "item_id", "category", pl.exclude(ID, "store_id", "item_id", "category")
+        ),
+        "category": metrics.aggregate(sm, ["category"]),
+        "store": metrics.aggregate(sm, ["store_id"]),
+        "overall": metrics.aggregate(sm),
+    }
+
+
+def manifest_metrics(result: BacktestResult, assignment: pl.DataFrame) -> dict[str, dict[str, float]]:
+    """Backtest metrics of the chosen model per category (and ``all``), as the manifest records them."""
+    chosen = result.series_metrics.join(assignment.select(ID, "model"), on=[ID, "model"], how="semi")
+    cols = ["mae", "wape", "smape", "mase", "rmsse", "bias", "wmae"]
+    out: dict[str, dict[str, float]] = {}
+    cat = metrics.aggregate(chosen.with_columns(pl.lit("chosen").alias("model")), ["category"])
+    for row in cat.iter_rows(named=True):
+        out[str(row["category"])] = _finite_dict(row, cols)
+    overall = metrics.aggregate(chosen.with_columns(pl.lit("chosen").alias("model")))
+    if overall.height:
+        out["all"] = _finite_dict(overall.row(0, named=True), cols)
+    return out
+
+
+def _finite_dict(row: dict[str, Any], cols: list[str]) -> dict[str, float]:
+    return {c: float(row[c]) for c in cols if row.get(c) is not None and np.isfinite(row[c])}
+
+
+def write_run(
+    result: TrainResult,
+    out_dir: Path,
+    *,
+    signing_key: Path,
+    model_name: str | None = None,
+    version: int = 1,
+    data_mapping: dict[str, Any] | None = None,
+    extra_files: dict[str, Path] | None = None,
+) -> dict[str, Any]:
+    """Fit the final models, write the signed bundle at ``out_dir`` and the run directory beside it."""
+    from forecasting.bundle import Lineage as BundleLineage
+    from forecasting.bundle import Manifest, write_bundle
+    from forecasting.fitted import fit_models
+    from forecasting.scoring import score
+
+    cfg = result.config.train
+    name = model_name or cfg.model_name
+    t0 = time.perf_counter()
+    families, params = model_families(cfg)
+    keyed = result.assignment.select("store_id", "item_id", "model")
+    fitted = fit_models(
+        result.frame,
+        keyed,
+        season_length=cfg.season_length,
+        freq=result.config.data.freq,
+        model_params={label: params.get(label, {}) for label in keyed["model"].unique().to_list()},
+        families={label: families.get(label, label) for label in keyed["model"].unique().to_list()},
+        n_jobs=cfg.n_jobs,
+    )
+    lineage = result.lineage
+    now = datetime.now().astimezone()
+    selection_map = {
+        str(r["category"]): str(r["model"])
+        for r in result.assignment.group_by("category")
+        .agg(pl.col("model").mode().sort().first())
+        .sort("category")
+        .iter_rows(named=True)
+    }
+    manifest = Manifest(
+        model_name=name,
+        version=version,
+        created_at=now,
+        expires_at=now + timedelta(days=cfg.bundle_expiry_days),
+        freq=result.config.data.freq,
+        horizon=cfg.horizon,
+        levels=list(cfg.levels),
+        season_length=cfg.season_length,
+        data=data_mapping or msgspec.to_builtins(result.config.data),
+        selection=selection_map,
+        models=fitted.models,
+        fallback_model=cfg.fallback,
+        metrics=manifest_metrics(result.backtest, result.assignment),
+        reference=reference_stats(result.frame, cfg.season_length),
+        lineage=BundleLineage(
+            run_id=lineage.run_id,
+            dataset_fingerprint=lineage.dataset_fingerprint,
+            config_hash=lineage.config_hash,
+            code_version=lineage.code_version,
+            packages=lineage.packages,
+        ),
+    )
+    bundle_dir = write_bundle(out_dir, manifest, fitted.payloads, signing_key)
+    run_dir = out_dir.parent / f"{out_dir.name}.run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    forecasts = score(bundle_dir, result.frame, horizon=cfg.horizon, levels=cfg.levels)
+    forecasts.write_parquet(run_dir / "forecasts.parquet", statistics=False)
+    artifacts = write_tables(result.backtest, result.selection, run_dir)
+    artifacts["forecasts"] = str(run_dir / "forecasts.parquet")
+    artifacts["assignment"] = str(run_dir / "assignment.csv")
+    result.assignment.write_csv(run_dir / "assignment.csv")
+    for key, path in (extra_files or {}).items():
+        artifacts[key] = str(path)
+    finished = datetime.now().astimezone()
+    record = run_record(result, name, version, bundle_dir, artifacts, finished)
+    (run_dir / "run.json").write_bytes(msgspec.json.format(msgspec.json.encode(record), indent=2) + b"\n")
+    log.info(
+        "model_trained",
+        run_id=lineage.run_id,
+        model_name=name,
+        version=version,
+        series=result.assignment.height,
+        bundle=str(bundle_dir),
+        duration_seconds=round(result.duration_seconds + time.perf_counter() - t0, 3),
+    )
+    return record
+
+
+def write_tables(result: BacktestResult, selection: Selection, out_dir: Path) -> dict[str, str]:
+    """Metric tables (CSV + JSON per level) and the selection table in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, str] = {}
+    for level, table in metrics_tables(result).items():
+        csv_path = out_dir / f"metrics_{level}.csv"
+        table.write_csv(csv_path, float_precision=6)
+        (out_dir / f"metrics_{level}.json").write_bytes(
+            msgspec.json.format(msgspec.json.encode(_json_rows(table)), indent=2) + b"\n"
+        )
+        written[f"metrics_{level}"] = str(csv_path)
+    sel_path = out_dir / "selection.csv"
+    selection.table.write_csv(sel_path, float_precision=6)
+    (out_dir / "selection.json").write_bytes(
+        msgspec.json.format(msgspec.json.encode(_json_rows(selection.table)), indent=2) + b"\n"
+    )
+    written["selection"] = str(sel_path)
+    return written
+
+
+def _json_rows(table: pl.DataFrame) -> list[dict[str, Any]]:
+    rows = []
+    for row in table.iter_rows(named=True):
+        rows.append({k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()})
+    return rows
+
+
+def run_record(
+    result: TrainResult,
+    model_name: str,
+    version: int,
+    bundle_dir: Path,
+    artifacts: dict[str, str],
+    finished: datetime,
+) -> dict[str, Any]:
+    """The run record (``run.json``) in the shape the registry's ``POST /v1/runs`` accepts."""
+    lin = result.lineage
+    cfg = result.config
+    overall = metrics.aggregate(result.backtest.series_metrics)
+    candidate_metrics = {
+        str(r["model"]): _finite_dict(r, ["mae", "wape", "smape", "mase", "rmsse", "bias", "wmae"])
+        for r in overall.iter_rows(named=True)
+    }
+    chosen = manifest_metrics(result.backtest, result.assignment)
+    series = series_table(result.frame)
+    return {
+        "run_id": lin.run_id,
+        "model_name": model_name,
+        "version": version,
+        "status": "finished",
+        "started_at": result.started_at.isoformat(),
+        "finished_at": finished.isoformat(),
+        "dataset_fingerprint": lin.dataset_fingerprint,
+        "dataset": {
+            "fingerprint": lin.dataset_fingerprint,
+            "rows": result.frame.height,
+            "series": series.height,
+            "first_ds": str(result.frame["ds"].min()),
+            "last_ds": str(result.frame["ds"].max()),
+            "freq": cfg.data.freq,
+        },
+        "config_hash": lin.config_hash,
+        "code_version": lin.code_version,
+        "packages": lin.packages,
+        "seed": lin.seed,
+        "params": msgspec.to_builtins(cfg.train),
+        "data_mapping": msgspec.to_builtins(cfg.data),
+        "candidates": list(result.backtest.models),
+        "backtest": {
+            "horizon": result.backtest.horizon,
+            "windows": result.backtest.windows,
+            "step": result.backtest.step,
+            "series": result.backtest.series.height - len(result.backtest.short_series),
+            "short_series": len(result.backtest.short_series),
+            "duration_seconds": round(result.backtest.duration_seconds, 3),
+        },
+        "metrics": {
+            "selected": chosen.get("all", {}),
+            "by_category": chosen,
+            "candidates": candidate_metrics,
+        },
+        "selection": {
+            "metric": result.selection.metric,
+            "by": result.selection.by,
+            "fallback": result.selection.fallback,
+            "categories": {
+                str(r["category"]): str(r["model"])
+                for r in result.assignment.group_by("category")
+                .agg(pl.col("model").mode().sort().first())
+                .sort("category")
+                .iter_rows(named=True)
+            },
+            "models": {
+                str(r["model"]): int(r["count"])
+                for r in result.assignment["model"].value_counts().sort("model").iter_rows(named=True)
+            },
+        },
+        "bundle": str(bundle_dir),
+        "artifacts": artifacts,
+    }
+
+
+def forecast_selected(
+    frame: pl.DataFrame, assignment: pl.DataFrame, cfg: TrainSection, freq: str, *, horizon: int | None = None
+) -> pl.DataFrame:
+    """Fit each series' assigned model (ensembles: the mean of their members) on ``frame`` and forecast.
+
+    Returns ``unique_id, ds, forecast, model`` sorted by series and date (point forecasts; the bundle's
+    scoring path adds intervals).
+    """
+    from statsforecast import StatsForecast
+
+    from forecasting.backtest import SF_FREQ, sf_frame
+    from forecasting.models import build_models
+
+    h = horizon or cfg.horizon
+    data = sf_frame(frame)
+    parts: list[pl.DataFrame] = []
+    for label in sorted(assignment["model"].unique().to_list()):
+        ids = assignment.filter(pl.col("model") == label).select(ID)
+        members = ensemble_members(label)
+        sub = data.join(ids, on=ID, how="semi")
+        local = [m for m in members if m not in GLOBAL_MODELS]
+        sf = StatsForecast(
+            models=build_models(local, cfg, h, intervals=False), freq=SF_FREQ[freq], n_jobs=cfg.n_jobs
+        )
+        out = sf.forecast(df=sub, h=h)
+        parts.append(
+            out.select(
+                ID,
+                "ds",
+                pl.mean_horizontal([pl.col(m) for m in local]).alias("forecast"),
+                pl.lit(label).alias("model"),
+            )
+        )
+    return pl.concat(parts).with_columns(pl.col(ID).cast(pl.Utf8)).sort(ID, "ds")
