@@ -128,7 +128,11 @@ def rows_from_report(report: dict[str, Any]) -> list[Row]:
 
 def evaluate(rows: list[Row]) -> list[Row]:
     """Fill ``ratio`` (against the baseline figure of the same suite) and ``met`` (the target holds)."""
-    by_name = {(r.suite, r.figure): r for r in rows}
+    by_name: dict[tuple[str, str], Row] = {}
+    for row in rows:
+        if (row.suite, row.figure) in by_name:
+            warn(f"{row.suite}/{row.figure}: reported twice; baselines use the last one")
+        by_name[(row.suite, row.figure)] = row
     for row in rows:
         if row.baseline is not None:
             base = by_name.get((row.suite, row.baseline))
