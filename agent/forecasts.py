@@ -80,19 +80,35 @@ def negotiate(accept: str | None, explicit: str | None) -> OutputFormat | None:
     return None
 
 
+@dataclass(frozen=True)
+class ItemEntry:
+    """Where an item's rows are and what is constant over them."""
+
+    start: int
+    end: int
+    store_id: str
+    category: str
+    model: str | None
+
+
 @dataclass
 class ForecastView:
-    """The forecasts of one scoring run, indexed by item, with the metadata every response carries."""
+    """The forecasts of one scoring run, indexed by item, with the metadata every response carries.
+
+    Kept compact (categorical strings, NumPy views of the float columns, one small entry per item):
+    a whole store of 20,000 series x 28 days costs tens of MB, not hundreds.
+    """
 
     pointer: ServingPointer
     frame: pl.DataFrame
     value_columns: list[str]
-    item_index: dict[str, tuple[int, int]]
+    items: dict[str, ItemEntry]
     _numeric: list[np.ndarray[Any, Any]] = field(repr=False)
     _ds_days: np.ndarray[Any, Any] = field(repr=False)
-    _text: dict[str, list[str]] = field(repr=False)
     _cache: OrderedDict[tuple[str, int, str], bytes] = field(default_factory=OrderedDict, repr=False)
     _lock: Lock = field(default_factory=Lock, repr=False)
+    _dates: dict[int, str] = field(default_factory=dict, repr=False)
+    _row_types: dict[bool, type[msgspec.Struct]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, root: Path, pointer: ServingPointer) -> ForecastView:
@@ -100,39 +116,51 @@ class ForecastView:
 
         raw = pl.read_parquet(root / pointer.path)
         value_columns = [c for c in raw.columns if c == "forecast" or c.startswith("forecast-")]
-        base = ["store_id", "item_id", "category", "ds"]
-        extra = [c for c in ("model",) if c in raw.columns]
+        has_model = "model" in raw.columns
         frame = (
-            raw.select(
-                *[pl.col(c).cast(pl.Utf8) for c in ("store_id", "item_id", "category") if c in raw.columns],
+            raw.lazy()
+            .select(
+                pl.col("store_id").cast(pl.Utf8).cast(pl.Categorical),
+                pl.col("item_id").cast(pl.Utf8),
+                (pl.col("category") if "category" in raw.columns else pl.lit(""))
+                .cast(pl.Utf8)
+                .cast(pl.Categorical)
+                .alias("category"),
                 pl.col("ds").cast(pl.Date),
                 *[pl.col(c).cast(pl.Float64) for c in value_columns],
-                *[pl.col(c).cast(pl.Utf8) for c in extra],
+                *([pl.col("model").cast(pl.Utf8).cast(pl.Categorical)] if has_model else []),
             )
-            .with_columns(
-                *([] if "category" in raw.columns else [pl.lit("").alias("category")]),
-                pl.lit(pointer.model_name).alias("model_name"),
-                pl.lit(pointer.version, dtype=pl.Int64).alias("model_version"),
-            )
-            .select(*base, *value_columns, *extra, "model_name", "model_version")
             .sort("item_id", "ds")
-            .with_columns(step=pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over("item_id"))
+            .with_columns(step=pl.int_range(1, pl.len() + 1, dtype=pl.Int16).over("item_id"))
+            .collect()
         )
-        bounds = (
-            frame.with_row_index("row")
+        del raw
+        firsts = (
+            frame.select("item_id", "store_id", "category", *(["model"] if has_model else []))
+            .with_row_index("row")
             .group_by("item_id", maintain_order=True)
-            .agg(pl.col("row").min().alias("start"), pl.col("row").max().alias("end"))
+            .agg(pl.all().first(), pl.len().alias("n"))
         )
-        index = {
-            item: (int(start), int(end) + 1)
-            for item, start, end in zip(
-                bounds["item_id"].to_list(), bounds["start"].to_list(), bounds["end"].to_list(), strict=True
+        models = firsts["model"].cast(pl.Utf8).to_list() if has_model else [None] * firsts.height
+        items = {
+            item: ItemEntry(int(row), int(row) + int(n), store, category, model)
+            for item, row, n, store, category, model in zip(
+                firsts["item_id"].to_list(),
+                firsts["row"].to_list(),
+                firsts["n"].to_list(),
+                firsts["store_id"].cast(pl.Utf8).to_list(),
+                firsts["category"].cast(pl.Utf8).to_list(),
+                models,
+                strict=True,
             )
         }
         numeric = [frame[c].to_numpy() for c in value_columns]
-        ds_days = frame["ds"].cast(pl.Int32).to_numpy()
-        text = {c: frame[c].to_list() for c in ("store_id", "category", *extra)}
-        return cls(pointer, frame, value_columns, index, numeric, ds_days, text)
+        ds_days = frame["ds"].to_physical().to_numpy()
+        return cls(pointer, frame, value_columns, items, numeric, ds_days)
+
+    @property
+    def max_step(self) -> int:
+        return max((entry.end - entry.start for entry in self.items.values()), default=0)
 
     @property
     def etag_base(self) -> str:
@@ -143,8 +171,9 @@ class ForecastView:
         return f'"{self.etag_base}-{digest}"'
 
     def meta(self) -> dict[str, Any]:
+        first = next(iter(self.items.values()), None)
         return {
-            "store_id": self.frame["store_id"][0] if self.frame.height else None,
+            "store_id": first.store_id if first else None,
             "model_name": self.pointer.model_name,
             "model_version": self.pointer.version,
             "run_id": self.pointer.run_id,
@@ -161,27 +190,20 @@ class ForecastView:
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
-        bounds = self.item_index.get(item_id)
-        if bounds is None:
+        entry = self.items.get(item_id)
+        if entry is None:
             return None
-        start, end = bounds
-        end = min(end, start + horizon)
-        names = ["ds", *self.value_columns]
-        columns: list[list[Any]] = [
-            [(EPOCH + timedelta(days=int(d))).isoformat() for d in self._ds_days[start:end]],
-            *[arr[start:end].tolist() for arr in self._numeric],
-        ]
-        constant = {"store_id": self._text["store_id"][start], "item_id": item_id}
-        constant["category"] = self._text["category"][start]
-        rows = []
-        for offset, values in enumerate(zip(*columns, strict=True)):
-            row: dict[str, Any] = dict(constant)
-            row.update(zip(names, values, strict=True))
-            if "model" in self._text:
-                row["model"] = self._text["model"][start + offset]
-            row["model_name"] = self.pointer.model_name
-            row["model_version"] = self.pointer.version
-            rows.append(row)
+        start, end = entry.start, min(entry.end, entry.start + horizon)
+        dates = [self._iso(int(d)) for d in self._ds_days[start:end]]
+        values = [arr[start:end].tolist() for arr in self._numeric]
+        head = (entry.store_id, item_id, entry.category)
+        tail = (
+            (self.pointer.model_name, self.pointer.version)
+            if entry.model is None
+            else (entry.model, self.pointer.model_name, self.pointer.version)
+        )
+        make = self._row_type(with_model=entry.model is not None)
+        rows = [make(*head, day, *vals, *tail) for day, *vals in zip(dates, *values, strict=True)]
         body = msgspec.json.encode({**self.meta(), "item_id": item_id, "rows": rows})
         with self._lock:
             self._cache[key] = body
@@ -189,12 +211,47 @@ class ForecastView:
                 self._cache.popitem(last=False)
         return body
 
+    def _iso(self, day: int) -> str:
+        text = self._dates.get(day)
+        if text is None:
+            text = self._dates[day] = (EPOCH + timedelta(days=day)).isoformat()
+        return text
+
+    def _row_type(self, *, with_model: bool) -> type[msgspec.Struct]:
+        """A msgspec Struct for one JSON row (field order = the listing's column order)."""
+        cached = self._row_types.get(with_model)
+        if cached is not None:
+            return cached
+        safe = {c: c.replace("-", "_") for c in self.value_columns}
+        fields: list[tuple[str, type]] = [("store_id", str), ("item_id", str), ("category", str), ("ds", str)]
+        fields += [(safe[c], float) for c in self.value_columns]
+        fields += [("model", str)] if with_model else []
+        fields += [("model_name", str), ("model_version", int)]
+        row_type = msgspec.defstruct("ForecastRow", fields, rename={v: k for k, v in safe.items()})
+        self._row_types[with_model] = row_type
+        return row_type
+
+    def public(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Rows as clients see them: plain strings, model name and version on every row."""
+        import polars as pl
+
+        extra = ["model"] if "model" in frame.columns else []
+        return frame.select(
+            pl.col("store_id").cast(pl.Utf8),
+            "item_id",
+            pl.col("category").cast(pl.Utf8),
+            "ds",
+            *self.value_columns,
+            *[pl.col(c).cast(pl.Utf8) for c in extra],
+            pl.lit(self.pointer.model_name).alias("model_name"),
+            pl.lit(self.pointer.version, dtype=pl.Int64).alias("model_version"),
+        )
+
     def item_frame(self, item_id: str, horizon: int) -> pl.DataFrame | None:
-        bounds = self.item_index.get(item_id)
-        if bounds is None:
+        entry = self.items.get(item_id)
+        if entry is None:
             return None
-        start, end = bounds
-        return self.frame.slice(start, min(end - start, horizon)).drop("step")
+        return self.public(self.frame.slice(entry.start, min(entry.end - entry.start, horizon)))
 
     # -- listings and exports ------------------------------------------------------------------------
 
@@ -217,12 +274,11 @@ class ForecastView:
             lazy = lazy.filter(pl.col("item_id").is_in(item_ids))
         if category:
             lazy = lazy.filter(pl.col("category") == category)
-        max_step = int(str(self.frame["step"].max() or 0)) if self.frame.height else 0
-        if horizon < max_step:
+        if horizon < self.max_step:
             lazy = lazy.filter(pl.col("step") <= horizon)
         if offset or limit is not None:
             lazy = lazy.slice(offset, None if limit is None else limit + 1)
-        page = lazy.drop("step").collect()
+        page = self.public(lazy.collect())
         next_cursor = None
         if limit is not None and page.height > limit:
             page = page.head(limit)
