@@ -35,6 +35,7 @@ SERIES_PAYLOAD = "series.parquet"
 SERIES_SCHEMA = {"store_id": pl.Utf8, "item_id": pl.Utf8, "category": pl.Utf8, "model": pl.Utf8}
 
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
+IntArray = np.ndarray[Any, np.dtype[np.int64]]
 
 
 def fitted_payload_path(label: str) -> str:
@@ -90,10 +91,12 @@ def _theta_decode(row: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "m": int(row["m"]),
         "modeltype": str(row["modeltype"]),
+        # numpy scalars, not Python floats: statsforecast mixes them with float32 sample arrays, and
+        # NEP 50 promotion differs between the two (the fitted model holds np.float64).
         "par": {
-            "initial_smoothed": float(row["initial_smoothed"]),
-            "alpha": float(row["alpha"]),
-            "theta": float(row["theta"]),
+            "initial_smoothed": np.float64(row["initial_smoothed"]),
+            "alpha": np.float64(row["alpha"]),
+            "theta": np.float64(row["theta"]),
         },
     }
 
@@ -144,9 +147,28 @@ def make_model(family: str, season_length: int, params: Mapping[str, Any] | None
     return cls(**kwargs)
 
 
+# Families whose intervals come only from conformal calibration (statsforecast raises without it).
+CONFORMAL_ONLY = frozenset(
+    {
+        "WindowAverage",
+        "SeasonalWindowAverage",
+        "SimpleExponentialSmoothing",
+        "SimpleExponentialSmoothingOptimized",
+        "SeasonalExponentialSmoothing",
+        "SeasonalExponentialSmoothingOptimized",
+        "CrostonClassic",
+        "CrostonOptimized",
+        "CrostonSBA",
+        "ADIDA",
+        "IMAPA",
+        "TSB",
+    }
+)
+CONFORMAL_WINDOWS = 2
+
+
 def _supports_native_intervals(family: str) -> bool:
-    """Intermittent-demand models only give intervals through conformal calibration."""
-    return family not in {"CrostonClassic", "CrostonOptimized", "CrostonSBA", "ADIDA", "IMAPA", "TSB"}
+    return family not in CONFORMAL_ONLY
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -311,48 +333,123 @@ def level_columns(levels: Sequence[int]) -> list[str]:
 def forecast_batch(
     entry: ModelEntry,
     season_length: int,
-    ys: Sequence[FloatArray],
+    y: FloatArray,
+    lengths: IntArray,
     h: int,
     levels: Sequence[int],
     states: pl.DataFrame | None = None,
 ) -> dict[str, FloatArray]:
-    """Forecast ``h`` steps for each history in ``ys`` with one model; arrays of shape ``(len(ys), h)``.
+    """Forecast ``h`` steps for each row of ``y`` with one model; arrays of shape ``(rows, h)``.
 
-    Keys: ``mean`` and ``lo-<level>`` / ``hi-<level>``. For ``fitted-state`` models ``states`` holds one
-    row per history (same order) and statsforecast's ``forward`` applies the stored parameters.
+    ``y`` is time-major, one series per column, right-aligned, with ``lengths`` valid values each
+    (:func:`forecasting.kernels.pad_right_aligned`). Keys: ``mean`` and ``lo-<level>`` /
+    ``hi-<level>``. For ``fitted-state`` models ``states`` holds one row per series (same order) and the
+    stored parameters are applied to the fresh history without re-estimation. AutoETS and the simple
+    models run as vectorised numpy kernels (no statsforecast import); the other families call
+    statsforecast's own ``forward``/``forecast`` series by series.
     """
-    n = len(ys)
+    lv = sorted(levels)
+    if entry.state == "fitted-state":
+        if states is None or states.height != y.shape[1]:
+            raise BundleError("forecast_batch: fitted state rows do not match the histories")
+        if entry.family == "AutoETS":
+            return _ets_batch(y, lengths, states, h, lv)
+        return _statsforecast_batch(entry, season_length, y, lengths, h, lv, states)
+    fast = _kernel_forecast(entry, season_length, y, lengths, h, lv)
+    if fast is not None:
+        return fast
+    return _statsforecast_batch(entry, season_length, y, lengths, h, lv, None)
+
+
+def _ets_batch(
+    y: FloatArray, lengths: IntArray, states: pl.DataFrame, h: int, levels: list[int]
+) -> dict[str, FloatArray]:
+    from forecasting import kernels
+
+    n = y.shape[1]
+    out = {c: np.full((n, h), np.nan) for c in ["mean", *level_columns(levels)]}
+    groups = states.with_row_index("_row").group_by("components", "m", maintain_order=True)
+    for (components, m), group in groups:
+        rows = group["_row"].to_numpy()
+        par = group["par"].explode().to_numpy().astype(np.float64).reshape(len(rows), -1)
+        n_params = group["n_params"].to_numpy().astype(np.int64)
+        sub_len = lengths[rows]
+        width = int(sub_len.max())
+        sub = y[y.shape[0] - width :, rows]
+        res = kernels.ets_forward(sub, sub_len, str(components), int(str(m)), par, n_params, h, levels)
+        for c, arr in res.items():
+            out[c][rows] = arr
+    return out
+
+
+def _kernel_forecast(
+    entry: ModelEntry, season_length: int, y: FloatArray, lengths: IntArray, h: int, levels: list[int]
+) -> dict[str, FloatArray] | None:
+    from forecasting import kernels
+
+    params = entry.params
+    m = int(params.get("season_length", season_length))
+    family = entry.family
+    if family == "SeasonalNaive":
+        # A series shorter than one season has no last season to repeat: it gets Naive's forecast.
+        full = lengths >= m
+        if full.all():
+            return kernels.seasonal_naive(y, lengths, h, levels, m)
+        out = kernels.naive(y, lengths, h, levels)
+        if full.any():
+            seasonal = kernels.seasonal_naive(y[:, full], lengths[full], h, levels, m)
+            for c, arr in seasonal.items():
+                out[c][full] = arr
+        return out
+    if family == "Naive":
+        return kernels.naive(y, lengths, h, levels)
+    if family == "HistoricAverage":
+        return kernels.historic_average(y, lengths, h, levels)
+    if family == "RandomWalkWithDrift" and int(lengths.min(initial=2)) >= 2:
+        return kernels.random_walk_with_drift(y, lengths, h, levels)
+    return None
+
+
+def _statsforecast_batch(
+    entry: ModelEntry,
+    season_length: int,
+    y: FloatArray,
+    lengths: IntArray,
+    h: int,
+    levels: list[int],
+    states: pl.DataFrame | None,
+) -> dict[str, FloatArray]:
+    width, n = y.shape
     cols = ["mean", *level_columns(levels)]
     out = {c: np.full((n, h), np.nan) for c in cols}
-    level_list = sorted(levels) or None
-    if entry.state == "fitted-state":
-        if states is None or states.height != n:
-            raise BundleError("forecast_batch: fitted state rows do not match the histories")
+    level_arg = levels or None
+    if states is not None:
         codec = FITTED_STATE_CODECS[entry.family]
         model = make_model(entry.family, season_length, entry.params)
         for i, row in enumerate(states.iter_rows(named=True)):
             model.model_ = codec.decode(row)
-            res = model.forward(y=ys[i], h=h, level=level_list)
+            res = model.forward(y=y[width - lengths[i] :, i], h=h, level=level_arg)
             for c in cols:
-                out[c][i] = res[c]
+                out[c][i] = res.get(c, np.nan)
         return out
-    for i, y in enumerate(ys):
-        res = _refit_forecast(entry, season_length, y, h, level_list)
+    for i in range(n):
+        res = _refit_forecast(entry, season_length, y[width - lengths[i] :, i], h, level_arg)
         for c in cols:
-            out[c][i] = res[c]
+            out[c][i] = res.get(c, np.nan)
     return out
 
 
 def _refit_forecast(
     entry: ModelEntry, season_length: int, y: FloatArray, h: int, levels: list[int] | None
 ) -> dict[str, FloatArray]:
+    """Re-estimate a cheap model on ``y`` and forecast; conformal intervals (2 windows of ``h``) for
+    families without native ones, none when the history is too short to calibrate them."""
     params = dict(entry.params)
     if levels and not _supports_native_intervals(entry.family):
         from statsforecast.utils import ConformalIntervals
 
-        n_windows = min(2, (len(y) - 1) // h) if len(y) > h else 0
-        if n_windows >= 2:
-            params["prediction_intervals"] = ConformalIntervals(h=h, n_windows=n_windows)
+        if len(y) > CONFORMAL_WINDOWS * h:
+            params["prediction_intervals"] = ConformalIntervals(h=h, n_windows=CONFORMAL_WINDOWS)
         else:
             levels = None
     model = make_model(entry.family, season_length, params)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ from forecasting.fitted import (
 
 KEYS = ["store_id", "item_id"]
 _STEP_DAYS = {"D": 1, "W": 7}
+# Series per chunk: by default one chunk per thread, within these bounds (memory of a chunk ~ width x size).
+MIN_CHUNK_SERIES = 1024
+MAX_CHUNK_SERIES = 16384
 
 
 def output_columns(levels: Sequence[int]) -> list[str]:
@@ -62,35 +66,84 @@ class History:
 
 
 def prepare_history(history: pl.DataFrame, freq: str = "D") -> History:
-    """Sort by series and date, fill missing dates inside a series with 0 sales, index the series."""
+    """Index the series of a canonical frame: one contiguous ``y`` block per series, in date order.
+
+    A frame already sorted by ``store_id, item_id, ds`` (what ``generate`` and the agent's store
+    produce) is used as it is, without copying; anything else is sorted first (duplicate dates keep
+    the last row). Missing dates inside a series count as zero sales.
+    """
     missing = {"store_id", "item_id", "ds", "y"} - set(history.columns)
     if missing:
         raise DataError(f"history lacks columns {sorted(missing)}")
     cols = ["store_id", "item_id", "ds", "y"]
     if "category" in history.columns:
         cols.insert(2, "category")
-    frame = history.select(cols).with_columns(pl.col("y").cast(pl.Float64).fill_null(0.0))
+    frame = history.select(cols)
+    if frame.schema["y"] != pl.Float64 or frame["y"].null_count():
+        frame = frame.with_columns(pl.col("y").cast(pl.Float64).fill_null(0.0))
     if "category" not in frame.columns:
         frame = frame.with_columns(category=pl.lit("", dtype=pl.Utf8))
-    frame = frame.sort(*KEYS, "ds")
-    keys = frame.group_by(KEYS, maintain_order=True).agg(
-        pl.col("category").last(), first_ds=pl.col("ds").first(), last_ds=pl.col("ds").last(), n=pl.len()
-    )
-    step = _step(freq)
-    expected = ((keys["last_ds"] - keys["first_ds"]) / step).cast(pl.Int64) + 1
-    if (expected != keys["n"]).any():
+    indexed = _index_sorted(frame, freq)
+    if indexed is None:
+        frame = frame.unique([*KEYS, "ds"], keep="last").sort(*KEYS, "ds")
+        indexed = _index_sorted(frame, freq)
+    if indexed is None:
         frame = _fill_gaps(frame, freq)
-        keys = frame.group_by(KEYS, maintain_order=True).agg(
-            pl.col("category").last(), last_ds=pl.col("ds").last(), n=pl.len()
-        )
-    counts = keys["n"].to_numpy().astype(np.int64)
-    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    return History(
-        keys=keys.select(*KEYS, "category", "last_ds", "n"),
-        y=frame["y"].to_numpy().astype(np.float64, copy=False),
-        offsets=offsets,
+        indexed = _index_sorted(frame, freq)
+    if indexed is None:  # pragma: no cover - a sorted, gap-free frame always indexes
+        raise DataError("history could not be indexed by series and date")
+    return indexed
+
+
+def _index_sorted(frame: pl.DataFrame, freq: str) -> History | None:
+    """The History of ``frame`` when it is sorted by series and date without gaps; None otherwise."""
+    if frame.height == 0:
+        keys = frame.select(*KEYS, "category", last_ds="ds").with_columns(n=pl.lit(0, pl.Int64))
+        return History(keys=keys, y=np.zeros(0), offsets=np.zeros(1, dtype=np.int64))
+    new_series = (
+        (pl.col("store_id") != pl.col("store_id").shift(1))
+        | (pl.col("item_id") != pl.col("item_id").shift(1))
+    ).fill_null(value=True)
+    step = _step_physical(frame.schema["ds"], freq)
+    checks = frame.select(
+        starts=new_series.arg_true().implode(),
+        in_order=((pl.col("ds").to_physical().diff() == step) | new_series).all(),
     )
+    if not checks["in_order"].item():
+        return None
+    starts = checks["starts"].explode().to_numpy().astype(np.int64)
+    ends = np.append(starts[1:], frame.height)
+    keys = frame.select(*KEYS)[starts]
+    if keys.height > 1 and not _strictly_increasing(keys):
+        return None
+    offsets = np.append(starts, frame.height)
+    last_rows = ends - 1
+    keys = keys.with_columns(
+        category=frame["category"][last_rows],
+        last_ds=frame["ds"][last_rows],
+        n=pl.Series(ends - starts, dtype=pl.Int64),
+    )
+    y = frame["y"].to_numpy()
+    return History(keys=keys, y=y.astype(np.float64, copy=False), offsets=offsets)
+
+
+def _strictly_increasing(keys: pl.DataFrame) -> bool:
+    prev = keys.select(pl.all().shift(1)).slice(1)
+    cur = keys.slice(1)
+    s_cur, s_prev = cur["store_id"], prev["store_id"]
+    i_cur, i_prev = cur["item_id"], prev["item_id"]
+    ok = (s_cur > s_prev) | ((s_cur == s_prev) & (i_cur > i_prev))
+    return bool(ok.all())
+
+
+def _step_physical(dtype: Any, freq: str) -> int:
+    step = _step(freq)
+    if dtype == pl.Date:
+        return int(step.days)
+    if isinstance(dtype, pl.Datetime):
+        per_second = {"ns": 1_000_000_000, "us": 1_000_000, "ms": 1_000}[dtype.time_unit or "us"]
+        return int(step.total_seconds()) * per_second
+    raise DataError(f"history column ds has type {dtype}; expected Date or Datetime")
 
 
 def _step(freq: str) -> Any:
@@ -139,12 +192,15 @@ def score(
     levels: Sequence[int] | None = None,
     out: Path | None = None,
     threads: int = 2,
+    chunk_series: int | None = None,
 ) -> pl.DataFrame:
     """Forecast every series of ``history`` with the (already verified) bundle at ``bundle_dir``.
 
     Returns ``store_id, item_id, category, ds, forecast, forecast-lo-80, forecast-hi-80, ...,
-    model`` sorted by series and date; also written to ``out`` (Parquet or CSV by extension).
-    ``threads`` bounds the worker processes/threads used.
+    model`` sorted by series and date. Series are scored in chunks (``chunk_series``; default one per
+    thread, 1,024 to 16,384 series) on ``threads``
+    worker threads (numpy releases the GIL in the kernels); with ``out`` (Parquet or CSV by extension)
+    each finished chunk is streamed to the file in order, which is renamed into place at the end.
     """
     started = time.perf_counter()
     log = structlog.get_logger().bind(logger=__name__)
@@ -152,21 +208,32 @@ def score(
     h = horizon or manifest.horizon
     lv = sorted(levels if levels is not None else manifest.levels)
     hist = prepare_history(history, manifest.freq)
-    fitted = _load_models(bundle_dir, manifest)
-    labels = _assign_labels(hist, fitted, manifest)
+    plan = _plan(bundle_dir, manifest, hist)
     n = hist.keys.height
-    cols = ["mean", *level_columns(lv)]
-    result = {c: np.full((n, h), np.nan) for c in cols}
-    for label in sorted(set(labels.to_list())):
-        idx = np.flatnonzero((labels == label).to_numpy())
-        entry, states = _entry_and_states(label, fitted, manifest, hist, idx)
-        ys = [hist.series(int(i)) for i in idx]
-        res = forecast_batch(entry, manifest.season_length, ys, h, lv, states)
-        for c in cols:
-            result[c][idx] = res[c]
-    frame = _assemble(hist, labels, result, h, lv, manifest.freq)
-    if out is not None:
-        write_forecasts(frame, out)
+    chunk = chunk_series or min(MAX_CHUNK_SERIES, max(MIN_CHUNK_SERIES, -(-n // max(1, threads))))
+    bounds = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+
+    def run(bound: tuple[int, int]) -> pl.DataFrame:
+        return _score_chunk(plan, hist, bound[0], bound[1], h, lv, manifest)
+
+    sink = _Sink(out, output_columns(lv))
+    frames: list[pl.DataFrame] = []
+    try:
+        if threads > 1 and len(bounds) > 1:
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score") as pool:
+                for frame in pool.map(run, bounds):
+                    sink.write(frame)
+                    frames.append(frame)
+        else:
+            for bound in bounds:
+                frame = run(bound)
+                sink.write(frame)
+                frames.append(frame)
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    result = pl.concat(frames) if frames else _empty(lv)
     log.info(
         "forecast_scored",
         model_name=manifest.model_name,
@@ -176,7 +243,111 @@ def score(
         threads=threads,
         duration_seconds=round(time.perf_counter() - started, 3),
     )
-    return frame
+    return result
+
+
+def _empty(levels: Sequence[int]) -> pl.DataFrame:
+    schema: dict[str, Any] = {"store_id": pl.Utf8, "item_id": pl.Utf8, "category": pl.Utf8, "ds": pl.Date}
+    schema |= dict.fromkeys(output_columns(levels)[4:-1], pl.Float64)
+    schema["model"] = pl.Utf8
+    return pl.DataFrame(schema=schema)
+
+
+@dataclass
+class _Plan:
+    """Which model each series uses, and the fitted state rows aligned to the series."""
+
+    labels: np.ndarray[Any, Any]  # label per series (object array)
+    entries: dict[str, ModelEntry]
+    states: dict[str, pl.DataFrame]  # label -> state rows, one per series of that label, series order
+    position: np.ndarray[Any, np.dtype[np.int64]]  # series -> row in its label's state table
+
+
+def _plan(bundle_dir: Path, manifest: Manifest, hist: History) -> _Plan:
+    fitted = _load_models(bundle_dir, manifest)
+    labels = _assign_labels(hist, fitted, manifest)
+    label_arr = labels.to_numpy()
+    position = np.zeros(len(label_arr), dtype=np.int64)
+    entries: dict[str, ModelEntry] = {}
+    states: dict[str, pl.DataFrame] = {}
+    for label in sorted(set(labels.to_list())):
+        idx = np.flatnonzero(label_arr == label)
+        position[idx] = np.arange(len(idx))
+        entry, table = _entry_and_states(label, fitted, manifest, hist, idx)
+        entries[label] = entry
+        if table is not None:
+            states[label] = table
+    return _Plan(labels=label_arr, entries=entries, states=states, position=position)
+
+
+def _score_chunk(
+    plan: _Plan, hist: History, a: int, b: int, h: int, levels: list[int], manifest: Manifest
+) -> pl.DataFrame:
+    from forecasting.kernels import pad_right_aligned
+
+    n = b - a
+    cols = ["mean", *level_columns(levels)]
+    result = {c: np.full((n, h), np.nan) for c in cols}
+    chunk_labels = plan.labels[a:b]
+    for label in sorted(set(chunk_labels.tolist())):
+        local = np.flatnonzero(chunk_labels == label)
+        idx = local + a
+        y, lengths = pad_right_aligned(hist.y, hist.offsets, idx)
+        table = plan.states.get(label)
+        states = table[plan.position[idx]] if table is not None else None
+        res = forecast_batch(plan.entries[label], manifest.season_length, y, lengths, h, levels, states)
+        for c in cols:
+            result[c][local] = res[c]
+    keys = hist.keys.slice(a, n)
+    return _assemble(keys, pl.Series("model", chunk_labels, dtype=pl.Utf8), result, h, levels, manifest.freq)
+
+
+class _Sink:
+    """Streams chunks to Parquet (row group per chunk) or collects them for CSV; atomic rename."""
+
+    def __init__(self, out: Path | None, columns: list[str]) -> None:
+        self.out = out
+        self.columns = columns
+        self.tmp: Path | None = None
+        self.writer: Any = None
+        self.csv_frames: list[pl.DataFrame] = []
+        if out is None:
+            return
+        suffix = out.suffix.lower()
+        if suffix not in {".parquet", ".pq", ".csv"}:
+            raise DataError(f"{out}: unknown output format (use .parquet or .csv)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = out.with_name(f".{out.name}.tmp")
+
+    def write(self, frame: pl.DataFrame) -> None:
+        if self.out is None or self.tmp is None:
+            return
+        if self.out.suffix.lower() == ".csv":
+            self.csv_frames.append(frame)
+            return
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+        table = frame.to_arrow()
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.tmp, table.schema, compression="lz4")
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.out is None or self.tmp is None:
+            return
+        if self.out.suffix.lower() == ".csv":
+            (pl.concat(self.csv_frames) if self.csv_frames else pl.DataFrame()).write_csv(self.tmp)
+        elif self.writer is None:
+            pl.DataFrame().write_parquet(self.tmp)
+        else:
+            self.writer.close()
+        self.tmp.replace(self.out)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
 
 
 def _load_models(bundle_dir: Path, manifest: Manifest) -> FittedSet:
@@ -211,18 +382,22 @@ def _entry_and_states(
 
 
 def _assemble(
-    hist: History, labels: pl.Series, result: dict[str, FloatArray], h: int, levels: Sequence[int], freq: str
+    keys: pl.DataFrame,
+    labels: pl.Series,
+    result: dict[str, FloatArray],
+    h: int,
+    levels: Sequence[int],
+    freq: str,
 ) -> pl.DataFrame:
-    n = hist.keys.height
+    n = keys.height
     rep = np.repeat(np.arange(n), h)
-    keys = hist.keys.select(*KEYS, "category")[rep]
     data: dict[str, Any] = {
-        "ds": future_dates(hist.keys["last_ds"], h, freq),
+        "ds": future_dates(keys["last_ds"], h, freq),
         "forecast": result["mean"].reshape(-1),
     }
     for c in level_columns(levels):
         data[f"forecast-{c}"] = result[c].reshape(-1)
-    frame = keys.with_columns(pl.DataFrame(data), model=labels[rep])
+    frame = keys.select(*KEYS, "category")[rep].with_columns(pl.DataFrame(data), model=labels[rep])
     return frame.select(output_columns(levels))
 
 

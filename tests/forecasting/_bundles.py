@@ -57,16 +57,18 @@ def build_bundle(
     expires_at: datetime | None = None,
     season_length: int = 7,
     horizon: int = 14,
+    freq: str = "D",
     **manifest_fields: Any,
 ) -> Path:
     """Fit ``assignments`` on ``frame`` and write a signed bundle (test helper, not a training pipeline)."""
-    fitted = fit_models(frame, assignments, season_length=season_length)
+    fitted = fit_models(frame, assignments, season_length=season_length, freq=freq)
     manifest = Manifest(
         model_name="demand",
         version=version,
         created_at=utcnow(),
         expires_at=expires_at,
         horizon=horizon,
+        freq=freq,
         season_length=season_length,
         models=fitted.models,
         selection=dict(assignments) if not isinstance(assignments, str) else {},
