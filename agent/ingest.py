@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -69,50 +69,56 @@ def _json_rows(data: bytes) -> list[dict[str, object]]:
     return rows
 
 
-def validate(raw: pl.DataFrame, *, store_id: str, today: date) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split an extract into canonical good rows and bad rows with a ``reason`` column.
+def validate(
+    raw: pl.DataFrame, *, store_id: str, today: date, first_line: int = 1, source: str = ""
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split an extract into canonical good rows and bad rows (``row_number``, ``reason``, original values).
 
-    Rules: required columns present; ids and category non-empty; ``ds`` a date not in the future;
-    ``y`` a finite number; ``store_id`` this store; (store, item, day) not duplicated in the extract.
+    The rules are the forecasting library's (``forecasting.validation``: keys present, dates parse and
+    are not in the future, sales finite, no duplicate store/item/day), with the settings of an
+    incremental extract (a series may have a single row; gaps are not filled: earlier days are already
+    in the store), plus one rule of the agent: rows of another store are not this agent's.
     """
     import polars as pl
+
+    from forecasting.config import DataConfig
+    from forecasting.loading import LINE
+    from forecasting.validation import validate as validate_rows
 
     missing = [c for c in REQUIRED if c not in raw.columns]
     if missing:
         raise IngestError(f"sales extract lacks required column(s): {', '.join(missing)}")
-    frame = raw.with_row_index("row_number", offset=1)
-    as_text = {c: pl.col(c).cast(pl.Utf8).str.strip_chars() for c in ("store_id", "item_id", "category")}
-    ds_text = pl.col("ds").cast(pl.Utf8).str.slice(0, 10)
-    typed = frame.with_columns(
-        **as_text,
-        ds_parsed=ds_text.str.to_date("%Y-%m-%d", strict=False),
-        y_parsed=pl.col("y").cast(pl.Utf8).str.strip_chars().cast(pl.Float64, strict=False),
+    framed = raw.select(
+        (pl.int_range(pl.len(), dtype=pl.Int64) + first_line).alias(LINE),
+        *[pl.col(c) for c in REQUIRED],
     )
-    dup = pl.struct("store_id", "item_id", "ds_parsed").is_duplicated()
-    reason = (
-        pl.when(pl.col("store_id").is_null() | (pl.col("store_id") == ""))
-        .then(pl.lit("missing store_id"))
-        .when(pl.col("store_id") != store_id)
-        .then(pl.lit(f"store_id is not this store ({store_id})"))
-        .when(pl.col("item_id").is_null() | (pl.col("item_id") == ""))
-        .then(pl.lit("missing item_id"))
-        .when(pl.col("category").is_null() | (pl.col("category") == ""))
-        .then(pl.lit("missing category"))
-        .when(pl.col("ds_parsed").is_null())
-        .then(pl.lit("ds is not a date (YYYY-MM-DD)"))
-        .when(pl.col("ds_parsed") > pl.lit(today))
-        .then(pl.lit("ds is in the future"))
-        .when(pl.col("y_parsed").is_null() | pl.col("y_parsed").is_nan() | pl.col("y_parsed").is_infinite())
-        .then(pl.lit("y is not a finite number"))
-        .when(dup)
-        .then(pl.lit("duplicate (store_id, item_id, ds) in the extract"))
-        .otherwise(pl.lit(None, dtype=pl.Utf8))
+    config = DataConfig(min_series_length=1, fill_gaps="none", negative_values="keep")
+    now = datetime.combine(today, datetime.max.time())
+    result = validate_rows(framed, config, source=source, now=now)
+    good = result.frame.select(*REQUIRED)
+    bad = result.quarantine.select(
+        pl.col(LINE).alias("row_number"),
+        pl.concat_str(pl.col("rule"), pl.lit(": "), pl.col("reason")).alias("reason"),
+        *[pl.col(c) for c in REQUIRED],
     )
-    checked = typed.with_columns(reason=reason)
-    good = checked.filter(pl.col("reason").is_null()).select(
-        "store_id", "item_id", "category", pl.col("ds_parsed").alias("ds"), pl.col("y_parsed").alias("y")
-    )
-    bad = checked.filter(pl.col("reason").is_not_null()).select("row_number", "reason", *raw.columns)
+    foreign = good.filter(pl.col("store_id") != store_id)
+    if foreign.height:
+        # Line numbers of the foreign rows, found again by their key (keys are unique among good rows).
+        lines = framed.with_columns(pl.col("store_id").cast(pl.Utf8).str.strip_chars()).filter(
+            pl.col("store_id") != store_id
+        )
+        bad = pl.concat(
+            [
+                bad,
+                lines.select(
+                    pl.col(LINE).alias("row_number"),
+                    pl.lit(f"other_store: store_id is not this store ({store_id})").alias("reason"),
+                    *[pl.col(c).cast(pl.Utf8) for c in REQUIRED],
+                ).join(bad.select("row_number"), on="row_number", how="anti"),
+            ],
+            how="vertical_relaxed",
+        ).sort("row_number")
+        good = good.filter(pl.col("store_id") == store_id)
     return good, bad
 
 
@@ -121,7 +127,9 @@ def ingest_bytes(
 ) -> IngestResult:
     """Validate and append one extract; bad rows go to quarantine with their reason."""
     raw = read_extract(data, fmt)
-    good, bad = validate(raw, store_id=store_id, today=today)
+    good, bad = validate(
+        raw, store_id=store_id, today=today, first_line=2 if fmt == "csv" else 1, source=source
+    )
     store.append_sales(good, source)
     if bad.height:
         payload = bad.drop("row_number", "reason")
