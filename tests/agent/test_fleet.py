@@ -115,6 +115,78 @@ def test_tampered_bundle_is_refused_and_old_version_kept(running: Fleet, tmp_pat
     assert httpx.get(f"{running.agent.url}/livez", timeout=5).status_code == 200
 
 
+def test_download_resumes_with_range_and_refuses_a_bad_hash(running: Fleet, tmp_path: Path) -> None:
+    """A half-downloaded archive is completed with Range; a corrupted part fails the sha256 check."""
+    from agent.errors import UpdateRejectedError
+    from agent.sync import SyncClient
+
+    archive, sha = make_bundle(tmp_path, running.private, 7, model_name="resume-test")
+    running.server.publish(archive, model_name="resume-test")
+    data = archive.read_bytes()
+    client = SyncClient(running.server.url, timeout_seconds=10)
+    client.token = (running.agent.state_dir / "credential").read_text().strip()
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / f"{sha}.part").write_bytes(data[: len(data) // 2])
+    got = client.download_bundle(sha, len(data), downloads, max_bytes=10 * len(data))
+    assert got.read_bytes() == data
+    got.unlink()
+    (downloads / f"{sha}.part").write_bytes(b"x" * (len(data) // 2))
+    with pytest.raises(UpdateRejectedError, match="sha256 mismatch"):
+        client.download_bundle(sha, len(data), downloads, max_bytes=10 * len(data))
+    assert not (downloads / f"{sha}.part").exists()
+    with pytest.raises(UpdateRejectedError, match="cap"):
+        client.download_bundle(sha, len(data), downloads, max_bytes=len(data) // 4)
+    client.close()
+
+
+def test_looping_update_is_aborted(running: Fleet, tmp_path: Path) -> None:
+    """An update that already failed max_update_attempts times is refused instead of tried again."""
+    import threading
+
+    from agent.config import AgentConfig, AgentSection
+    from agent.lifecycle import Lifecycle, Record, VersionRef, save_record
+    from agent.paths import StatePaths
+    from agent.scoring import Scorer, ScoringSettings
+    from agent.sync import SyncClient
+
+    assignment = running.server.admin.get("/v1/stores/S001/assignment").json()
+    paths = StatePaths(tmp_path / "state")
+    paths.ensure()
+    attempts = {assignment["bundle_sha256"]: 3}
+    save_record(paths, Record(active=VersionRef("demand", 1), highest_version=1, attempts=attempts))
+    token = (running.agent.state_dir / "credential").read_text().strip()
+    config = AgentConfig(agent=AgentSection(store_id="S001", server_url=running.server.url, token=token))
+    settings = ScoringSettings(14, [80, 95], 1, 60.0, 2)
+    lifecycle = Lifecycle(
+        config,
+        paths,
+        stop=threading.Event(),
+        client_factory=lambda: SyncClient(running.server.url, timeout_seconds=10),
+        scorer=Scorer(settings),
+    )
+    outcome = lifecycle.run()
+    lifecycle.close()
+    assert outcome.failed and outcome.activated is None
+    assert assignment["bundle_sha256"] in lifecycle.record.rejected
+    assert "did not complete after 3 attempts" in lifecycle.record.rejected[assignment["bundle_sha256"]]
+    assert lifecycle.record.active == VersionRef("demand", 1)
+
+
+def test_score_command_runs_a_new_scoring_run(running: Fleet) -> None:
+    """`shelfcast agent score` asks the running agent to score now; a new run is served."""
+    agent = running.agent
+    before = agent.status()["scoring_run"]
+    result = subprocess.run(
+        [sys.executable, "-m", "shelfcast", "agent", "score", "--config", str(agent.config_path),
+         "-o", "json"],
+        capture_output=True, text=True, check=False, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert agent.status()["scoring_run"] != before
+    assert before not in result.stdout
+
+
 def test_server_down_keeps_serving_and_reports_arrive_once(running: Fleet) -> None:
     """Server killed: forecasts served, staleness shown, reports queue; server back: each delivered once."""
     agent, server = running.agent, running.server
