@@ -208,7 +208,7 @@ def score(
     h = horizon or manifest.horizon
     lv = sorted(levels if levels is not None else manifest.levels)
     hist = prepare_history(history, manifest.freq)
-    plan = _plan(bundle_dir, manifest, hist)
+    plan = _plan(bundle_dir, manifest, hist, history, h, lv, threads)
     n = hist.keys.height
     chunk = chunk_series or min(MAX_CHUNK_SERIES, max(MIN_CHUNK_SERIES, -(-n // max(1, threads))))
     bounds = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
@@ -261,15 +261,25 @@ class _Plan:
     entries: dict[str, ModelEntry]
     states: dict[str, pl.DataFrame]  # label -> state rows, one per series of that label, series order
     position: np.ndarray[Any, np.dtype[np.int64]]  # series -> row in its label's state table
+    global_results: dict[str, dict[str, FloatArray]]  # label -> (series of label, h) arrays
 
 
-def _plan(bundle_dir: Path, manifest: Manifest, hist: History) -> _Plan:
+def _plan(
+    bundle_dir: Path,
+    manifest: Manifest,
+    hist: History,
+    history: pl.DataFrame,
+    h: int,
+    levels: list[int],
+    threads: int,
+) -> _Plan:
     fitted = _load_models(bundle_dir, manifest)
     labels = _assign_labels(hist, fitted, manifest)
     label_arr = labels.to_numpy()
     position = np.zeros(len(label_arr), dtype=np.int64)
     entries: dict[str, ModelEntry] = {}
     states: dict[str, pl.DataFrame] = {}
+    global_results: dict[str, dict[str, FloatArray]] = {}
     for label in sorted(set(labels.to_list())):
         idx = np.flatnonzero(label_arr == label)
         position[idx] = np.arange(len(idx))
@@ -277,7 +287,44 @@ def _plan(bundle_dir: Path, manifest: Manifest, hist: History) -> _Plan:
         entries[label] = entry
         if table is not None:
             states[label] = table
-    return _Plan(labels=label_arr, entries=entries, states=states, position=position)
+        if entry.state == "global":
+            only_label = len(idx) == len(label_arr)
+            global_results[label] = _global_forecasts(
+                bundle_dir, manifest, entry, hist, idx, history, h, levels, threads, only_label=only_label
+            )
+    return _Plan(
+        labels=label_arr, entries=entries, states=states, position=position, global_results=global_results
+    )
+
+
+def _global_forecasts(
+    bundle_dir: Path,
+    manifest: Manifest,
+    entry: ModelEntry,
+    hist: History,
+    idx: np.ndarray[Any, Any],
+    history: pl.DataFrame,
+    h: int,
+    levels: list[int],
+    threads: int,
+    *,
+    only_label: bool,
+) -> dict[str, FloatArray]:
+    from forecasting.bundle import read_payload
+    from forecasting.onnx_model import forecast_global
+
+    keys = hist.keys[idx].select(KEYS).with_row_index("_pos")
+    subset = history if only_label else history.join(keys.select(KEYS), on=KEYS, how="semi")
+    model_bytes = read_payload(bundle_dir, manifest, entry.payload)
+    fc = forecast_global(entry, model_bytes, subset, h, levels, threads=threads)
+    fc = fc.join(keys, on=KEYS, how="inner")
+    flat = fc["_pos"].to_numpy().astype(np.int64) * h + fc["horizon"].to_numpy().astype(np.int64) - 1
+    out: dict[str, FloatArray] = {}
+    for c in ["mean", *level_columns(levels)]:
+        arr = np.full(len(idx) * h, np.nan)
+        arr[flat] = fc["forecast" if c == "mean" else c].to_numpy()
+        out[c] = arr.reshape(len(idx), h)
+    return out
 
 
 def _score_chunk(
@@ -292,6 +339,10 @@ def _score_chunk(
     for label in sorted(set(chunk_labels.tolist())):
         local = np.flatnonzero(chunk_labels == label)
         idx = local + a
+        if label in plan.global_results:
+            for c in cols:
+                result[c][local] = plan.global_results[label][c][plan.position[idx]]
+            continue
         y, lengths = pad_right_aligned(hist.y, hist.offsets, idx)
         table = plan.states.get(label)
         states = table[plan.position[idx]] if table is not None else None
