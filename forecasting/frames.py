@@ -38,14 +38,20 @@ def frame_format(path: Path) -> str:
 
 
 def write_frame(df: pl.DataFrame, path: Path | str) -> Path:
-    """Write ``df`` to ``path`` (Parquet or CSV by extension) atomically; creates missing parent folders."""
+    """Write ``df`` to ``path`` (Parquet or CSV by extension) atomically; creates missing parent folders.
+
+    Raises :class:`DataError` when the file cannot be written (the previous file, if any, stays as it was).
+    """
     path = Path(path)
     fmt = frame_format(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    # O_EXCL reserves a fresh name (never an existing file or link); mode 0o666 lets the umask decide, as
-    # for any new file. Polars then writes to the path itself: cheaper than through a Python file object.
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL reserves a fresh name (never an existing file or link); mode 0o666 lets the umask decide,
+        # as for any new file. Polars then writes to the path itself: cheaper than through a file object.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write: {exc.strerror or exc}") from exc
     try:
         if fmt == "parquet":
             df.write_parquet(tmp)
@@ -57,8 +63,10 @@ def write_frame(df: pl.DataFrame, path: Path | str) -> Path:
         finally:
             os.close(fd)
         tmp.replace(path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError | pl.exceptions.PolarsError):
+            raise DataError(f"{path}: cannot write as {fmt}: {exc}") from exc
         raise
     return path
 

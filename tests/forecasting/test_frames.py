@@ -46,10 +46,18 @@ def test_failed_write_keeps_previous_file(tmp_path: Path, frame: pl.DataFrame) -
     path = write_frame(frame, tmp_path / "sales.parquet")
     before = path.read_bytes()
     unwritable = pl.DataFrame({"x": pl.Series([object()], dtype=pl.Object)})
-    with pytest.raises(Exception):  # noqa: B017 - whatever Polars raises, the old file must survive
+    with pytest.raises(DataError, match="cannot write as parquet"):
         write_frame(unwritable, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["sales.parquet"]
+
+
+def test_unwritable_destination_is_a_data_error(tmp_path: Path, frame: pl.DataFrame) -> None:
+    """A destination under a regular file (not a folder) raises DataError naming the path."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(DataError, match="cannot write"):
+        write_frame(frame, blocker / "sales.parquet")
 
 
 @pytest.mark.parametrize("name", ["sales.txt", "sales", "sales.json"])
