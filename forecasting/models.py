@@ -116,6 +116,11 @@ def _spec_table() -> dict[str, CandidateSpec]:
         mk("SESD", False, lambda c: 2)(
             lambda c, pi: m4_model_class()("ses", season_length=s(c), alias="SESD", prediction_intervals=pi)
         ),
+        mk("ThetaM4", False, lambda c: 3)(
+            lambda c, pi: m4_model_class()(
+                "theta", season_length=s(c), alias="ThetaM4", prediction_intervals=pi
+            )
+        ),
         mk("CrostonOptimized", False, lambda c: 2, intermittent=True)(
             lambda c, pi: _sf_models().CrostonOptimized(alias="CrostonOptimized", prediction_intervals=pi)
         ),
@@ -244,6 +249,22 @@ def ses_deseasonalised_forecast(y: FloatArray, season_length: int, horizon: int)
     return np.asarray(mean, dtype=np.float64) * idx_out
 
 
+def theta_deseasonalised_forecast(y: FloatArray, season_length: int, horizon: int) -> FloatArray:
+    """M4 Theta (classic): mean of the linear trend (theta 0) and SES on the theta-2 line, deseasonalised."""
+    from statsforecast.ets import ets_f, forecast_ets
+
+    adj, _, idx_out = deseasonalise(y, season_length, horizon)
+    n = len(adj)
+    t_in = np.arange(1, n + 1, dtype=np.float64)
+    t_out = np.arange(n + 1, n + horizon + 1, dtype=np.float64)
+    slope, intercept = np.polyfit(t_in, adj, 1)
+    line_in, line_out = intercept + slope * t_in, intercept + slope * t_out
+    fit = ets_f(2.0 * adj - line_in, m=1, model="ANN", opt_crit="mse")  # type: ignore[no-untyped-call]
+    ses_out = np.asarray(forecast_ets(fit, h=horizon)["mean"], dtype=np.float64)  # type: ignore[no-untyped-call]
+    result: FloatArray = (0.5 * ses_out + 0.5 * line_out) * idx_out
+    return result
+
+
 @functools.cache
 def m4_model_class() -> Any:
     """A statsforecast model class running the M4 deseasonalised benchmarks (``naive`` = Naive2, ``ses``)."""
@@ -263,6 +284,8 @@ def m4_model_class() -> Any:
         def _mean(self, y: FloatArray, h: int) -> FloatArray:
             if self.method == "naive":
                 return naive2_forecast(y, self.season_length, h)
+            if self.method == "theta":
+                return theta_deseasonalised_forecast(y, self.season_length, h)
             return ses_deseasonalised_forecast(y, self.season_length, h)
 
         def fit(self, y: FloatArray, X: Any = None) -> Any:  # noqa: N803 - statsforecast's signature

@@ -43,8 +43,8 @@ PACKAGES = (
     "msgspec",
 )
 # Candidates the bundle format can carry (a statsforecast class + JSON params). The M4 benchmarks
-# (Naive2, SESD) run in backtests only.
-NOT_DEPLOYABLE = frozenset({"Naive2", "SESD"})
+# (Naive2, SESD, ThetaM4) run in backtests only.
+NOT_DEPLOYABLE = frozenset({"Naive2", "SESD", "ThetaM4"})
 
 
 @dataclass(frozen=True)
