@@ -48,15 +48,15 @@ def _copy(src: Path, dst: Path) -> BackupFile:
 
 
 def write_snapshot(db: Database, blobs_root: Path, dest: Path) -> BackupManifest:
-    """Copy the checkpointed database (writes paused meanwhile) and every blob into ``dest``."""
+    """Copy the database (a consistent snapshot made by DuckDB) and every blob into ``dest``."""
     if dest.exists() and any(dest.iterdir()):
         raise BackupError(f"{dest} is not empty; back up into a new folder")
     dest.mkdir(parents=True, exist_ok=True)
     files: list[BackupFile] = []
-    with db.quiesced() as db_path:
-        info = _copy(db_path, dest / DB_FILE_NAME)
-        schema_version = db.schema_version()
-    files.append(msgspec.structs.replace(info, path=DB_FILE_NAME))
+    db.copy_to(dest / DB_FILE_NAME)
+    schema_version = db.schema_version()
+    copied = dest / DB_FILE_NAME
+    files.append(BackupFile(path=DB_FILE_NAME, size=copied.stat().st_size, sha256=sha256_file(copied)))
     blob_dir = blobs_root / "sha256"
     for blob in sorted(blob_dir.glob("*/*")) if blob_dir.is_dir() else []:
         rel = blob.relative_to(blobs_root.parent).as_posix()

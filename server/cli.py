@@ -69,6 +69,7 @@ def run(config_files: tuple[Path, ...], host: str | None, port: int | None, stat
         http="httptools",
         loop="uvloop",
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=config.server.keep_alive_seconds,
     )
     try:
         Server(uv_config).run()

@@ -24,6 +24,7 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     default_page_size: int = 100
     stale_after_seconds: int = 900
     enrollment_ttl_seconds: int = 7 * 24 * 3600
+    keep_alive_seconds: int = 30
     trusted_keys: list[str] = msgspec.field(default_factory=list)
 
 

@@ -115,12 +115,24 @@ class Database:
         with self._lock:
             self._con.execute("CHECKPOINT")
 
-    @contextmanager
-    def quiesced(self) -> Iterator[Path]:
-        """Hold the lock with everything checkpointed: the file on disk is a consistent snapshot."""
+    def copy_to(self, dest: Path) -> None:
+        """Write a consistent copy of the whole database to a new file ``dest``, through DuckDB.
+
+        The file itself is never opened by Python: closing any descriptor of a file drops the process's
+        POSIX locks on it, and with them the single-writer guarantee.
+        """
+        if dest.exists():
+            raise ServerError(f"{dest} already exists")
+        quoted = str(dest).replace("'", "''")
         with self._lock:
             self._con.execute("CHECKPOINT")
-            yield self.path
+            name = self._con.execute("SELECT current_database()").fetchone()
+            assert name is not None
+            self._con.execute(f"ATTACH '{quoted}' AS shelfcast_backup")
+            try:
+                self._con.execute(f'COPY FROM DATABASE "{name[0]}" TO shelfcast_backup')
+            finally:
+                self._con.execute("DETACH shelfcast_backup")
 
     # --- migrations -------------------------------------------------------------------------------
 

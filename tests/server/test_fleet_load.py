@@ -9,16 +9,26 @@ from pathlib import Path
 
 import httpx
 
-from tests.server.conftest import RunningServer, create_store, enroll, make_bundle, publish, unique
+from tests.server.conftest import RunningServer, make_bundle, publish, unique
 
 AGENTS = 50
 POLLS = 6
 BEATS = 2
 
 
-async def _agent(url: str, store_id: str, token: str, model: str, statuses: Counter[str]) -> None:
+async def _agent(
+    server: RunningServer, store_id: str, model: str, region: str, statuses: Counter[str]
+) -> None:
+    """Created by the admin, enrolled, then polling and reporting like a store agent."""
+    admin = {"Authorization": f"Bearer {server.admin_token}"}
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as anonymous:
+        created = await anonymous.post(
+            "/v1/stores", json={"store_id": store_id, "model_name": model, "region": region}, headers=admin
+        )
+        enrollment = {"store_id": store_id, "enrollment_token": created.json()["enrollment_token"]}
+        token = (await anonymous.post("/v1/enroll", json=enrollment)).json()["token"]
     headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=60) as client:
         etag = None
         for i in range(POLLS):
             extra = {"If-None-Match": etag} if etag else {}
@@ -42,25 +52,21 @@ async def _agent(url: str, store_id: str, token: str, model: str, statuses: Coun
 def test_fifty_agents_poll_and_report_concurrently(
     server: RunningServer, tmp_path: Path, signing_key: Path
 ) -> None:
-    """50 agents polling with ETags and sending heartbeats at once all get correct answers, none lost."""
+    """50 agents enrolling, polling with ETags and reporting at once all get correct answers, none lost."""
     model = unique("fleet")
     region = unique("r")
     with server.admin() as admin:
         publish(admin, make_bundle(tmp_path, signing_key, model, 1), model).raise_for_status()
         admin.put(f"/v1/models/{model}/aliases/champion", json={"version": 1}).raise_for_status()
-        tokens = {}
-        for i in range(AGENTS):
-            store_id = f"{region}-{i:03d}"
-            tokens[store_id] = enroll(
-                server.url, store_id, create_store(admin, store_id, model, region=region)
-            )
 
     statuses: Counter[str] = Counter()
 
     async def main() -> None:
         await asyncio.wait_for(
-            asyncio.gather(*(_agent(server.url, s, t, model, statuses) for s, t in tokens.items())),
-            timeout=120,
+            asyncio.gather(
+                *(_agent(server, f"{region}-{i:03d}", model, region, statuses) for i in range(AGENTS))
+            ),
+            timeout=150,
         )
 
     asyncio.run(main())

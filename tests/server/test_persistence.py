@@ -50,7 +50,9 @@ def _check_populated(server: RunningServer, secrets: dict[str, str]) -> None:
 
 
 def test_second_writer_is_refused_clearly(server: RunningServer) -> None:
-    """A second server on the same state folder exits 1 saying the database is in use."""
+    """A second server on the same state folder exits 1: the database is in use (also after a backup)."""
+    with server.admin() as admin:
+        assert admin.get("/v1/admin/backup").status_code == 200
     result = subprocess.run(
         [
             sys.executable,
@@ -65,7 +67,7 @@ def test_second_writer_is_refused_clearly(server: RunningServer) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=120,
         check=False,
         env={**os.environ, "SHELFCAST_LOGGING__FORMAT": "json"},
     )
@@ -105,7 +107,7 @@ def test_restart_backup_and_restore_keep_everything(
         [sys.executable, "-m", "shelfcast", "server", "backup", "--to", str(backup_dir)],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=120,
         check=False,
         env=env,
     )
@@ -126,7 +128,7 @@ def test_restart_backup_and_restore_keep_everything(
         ],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -150,7 +152,7 @@ def test_restart_backup_and_restore_keep_everything(
         ],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=120,
         check=False,
     )
     assert refused.returncode == 1
