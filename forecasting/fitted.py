@@ -223,6 +223,8 @@ def fit_models(
     model_params: Mapping[str, Mapping[str, Any]] | None = None,
     families: Mapping[str, str] | None = None,
     n_jobs: int = 1,
+    global_model: Any = None,
+    levels: Sequence[int] = (80, 95),
 ) -> FittedModels:
     """Fit each series' assigned model on ``frame`` (canonical frame) and return bundle payloads.
 
@@ -230,7 +232,9 @@ def fit_models(
     ``store_id, item_id, model``. A label is a statsforecast class name (``AutoETS``) unless
     ``families`` maps it to one (``{"ets_damped": "AutoETS"}``); ``model_params[label]`` are its
     constructor arguments. Only ``fitted-state`` models are estimated here (with statsforecast,
-    ``n_jobs`` processes); ``refit-at-edge`` models just record the choice.
+    ``n_jobs`` processes); ``refit-at-edge`` models just record the choice. Series assigned to
+    ``LightGBM`` use ``global_model`` (a :class:`forecasting.gbm.GlobalModel` trained on ``frame``),
+    exported to ONNX with intervals calibrated for ``levels``.
     """
     series = _series_table(frame, assignments)
     out = FittedModels(series=series)
@@ -239,6 +243,15 @@ def fit_models(
     for label in sorted(series["model"].unique().to_list()):
         family = family_of.get(label, label)
         params = dict(params_by_label.get(label, {}))
+        if family == "LightGBM":
+            if global_model is None:
+                raise DataError("series are assigned to LightGBM but no global_model was given")
+            from forecasting.onnx_model import export_global
+
+            global_payloads, entry = export_global(global_model, frame, levels)
+            out.payloads.update(global_payloads)
+            out.models[label] = entry
+            continue
         state = model_state(family)
         make_model(family, season_length, params)  # fail early on an unknown family or bad params
         if state == "refit-at-edge":

@@ -295,3 +295,32 @@ def test_unpack_refuses_corrupt_archive(tmp_path: Path) -> None:
     bad.write_bytes(b"\x00garbage" * 100)
     with pytest.raises(BundleError):
         unpack_archive(bad, tmp_path / "dest", max_bytes=1 << 20)
+
+
+def test_cli_keys_verify_show_pack(tmp_path: Path) -> None:
+    """`keys generate`, `bundle verify` (exit 0 / exit 1 with the reason), `bundle show` and `bundle pack`."""
+    from click.testing import CliRunner
+
+    from shelfcast.cli import cli
+
+    runner = CliRunner()
+    key = tmp_path / "k"
+    result = runner.invoke(cli, ["keys", "generate", "--out", str(key)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "k.pub").is_file()
+    bundle = write_bundle(tmp_path / "b", _manifest(version=4), PAYLOADS, key)
+    ok = runner.invoke(cli, ["bundle", "verify", str(bundle), "--key", str(tmp_path / "k.pub")])
+    assert ok.exit_code == 0
+    assert ok.output.startswith("valid: demand v4")
+    shown = runner.invoke(cli, ["bundle", "show", str(bundle)])
+    assert shown.exit_code == 0
+    assert "series.parquet" in shown.output
+    assert "model_name" in shown.output
+    as_json = runner.invoke(cli, ["bundle", "show", str(bundle), "-o", "json"])
+    assert msgspec.json.decode(as_json.output)["version"] == 4
+    packed = runner.invoke(cli, ["bundle", "pack", str(bundle), "--out", str(tmp_path / "b.tar")])
+    assert packed.output.split()[0] == hashlib.sha256((tmp_path / "b.tar").read_bytes()).hexdigest()
+    (bundle / "series.parquet").write_bytes(b"tampered!!!!")
+    bad = runner.invoke(cli, ["bundle", "verify", str(bundle), "--key", str(tmp_path / "k.pub")])
+    assert bad.exit_code == 1
+    assert "sha256" in bad.output
