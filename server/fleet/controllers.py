@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 import anyio
 from litestar import Controller, Request, delete, get, patch, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response.base import ASGIResponse
 
 from forecasting.contracts import Heartbeat
@@ -33,16 +34,18 @@ class StoreController(Controller):
         status_code=201,
         summary="Create a store; returns a one-time enrollment token",
     )
-    def create(self, fleet: FleetService, data: schemas.StoreCreate) -> schemas.StoreCreated:
+    def create(
+        self, fleet: NamedDependency[FleetService], data: JSONBody[schemas.StoreCreate]
+    ) -> schemas.StoreCreated:
         return fleet.create_store(data)
 
     @get("/", opt=READER, sync_to_thread=True)
     def list_stores(
         self,
-        fleet: FleetService,
-        region: Annotated[str | None, Parameter(query="region", required=False)] = None,
-        group: Annotated[str | None, Parameter(query="group", required=False)] = None,
-        model_name: Annotated[str | None, Parameter(query="model_name", required=False)] = None,
+        fleet: NamedDependency[FleetService],
+        region: Annotated[str | None, QueryParameter(name="region", required=False)] = None,
+        group: Annotated[str | None, QueryParameter(name="group", required=False)] = None,
+        model_name: Annotated[str | None, QueryParameter(name="model_name", required=False)] = None,
         limit: Limit = None,
         cursor: Cursor = None,
     ) -> schemas.StorePage:
@@ -51,24 +54,33 @@ class StoreController(Controller):
         )
 
     @get("/{store_id:str}", opt=READER, sync_to_thread=True)
-    def get_store(self, fleet: FleetService, store_id: str) -> schemas.Store:
+    def get_store(self, fleet: NamedDependency[FleetService], store_id: FromPath[str]) -> schemas.Store:
         return fleet.get_store(store_id)
 
     @patch("/{store_id:str}", opt=ADMIN, sync_to_thread=True)
-    def update(self, fleet: FleetService, store_id: str, data: schemas.StoreUpdate) -> schemas.Store:
+    def update(
+        self,
+        fleet: NamedDependency[FleetService],
+        store_id: FromPath[str],
+        data: JSONBody[schemas.StoreUpdate],
+    ) -> schemas.Store:
         return fleet.update_store(store_id, data)
 
     @post("/{store_id:str}/enrollment-tokens", opt=ADMIN, sync_to_thread=True, status_code=201)
-    def new_enrollment_token(self, fleet: FleetService, store_id: str) -> schemas.StoreCreated:
+    def new_enrollment_token(
+        self, fleet: NamedDependency[FleetService], store_id: FromPath[str]
+    ) -> schemas.StoreCreated:
         return fleet.new_enrollment_token(store_id)
 
     @post("/{store_id:str}/revoke", opt=ADMIN, sync_to_thread=True, status_code=200)
-    def revoke(self, request: Request[Any, Any, Any], fleet: FleetService, store_id: str) -> schemas.Store:
+    def revoke(
+        self, request: Request[Any, Any, Any], fleet: NamedDependency[FleetService], store_id: FromPath[str]
+    ) -> schemas.Store:
         return fleet.revoke_store(store_id, principal_of(request))
 
     @post("/{store_id:str}/credentials/rotate", opt=STORE, sync_to_thread=True, status_code=200)
     def rotate(
-        self, request: Request[Any, Any, Any], fleet: FleetService, store_id: str
+        self, request: Request[Any, Any, Any], fleet: NamedDependency[FleetService], store_id: FromPath[str]
     ) -> schemas.EnrollResponse:
         return fleet.rotate_store_credential(store_id, principal_of(request))
 
@@ -107,7 +119,7 @@ class GroupController(Controller):
     tags = ["fleet"]  # noqa: RUF012
 
     @get("/", opt=READER, sync_to_thread=True)
-    def list_groups(self, fleet: FleetService) -> list[schemas.Group]:
+    def list_groups(self, fleet: NamedDependency[FleetService]) -> list[schemas.Group]:
         return fleet.list_groups()
 
 
@@ -118,7 +130,9 @@ class EnrollController(Controller):
     @post(
         "/", opt=PUBLIC, sync_to_thread=True, status_code=200, summary="Exchange a one-time enrollment token"
     )
-    def enroll(self, fleet: FleetService, data: schemas.EnrollRequest) -> schemas.EnrollResponse:
+    def enroll(
+        self, fleet: NamedDependency[FleetService], data: JSONBody[schemas.EnrollRequest]
+    ) -> schemas.EnrollResponse:
         return fleet.enroll(data)
 
 
@@ -130,9 +144,11 @@ class HeartbeatController(Controller):
     def heartbeat(
         self,
         request: Request[Any, Any, Any],
-        fleet: FleetService,
-        data: Heartbeat,
-        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", required=False)] = None,
+        fleet: NamedDependency[FleetService],
+        data: JSONBody[Heartbeat],
+        idempotency_key: Annotated[
+            str | None, HeaderParameter(name="Idempotency-Key", required=False)
+        ] = None,
     ) -> schemas.Accepted:
         return fleet.record_heartbeat(data, principal_of(request), idempotency_key)
 
@@ -145,14 +161,22 @@ class CredentialController(Controller):
         "/", opt=ADMIN, sync_to_thread=True, status_code=201, summary="Create an admin or reader credential"
     )
     def create(
-        self, request: Request[Any, Any, Any], fleet: FleetService, data: schemas.CredentialCreate
+        self,
+        request: Request[Any, Any, Any],
+        fleet: NamedDependency[FleetService],
+        data: JSONBody[schemas.CredentialCreate],
     ) -> schemas.CredentialCreated:
         return fleet.create_credential(data, principal_of(request))
 
     @get("/", opt=ADMIN, sync_to_thread=True)
-    def list_credentials(self, fleet: FleetService) -> list[schemas.Credential]:
+    def list_credentials(self, fleet: NamedDependency[FleetService]) -> list[schemas.Credential]:
         return fleet.list_credentials()
 
     @delete("/{credential_id:str}", opt=ADMIN, sync_to_thread=True)
-    def revoke(self, request: Request[Any, Any, Any], fleet: FleetService, credential_id: str) -> None:
+    def revoke(
+        self,
+        request: Request[Any, Any, Any],
+        fleet: NamedDependency[FleetService],
+        credential_id: FromPath[str],
+    ) -> None:
         fleet.revoke_credential(credential_id, principal_of(request))

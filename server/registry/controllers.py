@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import anyio
 from litestar import Controller, Request, Response, get, patch, post, put
 from litestar.datastructures import ETag
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import File
 
 from forecasting.contracts import ModelVersionInfo
@@ -24,10 +25,10 @@ ADMIN = {"access": "admin"}
 AGENT = {"access": "agent"}
 
 Limit = Annotated[
-    int | None, Parameter(query="limit", ge=1, required=False, description="page size (capped)")
+    int | None, QueryParameter(name="limit", ge=1, required=False, description="page size (capped)")
 ]
 Cursor = Annotated[
-    str | None, Parameter(query="cursor", required=False, description="next_cursor of the last page")
+    str | None, QueryParameter(name="cursor", required=False, description="next_cursor of the last page")
 ]
 
 
@@ -37,50 +38,65 @@ class ModelController(Controller):
 
     @get("/", opt=READER, sync_to_thread=True)
     def list_models(
-        self, registry: RegistryService, limit: Limit = None, cursor: Cursor = None
+        self, registry: NamedDependency[RegistryService], limit: Limit = None, cursor: Cursor = None
     ) -> schemas.ModelPage:
         return registry.list_models(limit, cursor)
 
     @get("/{name:str}", opt=READER, sync_to_thread=True)
-    def get_model(self, registry: RegistryService, name: str) -> schemas.ModelInfo:
+    def get_model(self, registry: NamedDependency[RegistryService], name: FromPath[str]) -> schemas.ModelInfo:
         return registry.get_model(name)
 
     @patch("/{name:str}", opt=ADMIN, sync_to_thread=True)
     def update_model(
-        self, registry: RegistryService, name: str, data: schemas.ModelUpdate
+        self,
+        registry: NamedDependency[RegistryService],
+        name: FromPath[str],
+        data: JSONBody[schemas.ModelUpdate],
     ) -> schemas.ModelInfo:
         return registry.update_model(name, data)
 
     @get("/{name:str}/versions", opt=READER, sync_to_thread=True)
     def list_versions(
-        self, registry: RegistryService, name: str, limit: Limit = None, cursor: Cursor = None
+        self,
+        registry: NamedDependency[RegistryService],
+        name: FromPath[str],
+        limit: Limit = None,
+        cursor: Cursor = None,
     ) -> schemas.VersionPage:
         return registry.list_versions(name, limit, cursor)
 
     @get("/{name:str}/versions/{version:int}", opt=READER, sync_to_thread=True)
-    def get_version(self, registry: RegistryService, name: str, version: int) -> schemas.VersionDetail:
+    def get_version(
+        self, registry: NamedDependency[RegistryService], name: FromPath[str], version: FromPath[int]
+    ) -> schemas.VersionDetail:
         return registry.version_detail(name, version)
 
     @get("/{name:str}/versions/{version:int}/lineage", opt=READER, sync_to_thread=True)
-    def version_lineage(self, registry: RegistryService, name: str, version: int) -> schemas.VersionLineage:
+    def version_lineage(
+        self, registry: NamedDependency[RegistryService], name: FromPath[str], version: FromPath[int]
+    ) -> schemas.VersionLineage:
         return registry.version_lineage(name, version)
 
     @get("/{name:str}/aliases", opt=READER, sync_to_thread=True)
-    def list_aliases(self, registry: RegistryService, name: str) -> list[schemas.AliasInfo]:
+    def list_aliases(
+        self, registry: NamedDependency[RegistryService], name: FromPath[str]
+    ) -> list[schemas.AliasInfo]:
         return registry.list_aliases(name)
 
     @get("/{name:str}/aliases/{alias:str}", opt=READER, sync_to_thread=True)
-    def get_alias(self, registry: RegistryService, name: str, alias: str) -> schemas.AliasInfo:
+    def get_alias(
+        self, registry: NamedDependency[RegistryService], name: FromPath[str], alias: FromPath[str]
+    ) -> schemas.AliasInfo:
         return registry.get_alias(name, alias)
 
     @put("/{name:str}/aliases/{alias:str}", opt=ADMIN, sync_to_thread=True)
     def set_alias(
         self,
         request: Request[Any, Any, Any],
-        registry: RegistryService,
-        name: str,
-        alias: str,
-        data: schemas.AliasSet,
+        registry: NamedDependency[RegistryService],
+        name: FromPath[str],
+        alias: FromPath[str],
+        data: JSONBody[schemas.AliasSet],
     ) -> schemas.AliasInfo:
         return registry.set_alias(name, alias, data, principal_of(request))
 
@@ -88,16 +104,21 @@ class ModelController(Controller):
     def rollback_alias(
         self,
         request: Request[Any, Any, Any],
-        registry: RegistryService,
-        name: str,
-        alias: str,
-        data: schemas.AliasRollback | None = None,
+        registry: NamedDependency[RegistryService],
+        name: FromPath[str],
+        alias: FromPath[str],
+        data: JSONBody[schemas.AliasRollback | None] = None,
     ) -> schemas.AliasInfo:
         return registry.rollback_alias(name, alias, data or schemas.AliasRollback(), principal_of(request))
 
     @get("/{name:str}/aliases/{alias:str}/history", opt=READER, sync_to_thread=True)
     def alias_history(
-        self, registry: RegistryService, name: str, alias: str, limit: Limit = None, cursor: Cursor = None
+        self,
+        registry: NamedDependency[RegistryService],
+        name: FromPath[str],
+        alias: FromPath[str],
+        limit: Limit = None,
+        cursor: Cursor = None,
     ) -> schemas.AliasEventPage:
         return registry.alias_history(name, alias, limit, cursor)
 
@@ -109,7 +130,7 @@ class ModelController(Controller):
         summary="Upload a bundle archive (application/x-tar) as a new version",
     )
     async def upload_version(
-        self, request: Request[Any, Any, Any], registry: RegistryService, name: str
+        self, request: Request[Any, Any, Any], registry: NamedDependency[RegistryService], name: FromPath[str]
     ) -> ModelVersionInfo:
         """The body (a bundle archive) is streamed to disk and hashed, then verified in a worker thread."""
         limit = registry.max_bundle_bytes
@@ -122,7 +143,7 @@ class ModelController(Controller):
 
 
 async def receive_to_file(
-    request: Request[Any, Any, Any], registry: RegistryService, limit: int
+    request: Request[Any, Any, Any], registry: NamedDependency[RegistryService], limit: int
 ) -> tuple[Path, str, int]:
     """Stream the request body into a temp file beside the blobs: (path, sha256, size)."""
     fh, temp = registry.blobs.new_temp()
@@ -155,7 +176,10 @@ class BundleController(Controller):
 
     @get("/{sha256:str}", opt=AGENT, summary="Download a bundle archive (ETag = sha256, Range supported)")
     async def download(
-        self, request: Request[Any, Any, Any], registry: RegistryService, sha256: str
+        self,
+        request: Request[Any, Any, Any],
+        registry: NamedDependency[RegistryService],
+        sha256: FromPath[str],
     ) -> Response[bytes] | File:
         size = await anyio.to_thread.run_sync(registry.bundle_size, sha256)
         path = registry.blobs.path_for(sha256)
@@ -221,15 +245,18 @@ class RunController(Controller):
         summary="Register a training run record (run.json)",
     )
     def register(
-        self, request: Request[Any, Any, Any], registry: RegistryService, data: dict[str, Any]
+        self,
+        request: Request[Any, Any, Any],
+        registry: NamedDependency[RegistryService],
+        data: JSONBody[dict[str, Any]],
     ) -> schemas.Run:
         return registry.register_run(data, principal_of(request))
 
     @get("/", opt=READER, sync_to_thread=True)
     def list_runs(
         self,
-        registry: RegistryService,
-        model_name: Annotated[str | None, Parameter(query="model_name", required=False)] = None,
+        registry: NamedDependency[RegistryService],
+        model_name: Annotated[str | None, QueryParameter(name="model_name", required=False)] = None,
         limit: Limit = None,
         cursor: Cursor = None,
     ) -> schemas.RunPage:
@@ -237,12 +264,14 @@ class RunController(Controller):
 
     @get("/compare", opt=READER, sync_to_thread=True)
     def compare(
-        self, registry: RegistryService, run_ids: Annotated[list[str], Parameter(query="run_id")]
+        self,
+        registry: NamedDependency[RegistryService],
+        run_ids: Annotated[list[str], QueryParameter(name="run_id")],
     ) -> schemas.RunComparison:
         return registry.compare_runs(run_ids)
 
     @get("/{run_id:str}", opt=READER, sync_to_thread=True)
-    def get_run(self, registry: RegistryService, run_id: str) -> schemas.Run:
+    def get_run(self, registry: NamedDependency[RegistryService], run_id: FromPath[str]) -> schemas.Run:
         return registry.get_run(run_id)
 
 
@@ -251,19 +280,25 @@ class DatasetController(Controller):
     tags = ["datasets"]  # noqa: RUF012
 
     @post("/", opt=ADMIN, sync_to_thread=True, status_code=201)
-    def register(self, registry: RegistryService, data: schemas.DatasetIn) -> schemas.Dataset:
+    def register(
+        self, registry: NamedDependency[RegistryService], data: JSONBody[schemas.DatasetIn]
+    ) -> schemas.Dataset:
         return registry.register_dataset(data)
 
     @get("/", opt=READER, sync_to_thread=True)
     def list_datasets(
-        self, registry: RegistryService, limit: Limit = None, cursor: Cursor = None
+        self, registry: NamedDependency[RegistryService], limit: Limit = None, cursor: Cursor = None
     ) -> schemas.DatasetPage:
         return registry.list_datasets(limit, cursor)
 
     @get("/{dataset_id:str}", opt=READER, sync_to_thread=True)
-    def get_dataset(self, registry: RegistryService, dataset_id: str) -> schemas.Dataset:
+    def get_dataset(
+        self, registry: NamedDependency[RegistryService], dataset_id: FromPath[str]
+    ) -> schemas.Dataset:
         return registry.get_dataset(dataset_id)
 
     @get("/{dataset_id:str}/lineage", opt=READER, sync_to_thread=True)
-    def lineage(self, registry: RegistryService, dataset_id: str) -> schemas.DatasetLineage:
+    def lineage(
+        self, registry: NamedDependency[RegistryService], dataset_id: FromPath[str]
+    ) -> schemas.DatasetLineage:
         return registry.dataset_lineage(dataset_id)
