@@ -169,6 +169,9 @@ def test_heartbeats_idempotent_and_scoped(server: RunningServer, tmp_path: Path,
     assert status["state"] == "serving"
     assert status["active_version"] == 1
     assert status["stale"] is False
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert f'shelfcast_stores_by_version{{model_name="{model}",version="1"}} 1.0' in metrics
+    assert 'route="/v1/heartbeats",status="202"' in metrics
 
 
 def test_alias_history_and_rollback(server: RunningServer, tmp_path: Path, signing_key: Path) -> None:
