@@ -21,11 +21,13 @@ from litestar.params import Parameter
 
 from agent.errors import AgentError, IngestError, NoActiveModelError
 from agent.forecasts import MEDIA_TYPES, CursorError, ForecastView, negotiate, render
+from forecasting.logs import get_logger
 from shelfcast import __version__
 
 if TYPE_CHECKING:
     from agent.runtime import AgentRuntime
 
+log = get_logger("agent.api")
 JSON = "application/json"
 PROBLEM = "application/problem+json"
 
@@ -309,9 +311,10 @@ def _token_guard(token: str) -> Any:
     return guard
 
 
-def _problem_handler(_request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+def _problem_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     if isinstance(exc, HTTPException):
         return problem(exc.status_code, exc.detail or "Error", str(getattr(exc, "extra", "") or ""))
+    log.error("request_failed", path=request.url.path, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
     return problem(500, "Internal error", type(exc).__name__)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from agent.paths import atomic_write_bytes
 from agent.scoring import ServingPointer
 
 if TYPE_CHECKING:
@@ -91,19 +93,64 @@ class ItemEntry:
     model: str | None
 
 
+VALUES_FILE = "serving-values.npy"
+DAYS_FILE = "serving-days.npy"
+ITEMS_FILE = "serving-items.json"
+
+
+class ServingItems(msgspec.Struct, frozen=True):
+    """``serving-items.json``: the value columns and, per item in row order, its constants and row count."""
+
+    value_columns: list[str]
+    items: list[tuple[str, str, str, str | None, int]]
+
+
+def write_serving_index(run_dir: Path, forecasts: Path) -> None:
+    """Write the serving index of a scoring run (done by the scoring child, which has Polars loaded).
+
+    ``serving-values.npy`` (float64, one row per forecast row, one column per value column, rows sorted
+    by item and day), ``serving-days.npy`` (int32 days since 1970-01-01) and ``serving-items.json``.
+    The agent memory-maps the arrays: start-up reads nothing, idle memory holds only what was served.
+    """
+    import numpy as np
+    import polars as pl
+
+    frame = pl.read_parquet(forecasts).sort("item_id", "ds")
+    value_columns = [c for c in frame.columns if c == "forecast" or c.startswith("forecast-")]
+    has_model = "model" in frame.columns
+    heads = frame.group_by("item_id", maintain_order=True).agg(
+        pl.col("store_id").first().cast(pl.Utf8),
+        (pl.col("category").first().cast(pl.Utf8) if "category" in frame.columns else pl.lit("")).alias(
+            "category"
+        ),
+        (pl.col("model").first().cast(pl.Utf8) if has_model else pl.lit(None, dtype=pl.Utf8)).alias("model"),
+        pl.len().alias("n"),
+    )
+    items = ServingItems(value_columns=value_columns, items=[tuple(row) for row in heads.iter_rows()])
+    values = np.ascontiguousarray(frame.select(value_columns).cast(pl.Float64).to_numpy())
+    days = frame["ds"].cast(pl.Date).to_physical().cast(pl.Int32).to_numpy()
+    for name, array in ((VALUES_FILE, values), (DAYS_FILE, days)):
+        tmp = run_dir / f".{name}.tmp"
+        with tmp.open("wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(run_dir / name)
+    atomic_write_bytes(run_dir / ITEMS_FILE, msgspec.json.encode(items))
+
+
 @dataclass
 class ForecastView:
     """The forecasts of one scoring run, indexed by item, with the metadata every response carries.
 
-    Kept compact (categorical strings, NumPy views of the float columns, one small entry per item):
-    a whole store of 20,000 series x 28 days costs tens of MB, not hundreds.
+    The values are memory-mapped from the run's serving index (see :func:`write_serving_index`);
+    one small entry per item says where its rows are. Polars is imported only for listings and exports.
     """
 
     pointer: ServingPointer
-    frame: pl.DataFrame
     value_columns: list[str]
     items: dict[str, ItemEntry]
-    _numeric: list[np.ndarray[Any, Any]] = field(repr=False)
+    _values: np.ndarray[Any, Any] = field(repr=False)
     _ds_days: np.ndarray[Any, Any] = field(repr=False)
     _cache: OrderedDict[tuple[str, int, str], bytes] = field(default_factory=OrderedDict, repr=False)
     _lock: Lock = field(default_factory=Lock, repr=False)
@@ -112,51 +159,55 @@ class ForecastView:
 
     @classmethod
     def load(cls, root: Path, pointer: ServingPointer) -> ForecastView:
+        """Open a run's serving index (written first if the run has none, e.g. an older run)."""
+        import numpy as np
+
+        forecasts = root / pointer.path
+        run_dir = forecasts.parent
+        if not (run_dir / ITEMS_FILE).is_file():
+            write_serving_index(run_dir, forecasts)
+        index = msgspec.json.decode((run_dir / ITEMS_FILE).read_bytes(), type=ServingItems)
+        values = np.load(run_dir / VALUES_FILE, mmap_mode="r", allow_pickle=False)
+        days = np.load(run_dir / DAYS_FILE, mmap_mode="r", allow_pickle=False)
+        items: dict[str, ItemEntry] = {}
+        start = 0
+        for item, store_id, category, model, count in index.items:
+            items[item] = ItemEntry(start, start + count, store_id, category or "", model)
+            start += count
+        if start != len(days) or values.shape != (start, len(index.value_columns)):
+            raise ValueError(f"{run_dir}: serving index does not match its arrays")
+        return cls(pointer, list(index.value_columns), items, values, days)
+
+    def rows_frame(self, item_ids: list[str] | None, category: str | None, horizon: int) -> pl.DataFrame:
+        """Rows of the selected items (all when None), the first ``horizon`` days each, as served."""
+        import numpy as np
         import polars as pl
 
-        raw = pl.read_parquet(root / pointer.path)
-        value_columns = [c for c in raw.columns if c == "forecast" or c.startswith("forecast-")]
-        has_model = "model" in raw.columns
-        frame = (
-            raw.lazy()
-            .select(
-                pl.col("store_id").cast(pl.Utf8).cast(pl.Categorical),
-                pl.col("item_id").cast(pl.Utf8),
-                (pl.col("category") if "category" in raw.columns else pl.lit(""))
-                .cast(pl.Utf8)
-                .cast(pl.Categorical)
-                .alias("category"),
-                pl.col("ds").cast(pl.Date),
-                *[pl.col(c).cast(pl.Float64) for c in value_columns],
-                *([pl.col("model").cast(pl.Utf8).cast(pl.Categorical)] if has_model else []),
-            )
-            .sort("item_id", "ds")
-            .with_columns(step=pl.int_range(1, pl.len() + 1, dtype=pl.Int16).over("item_id"))
-            .collect()
+        names = list(self.items) if not item_ids else [i for i in sorted(set(item_ids)) if i in self.items]
+        entries = [self.items[name] for name in names]
+        if category:
+            keep = [k for k, e in enumerate(entries) if e.category == category]
+            names, entries = [names[k] for k in keep], [entries[k] for k in keep]
+        starts = np.array([e.start for e in entries], dtype=np.int64)
+        counts = np.array([min(e.end - e.start, horizon) for e in entries], dtype=np.int64)
+        owner = np.repeat(np.arange(len(entries)), counts)
+        rows = np.repeat(starts, counts) + (
+            np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
         )
-        del raw
-        firsts = (
-            frame.select("item_id", "store_id", "category", *(["model"] if has_model else []))
-            .with_row_index("row")
-            .group_by("item_id", maintain_order=True)
-            .agg(pl.all().first(), pl.len().alias("n"))
-        )
-        models = firsts["model"].cast(pl.Utf8).to_list() if has_model else [None] * firsts.height
-        items = {
-            item: ItemEntry(int(row), int(row) + int(n), store, category, model)
-            for item, row, n, store, category, model in zip(
-                firsts["item_id"].to_list(),
-                firsts["row"].to_list(),
-                firsts["n"].to_list(),
-                firsts["store_id"].cast(pl.Utf8).to_list(),
-                firsts["category"].cast(pl.Utf8).to_list(),
-                models,
-                strict=True,
-            )
+        data: dict[str, Any] = {
+            "store_id": pl.Series([e.store_id for e in entries], dtype=pl.Utf8).gather(owner),
+            "item_id": pl.Series(names, dtype=pl.Utf8).gather(owner),
+            "category": pl.Series([e.category for e in entries], dtype=pl.Utf8).gather(owner),
+            "ds": pl.Series(np.asarray(self._ds_days[rows], dtype=np.int32)).cast(pl.Date),
         }
-        numeric = [frame[c].to_numpy() for c in value_columns]
-        ds_days = frame["ds"].to_physical().to_numpy()
-        return cls(pointer, frame, value_columns, items, numeric, ds_days)
+        selected = np.asarray(self._values[rows])
+        for k, name in enumerate(self.value_columns):
+            data[name] = pl.Series(selected[:, k].copy())
+        if entries and entries[0].model is not None:
+            data["model"] = pl.Series([e.model or "" for e in entries], dtype=pl.Utf8).gather(owner)
+        data["model_name"] = pl.repeat(self.pointer.model_name, len(rows), eager=True)
+        data["model_version"] = pl.repeat(self.pointer.version, len(rows), dtype=pl.Int64, eager=True)
+        return pl.DataFrame(data)
 
     @property
     def max_step(self) -> int:
@@ -195,7 +246,10 @@ class ForecastView:
             return None
         start, end = entry.start, min(entry.end, entry.start + horizon)
         dates = [self._iso(int(d)) for d in self._ds_days[start:end]]
-        values = [arr[start:end].tolist() for arr in self._numeric]
+        import numpy as np
+
+        block = np.asarray(self._values[start:end])
+        values = [block[:, k].tolist() for k in range(block.shape[1])]
         head = (entry.store_id, item_id, entry.category)
         tail = (
             (self.pointer.model_name, self.pointer.version)
@@ -231,27 +285,10 @@ class ForecastView:
         self._row_types[with_model] = row_type
         return row_type
 
-    def public(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """Rows as clients see them: plain strings, model name and version on every row."""
-        import polars as pl
-
-        extra = ["model"] if "model" in frame.columns else []
-        return frame.select(
-            pl.col("store_id").cast(pl.Utf8),
-            "item_id",
-            pl.col("category").cast(pl.Utf8),
-            "ds",
-            *self.value_columns,
-            *[pl.col(c).cast(pl.Utf8) for c in extra],
-            pl.lit(self.pointer.model_name).alias("model_name"),
-            pl.lit(self.pointer.version, dtype=pl.Int64).alias("model_version"),
-        )
-
     def item_frame(self, item_id: str, horizon: int) -> pl.DataFrame | None:
-        entry = self.items.get(item_id)
-        if entry is None:
+        if item_id not in self.items:
             return None
-        return self.public(self.frame.slice(entry.start, min(entry.end - entry.start, horizon)))
+        return self.rows_frame([item_id], None, horizon)
 
     # -- listings and exports ------------------------------------------------------------------------
 
@@ -266,24 +303,15 @@ class ForecastView:
         query_key: str,
     ) -> tuple[pl.DataFrame, str | None]:
         """Filtered page of rows and the cursor of the next page (None at the end)."""
-        import polars as pl
-
         offset = self._decode_cursor(cursor, query_key) if cursor else 0
-        lazy = self.frame.lazy()
-        if item_ids:
-            lazy = lazy.filter(pl.col("item_id").is_in(item_ids))
-        if category:
-            lazy = lazy.filter(pl.col("category") == category)
-        if horizon < self.max_step:
-            lazy = lazy.filter(pl.col("step") <= horizon)
+        rows = self.rows_frame(item_ids or None, category, horizon)
         if offset or limit is not None:
-            lazy = lazy.slice(offset, None if limit is None else limit + 1)
-        page = self.public(lazy.collect())
+            rows = rows.slice(offset, None if limit is None else limit + 1)
         next_cursor = None
-        if limit is not None and page.height > limit:
-            page = page.head(limit)
+        if limit is not None and rows.height > limit:
+            rows = rows.head(limit)
             next_cursor = self._encode_cursor(offset + limit, query_key)
-        return page, next_cursor
+        return rows, next_cursor
 
     def _encode_cursor(self, offset: int, query_key: str) -> str:
         raw = msgspec.json.encode({"r": self.pointer.run_id, "q": query_key, "o": offset})

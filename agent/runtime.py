@@ -181,7 +181,7 @@ class AgentRuntime:
             return
         try:
             self.view = ForecastView.load(self.paths.root, pointer)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # a missing or unreadable run: serve nothing until the next scoring
             log.error(  # noqa: TRY400 - expected failure, no traceback
                 "serving_load_failed", run_id=pointer.run_id, reason=str(exc)
             )
@@ -252,6 +252,10 @@ class AgentRuntime:
         for result in results:
             self.counters.rows_ingested += result.rows_ok
             self.counters.rows_quarantined += result.rows_quarantined
+        if any(result.rows_ok for result in results):
+            from agent.monitoring import measure_after_ingest
+
+            measure_after_ingest(self)
 
     def _run_lifecycle(self) -> None:
         assert self.lifecycle is not None

@@ -23,25 +23,40 @@ import msgspec
 
 
 class Job(msgspec.Struct, frozen=True):
+    """One scoring job; an empty ``history`` means: score the built-in probe (the health check)."""
+
     bundle: str
     history: str
     out: str
     horizon: int
     levels: list[int]
     threads: int = 1
+    store_id: str = ""
 
 
-def run_job(job: Job) -> int:
-    """Score and write ``job.out`` (Parquet, atomically) with ``model_name``/``model_version`` columns."""
+def run_job(job: Job) -> dict[str, int]:
+    """Score, check and write ``job.out`` (Parquet, atomically) with ``model_name``/``model_version`` added.
+
+    Returns the numbers of series and rows; the output check (complete, finite, lo <= forecast <= hi)
+    raises ``ScoringError`` here, so the daemon never loads the frame to check it.
+    """
+    from datetime import UTC, datetime
+
     import polars as pl
 
+    from agent.scoring import check_output, probe_history
     from forecasting.bundle import read_manifest
     from forecasting.scoring import score
 
     bundle = Path(job.bundle)
     manifest = read_manifest(bundle)
-    history = pl.read_parquet(job.history)
+    if job.history:
+        history = pl.read_parquet(job.history)
+    else:
+        history = probe_history(job.store_id or "PROBE", datetime.now(UTC).date())
+    n_series = history.select(pl.struct("store_id", "item_id").n_unique()).item() if history.height else 0
     result = score(bundle, history, horizon=job.horizon, levels=job.levels, threads=job.threads)
+    check_output(result, levels=job.levels, horizon=job.horizon, n_series=int(n_series))
     result = result.with_columns(
         pl.lit(manifest.model_name).alias("model_name"),
         pl.lit(int(manifest.version), dtype=pl.Int32).alias("model_version"),
@@ -52,7 +67,11 @@ def run_job(job: Job) -> int:
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
     tmp.replace(out)
-    return result.height
+    if job.history:
+        from agent.forecasts import write_serving_index
+
+        write_serving_index(out.parent, out)
+    return {"rows": result.height, "series": int(n_series)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         answer: dict[str, Any]
         try:
-            rows = run_job(decoder.decode(line.encode()))
-            answer = {"ok": True, "rows": rows}
+            answer = {"ok": True, **run_job(decoder.decode(line.encode()))}
         except Exception as exc:  # every failure is reported to the daemon as one line
             answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         answers.write(msgspec.json.encode(answer).decode() + "\n")

@@ -7,6 +7,7 @@ and the lifecycle thread can share one connection safely.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,8 +93,8 @@ class LocalStore:
         self.path = path
         self._lock = threading.RLock()
         self._con: duckdb.DuckDBPyConnection = duckdb.connect(str(path))
-        self._con.execute("SET threads = 2")
-        self._con.execute(SCHEMA)
+        self._exec("SET threads = 2")
+        self._con.execute(SCHEMA).fetchall()
 
     def close(self) -> None:
         with self._lock:
@@ -101,7 +102,24 @@ class LocalStore:
 
     def _fetch(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         with self._lock:
-            return self._con.execute(sql, params or []).fetchall()
+            return self._exec(sql, params)
+
+    def _exec(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Execute and drain the result (DuckDB refuses other work while a result is unfinished)."""
+        return self._con.execute(sql, params or []).fetchall()
+
+    def _exec_many(self, sql: str, rows: list[list[Any]]) -> None:
+        for row in rows:
+            self._exec(sql, row)
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query (e.g. over ``read_parquet``)."""
+        return self._fetch(sql, params)
+
+    def query_numpy(self, sql: str, params: list[Any] | None = None) -> dict[str, Any]:
+        """Columns of a read-only query as NumPy arrays."""
+        with self._lock:
+            return dict(self._con.execute(sql, params or []).fetchnumpy())
 
     # -- sales ---------------------------------------------------------------------------------------
 
@@ -109,18 +127,19 @@ class LocalStore:
         """Upsert canonical rows (a later extract corrects an earlier one for the same store/item/day)."""
         if frame.height == 0:
             return 0
-        table = frame.select("store_id", "item_id", "category", "ds", "y").to_arrow()
+        # Handed over as a Parquet file: no Arrow bridge (pyarrow) needed in the agent process.
+        batch = self.path.parent / f".incoming-{uuid.uuid4().hex}.parquet"
+        frame.select("store_id", "item_id", "category", "ds", "y").write_parquet(batch, compression="lz4")
         now = datetime.now(UTC)
-        with self._lock:
-            self._con.register("incoming_sales", table)
-            try:
-                self._con.execute(
+        try:
+            with self._lock:
+                self._exec(
                     "INSERT OR REPLACE INTO sales SELECT store_id, item_id, category, ds, y, ?, ? "
-                    "FROM incoming_sales",
-                    [source, now],
+                    "FROM read_parquet(?)",
+                    [source, now, str(batch)],
                 )
-            finally:
-                self._con.unregister("incoming_sales")
+        finally:
+            batch.unlink(missing_ok=True)
         return frame.height
 
     def quarantine(self, rows: Sequence[tuple[int | None, str, str | None]], source: str) -> None:
@@ -129,7 +148,7 @@ class LocalStore:
             return
         now = datetime.now(UTC)
         with self._lock:
-            self._con.executemany(
+            self._exec_many(
                 "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?)",
                 [[source, number, reason, raw, now] for number, reason, raw in rows],
             )
@@ -139,7 +158,7 @@ class LocalStore:
 
     def record_file(self, sha256: str, name: str, rows_ok: int, rows_bad: int) -> None:
         with self._lock:
-            self._con.execute(
+            self._exec(
                 "INSERT OR REPLACE INTO ingested_files VALUES (?, ?, ?, ?, ?)",
                 [sha256, name, rows_ok, rows_bad, datetime.now(UTC)],
             )
@@ -147,12 +166,12 @@ class LocalStore:
     def export_history(self, out: Path) -> int:
         """Write the whole history as a canonical Parquet file (for the scoring process); returns rows."""
         with self._lock:
-            (count,) = self._con.execute("SELECT count(*) FROM sales").fetchone() or (0,)
+            (count,) = self._exec("SELECT count(*) FROM sales")[0]
             target = str(out).replace("'", "''")
             query = (
                 "COPY (SELECT store_id, item_id, category, ds, y FROM sales ORDER BY store_id, item_id, ds) "
             )
-            self._con.execute(query + f"TO '{target}' (FORMAT PARQUET)")
+            self._exec(query + f"TO '{target}' (FORMAT PARQUET)")
         return int(count)
 
     def sales_summary(self) -> dict[str, Any]:
@@ -172,12 +191,12 @@ class LocalStore:
     def enqueue(self, kind: str, path: str, body: bytes, idempotency_key: str, *, max_rows: int) -> None:
         """Queue a report; when the outbox is full, drop the oldest heartbeats first (loudly)."""
         with self._lock:
-            self._con.execute(
+            self._exec(
                 "INSERT INTO outbox (idempotency_key, kind, path, body, created_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT DO NOTHING",
                 [idempotency_key, kind, path, body, datetime.now(UTC)],
             )
-            (count,) = self._con.execute("SELECT count(*) FROM outbox").fetchone() or (0,)
+            (count,) = self._exec("SELECT count(*) FROM outbox")[0]
             if count > max_rows:
                 self._compact(int(count) - max_rows)
 
@@ -187,12 +206,12 @@ class LocalStore:
         for condition in ("kind = 'heartbeat'", "TRUE"):
             if dropped >= excess:
                 break
-            rows = self._con.execute(
+            rows = self._exec(
                 f"SELECT seq FROM outbox WHERE {condition} ORDER BY seq LIMIT ?",  # noqa: S608 - fixed conditions
                 [excess - dropped],
-            ).fetchall()
+            )
             if rows:
-                self._con.executemany("DELETE FROM outbox WHERE seq = ?", [[r[0]] for r in rows])
+                self._exec_many("DELETE FROM outbox WHERE seq = ?", [[r[0]] for r in rows])
                 dropped += len(rows)
         log.warning(
             "outbox_compacted",
@@ -209,11 +228,11 @@ class LocalStore:
 
     def outbox_done(self, seq: int) -> None:
         with self._lock:
-            self._con.execute("DELETE FROM outbox WHERE seq = ?", [seq])
+            self._exec("DELETE FROM outbox WHERE seq = ?", [seq])
 
     def outbox_attempted(self, seq: int) -> None:
         with self._lock:
-            self._con.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", [seq])
+            self._exec("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", [seq])
 
     def outbox_size(self) -> int:
         return int(self._fetch("SELECT count(*) FROM outbox")[0][0])
@@ -222,7 +241,7 @@ class LocalStore:
 
     def record_run(self, run: dict[str, Any]) -> None:
         with self._lock:
-            self._con.execute(
+            self._exec(
                 "INSERT OR REPLACE INTO scoring_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     run["run_id"],
@@ -252,4 +271,4 @@ class LocalStore:
 
     def delete_run(self, run_id: str) -> None:
         with self._lock:
-            self._con.execute("DELETE FROM scoring_runs WHERE run_id = ?", [run_id])
+            self._exec("DELETE FROM scoring_runs WHERE run_id = ?", [run_id])

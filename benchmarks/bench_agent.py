@@ -100,6 +100,7 @@ def _store_frame(items: int, horizon: int) -> pl.DataFrame:
 
 def _prepare_state(state_dir: Path, items: int, horizon: int) -> None:
     """An agent state with v1 committed as active and a finished scoring run of the whole store."""
+    from agent.forecasts import write_serving_index
     from agent.lifecycle import Record, VersionRef
     from agent.scoring import ServingPointer
 
@@ -108,6 +109,7 @@ def _prepare_state(state_dir: Path, items: int, horizon: int) -> None:
     run_dir.mkdir(parents=True)
     frame = _store_frame(items, horizon)
     frame.write_parquet(run_dir / "forecasts.parquet")
+    write_serving_index(run_dir, run_dir / "forecasts.parquet")  # what the scoring child writes
     (state_dir / "versions" / "demand-1").mkdir(parents=True)
     (state_dir / "current").symlink_to("versions/demand-1")
     record = Record(active=VersionRef("demand", 1), highest_version=1, last_sync_at=datetime.now(UTC))
