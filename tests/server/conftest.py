@@ -17,6 +17,7 @@ from shelfcast.procs import ServiceProcess
 from tests.conftest import free_port
 
 ADMIN_TOKEN = "sca_test-admin-" + "x" * 16
+FRESH_MAX_BUNDLE_BYTES = 200_000
 
 
 @dataclass
@@ -107,8 +108,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, signing_key: Path) -> Itera
 
 @pytest.fixture
 def fresh_server(tmp_path: Path, signing_key: Path) -> Iterator[RunningServer]:
-    """A server process of its own, on its own state folder (for restart, backup and lock tests)."""
-    running = launch(tmp_path, signing_key.with_name(signing_key.name + ".pub"))
+    """A server of its own on its own state folder (restart, backup), accepting bundles up to 200 kB."""
+    running = launch(
+        tmp_path,
+        signing_key.with_name(signing_key.name + ".pub"),
+        {"SHELFCAST_SERVER__MAX_REQUEST_BODY_BYTES": str(FRESH_MAX_BUNDLE_BYTES)},
+    )
     yield running
     running.process.stop()
 

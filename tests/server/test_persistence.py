@@ -14,7 +14,15 @@ import pytest
 from server.db import DB_FILE_NAME, Database
 from server.errors import StorageLockedError
 from tests.conftest import free_port
-from tests.server.conftest import RunningServer, create_store, enroll, launch, make_bundle, publish
+from tests.server.conftest import (
+    FRESH_MAX_BUNDLE_BYTES,
+    RunningServer,
+    create_store,
+    enroll,
+    launch,
+    make_bundle,
+    publish,
+)
 
 
 def _populate(server: RunningServer, tmp_path: Path, key: Path) -> dict[str, str]:
@@ -95,6 +103,11 @@ def test_restart_backup_and_restore_keep_everything(
 ) -> None:
     """Registry, fleet, credentials and blobs survive a restart, and an online backup restored elsewhere."""
     secrets = _populate(fresh_server, tmp_path, signing_key)
+    with fresh_server.admin() as admin:
+        big = make_bundle(tmp_path, signing_key, "demand", 2, payload=b"y" * (FRESH_MAX_BUNDLE_BYTES + 1))
+        refused = publish(admin, big, "demand")
+        assert refused.status_code == 413
+        assert "accepts up to" in refused.json()["detail"]
     fresh_server.restart()
     _check_populated(fresh_server, secrets)
     backup_dir = tmp_path / "backup"
@@ -157,3 +170,29 @@ def test_restart_backup_and_restore_keep_everything(
     )
     assert refused.returncode == 1
     assert "does not match its recorded sha256" in refused.stderr
+
+
+def test_init_prints_an_admin_token_once_and_keeps_only_its_hash(tmp_path: Path) -> None:
+    """`server init` prints a working admin token; the database holds its sha256, not the token."""
+    from click.testing import CliRunner
+
+    from server.app import ServerState
+    from server.auth import hash_token
+    from server.config import ServerConfig
+    from shelfcast.cli import cli
+
+    state_dir = tmp_path / "state"
+    result = CliRunner().invoke(cli, ["server", "init", "--state-dir", str(state_dir)], env={})
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip().splitlines()[-1]
+    assert token.startswith("sca_")
+    config = ServerConfig().with_overrides(state_dir=str(state_dir))
+    state = ServerState(config)
+    state.open()
+    try:
+        assert state.tokens.authenticate(f"Bearer {token}").role == "admin"
+        assert state.db is not None
+        stored = state.db.fetch_all("SELECT token_sha256 FROM credentials")
+    finally:
+        state.close()
+    assert stored == [{"token_sha256": hash_token(token)}]
