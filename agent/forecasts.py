@@ -342,5 +342,5 @@ def render(frame: pl.DataFrame, fmt: OutputFormat, meta: dict[str, Any], next_cu
     elif fmt == "parquet":
         frame.write_parquet(buffer, compression="zstd", statistics=False)
     else:
-        frame.write_ipc_stream(buffer, compression="uncompressed")
+        frame.write_ipc_stream(buffer, compression="zstd")
     return buffer.getvalue()
