@@ -238,6 +238,8 @@ class Lifecycle:
             if state == State.IDLE or self.stop.is_set():
                 break
             self._fault_hold(state)
+            if self.stop.is_set():
+                break  # stopping: the persisted state is where a restart resumes
             try:
                 event = self.handlers[state]()
             except Exception as exc:
