@@ -59,7 +59,7 @@ def negotiate(accept: str | None, explicit: str | None) -> OutputFormat | None:
     if explicit:
         name = explicit.lower()
         return name if name in MEDIA_TYPES else None
-    if not accept:
+    if not accept or accept in ("*/*", "application/json"):
         return "json"
     ranked: list[tuple[float, int, str]] = []
     for index, part in enumerate(accept.split(",")):

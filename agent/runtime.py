@@ -500,6 +500,10 @@ class AgentRuntime:
             state_dir=str(self.paths.root),
             server_url=self.config.agent.server_url,
         )
+        if not self.config.agent.trusted_keys:
+            log.warning(
+                "no_trusted_keys", consequence="no model bundle can be verified; set [agent] trusted_keys"
+            )
         interval = watchdog_interval_seconds()
         try:
             while not task.done():
