@@ -398,28 +398,62 @@ def _ets_batch(
 def _kernel_forecast(
     entry: ModelEntry, season_length: int, y: FloatArray, lengths: IntArray, h: int, levels: list[int]
 ) -> dict[str, FloatArray] | None:
+    """Vectorised forecasts of a refit-at-edge family, or None when it has no numpy kernel."""
     from forecasting import kernels
 
     params = entry.params
     m = int(params.get("season_length", season_length))
     family = entry.family
     if family == "SeasonalNaive":
-        # A series shorter than one season has no last season to repeat: it gets Naive's forecast.
-        full = lengths >= m
-        if full.all():
-            return kernels.seasonal_naive(y, lengths, h, levels, m)
-        out = kernels.naive(y, lengths, h, levels)
-        if full.any():
-            seasonal = kernels.seasonal_naive(y[:, full], lengths[full], h, levels, m)
-            for c, arr in seasonal.items():
-                out[c][full] = arr
-        return out
-    if family == "Naive":
-        return kernels.naive(y, lengths, h, levels)
-    if family == "HistoricAverage":
-        return kernels.historic_average(y, lengths, h, levels)
-    if family == "RandomWalkWithDrift" and int(lengths.min(initial=2)) >= 2:
-        return kernels.random_walk_with_drift(y, lengths, h, levels)
+        return _seasonal_naive(y, lengths, h, levels, m)
+    simple: dict[str, Any] = {
+        "Naive": kernels.naive,
+        "HistoricAverage": kernels.historic_average,
+        "RandomWalkWithDrift": kernels.random_walk_with_drift,
+    }
+    if family in simple and not (family == "RandomWalkWithDrift" and int(lengths.min(initial=2)) < 2):
+        result: dict[str, FloatArray] = simple[family](y, lengths, h, levels)
+        return result
+    conformal_point = _conformal_point(family, params, m)
+    if conformal_point is not None:
+        return kernels.conformal(conformal_point, y, lengths, h, levels, CONFORMAL_WINDOWS)
+    return None
+
+
+def _seasonal_naive(
+    y: FloatArray, lengths: IntArray, h: int, levels: list[int], m: int
+) -> dict[str, FloatArray]:
+    """SeasonalNaive; a series shorter than one season has no last season to repeat and gets Naive."""
+    from forecasting import kernels
+
+    full = lengths >= m
+    if full.all():
+        return kernels.seasonal_naive(y, lengths, h, levels, m)
+    out = kernels.naive(y, lengths, h, levels)
+    if full.any():
+        seasonal = kernels.seasonal_naive(y[:, full], lengths[full], h, levels, m)
+        for c, arr in seasonal.items():
+            out[c][full] = arr
+    return out
+
+
+def _conformal_point(family: str, params: Mapping[str, Any], season_length: int) -> Any:
+    """The vectorised point forecaster of a conformal-interval family, or None when there is none."""
+    from forecasting import kernels
+
+    if family == "WindowAverage":
+        window = int(params["window_size"])
+        return lambda y, lengths, h: kernels.window_mean(y, lengths, h, window)
+    if family == "SeasonalWindowAverage":
+        window = int(params["window_size"])
+        return lambda y, lengths, h: kernels.seasonal_window_average(y, lengths, h, season_length, window)[
+            "mean"
+        ]
+    if family == "TSB":
+        alpha_d, alpha_p = float(params["alpha_d"]), float(params["alpha_p"])
+        return lambda y, lengths, h: kernels.tsb_mean(y, lengths, h, alpha_d, alpha_p)
+    if family == "CrostonClassic":
+        return kernels.croston_classic_mean
     return None
 
 

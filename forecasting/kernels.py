@@ -480,3 +480,120 @@ def _sigma(resid: FloatArray, dof: IntArray) -> FloatArray:
         sigma = np.sqrt(total / dof)
     result: FloatArray = np.where(dof > 0, sigma, 0.0)
     return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Intermittent demand and window averages, with statsforecast's conformal intervals
+# ---------------------------------------------------------------------------------------------------
+
+
+def _ses_full(y: FloatArray, start: IntArray, alpha: float) -> FloatArray:
+    """statsforecast ``_ses_forecast`` over each whole (right-aligned) series: the one-step forecast."""
+    width, n = y.shape
+    level = np.full(n, np.nan)
+    complement = 1.0 - alpha
+    for t in range(int(start.min(initial=width)), width):
+        yt = y[t]
+        active = t >= start
+        init = active & (t == start)
+        level = np.where(init, yt, level)
+        level = np.where(active, alpha * yt + complement * level, level)
+    return level
+
+
+def _ses_events(values: FloatArray, events: np.ndarray[Any, Any], alpha: float) -> FloatArray:
+    """SES over the subsequence of rows where ``events`` is true (per column); NaN without any event."""
+    width, n = values.shape
+    level = np.full(n, np.nan)
+    complement = 1.0 - alpha
+    for t in range(width):
+        ev = events[t]
+        if not ev.any():
+            continue
+        vt = values[t]
+        level = np.where(ev & np.isnan(level), vt, level)
+        level = np.where(ev, alpha * vt + complement * level, level)
+    return level
+
+
+def _valid_mask(y: FloatArray, lengths: IntArray) -> np.ndarray[Any, Any]:
+    width = y.shape[0]
+    result: np.ndarray[Any, Any] = np.arange(width)[:, None] >= (width - lengths)[None, :]
+    return result
+
+
+def tsb_mean(y: FloatArray, lengths: IntArray, h: int, alpha_d: float, alpha_p: float) -> FloatArray:
+    """statsforecast ``TSB`` point forecasts: SES of the demand probability times SES of the demand sizes."""
+    width = y.shape[0]
+    start = width - lengths
+    valid = _valid_mask(y, lengths)
+    demand = valid & (y > 0)
+    prob = _ses_full(np.where(valid, (y != 0).astype(np.float64), 0.0), start, alpha_p)
+    size = _ses_events(y, demand, alpha_d)
+    nonzero = (valid & (y != 0)).any(axis=0)
+    mean = np.where(nonzero, prob * size, 0.0)
+    return np.repeat(mean[:, None], h, axis=1)
+
+
+def croston_classic_mean(y: FloatArray, lengths: IntArray, h: int) -> FloatArray:
+    """statsforecast ``CrostonClassic`` point forecasts (alpha 0.1 for sizes and intervals)."""
+    width = y.shape[0]
+    start = width - lengths
+    valid = _valid_mask(y, lengths)
+    demand = valid & (y > 0)
+    nonzero = valid & (y != 0)
+    size = _ses_events(y, demand, 0.1)
+    # inter-demand intervals: local index of a non-zero value minus the previous one's (first: index + 1)
+    local = np.arange(width)[:, None] - start[None, :]
+    last = np.where(nonzero, local, -1)
+    previous = np.maximum.accumulate(np.vstack([np.full((1, y.shape[1]), -1), last[:-1]]), axis=0)
+    gaps = (local - previous).astype(np.float64)
+    interval = _ses_events(gaps, nonzero, 0.1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(interval != 0.0, size / interval, size)
+    mean = np.where(demand.any(axis=0), mean, y[width - 1])  # no demand at all: Naive
+    return np.repeat(mean[:, None], h, axis=1)
+
+
+def window_mean(y: FloatArray, lengths: IntArray, h: int, window_size: int) -> FloatArray:
+    """``WindowAverage`` point forecasts as an ``(n, h)`` array."""
+    return window_average(y, lengths, h, window_size)["mean"]
+
+
+def conformal(
+    point: Any, y: FloatArray, lengths: IntArray, h: int, levels: Sequence[int], n_windows: int = 2
+) -> dict[str, FloatArray]:
+    """Point forecasts plus statsforecast's ``conformal_distribution`` intervals.
+
+    ``point(y, lengths, h) -> (n, h)`` is re-run on the history cut ``k*h`` periods short for each of the
+    ``n_windows`` windows; the absolute errors on the cut-off periods become the conformity scores. A
+    series too short for ``n_windows`` windows (``(length - 1) // h < n_windows``) gets NaN intervals.
+    """
+    mean = point(y, lengths, h)
+    out = {"mean": mean}
+    if not levels:
+        return out
+    width, n = y.shape
+    windows = np.minimum(n_windows, (lengths - 1) // h)
+    ok = windows >= n_windows
+    lv = sorted(levels)
+    for key in [f"lo-{v}" for v in lv] + [f"hi-{v}" for v in lv]:
+        out[key] = np.full((n, h), np.nan)
+    if not ok.any() or width <= n_windows * h:
+        return out
+    cols = np.flatnonzero(ok)
+    sub, sub_len = y[:, cols], lengths[cols]
+    scores = np.empty((n_windows, len(cols), h))
+    for i in range(n_windows):
+        cut = (n_windows - i) * h
+        train, train_len = sub[: width - cut], sub_len - cut
+        scores[i] = np.abs(point(train, train_len, h) - sub[width - cut : width - cut + h].T)
+    m = mean[cols][None, :, :]
+    stacked = np.concatenate([m - scores, m + scores], axis=0)
+    alphas = [100 - v for v in lv]
+    cuts = [a / 200 for a in reversed(alphas)] + [1 - a / 200 for a in alphas]
+    quantiles = np.quantile(stacked, cuts, axis=0)
+    names = [f"lo-{v}" for v in reversed(lv)] + [f"hi-{v}" for v in lv]
+    for q, name in zip(quantiles, names, strict=True):
+        out[name][cols] = q
+    return out

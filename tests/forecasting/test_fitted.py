@@ -264,3 +264,37 @@ def test_ets_kernel_constant_series() -> None:
     ref = fit.forward(y[:, 0], h=5, level=LEVELS)
     for key, values in ref.items():
         assert _rel_diff(out[key][0], values) <= TOL
+
+
+@pytest.mark.parametrize("family", ["TSB", "CrostonClassic", "WindowAverage", "SeasonalWindowAverage"])
+def test_conformal_kernels_match_statsforecast(family: str) -> None:
+    """Intermittent and window models with conformal intervals equal statsforecast's (ragged, zero, short)."""
+    from statsforecast.utils import ConformalIntervals
+
+    from forecasting.bundle import ModelEntry
+    from forecasting.fitted import forecast_batch
+
+    rng = np.random.default_rng(5)
+    ys = [np.where(rng.random(n) < 0.3, rng.poisson(3, n) + 1, 0).astype(float) for n in (40, 70, 95, 25)]
+    ys += [np.zeros(60), rng.poisson(5, 80).astype(float)]
+    packed = np.concatenate(ys)
+    offsets = np.concatenate([[0], np.cumsum([len(y) for y in ys])]).astype(np.int64)
+    mat, lengths = kernels.pad_right_aligned(packed, offsets, np.arange(len(ys)))
+    params: dict[str, Any] = {
+        "TSB": {"alpha_d": 0.2, "alpha_p": 0.3},
+        "CrostonClassic": {},
+        "WindowAverage": {"window_size": 4},
+        "SeasonalWindowAverage": {"season_length": 7, "window_size": 2},
+    }[family]
+    entry = ModelEntry(state="refit-at-edge", family=family, params=params)
+    out = forecast_batch(entry, 7, mat, lengths, 10, LEVELS)
+    for i, y in enumerate(ys):
+        enough = len(y) > CONFORMAL_WINDOWS * 10
+        kwargs = dict(params)
+        if enough:
+            kwargs["prediction_intervals"] = ConformalIntervals(h=10, n_windows=CONFORMAL_WINDOWS)
+        ref = make_model(family, 7, kwargs).forecast(y=y, h=10, level=LEVELS if enough else None)
+        for key, values in ref.items():
+            assert _rel_diff(out[key][i], values) <= TOL, (i, key)
+        if not enough:
+            assert np.isnan(out["lo-80"][i]).all()
