@@ -47,11 +47,13 @@ def run(config_files: tuple[Path, ...], host: str | None, port: int | None, stat
     from server.app import ServerState, create_app
 
     config = _load(config_files, state_dir, host=host, port=port)
+    config.check_transport()
     configure_logging(config.logging.level, config.logging.format)
     state = ServerState(config)
     state.open()  # a locked or unreadable database fails here, as one clear sentence
     app = create_app(config, state)
-    url = f"http://{config.server.host}:{config.server.port}"
+    scheme = "https" if config.uses_tls else "http"
+    url = f"{scheme}://{config.server.host}:{config.server.port}"
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
@@ -70,6 +72,8 @@ def run(config_files: tuple[Path, ...], host: str | None, port: int | None, stat
         loop="uvloop",
         timeout_graceful_shutdown=5,
         timeout_keep_alive=config.server.keep_alive_seconds,
+        ssl_certfile=config.server.tls_cert_file or None,
+        ssl_keyfile=config.server.tls_key_file or None,
     )
     try:
         Server(uv_config).run()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import msgspec
 
+from forecasting.errors import ConfigError
 from forecasting.logs import LoggingConfig
 from forecasting.settings import load_config
 
@@ -25,6 +26,9 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     stale_after_seconds: int = 900
     enrollment_ttl_seconds: int = 7 * 24 * 3600
     keep_alive_seconds: int = 30
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    allow_plain_http: bool = False
     trusted_keys: list[str] = msgspec.field(default_factory=list)
 
 
@@ -37,6 +41,22 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     @property
     def state_path(self) -> Path:
         return Path(self.server.state_dir)
+
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.server.tls_cert_file)
+
+    def check_transport(self) -> None:
+        """Plain HTTP only on loopback or when allowed; a certificate needs its key (else ConfigError)."""
+        server = self.server
+        if bool(server.tls_cert_file) != bool(server.tls_key_file):
+            raise ConfigError("[server] tls_cert_file and tls_key_file must be given together")
+        loopback = server.host in {"127.0.0.1", "::1", "localhost"} or server.host.startswith("127.")
+        if not self.uses_tls and not loopback and not server.allow_plain_http:
+            raise ConfigError(
+                f"[server] host = {server.host!r} is not loopback: set tls_cert_file and tls_key_file "
+                "(HTTPS), or allow_plain_http = true behind a TLS-terminating proxy"
+            )
 
     def with_overrides(
         self, *, host: str | None = None, port: int | None = None, state_dir: str | None = None
