@@ -34,6 +34,7 @@ from server.fleet.controllers import (
 from server.fleet.repository import FleetRepository
 from server.fleet.services import FleetService
 from server.monitoring import Metrics
+from server.quality.controllers import MONITORING_CONTROLLERS
 from server.registry.controllers import BundleController, DatasetController, ModelController, RunController
 from server.registry.repository import RegistryRepository
 from server.registry.services import RegistryService
@@ -168,6 +169,7 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> Litest
             HeartbeatController,
             CredentialController,
             AdminController,
+            *MONITORING_CONTROLLERS,
         ],
         request_max_body_size=config.server.max_json_body_bytes,
     )

@@ -9,6 +9,7 @@ import msgspec
 from forecasting.errors import ConfigError
 from forecasting.logs import LoggingConfig
 from forecasting.settings import load_config
+from server.quality.alerts import AlertsConfig
 
 
 class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -37,6 +38,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     server: HttpConfig = msgspec.field(default_factory=HttpConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
 
     @property
     def state_path(self) -> Path:

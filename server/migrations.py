@@ -135,4 +135,105 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        2,
+        "monitoring: accuracy and drift reports, alerts, webhook deliveries",
+        """
+        CREATE TABLE monitoring_reports (
+            kind VARCHAR NOT NULL,
+            store_id VARCHAR NOT NULL,
+            report_id VARCHAR NOT NULL,
+            received_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (kind, store_id, report_id)
+        );
+        CREATE TABLE accuracy_rows (
+            report_id VARCHAR NOT NULL,
+            store_id VARCHAR NOT NULL,
+            model_name VARCHAR NOT NULL,
+            version INTEGER NOT NULL,
+            role VARCHAR NOT NULL,
+            period_start DATE NOT NULL,
+            period_end DATE NOT NULL,
+            category VARCHAR NOT NULL,
+            horizon_bucket VARCHAR NOT NULL,
+            n BIGINT NOT NULL,
+            abs_err_sum DOUBLE NOT NULL,
+            abs_y_sum DOUBLE NOT NULL,
+            err_sum DOUBLE NOT NULL,
+            scaled_abs_err_sum DOUBLE NOT NULL,
+            scaled_n BIGINT NOT NULL,
+            hits_80 BIGINT,
+            hits_95 BIGINT,
+            covered VARCHAR NOT NULL DEFAULT '{}',
+            backtest_wape DOUBLE,
+            received_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE drift_reports (
+            report_id VARCHAR NOT NULL,
+            store_id VARCHAR NOT NULL,
+            model_name VARCHAR NOT NULL,
+            version INTEGER NOT NULL,
+            role VARCHAR NOT NULL,
+            period_start DATE NOT NULL,
+            period_end DATE NOT NULL,
+            unknown_item_share DOUBLE NOT NULL,
+            missing_rate DOUBLE NOT NULL,
+            received_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (store_id, report_id)
+        );
+        CREATE TABLE drift_rows (
+            report_id VARCHAR NOT NULL,
+            store_id VARCHAR NOT NULL,
+            model_name VARCHAR NOT NULL,
+            version INTEGER NOT NULL,
+            role VARCHAR NOT NULL,
+            period_start DATE NOT NULL,
+            period_end DATE NOT NULL,
+            category VARCHAR NOT NULL,
+            comparison VARCHAR NOT NULL,
+            drifted BOOLEAN NOT NULL,
+            score DOUBLE,
+            psi DOUBLE,
+            wasserstein DOUBLE,
+            ks_pvalue DOUBLE,
+            zero_rate DOUBLE,
+            tests VARCHAR NOT NULL DEFAULT '[]'
+        );
+        CREATE TABLE alerts (
+            alert_id VARCHAR PRIMARY KEY,
+            fingerprint VARCHAR NOT NULL,
+            rule VARCHAR NOT NULL,
+            metric VARCHAR NOT NULL,
+            severity VARCHAR NOT NULL,
+            scope_key VARCHAR NOT NULL DEFAULT '{}',
+            model_name VARCHAR,
+            store_id VARCHAR,
+            category VARCHAR,
+            status VARCHAR NOT NULL,
+            value DOUBLE,
+            threshold DOUBLE NOT NULL,
+            samples BIGINT NOT NULL DEFAULT 0,
+            evaluations BIGINT NOT NULL DEFAULT 1,
+            fired_at TIMESTAMP NOT NULL,
+            updated_at TIMESTAMP NOT NULL,
+            resolved_at TIMESTAMP,
+            acked_at TIMESTAMP,
+            acked_by VARCHAR
+        );
+        CREATE SEQUENCE alert_delivery_ids START 1;
+        CREATE TABLE alert_deliveries (
+            delivery_id BIGINT PRIMARY KEY DEFAULT nextval('alert_delivery_ids'),
+            alert_id VARCHAR NOT NULL,
+            event VARCHAR NOT NULL,
+            target VARCHAR NOT NULL,
+            attempt INTEGER NOT NULL,
+            status_code INTEGER,
+            ok BOOLEAN NOT NULL,
+            error VARCHAR NOT NULL DEFAULT '',
+            attempted_at TIMESTAMP NOT NULL
+        );
+        CREATE INDEX accuracy_rows_scope ON accuracy_rows (model_name, store_id, category);
+        CREATE INDEX drift_rows_scope ON drift_rows (model_name, store_id, category);
+        """,
+    ),
 )

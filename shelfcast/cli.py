@@ -21,6 +21,7 @@ from server import admin_cli
 from server import cli as server_cli
 from server.config import ServerConfig
 from server.errors import ServerError
+from server.quality import cli as monitoring_cli
 from shelfcast import __version__
 from shelfcast import demo as demo_cmd
 
@@ -108,6 +109,9 @@ cli.add_command(server_cli.server)
 for admin_group in admin_cli.ADMIN_GROUPS:
     cli.add_command(admin_group)
 cli.add_command(agent_cli.agent)
+cli.add_command(monitoring_cli.accuracy)
+cli.add_command(monitoring_cli.drift)
+cli.add_command(monitoring_cli.alerts)
 cli.add_command(demo_cmd.demo)
 
 

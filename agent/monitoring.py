@@ -1,0 +1,226 @@
+"""Measure at the store: accuracy of past forecasts once their actuals arrive, and weekly data drift.
+
+Called by the work loop after an ingest that added rows. For every kept scoring run (the served
+version's and any shadow version's) it scores the forecast dates that now have actuals and were not
+reported before (a watermark per run in ``monitoring.json``), and once a week of new sales has come in
+it checks drift against the served bundle's reference. Reports are queued in the durable outbox with
+deterministic idempotency keys, so a crash between queueing and recording the watermark resends a
+report the server already counted, and the server drops it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from agent.paths import StatePaths, atomic_write_bytes
+from forecasting.logs import get_logger
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from agent.store import LocalStore
+
+log = get_logger("agent.monitoring")
+
+STATE_FILE = "monitoring.json"
+DRIFT_EVERY_DAYS = 7
+
+
+class MonitoringState(msgspec.Struct, kw_only=True):
+    """What was reported already: per scoring run the last forecast date measured; the last drift date."""
+
+    accuracy_through: dict[str, date] = msgspec.field(default_factory=dict)
+    drift_through: date | None = None
+
+
+@dataclass
+class Outcome:
+    accuracy_reports: int = 0
+    drift_reports: int = 0
+    reports: list[tuple[str, bytes, str]] = field(default_factory=list)
+
+
+def _state_path(paths: StatePaths) -> Path:
+    return paths.root / STATE_FILE
+
+
+def load_state(paths: StatePaths) -> MonitoringState:
+    try:
+        return msgspec.json.decode(_state_path(paths).read_bytes(), type=MonitoringState)
+    except (FileNotFoundError, msgspec.DecodeError):
+        return MonitoringState()
+
+
+def _history(store: LocalStore, paths: StatePaths) -> pl.DataFrame:
+    import polars as pl
+
+    tmp = paths.root / f"monitoring-history-{secrets.token_hex(4)}.parquet"
+    try:
+        store.export_history(tmp)
+        return pl.read_parquet(tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def measure(
+    paths: StatePaths,
+    store: LocalStore,
+    *,
+    store_id: str,
+    active: tuple[str, int] | None,
+    outbox_max_rows: int,
+    history: pl.DataFrame | None = None,
+) -> Outcome:
+    """Compute and queue the reports that the sales now in the store allow; returns what was queued."""
+    from forecasting.bundle import read_manifest
+
+    state = load_state(paths)
+    outcome = Outcome()
+    frame = history if history is not None else _history(store, paths)
+    if frame.height == 0:
+        return outcome
+    latest = frame.select("ds").max().item()
+    kept = {r["run_id"]: r for r in store.runs(limit=1000)}
+    for run_id, run in sorted(kept.items(), key=lambda kv: kv[1]["started_at"]):
+        bundle = paths.version_dir(run["model_name"], run["version"])
+        if not bundle.is_dir():
+            continue
+        role = "served" if active == (run["model_name"], run["version"]) else "shadow"
+        report = _accuracy_report(
+            paths, run, frame, read_manifest(bundle), store_id=store_id, role=role,
+            after=state.accuracy_through.get(run_id),
+        )  # fmt: skip
+        if report is None:
+            continue
+        body = msgspec.json.encode(report)
+        outcome.reports.append(("/v1/accuracy", body, report.report_id))
+        state.accuracy_through[run_id] = report.period_end
+        outcome.accuracy_reports += 1
+    state.accuracy_through = {k: v for k, v in state.accuracy_through.items() if k in kept}
+    due = state.drift_through is None or latest >= state.drift_through + timedelta(days=DRIFT_EVERY_DAYS)
+    if active is not None and due:
+        bundle = paths.version_dir(*active)
+        if bundle.is_dir():
+            drift = _drift_report(bundle, frame, store_id=store_id, model=active, as_of=latest)
+            outcome.reports.append(("/v1/drift", msgspec.json.encode(drift), drift.report_id))
+            state.drift_through = latest
+            outcome.drift_reports += 1
+    for path, body, key in outcome.reports:
+        kind = "accuracy" if path == "/v1/accuracy" else "drift"
+        store.enqueue(kind, path, body, key, max_rows=outbox_max_rows)
+    atomic_write_bytes(_state_path(paths), msgspec.json.encode(state))
+    if outcome.reports:
+        log.info(
+            "monitoring_reports_queued", store_id=store_id, accuracy_reports=outcome.accuracy_reports,
+            drift_reports=outcome.drift_reports, latest_sales=str(latest),
+        )  # fmt: skip
+    return outcome
+
+
+def _accuracy_report(
+    paths: StatePaths,
+    run: dict[str, Any],
+    frame: pl.DataFrame,
+    manifest: Any,
+    *,
+    store_id: str,
+    role: str,
+    after: date | None,
+) -> Any:
+    import polars as pl
+
+    from forecasting.accuracy import DEFAULT_BUCKETS, evaluate
+    from forecasting.contracts import AccuracyReport
+
+    forecasts_path = paths.root / run["path"]
+    if not forecasts_path.is_file():
+        return None
+    forecasts = pl.read_parquet(forecasts_path)
+    first = forecasts.select(pl.col("ds").min()).item()
+    actuals = frame.filter(pl.col("ds") >= first)
+    if after is not None:
+        actuals = actuals.filter(pl.col("ds") > after)
+    if actuals.height == 0:
+        return None
+    history = frame.filter(pl.col("ds") < first)
+    full = _with_steps(forecasts)
+    rows, joined = evaluate(
+        full.filter(pl.col("ds") > after) if after is not None else full,
+        actuals,
+        history=history,
+        season_length=manifest.season_length,
+        levels=manifest.levels,
+        buckets=DEFAULT_BUCKETS.get(manifest.freq, DEFAULT_BUCKETS["D"]),
+        backtest=manifest.metrics,
+    )
+    if not rows:
+        return None
+    period_start, period_end = joined.select(pl.col("ds").min(), pl.col("ds").max()).row(0)
+    return AccuracyReport(
+        report_id=f"acc-{store_id}-{run['run_id']}-{period_end}",
+        store_id=store_id,
+        model_name=run["model_name"],
+        version=int(run["version"]),
+        role=role,
+        period_start=period_start,
+        period_end=period_end,
+        created_at=datetime.now(UTC),
+        rows=rows,
+    )
+
+
+def _with_steps(forecasts: pl.DataFrame) -> pl.DataFrame:
+    from forecasting.accuracy import with_horizon
+
+    return with_horizon(forecasts)
+
+
+def _drift_report(
+    bundle: Path, frame: pl.DataFrame, *, store_id: str, model: tuple[str, int], as_of: date
+) -> Any:
+    import polars as pl
+
+    from forecasting.bundle import read_manifest
+    from forecasting.contracts import DriftReport
+    from forecasting.drift import drift_report
+
+    manifest = read_manifest(bundle)
+    series = bundle / "series.parquet"
+    known = None
+    if series.is_file():
+        known = set(pl.read_parquet(series, columns=["item_id"])["item_id"].cast(pl.Utf8).to_list())
+    found = drift_report(frame, as_of=as_of, reference=manifest.reference, known_items=known)
+    return DriftReport(
+        report_id=f"drift-{store_id}-{model[0]}-{model[1]}-{as_of}",
+        store_id=store_id,
+        model_name=model[0],
+        version=model[1],
+        role="served",
+        period_start=found.period_start,
+        period_end=found.period_end,
+        created_at=datetime.now(UTC),
+        unknown_item_share=found.unknown_item_share,
+        missing_rate=found.missing_rate,
+        categories=found.categories,
+    )
+
+
+def measure_after_ingest(runtime: Any) -> None:
+    """The work loop's call after new sales: measure, and never let a failure stop the loop."""
+    active = runtime.record.active
+    try:
+        measure(
+            runtime.paths,
+            runtime.store,
+            store_id=runtime.config.agent.store_id,
+            active=(active.model_name, active.version) if active is not None else None,
+            outbox_max_rows=runtime.config.agent.outbox_max_rows,
+        )
+    except Exception as exc:  # a monitoring bug must not stop forecasting
+        log.exception("monitoring_failed", reason=str(exc))

@@ -1,0 +1,238 @@
+"""SQL of the monitoring domain: idempotent report storage, grouped queries, alerts and deliveries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any
+
+import msgspec
+
+from forecasting.contracts import AccuracyReport, DriftReport
+from server.db import Database
+
+PERIODS = ("day", "week", "month", "quarter", "year")
+ACCURACY_GROUPS = ("model_name", "version", "role", "store_id", "category", "horizon_bucket", "period")
+DRIFT_GROUPS = ("model_name", "version", "role", "store_id", "category", "period")
+
+
+def _test_stat(tests: Sequence[Any], name: str) -> float | None:
+    for t in tests:
+        if t.name == name:
+            return None if t.statistic is None else float(t.statistic)
+    return None
+
+
+class Filters(msgspec.Struct, frozen=True, kw_only=True):
+    model_name: str | None = None
+    version: int | None = None
+    role: str | None = None
+    store_id: str | None = None
+    category: str | None = None
+    since: date | None = None
+    until: date | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column in ("model_name", "version", "role", "store_id", "category"):
+            value = getattr(self, column)
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if self.since is not None:
+            clauses.append("period_end >= ?")
+            params.append(self.since)
+        if self.until is not None:
+            clauses.append("period_end <= ?")
+            params.append(self.until)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _select_groups(group_by: Sequence[str], period: str) -> tuple[str, str]:
+    cols = [f"date_trunc('{period}', period_end)::DATE AS period" if g == "period" else g for g in group_by]
+    names = list(group_by)
+    return (", ".join(cols) + ", ") if cols else "", (" GROUP BY " + ", ".join(names)) if names else ""
+
+
+class QualityRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- reports ----------------------------------------------------------------------------------
+
+    def claim(self, kind: str, store_id: str, report_id: str, now: datetime) -> bool:
+        """Record the report id; False when it was stored before (a duplicate delivery)."""
+        row = self.db.fetch_one(
+            "INSERT INTO monitoring_reports VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING report_id",
+            [kind, store_id, report_id, now],
+        )
+        return row is not None
+
+    def insert_accuracy(self, report: AccuracyReport, now: datetime) -> None:
+        head = [report.report_id, report.store_id, report.model_name, report.version, report.role,
+                report.period_start, report.period_end]  # fmt: skip
+        for r in report.rows:
+            self.db.execute(
+                f"INSERT INTO accuracy_rows VALUES ({', '.join(['?'] * 20)})",  # noqa: S608 - placeholders
+                [*head, r.category, r.horizon_bucket, r.n, r.abs_err_sum, r.abs_y_sum, r.err_sum,
+                 r.scaled_abs_err_sum, r.scaled_n, r.covered.get("80"), r.covered.get("95"),
+                 msgspec.json.encode(r.covered).decode(), r.backtest_wape, now],
+            )  # fmt: skip
+
+    def insert_drift(self, report: DriftReport, now: datetime) -> None:
+        head = [report.report_id, report.store_id, report.model_name, report.version, report.role,
+                report.period_start, report.period_end]  # fmt: skip
+        self.db.execute(
+            "INSERT INTO drift_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [*head, report.unknown_item_share, report.missing_rate, now],
+        )
+        for c in report.categories:
+            self.db.execute(
+                "INSERT INTO drift_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [*head, c.category, c.comparison, c.drifted, c.score, _test_stat(c.tests, "psi"),
+                 _test_stat(c.tests, "wasserstein"), _test_stat(c.tests, "ks_pvalue"),
+                 _test_stat(c.tests, "zero_rate"), msgspec.json.encode(c.tests).decode()],
+            )  # fmt: skip
+
+    # --- queries ----------------------------------------------------------------------------------
+
+    def accuracy(self, filters: Filters, group_by: Sequence[str], period: str) -> list[dict[str, Any]]:
+        select, group = _select_groups(group_by, period)
+        where, params = filters.where()
+        order = (" ORDER BY " + ", ".join(group_by)) if group_by else ""
+        return self.db.fetch_all(
+            f"SELECT {select} count(DISTINCT report_id) AS reports, sum(n) AS n, "  # noqa: S608 - fixed names
+            "sum(abs_err_sum) AS abs_err_sum, sum(abs_y_sum) AS abs_y_sum, sum(err_sum) AS err_sum, "
+            "sum(scaled_abs_err_sum) AS scaled_abs_err_sum, sum(scaled_n) AS scaled_n, "
+            "sum(hits_80) AS hits_80, sum(n) FILTER (WHERE hits_80 IS NOT NULL) AS n_80, "
+            "sum(hits_95) AS hits_95, sum(n) FILTER (WHERE hits_95 IS NOT NULL) AS n_95, "
+            "sum(backtest_wape * n) FILTER (WHERE backtest_wape IS NOT NULL) AS bt_weighted, "
+            "sum(n) FILTER (WHERE backtest_wape IS NOT NULL) AS bt_n "
+            f"FROM accuracy_rows{where}{group}{order}",
+            params,
+        )
+
+    def drift(self, filters: Filters, group_by: Sequence[str], period: str) -> list[dict[str, Any]]:
+        select, group = _select_groups(group_by, period)
+        where, params = filters.where()
+        order = (" ORDER BY " + ", ".join(group_by)) if group_by else ""
+        return self.db.fetch_all(
+            f"SELECT {select} count(DISTINCT report_id) AS reports, count(*) AS checks, "  # noqa: S608
+            "count(*) FILTER (WHERE drifted) AS drifted, "
+            "avg(score) AS score_mean, max(score) AS score_max, avg(psi) AS psi_mean, "
+            "avg(wasserstein) AS wasserstein_mean, max(period_end) AS last_period_end "
+            f"FROM drift_rows{where}{group}{order}",
+            params,
+        )
+
+    def drift_periods(self, key: dict[str, str], metric: str, window: int) -> list[dict[str, float | None]]:
+        """Per-period values of a drift metric for a scope key, oldest first (the last ``window`` periods).
+
+        Each period maps category to its value (averaged over the scope's stores); report-level metrics
+        (``unknown_item_share``, ``missing_rate``) map ``""``.
+        """
+        if metric in ("unknown_item_share", "missing_rate"):
+            table, expr, category = "drift_reports", metric, "''"
+        else:
+            table, category = "drift_rows", "category"
+            expr = {"drift": "CASE WHEN drifted THEN 1.0 ELSE 0.0 END", "level": "score"}.get(metric, metric)
+        where = " AND ".join(f"{k} = ?" for k in key if not (table == "drift_reports" and k == "category"))
+        params = [v for k, v in key.items() if not (table == "drift_reports" and k == "category")]
+        rows = self.db.fetch_all(
+            f"WITH recent AS (SELECT DISTINCT period_end FROM {table} WHERE role = 'served' AND {where} "  # noqa: S608
+            "ORDER BY period_end DESC LIMIT ?) "
+            f"SELECT period_end, {category} AS category, avg({expr}) AS v FROM {table} "
+            f"WHERE role = 'served' AND {where} AND period_end IN (SELECT period_end FROM recent) "
+            "GROUP BY ALL ORDER BY period_end",
+            [*params, window, *params],
+        )
+        periods: dict[Any, dict[str, float | None]] = {}
+        for r in rows:
+            periods.setdefault(r["period_end"], {})[str(r["category"])] = (
+                None if r["v"] is None else float(r["v"])
+            )
+        return list(periods.values())
+
+    def accuracy_window(self, key: dict[str, str], window: int) -> dict[str, Any] | None:
+        """Pooled sums of the scope key's last ``window`` report periods (served version)."""
+        where = " AND ".join(f"{k} = ?" for k in key)
+        return self.db.fetch_one(
+            "WITH recent AS (SELECT DISTINCT period_end FROM accuracy_rows "  # noqa: S608
+            f"WHERE role = 'served' AND {where} ORDER BY period_end DESC LIMIT ?) "
+            "SELECT sum(n) AS n, sum(abs_err_sum) AS abs_err_sum, sum(abs_y_sum) AS abs_y_sum, "
+            "sum(err_sum) AS err_sum, sum(scaled_abs_err_sum) AS scaled_abs_err_sum, "
+            "sum(scaled_n) AS scaled_n, "
+            "sum(hits_80) AS hits_80, sum(n) FILTER (WHERE hits_80 IS NOT NULL) AS n_80, "
+            "sum(hits_95) AS hits_95, sum(n) FILTER (WHERE hits_95 IS NOT NULL) AS n_95, "
+            "sum(backtest_wape * n) FILTER (WHERE backtest_wape IS NOT NULL) AS bt_weighted, "
+            "sum(n) FILTER (WHERE backtest_wape IS NOT NULL) AS bt_n "
+            f"FROM accuracy_rows WHERE role = 'served' AND {where} "
+            "AND period_end IN (SELECT period_end FROM recent)",
+            [*key.values(), window, *key.values()],
+        )
+
+    # --- alerts -----------------------------------------------------------------------------------
+
+    def open_alert(self, fp: str) -> dict[str, Any] | None:
+        return self.db.fetch_one("SELECT * FROM alerts WHERE fingerprint = ? AND status = 'firing'", [fp])
+
+    def insert_alert(self, row: dict[str, Any]) -> None:
+        cols = list(row)
+        self.db.execute(
+            f"INSERT INTO alerts ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",  # noqa: S608
+            list(row.values()),
+        )
+
+    def touch_alert(self, alert_id: str, value: float | None, samples: int, now: datetime) -> None:
+        self.db.execute(
+            "UPDATE alerts SET value = ?, samples = ?, evaluations = evaluations + 1, updated_at = ? "
+            "WHERE alert_id = ?",
+            [value, samples, now, alert_id],
+        )
+
+    def resolve_alert(self, alert_id: str, value: float | None, now: datetime) -> None:
+        self.db.execute(
+            "UPDATE alerts SET status = 'resolved', value = ?, resolved_at = ?, updated_at = ? "
+            "WHERE alert_id = ?",
+            [value, now, now, alert_id],
+        )
+
+    def ack_alert(self, alert_id: str, who: str, now: datetime) -> None:
+        self.db.execute(
+            "UPDATE alerts SET acked_at = ?, acked_by = ? WHERE alert_id = ?", [now, who, alert_id]
+        )
+
+    def get_alert(self, alert_id: str) -> dict[str, Any] | None:
+        return self.db.fetch_one("SELECT * FROM alerts WHERE alert_id = ?", [alert_id])
+
+    def list_alerts(
+        self, *, status: str | None, store_id: str | None, severity: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        clauses, params = [], []
+        for column, value in (("status", status), ("store_id", store_id), ("severity", severity)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        return self.db.fetch_all(
+            f"SELECT * FROM alerts{where} ORDER BY fired_at DESC, alert_id LIMIT ?",  # noqa: S608
+            [*params, limit],
+        )
+
+    def firing_alerts(self) -> list[dict[str, Any]]:
+        return self.db.fetch_all("SELECT * FROM alerts WHERE status = 'firing' ORDER BY alert_id")
+
+    def record_delivery(self, row: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO alert_deliveries "
+            "(alert_id, event, target, attempt, status_code, ok, error, attempted_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [row["alert_id"], row["event"], row["target"], row["attempt"], row["status_code"], row["ok"],
+             row["error"], row["attempted_at"]],
+        )  # fmt: skip
+
+    def deliveries(self, alert_id: str) -> list[dict[str, Any]]:
+        return self.db.fetch_all(
+            "SELECT * FROM alert_deliveries WHERE alert_id = ? ORDER BY delivery_id", [alert_id]
+        )

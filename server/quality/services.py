@@ -1,0 +1,338 @@
+"""Rules of the monitoring domain: store reports once, answer grouped queries, evaluate alert rules.
+
+After each stored report the rules of its kind are evaluated for the scope keys the report touches; one
+alert stays open per rule and key (its fingerprint): a breach with no open alert fires one (log line,
+webhooks), a breach with one open only refreshes it (de-duplication), a clear verdict resolves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any
+
+import msgspec
+
+from forecasting.accuracy import Sums
+from forecasting.contracts import AccuracyReport, DriftReport
+from forecasting.logs import get_logger
+from server.auth import Principal, new_id
+from server.db import as_utc, utcnow
+from server.errors import InvalidInputError, NotFoundError, PermissionDeniedError
+from server.quality import schemas
+from server.quality.alerts import (
+    SCOPE_COLUMNS,
+    AlertRule,
+    AlertsConfig,
+    Verdict,
+    fingerprint,
+    judge,
+    judge_periods,
+)
+from server.quality.repository import ACCURACY_GROUPS, DRIFT_GROUPS, PERIODS, Filters, QualityRepository
+from server.quality.webhooks import WebhookSender
+
+log = get_logger("server.quality")
+
+MAX_ROWS_PER_REPORT = 100_000
+MAX_ALERTS_LISTED = 1000
+
+
+def _check_groups(group_by: Sequence[str], allowed: Sequence[str], period: str) -> list[str]:
+    unknown = [g for g in group_by if g not in allowed]
+    if unknown:
+        raise InvalidInputError(f"cannot group by {', '.join(unknown)} (choose from {', '.join(allowed)})")
+    if period not in PERIODS:
+        raise InvalidInputError(f"period must be one of {', '.join(PERIODS)}")
+    return list(dict.fromkeys(group_by))
+
+
+def _sums(row: dict[str, Any]) -> tuple[Sums, dict[str, float | None]]:
+    covered = {}
+    extra: dict[str, float | None] = {}
+    for level in ("80", "95"):
+        hits, n_level = row.get(f"hits_{level}"), row.get(f"n_{level}")
+        extra[f"coverage_{level}"] = float(hits) / float(n_level) if hits is not None and n_level else None
+        if hits is not None:
+            covered[level] = int(hits)
+    sums = Sums(
+        n=int(row["n"] or 0),
+        abs_err_sum=float(row["abs_err_sum"] or 0.0),
+        abs_y_sum=float(row["abs_y_sum"] or 0.0),
+        err_sum=float(row["err_sum"] or 0.0),
+        scaled_abs_err_sum=float(row["scaled_abs_err_sum"] or 0.0),
+        scaled_n=int(row["scaled_n"] or 0),
+        covered=covered,
+    )
+    bt = (
+        float(row["bt_weighted"]) / float(row["bt_n"])
+        if row.get("bt_weighted") is not None and row.get("bt_n")
+        else None
+    )
+    extra["backtest_wape"] = bt
+    wape = sums.ratios().wape
+    extra["wape_ratio"] = wape / bt if wape is not None and bt else None
+    return sums, extra
+
+
+def accuracy_metric(row: dict[str, Any], metric: str) -> tuple[float | None, int]:
+    """One accuracy metric (and the row count behind it) from pooled sums."""
+    sums, extra = _sums(row)
+    ratios = sums.ratios()
+    values: dict[str, float | None] = {
+        "wape": ratios.wape, "mae": ratios.mae, "mase": ratios.mase, "bias": ratios.bias,
+        "abs_bias": abs(ratios.bias) if ratios.bias is not None else None, **extra,
+    }  # fmt: skip
+    return values.get(metric), sums.n
+
+
+def _alert(row: dict[str, Any]) -> schemas.Alert:
+    fields = {f: row[f] for f in schemas.Alert.__struct_fields__ if f in row}
+    for name in ("fired_at", "updated_at", "resolved_at", "acked_at"):
+        fields[name] = as_utc(fields.get(name))
+    return schemas.Alert(**fields)
+
+
+class QualityService:
+    def __init__(
+        self, repo: QualityRepository, config: AlertsConfig, sender: WebhookSender | None = None
+    ) -> None:
+        self.repo = repo
+        self.config = config
+        self.sender = sender or WebhookSender(config.webhooks, repo.record_delivery)
+
+    # --- reports ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_sender(store_id: str, who: Principal) -> None:
+        if who.role == "agent" and who.store_id != store_id:
+            raise PermissionDeniedError(
+                f"this credential belongs to store {who.store_id}; it cannot report for store {store_id}"
+            )
+
+    def accept_accuracy(self, report: AccuracyReport, who: Principal) -> schemas.ReportAccepted:
+        self._check_sender(report.store_id, who)
+        if len(report.rows) > MAX_ROWS_PER_REPORT:
+            raise InvalidInputError(f"a report holds at most {MAX_ROWS_PER_REPORT} rows")
+        now = utcnow()
+        with self.repo.db.transaction():
+            if not self.repo.claim("accuracy", report.store_id, report.report_id, now):
+                return schemas.ReportAccepted(report_id=report.report_id, duplicate=True)
+            self.repo.insert_accuracy(report, now)
+        categories = sorted({r.category for r in report.rows})
+        fired, resolved = self._evaluate(
+            "accuracy", report.model_name, report.store_id, categories, report.role
+        )
+        log.info(
+            "accuracy_report_stored", store_id=report.store_id, model_name=report.model_name,
+            model_version=report.version, role=report.role, rows=len(report.rows),
+            period_end=str(report.period_end), alerts_fired=fired, alerts_resolved=resolved,
+        )  # fmt: skip
+        return schemas.ReportAccepted(
+            report_id=report.report_id, rows=len(report.rows), alerts_fired=fired, alerts_resolved=resolved
+        )
+
+    def accept_drift(self, report: DriftReport, who: Principal) -> schemas.ReportAccepted:
+        self._check_sender(report.store_id, who)
+        if len(report.categories) > MAX_ROWS_PER_REPORT:
+            raise InvalidInputError(f"a report holds at most {MAX_ROWS_PER_REPORT} categories")
+        now = utcnow()
+        with self.repo.db.transaction():
+            if not self.repo.claim("drift", report.store_id, report.report_id, now):
+                return schemas.ReportAccepted(report_id=report.report_id, duplicate=True)
+            self.repo.insert_drift(report, now)
+        categories = sorted({c.category for c in report.categories})
+        fired, resolved = self._evaluate("drift", report.model_name, report.store_id, categories, report.role)
+        log.info(
+            "drift_report_stored", store_id=report.store_id, model_name=report.model_name,
+            model_version=report.version, role=report.role, categories=len(categories),
+            drifted=sum(c.drifted for c in report.categories), period_end=str(report.period_end),
+            alerts_fired=fired, alerts_resolved=resolved,
+        )  # fmt: skip
+        return schemas.ReportAccepted(
+            report_id=report.report_id, rows=len(categories), alerts_fired=fired, alerts_resolved=resolved
+        )
+
+    # --- queries ----------------------------------------------------------------------------------
+
+    def accuracy(self, filters: Filters, group_by: Sequence[str], period: str) -> list[schemas.AccuracyGroup]:
+        groups = _check_groups(group_by, ACCURACY_GROUPS, period)
+        out = []
+        for row in self.repo.accuracy(filters, groups, period):
+            if not row["n"]:
+                continue
+            sums, extra = _sums(row)
+            ratios = sums.ratios()
+            keys = {g: row[g] for g in groups}
+            out.append(
+                schemas.AccuracyGroup(
+                    **keys,
+                    reports=int(row["reports"]),
+                    n=sums.n,
+                    wape=ratios.wape,
+                    mae=ratios.mae,
+                    mase=ratios.mase,
+                    bias=ratios.bias,
+                    coverage_80=extra["coverage_80"],
+                    coverage_95=extra["coverage_95"],
+                    backtest_wape=extra["backtest_wape"],
+                    wape_ratio=extra["wape_ratio"],
+                )
+            )
+        return out
+
+    def drift(self, filters: Filters, group_by: Sequence[str], period: str) -> list[schemas.DriftGroup]:
+        groups = _check_groups(group_by, DRIFT_GROUPS, period)
+        out = []
+        for row in self.repo.drift(filters, groups, period):
+            if not row["checks"]:
+                continue
+            keys = {g: row[g] for g in groups}
+            out.append(
+                schemas.DriftGroup(
+                    **keys,
+                    reports=int(row["reports"]),
+                    checks=int(row["checks"]),
+                    drifted=int(row["drifted"]),
+                    drift_rate=int(row["drifted"]) / int(row["checks"]),
+                    score_mean=row["score_mean"],
+                    score_max=row["score_max"],
+                    psi_mean=row["psi_mean"],
+                    wasserstein_mean=row["wasserstein_mean"],
+                    last_period_end=row["last_period_end"],
+                )
+            )
+        return out
+
+    # --- alerts -----------------------------------------------------------------------------------
+
+    def _evaluate(
+        self, kind: str, model_name: str, store_id: str, categories: list[str], role: str
+    ) -> tuple[int, int]:
+        if role != "served":
+            return 0, 0
+        fired = resolved = 0
+        for rule in self.config.rules:
+            if rule.kind != kind:
+                continue
+            for key in self._keys(rule, model_name, store_id, categories):
+                verdict, worst = self._judge(rule, key)
+                outcome = self._apply(rule, key, verdict, worst)
+                fired += outcome == "fired"
+                resolved += outcome == "resolved"
+        return fired, resolved
+
+    @staticmethod
+    def _keys(rule: AlertRule, model_name: str, store_id: str, categories: list[str]) -> list[dict[str, str]]:
+        values = {"model_name": model_name, "store_id": store_id}
+        columns = SCOPE_COLUMNS[rule.scope]
+        if "category" not in columns:
+            return [{c: values[c] for c in columns}]
+        return [{**{c: values[c] for c in columns if c != "category"}, "category": cat} for cat in categories]
+
+    def _judge(self, rule: AlertRule, key: dict[str, str]) -> tuple[Verdict, list[str]]:
+        if rule.kind == "accuracy":
+            row = self.repo.accuracy_window(key, rule.window)
+            if row is None or row["n"] is None:
+                return Verdict(state="unknown", value=None, samples=0), []
+            value, samples = accuracy_metric(row, rule.metric)
+            return judge(rule, value, samples), []
+        return judge_periods(rule, self.repo.drift_periods(key, rule.metric, rule.window))
+
+    def _apply(self, rule: AlertRule, key: dict[str, str], verdict: Verdict, worst: list[str]) -> str:
+        fp = fingerprint(rule, key)
+        now = utcnow()
+        with self.repo.db.transaction():
+            current = self.repo.open_alert(fp)
+            if verdict.state == "firing" and current is None:
+                row = {
+                    "alert_id": new_id("alr"), "fingerprint": fp, "rule": rule.name, "metric": rule.metric,
+                    "severity": rule.severity, "scope_key": msgspec.json.encode(key).decode(),
+                    "model_name": key.get("model_name"), "store_id": key.get("store_id"),
+                    "category": key.get("category") or ",".join(worst) or None, "status": "firing",
+                    "value": verdict.value, "threshold": rule.threshold, "samples": verdict.samples,
+                    "evaluations": 1, "fired_at": now, "updated_at": now,
+                }  # fmt: skip
+                self.repo.insert_alert(row)
+                outcome = "fired"
+            elif verdict.state in ("firing", "holding") and current is not None:
+                self.repo.touch_alert(current["alert_id"], verdict.value, verdict.samples, now)
+                return "deduplicated"
+            elif verdict.state == "ok" and current is not None:
+                self.repo.resolve_alert(current["alert_id"], verdict.value, now)
+                row = {
+                    **current,
+                    "status": "resolved",
+                    "value": verdict.value,
+                    "resolved_at": now,
+                    "updated_at": now,
+                }
+                outcome = "resolved"
+            else:
+                return "unchanged"
+        self._notify(row, outcome)
+        return outcome
+
+    def _notify(self, row: dict[str, Any], outcome: str) -> None:
+        alert = _alert(row)
+        event = "firing" if outcome == "fired" else "resolved"
+        fields = {
+            "alert_id": alert.alert_id, "rule": alert.rule, "metric": alert.metric,
+            "severity": alert.severity,
+            "model_name": alert.model_name, "store_id": alert.store_id, "category": alert.category,
+            "value": alert.value, "threshold": alert.threshold, "samples": alert.samples,
+        }  # fmt: skip
+        if event == "firing":
+            log.warning("alert_firing", **fields)
+        else:
+            log.info("alert_resolved", **fields)
+        body = msgspec.json.encode(
+            {"event": f"alert.{event}", "sent_at": datetime.now().astimezone(), "alert": alert}
+        )
+        self.sender.send(alert.alert_id, event, alert.severity, body)
+
+    def list_alerts(
+        self, *, status: str | None, store_id: str | None, severity: str | None, limit: int | None
+    ) -> list[schemas.Alert]:
+        if status not in (None, "firing", "resolved"):
+            raise InvalidInputError("status must be firing or resolved")
+        cap = min(limit or MAX_ALERTS_LISTED, MAX_ALERTS_LISTED)
+        rows = self.repo.list_alerts(status=status, store_id=store_id, severity=severity, limit=cap)
+        return [_alert(r) for r in rows]
+
+    def get_alert(self, alert_id: str) -> schemas.AlertDetail:
+        row = self.repo.get_alert(alert_id)
+        if row is None:
+            raise NotFoundError(f"no alert {alert_id!r}")
+        deliveries = [
+            schemas.Delivery(**{**d, "attempted_at": as_utc(d["attempted_at"])})
+            for d in self.repo.deliveries(alert_id)
+        ]
+        return schemas.AlertDetail(alert=_alert(row), deliveries=deliveries)
+
+    def ack(self, alert_id: str, who: Principal) -> schemas.Alert:
+        if self.repo.get_alert(alert_id) is None:
+            raise NotFoundError(f"no alert {alert_id!r}")
+        self.repo.ack_alert(alert_id, who.actor, utcnow())
+        log.info("alert_acked", alert_id=alert_id, actor=who.actor)
+        return self.get_alert(alert_id).alert
+
+    def gauges(self) -> list[dict[str, Any]]:
+        """Firing alerts for the Prometheus gauge."""
+        return self.repo.firing_alerts()
+
+
+def parse_filters(
+    *,
+    model_name: str | None,
+    version: int | None,
+    role: str | None,
+    store_id: str | None,
+    category: str | None,
+    since: date | None,
+    until: date | None,
+) -> Filters:
+    return Filters(
+        model_name=model_name, version=version, role=role, store_id=store_id, category=category,
+        since=since, until=until,
+    )  # fmt: skip
