@@ -480,7 +480,6 @@ class AgentRuntime:
                 timeout_graceful_shutdown=5,
             )
         )
-        self.start_worker()
         task = asyncio.create_task(server.serve())
         while not server.started and not task.done():
             await asyncio.sleep(0.005)
@@ -493,6 +492,9 @@ class AgentRuntime:
         notify(
             f"READY=1\nSTATUS=serving on {self.config.api.host}:{self.config.api.port}\nMAINPID={os.getpid()}"
         )
+        # The work loop (store, lifecycle, last forecasts) starts once the API listens: READY comes sooner,
+        # and for the moment the last run takes to open the API answers 503 "no forecasts yet".
+        self.start_worker()
         log.info(
             "agent_started",
             store_id=self.config.agent.store_id,
