@@ -212,13 +212,13 @@ def _holiday(df: pl.DataFrame) -> list[pl.Expr]:
 def training_origins(
     history: pl.DataFrame, spec: FeatureSpec, *, last_t: pl.DataFrame | None = None
 ) -> pl.DataFrame:
-    """Origins used for training: the last ``2 x season`` indices of each series that leave a full season
-    of history behind them (``last_t`` caps the target index per series: ``store_id, item_id, t_max``)."""
+    """Origins used for training: the last ``season + horizon`` indices of each series (not before half a
+    season of history) (``last_t`` caps the target index per series: ``store_id, item_id, t_max``)."""
     keys = ["store_id", "item_id"]
     n = history.group_by(keys).agg(pl.len().alias("n"))
     if last_t is not None:
         n = n.join(last_t, on=keys).with_columns(pl.min_horizontal("n", pl.col("t_max") + 1).alias("n"))
-    span = 2 * spec.season_length + spec.horizon
+    span = spec.season_length + spec.horizon
     first_allowed = spec.season_length // 2
     origins = n.select(
         *keys, pl.int_ranges(pl.max_horizontal(pl.col("n") - span, first_allowed), pl.col("n") - 1).alias("t")
@@ -273,7 +273,7 @@ def fit(
         "seed": cfg.seed,
         "deterministic": True,
         "force_row_wise": True,
-        "num_threads": 2,
+        "num_threads": 1,  # OpenMP spin-waits collapse on shared, oversubscribed cores
         "verbosity": -1,
     }
     data = lgb.Dataset(

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+
 import numpy as np
+import polars as pl
 import pytest
 
+from forecasting import gbm
+from forecasting.backtest import run_backtest
 from forecasting.config import TrainSection
 from forecasting.errors import ConfigError
 from forecasting.models import (
@@ -63,3 +68,53 @@ def test_multiplicative_indices_recover_the_pattern_and_average_one() -> None:
     np.testing.assert_allclose(idx, pattern, rtol=1e-9)
     fc = naive2_forecast(y, 4, 6)
     np.testing.assert_allclose(fc, np.r_[pattern, pattern][:6] * 10.0, rtol=1e-9)
+
+
+def _weekly_frame(weeks: int = 120) -> pl.DataFrame:
+    rng = np.random.default_rng(1)
+    start = date(2021, 1, 1)
+    rows = []
+    for item, level in (("A", 100.0), ("B", 30.0)):
+        season = 1 + 0.3 * np.sin(2 * np.pi * np.arange(weeks) / 52)
+        y = level * season + rng.normal(0, 2, weeks)
+        rows += [
+            {
+                "store_id": "S1",
+                "item_id": item,
+                "category": item,
+                "ds": start + timedelta(weeks=w),
+                "y": float(y[w]),
+            }
+            for w in range(weeks)
+        ]
+    return pl.DataFrame(rows)
+
+
+def test_gbm_features_use_only_history_before_the_origin() -> None:
+    """Features of an origin do not change when later rows exist; lags shorter than h are null."""
+    frame = _weekly_frame()
+    spec = gbm.make_spec(frame, TrainSection(season_length=52, gbm_lags=[1, 52]), "W", horizon=4)
+    cut = frame["ds"].unique().sort()[99]
+    past = frame.filter(pl.col("ds") <= cut)
+    edge = gbm.make_features(past, spec)
+    origins = pl.DataFrame({"store_id": ["S1", "S1"], "item_id": ["A", "B"], "t": [99, 99]})
+    full = gbm.make_features(frame, spec, origins=origins)
+    assert edge.select(spec.feature_names).equals(full.select(spec.feature_names))
+    assert edge.height == 2 * 4
+    first = edge.filter((pl.col("item_id") == "A") & (pl.col("horizon") == 1)).row(0, named=True)
+    a_last = past.filter(pl.col("item_id") == "A")["y"][-1]
+    assert first["lag_1"] == pytest.approx(a_last / first["scale"], rel=1e-6)
+    assert edge.filter(pl.col("horizon") >= 2)["lag_1"].null_count() == 2 * 3
+    assert edge["ds"].min() > cut
+
+
+def test_gbm_candidate_backtests_beside_local_models() -> None:
+    """LightGBM runs in the rolling backtest with the same cutoffs as the statsforecast candidates."""
+    cfg = TrainSection(
+        horizon=4, season_length=52, windows=2, step=4, models=["SeasonalNaive", "LightGBM"], gbm_rounds=20
+    )
+    result = run_backtest(_weekly_frame(), cfg, "W", intervals=False)
+    assert result.cv["LightGBM"].null_count() == 0
+    assert result.cv.height == 2 * 2 * 4
+    mae = dict(result.series_metrics.group_by("model").agg(pl.col("mae").mean()).iter_rows())
+    assert set(mae) == {"SeasonalNaive", "LightGBM"}
