@@ -82,3 +82,26 @@ def test_history_without_required_columns(mixed_bundle: Path, frame: pl.DataFram
     """A history frame missing y is a DataError."""
     with pytest.raises(DataError):
         score(mixed_bundle, frame.drop("y"))
+
+
+def test_unsorted_history_scores_like_sorted(mixed_bundle: Path, frame: pl.DataFrame) -> None:
+    """Row order of the history does not matter (the sorted fast path and the sorting path agree)."""
+    shuffled = frame.sample(fraction=1.0, shuffle=True, seed=1)
+    assert score(mixed_bundle, shuffled, horizon=7).equals(score(mixed_bundle, frame, horizon=7))
+
+
+def test_chunks_and_threads_do_not_change_results(
+    mixed_bundle: Path, frame: pl.DataFrame, tmp_path: Path
+) -> None:
+    """Scoring in many small chunks on two threads, streamed to Parquet, equals one chunk on one thread."""
+    one = score(mixed_bundle, frame, horizon=7, threads=1)
+    many = score(mixed_bundle, frame, horizon=7, threads=2, chunk_series=3, out=tmp_path / "f.parquet")
+    assert many.equals(one)
+    assert pl.read_parquet(tmp_path / "f.parquet").equals(one)
+
+
+def test_empty_history(mixed_bundle: Path, frame: pl.DataFrame) -> None:
+    """An empty history gives an empty forecast frame with the output columns."""
+    out = score(mixed_bundle, frame.clear(), horizon=7)
+    assert out.height == 0
+    assert out.columns == output_columns([80, 95])
