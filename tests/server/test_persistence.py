@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
 import pytest
+from click.testing import CliRunner
 
 from server.db import DB_FILE_NAME, Database
 from server.errors import StorageLockedError
+from shelfcast.cli import cli
 from tests.conftest import free_port
 from tests.server.conftest import (
     FRESH_MAX_BUNDLE_BYTES,
@@ -61,27 +60,10 @@ def test_second_writer_is_refused_clearly(server: RunningServer) -> None:
     """A second server on the same state folder exits 1: the database is in use (also after a backup)."""
     with server.admin() as admin:
         assert admin.get("/v1/admin/backup").status_code == 200
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shelfcast",
-            "server",
-            "run",
-            "--port",
-            str(free_port()),
-            "--state-dir",
-            str(server.state_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "SHELFCAST_LOGGING__FORMAT": "json"},
-    )
-    assert result.returncode == 1
+    args = ["server", "run", "--port", str(free_port()), "--state-dir", str(server.state_dir)]
+    result = CliRunner().invoke(cli, args, env={"SHELFCAST_LOGGING__FORMAT": "json"})
+    assert result.exit_code == 1
     assert "in use by another process" in result.stderr
-    assert "Traceback" not in result.stderr
     with pytest.raises(StorageLockedError):
         Database.open(server.state_dir / DB_FILE_NAME)
 
@@ -111,75 +93,34 @@ def test_restart_backup_and_restore_keep_everything(
     fresh_server.restart()
     _check_populated(fresh_server, secrets)
     backup_dir = tmp_path / "backup"
-    env = {
-        **os.environ,
-        "SHELFCAST_SERVER_URL": fresh_server.url,
-        "SHELFCAST_TOKEN": fresh_server.admin_token,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "shelfcast", "server", "backup", "--to", str(backup_dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr
+    runner = CliRunner()
+    env = {"SHELFCAST_SERVER_URL": fresh_server.url, "SHELFCAST_TOKEN": fresh_server.admin_token}
+    done = runner.invoke(cli, ["server", "backup", "--to", str(backup_dir)], env=env)
+    assert done.exit_code == 0, done.output
     assert (backup_dir / "backup.json").is_file()
     restored_dir = tmp_path / "restored" / "state"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shelfcast",
-            "server",
-            "restore",
-            "--from",
-            str(backup_dir),
-            "--state-dir",
-            str(restored_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    done = runner.invoke(
+        cli, ["server", "restore", "--from", str(backup_dir), "--state-dir", str(restored_dir)]
     )
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.output
     restored = launch(restored_dir.parent, fresh_server.trusted_key)
     try:
         _check_populated(restored, secrets)
     finally:
         restored.process.stop()
     (backup_dir / DB_FILE_NAME).write_bytes(b"corrupt")
-    refused = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shelfcast",
-            "server",
-            "restore",
-            "--from",
-            str(backup_dir),
-            "--state-dir",
-            str(tmp_path / "other"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert refused.returncode == 1
+    other = tmp_path / "other"
+    refused = runner.invoke(cli, ["server", "restore", "--from", str(backup_dir), "--state-dir", str(other)])
+    assert refused.exit_code == 1
     assert "does not match its recorded sha256" in refused.stderr
+    assert not other.exists()
 
 
 def test_init_prints_an_admin_token_once_and_keeps_only_its_hash(tmp_path: Path) -> None:
     """`server init` prints a working admin token; the database holds its sha256, not the token."""
-    from click.testing import CliRunner
-
     from server.app import ServerState
     from server.auth import hash_token
     from server.config import ServerConfig
-    from shelfcast.cli import cli
 
     state_dir = tmp_path / "state"
     result = CliRunner().invoke(cli, ["server", "init", "--state-dir", str(state_dir)], env={})

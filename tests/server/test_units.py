@@ -15,7 +15,7 @@ from server.pagination import decode_cursor, encode_cursor, next_cursor, page_re
 from server.registry.controllers import parse_range
 
 
-@settings(deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(size=st.integers(1, 10_000), start=st.integers(0, 12_000), length=st.integers(0, 12_000))
 def test_range_is_inside_the_file_or_refused(size: int, start: int, length: int) -> None:
     """``bytes=a-b`` gives offsets inside the file, or 416 when it starts beyond the end."""
@@ -28,7 +28,7 @@ def test_range_is_inside_the_file_or_refused(size: int, start: int, length: int)
     assert (first, last) == (start, min(start + length, size - 1))
 
 
-@settings(deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(size=st.integers(1, 10_000), suffix=st.integers(1, 20_000))
 def test_suffix_range_is_the_tail(size: int, suffix: int) -> None:
     """``bytes=-n`` is the last n bytes (the whole file when n exceeds it)."""
@@ -44,7 +44,7 @@ def test_unsupported_ranges_are_refused(header: str) -> None:
         parse_range(header, 100)
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(st.lists(st.one_of(st.integers(), st.text(max_size=20)), max_size=3))
 def test_cursor_round_trip(key: list[object]) -> None:
     """A cursor decodes to the sort key it was made from."""
