@@ -453,7 +453,7 @@ def _flatten(value: dict[str, Any], prefix: str = "", depth: int = 0) -> dict[st
     out: dict[str, Any] = {}
     for key, item in value.items():
         name = f"{prefix}{key}"
-        if isinstance(item, dict) and depth < 2:
+        if isinstance(item, dict) and depth < 3:
             out.update(_flatten(item, f"{name}.", depth + 1))
         else:
             out[name] = item
