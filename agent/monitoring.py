@@ -161,7 +161,9 @@ def _accuracy_report(
     )
     if not rows:
         return None
-    period_start, period_end = joined.select(pl.col("ds").min(), pl.col("ds").max()).row(0)
+    period_start, period_end = joined.select(
+        pl.col("ds").min().alias("a"), pl.col("ds").max().alias("b")
+    ).row(0)
     return AccuracyReport(
         report_id=f"acc-{store_id}-{run['run_id']}-{period_end}",
         store_id=store_id,

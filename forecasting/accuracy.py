@@ -46,8 +46,12 @@ def bucket_expr(h: pl.Expr, edges: Sequence[int]) -> pl.Expr:
 
 
 def with_horizon(forecasts: pl.DataFrame) -> pl.DataFrame:
-    """Add ``h``: the step of each forecast row within its series (1 = first forecast date)."""
-    return forecasts.with_columns(pl.col("ds").rank("dense").over(list(KEYS)).cast(pl.Int32).alias("h"))
+    """Add ``h``: the step of each row among the run's forecast dates (1 = the first date forecast).
+
+    Every series of a scoring run is forecast from the same history end, so the step is the rank of
+    the date among all the run's dates (a series with a gap in its rows keeps true steps).
+    """
+    return forecasts.with_columns(pl.col("ds").rank("dense").cast(pl.Int32).alias("h"))
 
 
 def series_scale(history: pl.DataFrame, season_length: int) -> pl.DataFrame:
