@@ -176,13 +176,15 @@ class FleetRepository:
         self.db.execute("DELETE FROM report_keys WHERE received_at < ?", [older_than])
 
     def upsert_agent_status(self, row: dict[str, Any]) -> None:
+        """Insert or replace the store's reported state, unless what is stored was sent later."""
         self.db.execute(
             "INSERT INTO agent_status (store_id, state, model_name, active_version, last_scored_at, "
             "agent_version, sent_at, last_contact_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (store_id) DO UPDATE SET state = excluded.state, model_name = excluded.model_name, "
             "active_version = excluded.active_version, last_scored_at = excluded.last_scored_at, "
             "agent_version = excluded.agent_version, sent_at = excluded.sent_at, "
-            "last_contact_at = excluded.last_contact_at",
+            "last_contact_at = excluded.last_contact_at "
+            "WHERE excluded.sent_at >= agent_status.sent_at",
             [
                 row["store_id"],
                 row["state"],
@@ -193,6 +195,13 @@ class FleetRepository:
                 row["sent_at"],
                 row["last_contact_at"],
             ],
+        )
+
+    def touch_agent(self, store_id: str, at: datetime) -> None:
+        """Record contact without changing the reported state (a late, out-of-order report)."""
+        self.db.execute(
+            "UPDATE agent_status SET last_contact_at = greatest(last_contact_at, ?) WHERE store_id = ?",
+            [at, store_id],
         )
 
     def fleet_gauges(self, stale_before: datetime) -> dict[str, Any]:

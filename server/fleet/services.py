@@ -29,7 +29,8 @@ from server.registry.services import check_name
 
 log = get_logger("server.fleet")
 
-REPORT_KEY_RETENTION = timedelta(days=2)
+REPORT_KEY_RETENTION = timedelta(days=1)
+PRUNE_EVERY_HEARTBEATS = 1000  # keeps the idempotency-key table to about a day of reports
 
 
 class CachedAssignment(msgspec.Struct, frozen=True):
@@ -59,6 +60,7 @@ class FleetService:
         self._assignments: dict[str, CachedAssignment | None] = {}
         self._cache_lock = threading.Lock()
         self._generation = 0
+        self._heartbeats = 0
 
     def load_tokens(self) -> None:
         """Fill the token index from the credentials table (at start and after restores)."""
@@ -291,6 +293,10 @@ class FleetService:
                     "last_contact_at": now,
                 }
             )
+            self.repo.touch_agent(beat.store_id, now)
+            self._heartbeats += 1
+            if self._heartbeats % PRUNE_EVERY_HEARTBEATS == 0:
+                self.repo.prune_report_keys(now - REPORT_KEY_RETENTION)
         return schemas.Accepted()
 
     def prune(self) -> None:

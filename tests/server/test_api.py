@@ -144,7 +144,7 @@ def _tamper(archive: Path, tmp_path: Path) -> Path:
 
 
 def test_heartbeats_idempotent_and_scoped(server: RunningServer, tmp_path: Path, signing_key: Path) -> None:
-    """Heartbeats record state, version and contact; a repeated Idempotency-Key is a no-op; others refused."""
+    """Heartbeats record state, version, contact; repeats and late reports change nothing; others refused."""
     model, store, token, _ = _ready_store(server, tmp_path, signing_key)
     beat = {
         "store_id": store,
@@ -164,6 +164,8 @@ def test_heartbeats_idempotent_and_scoped(server: RunningServer, tmp_path: Path,
         assert foreign.status_code == 403
         bad = agent.post("/v1/heartbeats", json={**beat, "unknown_field": 1})
         assert bad.status_code == 400
+        late = {**beat, "state": "syncing", "active_version": 0, "sent_at": "2020-01-01T00:00:00Z"}
+        assert agent.post("/v1/heartbeats", json=late).status_code == 202  # older than what is stored
     with server.admin() as admin:
         status = admin.get(f"/v1/stores/{store}").json()["status"]
     assert status["state"] == "serving"
