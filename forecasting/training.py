@@ -22,7 +22,7 @@ import msgspec
 import numpy as np
 import polars as pl
 
-from forecasting import metrics
+from forecasting import drift, metrics
 from forecasting.backtest import ID, BacktestResult, run_backtest, series_table
 from forecasting.config import TrainConfig, TrainSection
 from forecasting.errors import ConfigError
@@ -333,7 +333,7 @@ def write_run(
         models=fitted.models,
         fallback_model=cfg.fallback,
         metrics=manifest_metrics(result.backtest, result.assignment),
-        reference=reference_stats(result.frame, cfg.season_length),
+        reference=drift.reference_summary(result.frame, cfg.season_length),
         lineage=BundleLineage(
             run_id=lineage.run_id,
             dataset_fingerprint=lineage.dataset_fingerprint,
