@@ -63,13 +63,17 @@ def pad_right_aligned(values: FloatArray, offsets: IntArray, idx: IntArray) -> t
         return np.zeros((0, 0)), lengths
     width = int(lengths.max())
     if int(lengths.min()) == width:
-        gather = starts[None, :] + np.arange(width)[:, None]
-        return values[gather], lengths
-    local = np.arange(width)[:, None] - (width - lengths)[None, :]
-    gather = starts[None, :] + np.maximum(local, 0)
-    mat = values[gather]
-    mat[local < 0] = 0.0
-    return mat, lengths
+        total = len(offsets) - 1
+        if offsets[0] == 0 and int(offsets[-1]) == total * width and len(values) == total * width:
+            # every series of the packed array has this length: a zero-copy (series, time) view
+            series_major = values.reshape(total, width)[idx]
+        else:
+            series_major = values[starts[:, None] + np.arange(width)[None, :]]
+        return np.ascontiguousarray(series_major.T), lengths
+    local = np.arange(width)[None, :] - (width - lengths)[:, None]
+    series_major = values[starts[:, None] + np.maximum(local, 0)]
+    series_major[local < 0] = 0.0
+    return np.ascontiguousarray(series_major.T), lengths
 
 
 # ---------------------------------------------------------------------------------------------------

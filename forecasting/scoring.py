@@ -30,6 +30,7 @@ from forecasting.fitted import (
     level_columns,
     load_fitted,
     model_state,
+    order_for_batch,
 )
 
 KEYS = ["store_id", "item_id"]
@@ -343,9 +344,12 @@ def _score_chunk(
             for c in cols:
                 result[c][local] = plan.global_results[label][c][plan.position[idx]]
             continue
-        y, lengths = pad_right_aligned(hist.y, hist.offsets, idx)
         table = plan.states.get(label)
         states = table[plan.position[idx]] if table is not None else None
+        order = order_for_batch(plan.entries[label], states)
+        if order is not None and states is not None:
+            local, idx, states = local[order], idx[order], states[order]
+        y, lengths = pad_right_aligned(hist.y, hist.offsets, idx)
         res = forecast_batch(plan.entries[label], manifest.season_length, y, lengths, h, levels, states)
         for c in cols:
             result[c][local] = res[c]
