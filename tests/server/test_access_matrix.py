@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -16,6 +17,7 @@ DENIED = {401, 403}
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
+@functools.cache
 def _routes() -> list[tuple[str, str, str]]:
     """(method, path template, access policy) for every handler except Litestar's automatic OPTIONS."""
     from server.app import create_app

@@ -12,7 +12,7 @@ import httpx
 from tests.server.conftest import RunningServer, make_bundle, publish, unique
 
 AGENTS = 50
-POLLS = 6
+POLLS = 4
 BEATS = 2
 
 
