@@ -130,7 +130,7 @@ def deployable_assignment(selection: Selection, result: BacktestResult, fallback
     group = "category" if selection.by == "category" else ID
     scores = metrics.aggregate(result.series_metrics, [group]).select(group, "model", selection.metric)
     ok = scores.filter(
-        ~pl.col("model").is_in(list(NOT_DEPLOYABLE | GLOBAL_MODELS))
+        ~pl.col("model").is_in(list(NOT_DEPLOYABLE))
         & ~pl.col("model").str.starts_with("Ensemble(")
         & pl.col(selection.metric).is_not_null()
     )
@@ -145,9 +145,7 @@ def deployable_assignment(selection: Selection, result: BacktestResult, fallback
     assignment = selection.assignment.join(best, on=group, how="left")
 
     def deployable(name: str) -> bool:
-        return all(m not in NOT_DEPLOYABLE | GLOBAL_MODELS for m in ensemble_members(name)) and not (
-            name.startswith("Ensemble(")
-        )
+        return name not in NOT_DEPLOYABLE and not name.startswith("Ensemble(")
 
     is_ok = pl.col("model").map_elements(deployable, return_dtype=pl.Boolean)
     return assignment.with_columns(
@@ -301,6 +299,12 @@ def write_run(
     t0 = time.perf_counter()
     families, params = model_families(cfg)
     keyed = result.assignment.select("store_id", "item_id", "model")
+    global_model = None
+    if keyed["model"].is_in(list(GLOBAL_MODELS)).any():
+        from forecasting import gbm
+
+        spec = gbm.make_spec(result.frame, cfg, result.config.data.freq, cfg.horizon)
+        global_model = gbm.fit(result.frame, spec, cfg)
     fitted = fit_models(
         result.frame,
         keyed,
@@ -309,6 +313,8 @@ def write_run(
         model_params={label: params.get(label, {}) for label in keyed["model"].unique().to_list()},
         families={label: families.get(label, label) for label in keyed["model"].unique().to_list()},
         n_jobs=cfg.n_jobs,
+        global_model=global_model,
+        levels=list(cfg.levels),
     )
     lineage = result.lineage
     now = datetime.now().astimezone()
@@ -486,20 +492,43 @@ def forecast_selected(
     h = horizon or cfg.horizon
     data = sf_frame(frame)
     parts: list[pl.DataFrame] = []
+    global_fc: pl.DataFrame | None = None
+    if any(
+        m in GLOBAL_MODELS
+        for label in assignment["model"].unique().to_list()
+        for m in ensemble_members(label)
+    ):
+        from forecasting import gbm
+
+        model = gbm.fit(frame, gbm.make_spec(frame, cfg, freq, h), cfg)
+        global_fc = (
+            model.predict(frame)
+            .filter(pl.col("horizon") <= h)
+            .select(
+                pl.concat_str("store_id", "item_id", separator="/").alias(ID),
+                "ds",
+                pl.col("forecast").alias("LightGBM"),
+            )
+        )
     for label in sorted(assignment["model"].unique().to_list()):
         ids = assignment.filter(pl.col("model") == label).select(ID)
         members = ensemble_members(label)
-        sub = data.join(ids, on=ID, how="semi")
         local = [m for m in members if m not in GLOBAL_MODELS]
-        sf = StatsForecast(
-            models=build_models(local, cfg, h, intervals=False), freq=SF_FREQ[freq], n_jobs=cfg.n_jobs
-        )
-        out = sf.forecast(df=sub, h=h)
+        if local:
+            sub = data.join(ids, on=ID, how="semi")
+            sf = StatsForecast(
+                models=build_models(local, cfg, h, intervals=False), freq=SF_FREQ[freq], n_jobs=cfg.n_jobs
+            )
+            out = sf.forecast(df=sub, h=h).with_columns(pl.col(ID).cast(pl.Utf8))
+        else:
+            out = global_fc.join(ids, on=ID, how="semi").select(ID, "ds") if global_fc is not None else ids
+        if global_fc is not None and len(local) < len(members):
+            out = out.join(global_fc, on=[ID, "ds"], how="left")
         parts.append(
             out.select(
                 ID,
                 "ds",
-                pl.mean_horizontal([pl.col(m) for m in local]).alias("forecast"),
+                pl.mean_horizontal([pl.col(m) for m in members]).alias("forecast"),
                 pl.lit(label).alias("model"),
             )
         )

@@ -92,3 +92,27 @@ def test_backtest_command_writes_tables_and_plots(workspace: tuple[Path, Path, P
     assert (out / "errors_by_category.png").stat().st_size > 1000
     table = pl.read_csv(out / "selection.csv")
     assert {"category", "selected", "mae", "Naive", "SeasonalNaive"} <= set(table.columns)
+
+
+def test_forecast_selected_averages_ensemble_members_including_the_global_model() -> None:
+    """Ensemble(SeasonalNaive+LightGBM) forecasts are the mean of its members' forecasts."""
+    import msgspec
+
+    from forecasting.config import TrainSection
+    from forecasting.training import forecast_selected
+    from tests.forecasting.test_models import _weekly_frame
+
+    frame = _weekly_frame()
+    cfg = msgspec.structs.replace(TrainSection(), horizon=4, season_length=52, gbm_rounds=20)
+    ids = pl.DataFrame({"unique_id": ["S1/A", "S1/B"]})
+    single = {
+        name: forecast_selected(frame, ids.with_columns(pl.lit(name).alias("model")), cfg, "W")
+        for name in ("SeasonalNaive", "LightGBM")
+    }
+    ensemble = forecast_selected(
+        frame, ids.with_columns(pl.lit("Ensemble(SeasonalNaive+LightGBM)").alias("model")), cfg, "W"
+    )
+    assert ensemble.height == 2 * 4
+    expected = (single["SeasonalNaive"]["forecast"] + single["LightGBM"]["forecast"]) / 2
+    assert ensemble["forecast"].to_list() == pytest.approx(expected.to_list())
+    assert (ensemble["ds"] == single["LightGBM"]["ds"]).all()
