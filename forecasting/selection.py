@@ -105,7 +105,13 @@ def _add_ensembles(
         .sort(group, "score", "_rank")
     )
     tops = ranked.group_by(group, maintain_order=True).agg(pl.col("model").head(top_k).alias("members"))
-    tops = tops.filter(pl.col("members").list.len() >= 2)
+    rank = {m: i for i, m in enumerate(order)}
+    tops = tops.filter(pl.col("members").list.len() >= 2).with_columns(
+        # Members in candidate order, so the same set always gets the same name.
+        pl.col("members").map_elements(
+            lambda m: sorted(m, key=rank.__getitem__), return_dtype=pl.List(pl.Utf8)
+        )
+    )
     combos = sorted({tuple(m) for m in tops["members"].to_list()})
     if not combos:
         return result.series_metrics, order, scores
