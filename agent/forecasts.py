@@ -340,7 +340,7 @@ def render(frame: pl.DataFrame, fmt: OutputFormat, meta: dict[str, Any], next_cu
     if fmt == "csv":
         frame.write_csv(buffer)
     elif fmt == "parquet":
-        frame.write_parquet(buffer, compression="zstd", statistics=False)
+        frame.write_parquet(buffer, compression="lz4", statistics=False)
     else:
         frame.write_ipc_stream(buffer, compression="zstd")
     return buffer.getvalue()
