@@ -16,14 +16,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
 import msgspec
 
 from forecasting.tables import render_table
-from shelfcast.procs import ServiceProcess
+
+if TYPE_CHECKING:  # httpx and the process helpers load only when the demo runs
+    import httpx
+
+    from shelfcast.procs import ServiceProcess
 
 MODEL_NAME = "demand"
 
@@ -91,6 +94,8 @@ class Demo:
         return private, public
 
     def start_server(self, public_key: Path) -> str:
+        from shelfcast.procs import ServiceProcess
+
         started = time.monotonic()
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
@@ -119,6 +124,10 @@ class Demo:
         return url
 
     def start_agents(self, server_url: str, store_ids: list[str], public_key: Path) -> dict[str, str]:
+        import httpx
+
+        from shelfcast.procs import ServiceProcess
+
         started = time.monotonic()
         urls: dict[str, str] = {}
         agents: list[ServiceProcess] = []
@@ -201,6 +210,8 @@ class Demo:
         return out
 
     def publish(self, server_url: str, bundle_dir: Path, version: int) -> None:
+        import httpx
+
         from forecasting.bundle import pack_archive
 
         started = time.monotonic()
@@ -223,6 +234,8 @@ class Demo:
     def wait_served(
         self, agent_urls: dict[str, str], version: int, timeout_seconds: float
     ) -> list[dict[str, Any]]:
+        import httpx
+
         started = time.monotonic()
         deadline = started + timeout_seconds
         pending = dict(agent_urls)
@@ -233,7 +246,7 @@ class Demo:
                     status = httpx.get(f"{url}/v1/status", timeout=5).json()
                 except (httpx.HTTPError, ValueError):
                     continue
-                if status.get("active_version") == version and status.get("last_scored_at"):
+                if status.get("served_version") == version:
                     statuses[store_id] = status
                     del pending[store_id]
             for service in self.services:
@@ -250,6 +263,8 @@ class Demo:
 
     def pull_forecasts(self, agent_url: str) -> tuple[int, list[dict[str, Any]]]:
         """What an inventory system does: page through every forecast, then look at one item."""
+        import httpx
+
         started = time.monotonic()
         rows = 0
         body: dict[str, Any] = {"rows": []}
