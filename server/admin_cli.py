@@ -150,6 +150,29 @@ def models_show(
         emit(remote.get(f"/v1/models/{name}"), output)
 
 
+@models.command("update")
+@click.argument("name")
+@click.option("--description", default=None, help="New description.")
+@click.option("--tag", "tags", multiple=True, help="Repeatable; replaces the model's tags.")
+@remote_options
+@output_option
+def models_update(
+    name: str,
+    description: str | None,
+    tags: tuple[str, ...],
+    server_url: str | None,
+    token: str | None,
+    client_config: Path | None,
+    output: str,
+) -> None:
+    """Set a model's description and tags (creating the model entry if needed)."""
+    body: dict[str, Any] = {"description": description}
+    if tags:
+        body["tags"] = list(tags)
+    with connect(server_url, token, client_config) as remote:
+        emit(remote.request("PATCH", f"/v1/models/{name}", json=body), output)
+
+
 @models.command("versions")
 @click.argument("name")
 @click.option(
@@ -545,6 +568,42 @@ def stores_create(
     }
     with connect(server_url, token, client_config) as remote:
         emit(remote.request("POST", "/v1/stores", json=body), output)
+
+
+@stores.command("update")
+@click.argument("store_id")
+@click.option("--model", "model_name", default=None, help="Model the store runs.")
+@click.option("--name", default=None)
+@click.option("--region", default=None)
+@click.option("--type", "store_type", default=None)
+@click.option("--size", default=None)
+@click.option("--tag", "tags", multiple=True, help="Repeatable; replaces the store's tags.")
+@click.option("--group", "groups", multiple=True, help="Repeatable; replaces the store's groups.")
+@remote_options
+@output_option
+def stores_update(
+    store_id: str,
+    model_name: str | None,
+    name: str | None,
+    region: str | None,
+    store_type: str | None,
+    size: str | None,
+    tags: tuple[str, ...],
+    groups: tuple[str, ...],
+    server_url: str | None,
+    token: str | None,
+    client_config: Path | None,
+    output: str,
+) -> None:
+    """Change a store's attributes, tags or groups (only the options given)."""
+    body = {"model_name": model_name, "name": name, "region": region, "type": store_type, "size": size}
+    changes: dict[str, Any] = {k: v for k, v in body.items() if v is not None}
+    if tags:
+        changes["tags"] = list(tags)
+    if groups:
+        changes["groups"] = list(groups)
+    with connect(server_url, token, client_config) as remote:
+        emit(remote.request("PATCH", f"/v1/stores/{store_id}", json=changes), output)
 
 
 @stores.command("enroll")

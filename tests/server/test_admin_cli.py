@@ -109,6 +109,12 @@ def test_publish_alias_runs_datasets_and_stores(
     listed = _run(server, "stores", "list", "--group", "pilot")
     assert store in {s["store_id"] for s in listed}
     assert _run(server, "stores", "show", store)["region"] == "west"
+    updated = _run(
+        server, "stores", "update", store, "--region", "east", "--group", "wave-1", "--group", "pilot"
+    )
+    assert (updated["region"], updated["groups"]) == ("east", ["pilot", "wave-1"])
+    described = _run(server, "models", "update", model, "--description", "daily demand", "--tag", "grocery")
+    assert (described["description"], described["tags"]) == ("daily demand", ["grocery"])
     assert _run(server, "stores", "enroll", store)["enrollment_token"] != created["enrollment_token"]
     assert _run(server, "stores", "revoke", store)["revoked_at"] is not None
 
