@@ -88,7 +88,7 @@ class TrainSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     windows: int = 1
     step: int = 0
     metric: Literal["mae", "wape", "smape", "mase", "rmsse", "wmae"] = "mae"
-    select_by: Literal["category", "series"] = "category"
+    select_by: Literal["category", "series", "all"] = "category"
     fallback: str = "Naive"
     ensemble_top_k: int = 0
     conformal_windows: int = 2

@@ -6,6 +6,7 @@ Optionally the mean of each group's top-k candidates is scored on the same backt
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import polars as pl
@@ -14,6 +15,7 @@ from forecasting import metrics
 from forecasting.backtest import ID, BacktestResult
 
 ENSEMBLE_PREFIX = "Ensemble("
+SCOPE = "scope"
 LOWER_IS_BETTER = {"mae", "wape", "smape", "mase", "rmsse", "wmae"}
 
 
@@ -64,8 +66,15 @@ def select_models(
     top_k: int = 0,
     season_length: int = 1,
 ) -> Selection:
-    """Choose per ``by`` group (``category`` or ``series``) the candidate with the lowest ``metric``."""
-    group = "category" if by == "category" else ID
+    """Per ``by`` group (``category``, ``series`` or ``all``): the candidate with the best ``metric``."""
+    group = {"category": "category", "series": ID}.get(by, SCOPE)
+    if group == SCOPE:
+        scope = pl.lit("all").alias(SCOPE)
+        result = dataclasses.replace(
+            result,
+            series_metrics=result.series_metrics.with_columns(scope),
+            series=result.series.with_columns(scope),
+        )
     sm = result.series_metrics
     if metric == "wmae" and "wmae" not in sm.columns:
         metric = "mae"
@@ -115,6 +124,7 @@ def _add_ensembles(
     combos = sorted({tuple(m) for m in tops["members"].to_list()})
     if not combos:
         return result.series_metrics, order, scores
+    extra_keys = [SCOPE] if group == SCOPE else []
     cv = result.cv
     names = [ensemble_name(list(c)) for c in combos]
     cv = cv.with_columns(
@@ -126,7 +136,7 @@ def _add_ensembles(
         result.train,
         season_length=season_length,
         holiday_col="is_holiday" if "is_holiday" in cv.columns else None,
-    ).join(result.series.select(ID, "store_id", "item_id", "category"), on=ID, how="left")
+    ).join(result.series.select(ID, "store_id", "item_id", "category", *extra_keys), on=ID, how="left")
     group_of = tops.with_columns(
         pl.col("members").map_elements(lambda m: ensemble_name(list(m)), return_dtype=pl.Utf8).alias("model")
     ).select(group, "model")

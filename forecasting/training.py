@@ -127,8 +127,9 @@ def make_lineage(frame: pl.DataFrame, config: TrainConfig) -> Lineage:
 
 def deployable_assignment(selection: Selection, result: BacktestResult, fallback: str) -> pl.DataFrame:
     """Per-series model the bundle carries: the selected one, or the best deployable one of its group."""
-    group = "category" if selection.by == "category" else ID
-    scores = metrics.aggregate(result.series_metrics, [group]).select(group, "model", selection.metric)
+    group = {"category": "category", "series": ID}.get(selection.by, "scope")
+    sm = result.series_metrics.with_columns(pl.lit("all").alias("scope"))
+    scores = metrics.aggregate(sm, [group]).select(group, "model", selection.metric)
     ok = scores.filter(
         ~pl.col("model").is_in(list(NOT_DEPLOYABLE))
         & ~pl.col("model").str.starts_with("Ensemble(")
@@ -142,7 +143,11 @@ def deployable_assignment(selection: Selection, result: BacktestResult, fallback
         .first()
         .select(group, pl.col("model").alias("_best"))
     )
-    assignment = selection.assignment.join(best, on=group, how="left")
+    assignment = (
+        selection.assignment.with_columns(pl.lit("all").alias("scope"))
+        .join(best, on=group, how="left")
+        .drop("scope")
+    )
 
     def deployable(name: str) -> bool:
         return name not in NOT_DEPLOYABLE and not name.startswith("Ensemble(")

@@ -49,3 +49,12 @@ def test_top_k_ensemble_is_scored_and_chosen_only_when_better() -> None:
         assert row["mae"] <= singles + 1e-12
         if row["selected"].startswith("Ensemble("):
             assert len(ensemble_members(row["selected"])) == 2
+
+
+def test_select_all_gives_every_backtested_series_one_model() -> None:
+    """select_by=all picks the single candidate (or ensemble) with the best pooled metric for every series."""
+    result = run_backtest(two_category_frame(), CFG, "D", intervals=False)
+    sel = select_models(result, metric="mae", by="all", top_k=2)
+    tested = sel.assignment.filter(pl.col("reason") == "backtest")
+    assert tested["model"].n_unique() == 1
+    assert sel.table.height == 1 and sel.table["selected"].item() == tested["model"][0]
