@@ -30,6 +30,7 @@ log = get_logger("agent.monitoring")
 
 STATE_FILE = "monitoring.json"
 DRIFT_EVERY_DAYS = 7
+ACTUALS_BATCH_ROWS = 5_000
 
 
 class MonitoringState(msgspec.Struct, kw_only=True):
@@ -37,12 +38,14 @@ class MonitoringState(msgspec.Struct, kw_only=True):
 
     accuracy_through: dict[str, date] = msgspec.field(default_factory=dict)
     drift_through: date | None = None
+    actuals_through: date | None = None
 
 
 @dataclass
 class Outcome:
     accuracy_reports: int = 0
     drift_reports: int = 0
+    actuals_batches: int = 0
     reports: list[tuple[str, bytes, str]] = field(default_factory=list)
 
 
@@ -111,14 +114,19 @@ def measure(
             outcome.reports.append(("/v1/drift", msgspec.json.encode(drift), drift.report_id))
             state.drift_through = latest
             outcome.drift_reports += 1
+    for batch in _actuals_batches(frame, store_id=store_id, after=state.actuals_through):
+        outcome.reports.append(("/v1/actuals", msgspec.json.encode(batch), batch.batch_id))
+        outcome.actuals_batches += 1
+    state.actuals_through = latest
     for path, body, key in outcome.reports:
-        kind = "accuracy" if path == "/v1/accuracy" else "drift"
+        kind = path.removeprefix("/v1/")
         store.enqueue(kind, path, body, key, max_rows=outbox_max_rows)
     atomic_write_bytes(_state_path(paths), msgspec.json.encode(state))
     if outcome.reports:
         log.info(
             "monitoring_reports_queued", store_id=store_id, accuracy_reports=outcome.accuracy_reports,
-            drift_reports=outcome.drift_reports, latest_sales=str(latest),
+            drift_reports=outcome.drift_reports, actuals_batches=outcome.actuals_batches,
+            latest_sales=str(latest),
         )  # fmt: skip
     return outcome
 
@@ -226,3 +234,31 @@ def measure_after_ingest(runtime: Any) -> None:
         )
     except Exception as exc:  # a monitoring bug must not stop forecasting
         log.exception("monitoring_failed", reason=str(exc))
+
+
+def _actuals_batches(frame: pl.DataFrame, *, store_id: str, after: date | None) -> list[Any]:
+    """The store's rows newer than ``after`` as ActualsBatch chunks (ids derived from their content)."""
+    import hashlib
+
+    import polars as pl
+
+    from forecasting.contracts import ActualRow, ActualsBatch
+
+    new = frame if after is None else frame.filter(pl.col("ds") > after)
+    new = new.sort("ds", "item_id")
+    batches = []
+    for offset in range(0, new.height, ACTUALS_BATCH_ROWS):
+        part = new.slice(offset, ACTUALS_BATCH_ROWS)
+        rows = [
+            ActualRow(item_id=str(r["item_id"]), category=str(r["category"]), ds=r["ds"], y=float(r["y"]))
+            for r in part.iter_rows(named=True)
+        ]
+        digest = hashlib.sha256(msgspec.json.encode(rows)).hexdigest()[:16]
+        first, last = str(part["ds"].min()), str(part["ds"].max())
+        batches.append(
+            ActualsBatch(
+                batch_id=f"act-{store_id}-{first}-{last}-{digest}", store_id=store_id,
+                created_at=datetime.now(UTC), rows=rows,
+            )
+        )  # fmt: skip
+    return batches

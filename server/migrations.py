@@ -236,4 +236,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX drift_rows_scope ON drift_rows (model_name, store_id, category);
         """,
     ),
+    Migration(
+        3,
+        "monitoring: central actuals batches",
+        """
+        CREATE TABLE actuals_batches (
+            batch_id VARCHAR NOT NULL,
+            store_id VARCHAR NOT NULL,
+            rows BIGINT NOT NULL,
+            date_min DATE,
+            date_max DATE,
+            content_sha256 VARCHAR NOT NULL,
+            files VARCHAR NOT NULL DEFAULT '[]',
+            dataset_id VARCHAR NOT NULL,
+            received_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (store_id, batch_id)
+        );
+        """,
+    ),
 )

@@ -11,10 +11,11 @@ from typing import Annotated, Any
 from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
-from forecasting.contracts import AccuracyReport, DriftReport
+from forecasting.contracts import AccuracyReport, ActualsBatch, DriftReport
 from server.auth import principal_of
 from server.errors import ServerError
 from server.quality import schemas
+from server.quality.actuals import ActualsService
 from server.quality.alerts import AlertsConfig
 from server.quality.repository import QualityRepository
 from server.quality.services import QualityService, parse_filters
@@ -24,6 +25,7 @@ ADMIN = {"access": "admin"}
 AGENT = {"access": "agent"}
 
 _services: weakref.WeakKeyDictionary[Any, QualityService] = weakref.WeakKeyDictionary()
+_actuals: weakref.WeakKeyDictionary[Any, ActualsService] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
@@ -64,6 +66,19 @@ def service_of(state: Any) -> QualityService:
             _services[state] = service
             if not registered:
                 state.metrics.registry.register(AlertCollector(state))
+        return service
+
+
+def actuals_of(state: Any) -> ActualsService:
+    """The central actuals collection over the server state's database and folder."""
+    db = state.db
+    if db is None:
+        raise ServerError("the server state is not open")
+    with _lock:
+        service = _actuals.get(state)
+        if service is None or service.db is not db:
+            service = ActualsService(db, state.root / "datasets" / "actuals", state.registry.register_dataset)
+            _actuals[state] = service
         return service
 
 
@@ -166,4 +181,16 @@ class AlertController(Controller):
         return _service(request).ack(alert_id, principal_of(request))
 
 
-MONITORING_CONTROLLERS = [AccuracyController, DriftController, AlertController]
+class ActualsController(Controller):
+    path = "/v1/actuals"
+    tags = ["monitoring"]  # noqa: RUF012
+
+    @post(
+        "/", opt=AGENT, sync_to_thread=True, status_code=202,
+        summary="Append a store's actuals to the central dataset (idempotent by batch_id)",
+    )  # fmt: skip
+    def append(self, request: Request[Any, Any, Any], data: ActualsBatch) -> schemas.ActualsAccepted:
+        return actuals_of(request.app.state.server).accept(data, principal_of(request))
+
+
+MONITORING_CONTROLLERS = [AccuracyController, DriftController, AlertController, ActualsController]

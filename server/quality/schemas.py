@@ -99,3 +99,12 @@ class AlertDetail(msgspec.Struct, kw_only=True):
 
 class AlertAck(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     comment: str = ""
+
+
+class ActualsAccepted(msgspec.Struct, kw_only=True):
+    """Answer to ``POST /v1/actuals``: the dataset version the batch produced (or already belongs to)."""
+
+    batch_id: str
+    dataset_id: str
+    rows: int = 0
+    duplicate: bool = False

@@ -15,7 +15,7 @@ from agent.monitoring import measure
 from agent.paths import StatePaths
 from agent.store import LocalStore
 from forecasting.bundle import Manifest, write_bundle
-from forecasting.contracts import AccuracyReport, DriftReport
+from forecasting.contracts import AccuracyReport, ActualsBatch, DriftReport
 from forecasting.drift import reference_summary
 from forecasting.signing import generate_key_files
 
@@ -117,6 +117,9 @@ def test_agent_reports_accuracy_and_drift_once_per_new_actuals_on_walmart_weeks(
         outcome = measure(paths, store, store_id=STORE, active=("demand", 3), outbox_max_rows=10_000)
         assert (outcome.accuracy_reports, outcome.drift_reports) == (2, 1)
         queued = _queued(store)
+        pushed = [msgspec.json.decode(b, type=ActualsBatch) for p, b, _ in queued if p == "/v1/actuals"]
+        assert sum(len(b.rows) for b in pushed) == history.height + first.height  # all history, in chunks
+        assert len({b.batch_id for b in pushed}) == len(pushed) > 1
         reports = {
             key: msgspec.json.decode(body, type=AccuracyReport)
             for path, body, key in queued
@@ -152,7 +155,12 @@ def test_agent_reports_accuracy_and_drift_once_per_new_actuals_on_walmart_weeks(
         store.append_sales(data.filter(pl.col("ds").is_between(weeks[-9], weeks[-8])), "week-batch-2")
         later = measure(paths, store, store_id=STORE, active=("demand", 3), outbox_max_rows=10_000)
         assert (later.accuracy_reports, later.drift_reports) == (2, 1)  # a week later: drift again
+        assert later.actuals_batches == 1  # the 2 new weeks, for the central dataset
         for path, body, _ in _queued(store):
+            if path == "/v1/actuals":
+                batch = msgspec.json.decode(body, type=ActualsBatch)
+                assert {r.ds for r in batch.rows} == {weeks[-9], weeks[-8]}
+                continue
             if path == "/v1/drift":
                 assert msgspec.json.decode(body, type=DriftReport).period_end == weeks[-8]
                 continue

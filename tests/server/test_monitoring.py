@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +22,14 @@ import pytest
 from click.testing import CliRunner
 
 from forecasting.accuracy import evaluate
-from forecasting.contracts import AccuracyReport, CategoryDrift, DriftReport, DriftTest
+from forecasting.contracts import (
+    AccuracyReport,
+    ActualRow,
+    ActualsBatch,
+    CategoryDrift,
+    DriftReport,
+    DriftTest,
+)
 from shelfcast.cli import cli
 from shelfcast.procs import ServiceProcess
 from tests.conftest import free_port
@@ -82,6 +90,7 @@ def receiver() -> Iterator[Receiver]:
 class Monitored:
     url: str
     process: ServiceProcess
+    state_dir: Path
 
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
@@ -131,7 +140,7 @@ max_attempts = 3
     ).start()  # fmt: skip
     try:
         process.wait_http(f"http://127.0.0.1:{port}/readyz", timeout_seconds=60)
-        yield Monitored(url=f"http://127.0.0.1:{port}", process=process)
+        yield Monitored(url=f"http://127.0.0.1:{port}", process=process, state_dir=state_dir)
     finally:
         process.stop()
 
@@ -348,3 +357,30 @@ def test_firing_alert_is_a_prometheus_gauge_and_the_cli_lists_shows_and_acks_it(
     metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
     assert f'store_id="{store}"' in metrics
     assert "shelfcast_alerts_firing{" in metrics
+
+
+def test_actuals_batches_append_to_the_central_dataset_once_each(server: Monitored) -> None:
+    """Each new batch is written as Parquet by store and date and registered as a new dataset version."""
+    store = unique("act")
+    day = date(2024, 2, 1)
+
+    def batch(batch_id: str, days: int, offset: int) -> ActualsBatch:
+        rows = [ActualRow(item_id=f"I{i}", category="A", ds=day + timedelta(days=offset + d), y=float(i + d))
+                for i in range(3) for d in range(days)]  # fmt: skip
+        return ActualsBatch(batch_id=batch_id, store_id=store, created_at=datetime.now(UTC), rows=rows)
+
+    with _agent(server, store) as agent:
+        first = agent.post("/v1/actuals", content=msgspec.json.encode(batch("b1", 2, 0))).json()
+        again = agent.post("/v1/actuals", content=msgspec.json.encode(batch("b1", 2, 0))).json()
+        second = agent.post("/v1/actuals", content=msgspec.json.encode(batch("b2", 1, 2))).json()
+    assert (first["rows"], again["duplicate"], again["dataset_id"]) == (6, True, first["dataset_id"])
+    assert second["dataset_id"] != first["dataset_id"]
+    with server.admin() as admin:
+        v1 = admin.get(f"/v1/datasets/{first['dataset_id']}").json()
+        v2 = admin.get(f"/v1/datasets/{second['dataset_id']}").json()
+    assert v2["row_count"] == v1["row_count"] + 3
+    assert store in v2["stores"] and v2["date_max"] >= "2024-02-03"
+    root = server.state_dir / "datasets" / "actuals" / f"store_id={store}"
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet"))
+    assert files == ["ds=2024-02-01/b1.parquet", "ds=2024-02-02/b1.parquet", "ds=2024-02-03/b2.parquet"]
+    assert pl.read_parquet(root / "ds=2024-02-01" / "b1.parquet").height == 3
