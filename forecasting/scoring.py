@@ -37,6 +37,7 @@ KEYS = ["store_id", "item_id"]
 _STEP_DAYS = {"D": 1, "W": 7}
 # Series per chunk: by default one chunk per thread, within these bounds (memory of a chunk ~ width x size).
 MIN_CHUNK_SERIES = 1024
+_SLICE_ROWS = 1 << 20
 MAX_CHUNK_SERIES = 16384
 
 
@@ -101,18 +102,13 @@ def _index_sorted(frame: pl.DataFrame, freq: str) -> History | None:
     if frame.height == 0:
         keys = frame.select(*KEYS, "category", last_ds="ds").with_columns(n=pl.lit(0, pl.Int64))
         return History(keys=keys, y=np.zeros(0), offsets=np.zeros(1, dtype=np.int64))
-    new_series = (
-        (pl.col("store_id") != pl.col("store_id").shift(1))
-        | (pl.col("item_id") != pl.col("item_id").shift(1))
-    ).fill_null(value=True)
+    starts = _series_starts(frame)
     step = _step_physical(frame.schema["ds"], freq)
-    checks = frame.select(
-        starts=new_series.arg_true().implode(),
-        in_order=((pl.col("ds").to_physical().diff() == step) | new_series).all(),
-    )
-    if not checks["in_order"].item():
+    ds = frame["ds"].to_physical().to_numpy()
+    boundary = np.zeros(frame.height, dtype=bool)
+    boundary[starts] = True
+    if not np.all((np.diff(ds) == step) | boundary[1:]):
         return None
-    starts = checks["starts"].explode().to_numpy().astype(np.int64)
     ends = np.append(starts[1:], frame.height)
     keys = frame.select(*KEYS)[starts]
     if keys.height > 1 and not _strictly_increasing(keys):
@@ -126,6 +122,22 @@ def _index_sorted(frame: pl.DataFrame, freq: str) -> History | None:
     )
     y = frame["y"].to_numpy()
     return History(keys=keys, y=y.astype(np.float64, copy=False), offsets=offsets)
+
+
+def _series_starts(frame: pl.DataFrame) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """Row numbers where a new (store_id, item_id) run begins, computed in slices to bound memory."""
+    parts = []
+    n = frame.height
+    changed = (
+        (pl.col("store_id") != pl.col("store_id").shift(1))
+        | (pl.col("item_id") != pl.col("item_id").shift(1))
+    ).fill_null(value=True)
+    for a in range(0, n, _SLICE_ROWS):
+        lead = 1 if a else 0  # include the previous row so the slice's first row is compared too
+        part = frame.slice(a - lead, _SLICE_ROWS + lead).select(KEYS)
+        flags = part.select(changed).to_series().slice(lead)
+        parts.append(flags.arg_true().to_numpy().astype(np.int64) + a)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def _strictly_increasing(keys: pl.DataFrame) -> bool:
