@@ -3,7 +3,9 @@
 Called by the work loop after an ingest that added rows. For every kept scoring run (the served
 version's and any shadow version's) it scores the forecast dates that now have actuals and were not
 reported before (a watermark per run in ``monitoring.json``), and once a week of new sales has come in
-it checks drift against the served bundle's reference. Reports are queued in the durable outbox with
+it checks drift against the served bundle's reference. The newest reports are also kept as JSON files under
+``<state_dir>/monitoring/{accuracy,drift}/``; new sales rows go to the server in ``ActualsBatch`` chunks
+for the central dataset. Reports are queued in the durable outbox with
 deterministic idempotency keys, so a crash between queueing and recording the watermark resends a
 report the server already counted, and the server drops it.
 """
@@ -31,6 +33,7 @@ log = get_logger("agent.monitoring")
 STATE_FILE = "monitoring.json"
 DRIFT_EVERY_DAYS = 7
 ACTUALS_BATCH_ROWS = 5_000
+KEEP_LOCAL_REPORTS = 200
 
 
 class MonitoringState(msgspec.Struct, kw_only=True):
@@ -58,6 +61,16 @@ def load_state(paths: StatePaths) -> MonitoringState:
         return msgspec.json.decode(_state_path(paths).read_bytes(), type=MonitoringState)
     except (FileNotFoundError, msgspec.DecodeError):
         return MonitoringState()
+
+
+def _keep_locally(paths: StatePaths, kind: str, key: str, body: bytes) -> None:
+    """Keep the newest reports of each kind as JSON files under ``<state_dir>/monitoring/<kind>/``."""
+    folder = paths.root / "monitoring" / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / f"{key}.json", body)
+    kept = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in kept[KEEP_LOCAL_REPORTS:]:
+        old.unlink(missing_ok=True)
 
 
 def _history(store: LocalStore, paths: StatePaths) -> pl.DataFrame:
@@ -120,6 +133,8 @@ def measure(
     state.actuals_through = latest
     for path, body, key in outcome.reports:
         kind = path.removeprefix("/v1/")
+        if kind != "actuals":
+            _keep_locally(paths, kind, key, body)
         store.enqueue(kind, path, body, key, max_rows=outbox_max_rows)
     atomic_write_bytes(_state_path(paths), msgspec.json.encode(state))
     if outcome.reports:

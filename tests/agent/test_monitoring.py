@@ -148,6 +148,8 @@ def test_agent_reports_accuracy_and_drift_once_per_new_actuals_on_walmart_weeks(
         assert comparisons.count("seasonal") > 0.8 * len(comparisons)  # a year of history: seasonal
         assert set(comparisons) <= {"seasonal", "reference"}  # short departments: the bundle's reference
 
+        kept = {p.stem for p in (paths.root / "monitoring" / "accuracy").glob("*.json")}
+        assert kept == set(reports)  # also kept at the store
         again = measure(paths, store, store_id=STORE, active=("demand", 3), outbox_max_rows=10_000)
         assert (again.accuracy_reports, again.drift_reports) == (0, 0)
         assert _queued(store) == []
