@@ -20,6 +20,8 @@ import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from forecasting.accuracy import evaluate
 from forecasting.contracts import (
@@ -30,6 +32,7 @@ from forecasting.contracts import (
     DriftReport,
     DriftTest,
 )
+from server.quality.alerts import default_rules, replay
 from shelfcast.cli import cli
 from shelfcast.procs import ServiceProcess
 from tests.conftest import free_port
@@ -384,3 +387,23 @@ def test_actuals_batches_append_to_the_central_dataset_once_each(server: Monitor
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet"))
     assert files == ["ds=2024-02-01/b1.parquet", "ds=2024-02-02/b1.parquet", "ds=2024-02-03/b2.parquet"]
     assert pl.read_parquet(root / "ds=2024-02-01" / "b1.parquet").height == 3
+
+
+@given(
+    st.lists(st.dictionaries(st.sampled_from("ABC"), st.sampled_from([0.0, 1.0]), max_size=3), max_size=40)
+)
+def test_alert_lifecycle_alternates_and_fires_only_on_persistent_drift(
+    periods: list[dict[str, float]],
+) -> None:
+    """Replayed reports: fired/resolved alternate; a fire needs one category flagged in both last reports."""
+    rule = next(r for r in default_rules() if r.metric == "drift")
+    events = replay(rule, periods)
+    kinds = [kind for _, kind in events]
+    assert kinds == ["fired", "resolved"] * (len(kinds) // 2) + ["fired"] * (len(kinds) % 2)
+    for index, kind in events:
+        last_two = periods[index - 1 : index + 1]
+        if kind == "fired":
+            assert index >= 1
+            assert any(all(p.get(c) == 1.0 for p in last_two) for c in "ABC")
+        else:
+            assert not any(v for p in last_two for v in p.values())
