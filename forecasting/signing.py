@@ -70,6 +70,16 @@ def generate_key_files(out: Path, *, overwrite: bool = False) -> tuple[Path, Pat
     return out, pub_path, key_id(private_key.public_key())
 
 
+def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
+    """The signing key at ``path``, generated there (0600, with ``path.pub``) on first use.
+
+    For ``shelfcast train`` without ``--signing-key``: the configured key in the state folder.
+    """
+    if not path.exists():
+        generate_key_files(path)
+    return load_private_key(path)
+
+
 def _write_private(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)

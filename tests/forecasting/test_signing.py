@@ -83,3 +83,13 @@ def test_malformed_signature_file() -> None:
     """Garbage in manifest.sig is a BadSignatureError."""
     with pytest.raises(BadSignatureError):
         decode_signature(b"{nope")
+
+
+def test_load_or_create_generates_once(tmp_path: Path) -> None:
+    """The configured key is generated on first use and reused afterwards."""
+    from forecasting.signing import load_or_create_private_key
+
+    first = load_or_create_private_key(tmp_path / "state" / "signing.key")
+    again = load_or_create_private_key(tmp_path / "state" / "signing.key")
+    assert key_id(first.public_key()) == key_id(again.public_key())
+    assert (tmp_path / "state" / "signing.key.pub").is_file()
