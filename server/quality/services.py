@@ -209,8 +209,18 @@ class QualityService:
     def _evaluate(
         self, kind: str, model_name: str, store_id: str, categories: list[str], role: str
     ) -> tuple[int, int]:
+        """Evaluate the rules of ``kind``; a failure is logged, never lost with the stored report."""
         if role != "served":
             return 0, 0
+        try:
+            return self._evaluate_rules(kind, model_name, store_id, categories)
+        except Exception as exc:  # the report is stored; a rule bug must not turn it into a retry loop
+            log.exception("alert_evaluation_failed", store_id=store_id, report_kind=kind, reason=str(exc))
+            return 0, 0
+
+    def _evaluate_rules(
+        self, kind: str, model_name: str, store_id: str, categories: list[str]
+    ) -> tuple[int, int]:
         fired = resolved = 0
         for rule in self.config.rules:
             if rule.kind != kind:
