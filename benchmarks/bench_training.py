@@ -64,9 +64,13 @@ def direct_statsforecast(frame: pl.DataFrame, cfg: TrainConfig, assignment: pl.D
     freq = SF_FREQ[cfg.data.freq]
     data = sf_frame(frame)
     sf = StatsForecast(models=build_models(tr.models, tr, tr.horizon), freq=freq)
+    # The series long enough for the backtest (the others go straight to the fallback, as in shelfcast).
+    tested = data.join(
+        assignment.filter(pl.col("reason") == "backtest").select("unique_id"), on="unique_id", how="semi"
+    )
     outputs = [
         sf.cross_validation(
-            df=data, h=tr.horizon, n_windows=tr.windows, step_size=tr.step or tr.horizon, level=tr.levels
+            df=tested, h=tr.horizon, n_windows=tr.windows, step_size=tr.step or tr.horizon, level=tr.levels
         )
     ]
     for label, ids in assignment.group_by("model"):
