@@ -27,12 +27,12 @@ from agent.config import AgentConfig
 from agent.errors import AgentError, NoActiveModelError, ScoringError
 from agent.forecasts import ForecastView
 from agent.lifecycle import Lifecycle, Record, VersionRef, read_credential
-from agent.notify import notify, watchdog_interval_seconds
 from agent.paths import StatePaths, read_symlink
 from agent.scoring import Scorer, ScoringSettings, read_serving, score_store
 from agent.sync import SyncClient, backoff_seconds
 from forecasting.contracts import Heartbeat
 from forecasting.logs import get_logger
+from forecasting.systemd_notify import notify, watchdog_interval_seconds
 
 if TYPE_CHECKING:
     from agent.store import LocalStore

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import click
 
 from forecasting.cli import config_option
 from forecasting.logs import configure_logging, get_logger
+from forecasting.systemd_notify import notify, watchdog_interval_seconds
 from server.config import ServerConfig, load_server_config
 
 log = get_logger("server.cli")
@@ -55,11 +57,33 @@ def run(config_files: tuple[Path, ...], host: str | None, port: int | None, stat
     scheme = "https" if config.uses_tls else "http"
     url = f"{scheme}://{config.server.host}:{config.server.port}"
 
+    watchdog_seconds = watchdog_interval_seconds()
+
     class Server(uvicorn.Server):
+        """uvicorn with systemd's notify protocol: READY once listening, WATCHDOG from the main loop."""
+
+        last_watchdog = 0.0
+
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if self.started:
+                notify(f"READY=1\nSTATUS=serving on {url}\nMAINPID={os.getpid()}")
                 log.info("server_started", url=url, state_dir=str(config.state_path), pid=os.getpid())
+
+        async def on_tick(self, counter: int) -> bool:
+            now = time.monotonic()
+            if watchdog_seconds and now - self.last_watchdog >= watchdog_seconds:
+                notify("WATCHDOG=1")
+                self.last_watchdog = now
+            return await super().on_tick(counter)
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            # uvicorn re-raises SIGTERM once serving stops, so everything that must happen on the way out
+            # happens here, inside the graceful shutdown.
+            notify("STOPPING=1")
+            await super().shutdown(sockets)
+            state.close()
+            log.info("server_stopped", url=url)
 
     uv_config = uvicorn.Config(
         app,
@@ -79,7 +103,6 @@ def run(config_files: tuple[Path, ...], host: str | None, port: int | None, stat
         Server(uv_config).run()
     finally:
         state.close()
-    log.info("server_stopped", url=url)
 
 
 @server.command("init")

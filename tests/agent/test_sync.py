@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from agent.notify import notify, watchdog_interval_seconds
+from forecasting.systemd_notify import notify, watchdog_interval_seconds
 from agent.sync import backoff_seconds
 
 
