@@ -19,7 +19,6 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     port: int = 8470
     state_dir: str = ".shelfcast/server"
     admin_token: str = ""
-    public_url: str = ""
     max_request_body_bytes: int = 512 * 1024 * 1024
     max_json_body_bytes: int = 1024 * 1024
     max_page_size: int = 500

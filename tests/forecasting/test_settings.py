@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 
 from agent.config import AgentConfig
 from forecasting.errors import ConfigError
-from forecasting.settings import env_overrides, load_config
+from forecasting.settings import env_overrides, load_config, read_toml
 from server.config import ServerConfig
 from shelfcast.cli import cli
 
@@ -79,3 +81,33 @@ def test_shipped_example_configs_are_valid(name: str) -> None:
     path = Path(__file__).resolve().parents[2] / "configs" / name
     result = CliRunner().invoke(cli, ["config", "check", str(path)])
     assert result.exit_code == 0, result.output
+
+
+def _field_paths(cls: type[Any], prefix: str = "") -> set[str]:
+    paths: set[str] = set()
+    for f in msgspec.structs.fields(cls):
+        inner = f.type
+        if isinstance(inner, type) and issubclass(inner, msgspec.Struct):
+            paths |= _field_paths(inner, f"{prefix}{f.name}.")
+        else:
+            paths.add(prefix + f.name)
+    return paths
+
+
+def _file_paths(data: dict[str, Any], prefix: str = "") -> set[str]:
+    paths: set[str] = set()
+    for key, value in data.items():
+        if isinstance(value, dict):
+            paths |= _file_paths(value, f"{prefix}{key}.")
+        else:
+            paths.add(prefix + key)
+    return paths
+
+
+@pytest.mark.parametrize(("name", "cls"), [("server.toml", ServerConfig), ("agent.toml", AgentConfig)])
+def test_example_configs_document_every_setting(name: str, cls: type[Any]) -> None:
+    """configs/server.toml and configs/agent.toml list every setting (lists of tables may be commented)."""
+    path = Path(__file__).resolve().parents[2] / "configs" / name
+    text = path.read_text()
+    missing = {p for p in _field_paths(cls) - _file_paths(read_toml(path)) if f"[[{p}]]" not in text}
+    assert not missing, f"{name} does not show: {sorted(missing)}"
