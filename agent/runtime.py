@@ -75,6 +75,7 @@ class AgentRuntime:
         config.sales_path.mkdir(parents=True, exist_ok=True)
         self.stop = threading.Event()
         self.wake = threading.Event()
+        self.sales_arrived = threading.Event()  # set by POST /v1/sales: measure on the next tick
         self.view: ForecastView | None = None
         self.counters = Counters()
         self.store: LocalStore | None = None
@@ -252,7 +253,8 @@ class AgentRuntime:
         for result in results:
             self.counters.rows_ingested += result.rows_ok
             self.counters.rows_quarantined += result.rows_quarantined
-        if any(result.rows_ok for result in results):
+        if any(result.rows_ok for result in results) or self.sales_arrived.is_set():
+            self.sales_arrived.clear()
             from agent.monitoring import measure_after_ingest
 
             measure_after_ingest(self)
