@@ -99,11 +99,9 @@ def _spec_table() -> dict[str, CandidateSpec]:
             )
         ),
         mk("MSTL", True, lambda c: 2 * max(mstl_seasons(c)))(
-            lambda c, pi: _sf_models().MSTL(
-                season_length=mstl_seasons(c),
-                trend_forecaster=_sf_models().AutoETS(model="ZNN"),
-                alias="MSTL",
-            )
+            # Default trend forecaster (AutoETS "ZZN"): the edge rebuilds MSTL from its JSON parameters, so
+            # the backtested model is exactly the deployed one.
+            lambda c, pi: _sf_models().MSTL(season_length=mstl_seasons(c), alias="MSTL")
         ),
         mk("AutoARIMA", True, lambda c: 3)(
             lambda c, pi: _sf_models().AutoARIMA(season_length=s(c), alias="AutoARIMA")
