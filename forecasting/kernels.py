@@ -27,6 +27,8 @@ IntArray = np.ndarray[Any, np.dtype[np.int64]]
 _TOL = 1.0e-10
 _HUGEN = 1.0e10
 _NA = -99999.0
+_CLASS3_BATCH = 512
+_CONSTANT_BATCH = 2048
 
 # ETS component strings as statsforecast writes them: error, trend, season, damped ("D"/"N").
 ETS_SUPPORTED_ERROR = frozenset("AM")
@@ -221,10 +223,12 @@ def _constant_columns(y: FloatArray, start: IntArray) -> np.ndarray[Any, np.dtyp
         return result
     cols = np.arange(n)
     candidates = np.flatnonzero(y[np.minimum(start, width - 1), cols] == y[width - 1])
-    if len(candidates):
-        sub = y[:, candidates]
-        same = (sub == sub[width - 1]) | (np.arange(width)[:, None] < start[candidates][None, :])
-        result[candidates] = same.all(axis=0)
+    before = np.arange(width)[:, None]
+    for a in range(0, len(candidates), _CONSTANT_BATCH):
+        block = candidates[a : a + _CONSTANT_BATCH]
+        sub = y[:, block]
+        same = (sub == sub[width - 1]) | (before < start[block][None, :])
+        result[block] = same.all(axis=0)
     return result
 
 
@@ -296,7 +300,23 @@ def _ets_variance(  # noqa: PLR0912 - one branch per model form, as in statsfore
         result: FloatArray = s2 * v
         return result
     if season == "M":
-        return _class3_variance(m, sigma, last_state, trend, damped, alpha, beta, gamma, phi, h)
+        # (series, d, d) matrices per step: batches bound the memory
+        out = np.empty((len(sigma), h))
+        for first in range(0, len(sigma), _CLASS3_BATCH):
+            part = slice(first, first + _CLASS3_BATCH)
+            out[part] = _class3_variance(
+                m,
+                sigma[part],
+                last_state[part],
+                trend,
+                damped,
+                alpha[part],
+                beta[part],
+                gamma[part],
+                phi[part],
+                h,
+            )
+        return out
     k = steps0 + 1
     dvals = (k % m == 0).astype(np.float64)[None, :]
     if trend == "N" and season == "N":

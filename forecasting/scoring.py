@@ -38,7 +38,7 @@ _STEP_DAYS = {"D": 1, "W": 7}
 # Series per chunk: by default one chunk per thread, within these bounds (memory of a chunk ~ width x size).
 MIN_CHUNK_SERIES = 1024
 _SLICE_ROWS = 1 << 20
-MAX_CHUNK_SERIES = 16384
+MAX_CHUNK_SERIES = 8192
 
 
 def output_columns(levels: Sequence[int]) -> list[str]:
@@ -211,7 +211,7 @@ def score(
 
     Returns ``store_id, item_id, category, ds, forecast, forecast-lo-80, forecast-hi-80, ...,
     model`` sorted by series and date. Series are scored in chunks (``chunk_series``; default one per
-    thread, 1,024 to 16,384 series) on ``threads``
+    thread, 1,024 to 8,192 series) on ``threads``
     worker threads (numpy releases the GIL in the kernels); with ``out`` (Parquet or CSV by extension)
     each finished chunk is streamed to the file in order, which is renamed into place at the end.
     """
