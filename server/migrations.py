@@ -254,4 +254,78 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        4,
+        "rollouts: plans, wave stores, audited decisions, engine lease",
+        """
+        CREATE TABLE rollouts (
+            rollout_id VARCHAR PRIMARY KEY,
+            model_name VARCHAR NOT NULL,
+            candidate_version INTEGER NOT NULL,
+            champion_version INTEGER NOT NULL,
+            plan VARCHAR NOT NULL,
+            steps VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            step INTEGER NOT NULL,
+            step_started_at TIMESTAMP NOT NULL,
+            approved_step INTEGER,
+            last_outcome VARCHAR NOT NULL DEFAULT '',
+            last_evaluation VARCHAR NOT NULL DEFAULT '{}',
+            created_at TIMESTAMP NOT NULL,
+            created_by VARCHAR NOT NULL,
+            updated_at TIMESTAMP NOT NULL,
+            finished_at TIMESTAMP
+        );
+        CREATE TABLE rollout_stores (
+            rollout_id VARCHAR NOT NULL,
+            store_id VARCHAR NOT NULL,
+            wave INTEGER NOT NULL,
+            stratum VARCHAR NOT NULL,
+            PRIMARY KEY (rollout_id, store_id)
+        );
+        CREATE SEQUENCE rollout_decision_ids START 1;
+        CREATE TABLE rollout_decisions (
+            decision_id BIGINT PRIMARY KEY DEFAULT nextval('rollout_decision_ids'),
+            rollout_id VARCHAR NOT NULL,
+            step INTEGER NOT NULL,
+            action VARCHAR NOT NULL,
+            actor VARCHAR NOT NULL,
+            reason VARCHAR NOT NULL DEFAULT '',
+            numbers VARCHAR NOT NULL DEFAULT '{}',
+            decided_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE engine_leases (
+            name VARCHAR PRIMARY KEY,
+            holder VARCHAR NOT NULL,
+            expires_at TIMESTAMP NOT NULL
+        );
+        """,
+    ),
+    Migration(
+        5,
+        "retraining runs",
+        """
+        CREATE TABLE retraining_runs (
+            retraining_id VARCHAR PRIMARY KEY,
+            model_name VARCHAR NOT NULL,
+            trigger VARCHAR NOT NULL,
+            reason VARCHAR NOT NULL DEFAULT '',
+            alert_id VARCHAR,
+            status VARCHAR NOT NULL,
+            stage VARCHAR NOT NULL DEFAULT '',
+            dataset_id VARCHAR,
+            version INTEGER,
+            run_id VARCHAR,
+            rollout VARCHAR NOT NULL DEFAULT '',
+            error VARCHAR NOT NULL DEFAULT '',
+            log_tail VARCHAR NOT NULL DEFAULT '',
+            work_dir VARCHAR NOT NULL DEFAULT '',
+            requested_by VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP
+        );
+        CREATE INDEX retraining_runs_model ON retraining_runs (model_name, created_at);
+        """,
+    ),
 )
