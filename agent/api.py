@@ -16,7 +16,7 @@ from litestar import Litestar, Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
 
 from agent.errors import AgentError, IngestError, NoActiveModelError
@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 
 log = get_logger("agent.api")
 JSON = "application/json"
+# Handlers answer with ready-encoded bytes; these tell the OpenAPI schema what the bytes are.
+JSON_OBJECT = ResponseSpec(
+    data_container=dict[str, Any], description="A JSON object", generate_examples=False
+)
+AS_JSON_OBJECT = {200: JSON_OBJECT}
 PROBLEM = "application/problem+json"
 
 
@@ -69,13 +74,13 @@ def _horizon(runtime: AgentRuntime, view: ForecastView, horizon: int | None) -> 
     return horizon
 
 
-@get("/livez", include_in_schema=True, sync_to_thread=False)
+@get("/livez", include_in_schema=True, sync_to_thread=False, responses=AS_JSON_OBJECT)
 def livez() -> Response[bytes]:
     """The process is up and answering."""
     return Response(b'{"status":"ok"}', media_type=JSON)
 
 
-@get("/readyz", sync_to_thread=False)
+@get("/readyz", sync_to_thread=False, responses={200: JSON_OBJECT, 503: JSON_OBJECT})
 def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Ready when a model version is active and its forecasts are scored (503 otherwise)."""
     runtime = _runtime(request)
@@ -84,7 +89,18 @@ def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(msgspec.json.encode(body), status_code=200 if ready else 503, media_type=JSON)
 
 
-@get("/metrics", sync_to_thread=False)
+@get(
+    "/metrics",
+    sync_to_thread=False,
+    responses={
+        200: ResponseSpec(
+            data_container=str,
+            media_type="text/plain",
+            description="Prometheus text",
+            generate_examples=False,
+        )
+    },
+)
 def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus text format."""
     runtime = _runtime(request)
@@ -134,7 +150,7 @@ def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(("\n".join(lines) + "\n").encode(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-@get("/status", sync_to_thread=False)
+@get("/status", sync_to_thread=False, responses=AS_JSON_OBJECT)
 def status(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Active version, last sync, last scoring, staleness and lifecycle state."""
     runtime = _runtime(request)
@@ -142,7 +158,7 @@ def status(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(msgspec.json.encode(runtime.status()), media_type=JSON)
 
 
-@get("/forecasts/{item_id:str}")
+@get("/forecasts/{item_id:str}", responses=AS_JSON_OBJECT)
 async def forecast_item(
     request: Request[Any, Any, Any],
     item_id: str,
@@ -175,7 +191,7 @@ async def forecast_item(
     return Response(body, media_type=MEDIA_TYPES[chosen], headers=headers)
 
 
-@get("/forecasts", sync_to_thread=True)
+@get("/forecasts", sync_to_thread=True, responses=AS_JSON_OBJECT)
 def forecast_list(  # noqa: PLR0911 - one early answer per bad request
     request: Request[Any, Any, Any],
     item_id: Annotated[list[str] | None, Parameter(query="item_id")] = None,
@@ -236,7 +252,7 @@ SALES_TYPES = {
 }
 
 
-@post("/sales", sync_to_thread=True, status_code=200)
+@post("/sales", sync_to_thread=True, status_code=200, responses=AS_JSON_OBJECT)
 def post_sales(request: Request[Any, Any, Any], body: bytes) -> Response[bytes]:
     """Append sales rows (CSV, Parquet or JSON by ``Content-Type``); bad rows are quarantined with reasons."""
     from agent.ingest import ingest_bytes
@@ -279,7 +295,7 @@ def post_sales(request: Request[Any, Any, Any], body: bytes) -> Response[bytes]:
     return Response(msgspec.json.encode(answer), media_type=JSON)
 
 
-@post("/score", sync_to_thread=True, status_code=200)
+@post("/score", sync_to_thread=True, status_code=200, responses=AS_JSON_OBJECT)
 def post_score(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Score the active version now (what ``shelfcast agent score`` calls)."""
     runtime = _runtime(request)
@@ -292,7 +308,7 @@ def post_score(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(msgspec.json.encode(result), media_type=JSON)
 
 
-@post("/rollback", sync_to_thread=True, status_code=200)
+@post("/rollback", sync_to_thread=True, status_code=200, responses=AS_JSON_OBJECT)
 def post_rollback(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Switch back to the newest kept version older than the active one (``shelfcast agent rollback``)."""
     runtime = _runtime(request)

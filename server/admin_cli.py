@@ -379,9 +379,10 @@ def runs_list(
 def runs_show(
     run_id: str, server_url: str | None, token: str | None, client_config: Path | None, output: str
 ) -> None:
-    """Show one run."""
+    """Show one run (a retraining run ``rtr_...`` with its progress and log tail)."""
+    path = f"/v1/retraining/runs/{run_id}" if run_id.startswith("rtr_") else f"/v1/runs/{run_id}"
     with connect(server_url, token, client_config) as remote:
-        emit(remote.get(f"/v1/runs/{run_id}"), output)
+        emit(remote.get(path), output)
 
 
 @runs.command("compare")

@@ -38,6 +38,7 @@ from server.quality.controllers import MONITORING_CONTROLLERS
 from server.registry.controllers import BundleController, DatasetController, ModelController, RunController
 from server.registry.repository import RegistryRepository
 from server.registry.services import RegistryService
+from server.retraining.controllers import RETRAINING_CONTROLLERS, start_retraining, stop_retraining
 from server.system import AdminController, SystemController
 
 log = get_logger("server.app")
@@ -170,6 +171,7 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> Litest
             CredentialController,
             AdminController,
             *MONITORING_CONTROLLERS,
+            *RETRAINING_CONTROLLERS,
         ],
         request_max_body_size=config.server.max_json_body_bytes,
     )
@@ -204,6 +206,8 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> Litest
         debug=False,
     )
     app.state.server = state
+    app.on_startup.append(lambda: start_retraining(state))  # after the state is open
+    app.on_shutdown.insert(0, lambda: stop_retraining(state))  # before it closes
     return app
 
 

@@ -10,6 +10,7 @@ from forecasting.errors import ConfigError
 from forecasting.logs import LoggingConfig
 from forecasting.settings import load_config
 from server.quality.alerts import AlertsConfig
+from server.retraining.schemas import RetrainingConfig
 
 
 class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -38,6 +39,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     server: HttpConfig = msgspec.field(default_factory=HttpConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
+    retraining: RetrainingConfig = msgspec.field(default_factory=RetrainingConfig)
 
     @property
     def state_path(self) -> Path:

@@ -22,6 +22,7 @@ from server import cli as server_cli
 from server.config import ServerConfig
 from server.errors import ServerError
 from server.quality import cli as monitoring_cli
+from server.retraining import cli as retraining_cli
 from shelfcast import __version__
 from shelfcast import demo as demo_cmd
 
@@ -112,6 +113,7 @@ cli.add_command(agent_cli.agent)
 cli.add_command(monitoring_cli.accuracy)
 cli.add_command(monitoring_cli.drift)
 cli.add_command(monitoring_cli.alerts)
+cli.add_command(retraining_cli.retrain)
 cli.add_command(demo_cmd.demo)
 
 

@@ -7,7 +7,7 @@ webhooks), a breach with one open only refreshes it (de-duplication), a clear ve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -100,6 +100,7 @@ class QualityService:
         self.repo = repo
         self.config = config
         self.sender = sender or WebhookSender(config.webhooks, repo.record_delivery)
+        self.on_firing: list[Callable[[schemas.Alert], None]] = []  # e.g. retraining's alert trigger
 
     # --- reports ----------------------------------------------------------------------------------
 
@@ -300,6 +301,11 @@ class QualityService:
             {"event": f"alert.{event}", "sent_at": datetime.now().astimezone(), "alert": alert}
         )
         self.sender.send(alert.alert_id, event, alert.severity, body)
+        for hook in self.on_firing if event == "firing" else ():
+            try:
+                hook(alert)
+            except Exception as exc:  # a hook's failure never undoes or repeats the alert
+                log.exception("alert_hook_failed", alert_id=alert.alert_id, reason=str(exc))
 
     def list_alerts(
         self, *, status: str | None, store_id: str | None, severity: str | None, limit: int | None

@@ -1,0 +1,228 @@
+"""Retraining on a real server process: manual, alert-triggered and failing runs on the central dataset."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from click.testing import CliRunner
+
+from forecasting.contracts import ActualRow, ActualsBatch, CategoryDrift, DriftReport, DriftTest
+from shelfcast.cli import cli
+from shelfcast.procs import ServiceProcess
+from tests.conftest import free_port
+from tests.server.conftest import ADMIN_TOKEN, create_store, enroll, make_bundle, publish
+
+MODEL = "demand"
+STORE = "S001"
+GOOD_TRAIN = """
+[train]
+horizon = 7
+season_length = 7
+models = ["Naive", "SeasonalNaive"]
+fallback = "Naive"
+levels = [80]
+"""
+RUN_TIMEOUT_SECONDS = 150.0
+
+
+@dataclass
+class Retrainer:
+    url: str
+    process: ServiceProcess
+    state_dir: Path
+    train_config: Path
+    agent_token: str
+    dataset_id: str
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+
+    def agent(self) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.agent_token}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+def _push_actuals(client: httpx.Client) -> str:
+    """A small synthetic history (1 store x 6 items x 84 days) in two batches; the latest dataset version."""
+    from forecasting.synthetic import generate
+
+    frame = generate(1, 6, 84, seed=7).select("item_id", "category", "ds", "y")
+    cut = frame["ds"].min() + timedelta(days=56)  # type: ignore[operator]
+    dataset_id = ""
+    for batch_id, part in (
+        ("hist-1", frame.filter(frame["ds"] < cut)),
+        ("hist-2", frame.filter(frame["ds"] >= cut)),
+    ):
+        rows = [ActualRow(**r) for r in part.iter_rows(named=True)]
+        batch = ActualsBatch(batch_id=batch_id, store_id=STORE, created_at=datetime.now(UTC), rows=rows)
+        response = client.post("/v1/actuals", content=msgspec.json.encode(batch))
+        assert response.status_code in (200, 201, 202), response.text
+        dataset_id = response.json()["dataset_id"]
+    return dataset_id
+
+
+@pytest.fixture(scope="module")
+def retrainer(tmp_path_factory: pytest.TempPathFactory, signing_key: Path) -> Iterator[Retrainer]:
+    """A server whose [retraining] trains `demand` (tiny config), retraining on the `drift-now` alert."""
+    base = tmp_path_factory.mktemp("retraining")
+    train_config = base / "train.toml"
+    train_config.write_text(GOOD_TRAIN)
+    config = base / "server.toml"
+    config.write_text(
+        f"""
+[server]
+trusted_keys = ["{signing_key}.pub"]
+
+[retraining]
+model_name = "{MODEL}"
+train_config = "{train_config}"
+trigger_alerts = ["drift-now"]
+alert_cooldown_seconds = 0
+log_tail_lines = 30
+
+[[alerts.rules]]
+name = "drift-now"
+metric = "drift"
+scope = "store"
+threshold = 0.5
+window = 1
+min_samples = 1
+"""
+    )
+    port = free_port()
+    state_dir = base / "state"
+    process = ServiceProcess(
+        "server",
+        ["server", "run", "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+         "--state-dir", str(state_dir)],
+        log_path=base / "server.log",
+        env={"SHELFCAST_SERVER__ADMIN_TOKEN": ADMIN_TOKEN, "SHELFCAST_LOGGING__FORMAT": "json"},
+    ).start()  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        process.wait_http(f"{url}/readyz", timeout_seconds=60)
+        with httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
+        ) as admin:
+            token = enroll(url, STORE, create_store(admin, STORE, MODEL))
+            archive = make_bundle(base, signing_key, MODEL, 1)  # an existing v1: retraining makes v2, v3
+            assert publish(admin, archive, MODEL).status_code == 201
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as agent:
+            dataset_id = _push_actuals(agent)
+        yield Retrainer(url, process, state_dir, train_config, token, dataset_id)
+    finally:
+        process.stop()
+
+
+def _wait(
+    client: httpx.Client, retraining_id: str, *, probe: bool = False
+) -> tuple[dict[str, Any], list[float]]:
+    """Poll a run until it has finished; with ``probe``, also time other API calls while it runs."""
+    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+    latencies: list[float] = []
+    while time.monotonic() < deadline:
+        run: dict[str, Any] = client.get(f"/v1/retraining/runs/{retraining_id}").json()
+        if run["status"] in ("succeeded", "failed"):
+            return run, latencies
+        if probe and run["status"] == "running":
+            began = time.perf_counter()
+            assert client.get("/v1/models").status_code == 200
+            assert client.get("/readyz").status_code == 200
+            latencies.append(time.perf_counter() - began)
+        time.sleep(0.5)
+    raise AssertionError(f"retraining run {retraining_id} did not finish in {RUN_TIMEOUT_SECONDS} s")
+
+
+def test_failing_training_is_recorded_as_failed_with_its_log_tail(retrainer: Retrainer) -> None:
+    """A bad training config fails the run: status failed, reason and log tail kept, no new version."""
+    retrainer.train_config.write_text("[train]\nhorizonn = 7\n")
+    try:
+        with retrainer.admin() as admin:
+            started = admin.post("/v1/retraining/runs", json={"reason": "bad config"})
+            assert started.status_code == 202, started.text
+            run, _ = _wait(admin, started.json()["retraining_id"])
+            versions = admin.get(f"/v1/models/{MODEL}/versions").json()["items"]
+    finally:
+        retrainer.train_config.write_text(GOOD_TRAIN)
+    assert run["status"] == "failed"
+    assert "training failed (exit code 1)" in run["error"]
+    assert "horizonn" in run["log_tail"]
+    assert run["dataset_id"] == retrainer.dataset_id and run["run_id"] is None
+    assert [v["version"] for v in versions] == [1]
+
+
+def test_manual_run_trains_on_the_central_dataset_and_registers_the_next_version(
+    retrainer: Retrainer,
+) -> None:
+    """`retrain now` trains v2 on the latest dataset version (v2 -> run -> dataset); the API stays fast."""
+    runner = CliRunner()
+    remote = ["--server", retrainer.url, "--token", ADMIN_TOKEN]
+    result = runner.invoke(
+        cli, ["retrain", "now", "--model", MODEL, "--reason", "test", *remote, "-o", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    retraining_id = msgspec.json.decode(result.output)["retraining_id"]
+    with retrainer.admin() as admin:
+        run, latencies = _wait(admin, retraining_id, probe=True)
+        assert run["status"] == "succeeded", run["error"] + "\n" + run["log_tail"]
+        lineage = admin.get(f"/v1/models/{MODEL}/versions/2/lineage").json()
+        registered = admin.get(f"/v1/runs/{run['run_id']}").json()
+        dataset_lineage = admin.get(f"/v1/datasets/{retrainer.dataset_id}/lineage").json()
+        aliases = admin.get(f"/v1/models/{MODEL}/aliases").json()
+    assert run["version"] == 2 and run["trigger"] == "manual" and run["dataset_id"] == retrainer.dataset_id
+    assert lineage["version"]["run_id"] == run["run_id"] == lineage["run"]["run_id"]
+    assert lineage["dataset"]["dataset_id"] == retrainer.dataset_id == registered["dataset_id"]
+    assert lineage["dataset"]["name"] == "actuals" and lineage["dataset"]["stores"] == [STORE]
+    assert [v["version"] for v in dataset_lineage["versions"]] == [2]
+    assert all(a["alias"] != "champion" or a["version"] != 2 for a in aliases)  # never moved by retraining
+    assert latencies and max(latencies) < 2.0, latencies  # answered while training ran in its worker
+    shown = runner.invoke(cli, ["runs", "show", retraining_id, *remote, "-o", "json"])
+    assert shown.exit_code == 0 and msgspec.json.decode(shown.output)["version"] == 2
+    listed = runner.invoke(cli, ["retrain", "list", *remote, "-o", "json"])
+    assert listed.exit_code == 0
+    assert [r["status"] for r in msgspec.json.decode(listed.output)] == ["succeeded", "failed"]
+
+
+def _drifted_report(week: date) -> DriftReport:
+    test = DriftTest(
+        name="wasserstein", statistic=0.6, threshold=0.1, verdict="drift", n_current=1, n_reference=1
+    )
+    category = CategoryDrift(
+        category="beverages", comparison="seasonal", drifted=True, score=0.6, tests=[test]
+    )
+    return DriftReport(
+        report_id=f"drift-{STORE}-{week}", store_id=STORE, model_name=MODEL, version=2,
+        period_start=week - timedelta(days=6), period_end=week, created_at=datetime.now(UTC),
+        categories=[category],
+    )  # fmt: skip
+
+
+def test_firing_drift_alert_starts_a_retraining_run(retrainer: Retrainer) -> None:
+    """A drift report that fires a trigger rule queues a run (trigger alert) that registers v3."""
+    report = _drifted_report(date(2023, 3, 26))
+    with retrainer.agent() as agent:
+        response = agent.post(
+            "/v1/drift", content=msgspec.json.encode(report), headers={"Idempotency-Key": report.report_id}
+        )
+    assert response.status_code == 202, response.text
+    assert response.json()["alerts_fired"] == 1
+    with retrainer.admin() as admin:
+        alert = admin.get("/v1/alerts", params={"status": "firing"}).json()
+        alert_id = (alert["items"] if isinstance(alert, dict) else alert)[0]["alert_id"]
+        runs = admin.get("/v1/retraining/runs", params={"model": MODEL}).json()["items"]
+        assert runs[0]["trigger"] == "alert" and runs[0]["alert_id"] == alert_id
+        assert "drift-now" in runs[0]["reason"] and runs[0]["requested_by"] == f"alert:{alert_id}"
+        run, _ = _wait(admin, runs[0]["retraining_id"])
+        lineage = admin.get(f"/v1/models/{MODEL}/versions/3/lineage").json()
+    assert run["status"] == "succeeded", run["error"] + "\n" + run["log_tail"]
+    assert (
+        lineage["run"]["run_id"] == run["run_id"] and lineage["dataset"]["dataset_id"] == retrainer.dataset_id
+    )
