@@ -92,7 +92,9 @@ def aggregate(series_metrics: pl.DataFrame, by: Sequence[str] = ()) -> pl.DataFr
     """Metrics per ``by`` group and model (overall when ``by`` is empty)."""
     coverage_cols = [c for c in series_metrics.columns if c.startswith("coverage_")]
     keys = [*by, "model"]
-    out = series_metrics.group_by(keys, maintain_order=True).agg(
+    # A fixed row order makes every float sum below reproducible to the last bit.
+    ordered = series_metrics.sort([*keys, ID] if ID in series_metrics.columns else keys, maintain_order=True)
+    out = ordered.group_by(keys, maintain_order=True).agg(
         pl.len().alias("series"),
         (pl.col("abs_err_sum").sum() / pl.col("n").sum()).alias("mae"),
         (pl.col("abs_err_sum").sum() / pl.col("abs_y_sum").sum()).alias("wape"),
