@@ -226,3 +226,26 @@ def test_firing_drift_alert_starts_a_retraining_run(retrainer: Retrainer) -> Non
     assert (
         lineage["run"]["run_id"] == run["run_id"] and lineage["dataset"]["dataset_id"] == retrainer.dataset_id
     )
+
+
+def test_schedule_times_follow_the_cron_expression_in_utc() -> None:
+    """`0 3 * * 0` fires next on Sunday 03:00 UTC, strictly after the given time."""
+    from server.retraining.scheduler import next_time
+
+    wednesday = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    assert next_time("0 3 * * 0", wednesday) == datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+    sunday_three = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+    assert next_time("0 3 * * 0", sunday_three) == datetime(2026, 12, 6, 3, 0, tzinfo=UTC)
+
+
+def test_a_bad_cron_expression_fails_the_config_with_its_field_path(tmp_path: Path) -> None:
+    """[retraining] schedule is checked at start: a bad expression is a ConfigError naming the field."""
+    from forecasting.errors import ConfigError
+    from server.config import load_server_config
+
+    path = tmp_path / "server.toml"
+    path.write_text('[retraining]\nschedule = "every sunday"\n')
+    with pytest.raises(ConfigError, match="retraining"):
+        load_server_config([path])
+    path.write_text('[retraining]\nschedule = "0 3 * * 0"\n')
+    assert load_server_config([path]).retraining.schedule == "0 3 * * 0"
