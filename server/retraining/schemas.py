@@ -14,11 +14,12 @@ ACTIVE: tuple[Status, ...] = ("queued", "running")
 class RetrainingPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """``[retraining.policy]``: what happens to a newly registered version.
 
-    ``auto_rollout = true`` starts a canary rollout of it (the rollouts domain); the champion alias is never
-    moved by retraining itself.
+    ``auto_rollout = true`` starts a canary rollout of it (the rollouts domain) with the plan in the TOML
+    file ``rollout_plan`` (waves, bake, gates); the champion alias is never moved by retraining itself.
     """
 
     auto_rollout: bool = False
+    rollout_plan: str = ""
 
 
 class RetrainingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

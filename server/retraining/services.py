@@ -14,6 +14,7 @@ import importlib
 import queue
 import threading
 import time
+import tomllib
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -323,9 +324,10 @@ class RetrainingService:
             )  # fmt: skip
             return "unavailable"
         try:
+            plan = self._rollout_plan()
             rollout_schemas = importlib.import_module("server.rollouts.schemas")
             body = rollout_schemas.RolloutCreate(
-                model_name=model, version=version, reason=f"retraining {retraining_id}"
+                model_name=model, version=version, plan=plan, reason=f"retraining {retraining_id}"
             )
             detail = service.start(body, RETRAINER)
         except Exception as exc:  # the version stays registered; the rollout can be started by hand
@@ -335,3 +337,13 @@ class RetrainingService:
         rollout_id = str(getattr(rollout, "rollout_id", ""))
         log.info("auto_rollout_started", retraining_id=retraining_id, model_name=model, rollout_id=rollout_id)
         return f"started: {rollout_id}"
+
+    def _rollout_plan(self) -> dict[str, Any]:
+        """The ``rollout_plan`` TOML as a table (its model and version come from the run)."""
+        plan_file = self.config.policy.rollout_plan
+        if not plan_file:
+            raise RunFailedError("[retraining.policy] rollout_plan names no plan file")
+        plan = tomllib.loads(Path(plan_file).read_text(encoding="utf-8"))
+        plan.pop("model_name", None)
+        plan.pop("version", None)
+        return plan

@@ -75,6 +75,8 @@ def retrainer(tmp_path_factory: pytest.TempPathFactory, signing_key: Path) -> It
     base = tmp_path_factory.mktemp("retraining")
     train_config = base / "train.toml"
     train_config.write_text(GOOD_TRAIN)
+    plan = base / "rollout.toml"
+    plan.write_text('stratify_by = []\n\n[[waves]]\nname = "canary"\nshare = 1.0\n')
     config = base / "server.toml"
     config.write_text(
         f"""
@@ -87,6 +89,10 @@ train_config = "{train_config}"
 trigger_alerts = ["drift-now"]
 alert_cooldown_seconds = 0
 log_tail_lines = 30
+
+[retraining.policy]
+auto_rollout = true
+rollout_plan = "{plan}"
 
 [[alerts.rules]]
 name = "drift-now"
@@ -115,6 +121,8 @@ min_samples = 1
             token = enroll(url, STORE, create_store(admin, STORE, MODEL))
             archive = make_bundle(base, signing_key, MODEL, 1)  # an existing v1: retraining makes v2, v3
             assert publish(admin, archive, MODEL).status_code == 201
+            champion = admin.put(f"/v1/models/{MODEL}/aliases/champion", json={"version": 1})
+            assert champion.status_code == 200, champion.text
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as agent:
             dataset_id = _push_actuals(agent)
         yield Retrainer(url, process, state_dir, train_config, token, dataset_id)
@@ -176,14 +184,21 @@ def test_manual_run_trains_on_the_central_dataset_and_registers_the_next_version
         lineage = admin.get(f"/v1/models/{MODEL}/versions/2/lineage").json()
         registered = admin.get(f"/v1/runs/{run['run_id']}").json()
         dataset_lineage = admin.get(f"/v1/datasets/{retrainer.dataset_id}/lineage").json()
+        rollouts = admin.get("/v1/rollouts", params={"model_name": MODEL})
         aliases = admin.get(f"/v1/models/{MODEL}/aliases").json()
     assert run["version"] == 2 and run["trigger"] == "manual" and run["dataset_id"] == retrainer.dataset_id
     assert lineage["version"]["run_id"] == run["run_id"] == lineage["run"]["run_id"]
     assert lineage["dataset"]["dataset_id"] == retrainer.dataset_id == registered["dataset_id"]
     assert lineage["dataset"]["name"] == "actuals" and lineage["dataset"]["stores"] == [STORE]
     assert [v["version"] for v in dataset_lineage["versions"]] == [2]
-    assert all(a["alias"] != "champion" or a["version"] != 2 for a in aliases)  # never moved by retraining
+    assert {a["alias"]: a["version"] for a in aliases}["champion"] == 1  # retraining never moves it
     assert latencies and max(latencies) < 2.0, latencies  # answered while training ran in its worker
+    if rollouts.status_code == 404:  # a server without the rollouts domain: auto_rollout is a no-op
+        assert run["rollout"] == "unavailable"
+    else:  # auto_rollout = true: a canary rollout of v2 against the champion v1
+        assert run["rollout"].startswith("started: "), run["rollout"]
+        started = [r for r in rollouts.json()["items"] if r["rollout_id"] == run["rollout"].split(": ")[1]]
+        assert len(started) == 1
     shown = runner.invoke(cli, ["runs", "show", retraining_id, *remote, "-o", "json"])
     assert shown.exit_code == 0 and msgspec.json.decode(shown.output)["version"] == 2
     listed = runner.invoke(cli, ["retrain", "list", *remote, "-o", "json"])
