@@ -39,6 +39,10 @@ from server.registry.controllers import BundleController, DatasetController, Mod
 from server.registry.repository import RegistryRepository
 from server.registry.services import RegistryService
 from server.retraining.controllers import RETRAINING_CONTROLLERS, start_retraining, stop_retraining
+from server.rollouts.controllers import RolloutController
+from server.rollouts.engine import RolloutEngine
+from server.rollouts.repository import RolloutRepository
+from server.rollouts.services import RolloutService
 from server.system import AdminController, SystemController
 
 log = get_logger("server.app")
@@ -54,6 +58,8 @@ class ServerState:
         self.db: Database | None = None
         self._fleet: FleetService | None = None
         self._registry: RegistryService | None = None
+        self._rollouts: RolloutService | None = None
+        self.engine: RolloutEngine | None = None
         self.metrics = Metrics(self._fleet_gauges)
 
     def _fleet_gauges(self) -> dict[str, Any]:
@@ -70,6 +76,12 @@ class ServerState:
         if self._registry is None:
             raise ServerError("the server state is not open")
         return self._registry
+
+    @property
+    def rollouts(self) -> RolloutService:
+        if self._rollouts is None:
+            raise ServerError("the server state is not open")
+        return self._rollouts
 
     def open(self) -> None:
         """Open the database (migrating it), the blob store and the services; idempotent."""
@@ -101,10 +113,34 @@ class ServerState:
             page_cap=server.max_page_size,
             on_change=fleet.invalidate_assignments,
         )
+        rollout_repo = RolloutRepository(db)
+        self._rollouts = RolloutService(
+            rollout_repo,
+            self._registry,
+            on_change=fleet.invalidate_assignments,
+            page_default=server.default_page_size,
+            page_cap=server.max_page_size,
+        )
+        fleet.rollout_override = self._rollouts.override
+        self.engine = RolloutEngine(
+            self._rollouts,
+            rollout_repo,
+            interval_seconds=self.config.rollouts.engine_interval_seconds,
+            lease_seconds=self.config.rollouts.lease_seconds,
+        )
         self._fleet = fleet
         self.db = db
         fleet.load_tokens()
         fleet.prune()
+
+    async def start_engine(self) -> None:
+        """Start the rollout engine's task (the state is open by now)."""
+        if self.engine is not None:
+            self.engine.start()
+
+    async def stop_engine(self) -> None:
+        if self.engine is not None:
+            await self.engine.stop()
 
     def close(self) -> None:
         if self.db is not None:
@@ -113,6 +149,8 @@ class ServerState:
             self.db = None
             self._fleet = None
             self._registry = None
+            self._rollouts = None
+            self.engine = None
 
 
 def problem(status: int, title: str, detail: str) -> Response[bytes]:
@@ -157,6 +195,9 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> Litest
     def fleet_provider() -> FleetService:
         return state.fleet
 
+    def rollouts_provider() -> RolloutService:
+        return state.rollouts
+
     api = Router(
         path="/",
         route_handlers=[
@@ -170,6 +211,7 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> Litest
             HeartbeatController,
             CredentialController,
             AdminController,
+            RolloutController,
             *MONITORING_CONTROLLERS,
             *RETRAINING_CONTROLLERS,
         ],
@@ -192,6 +234,7 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> Litest
         dependencies={
             "registry": Provide(registry_provider, sync_to_thread=False),
             "fleet": Provide(fleet_provider, sync_to_thread=False),
+            "rollouts": Provide(rollouts_provider, sync_to_thread=False),
         },
         exception_handlers={
             ServerError: server_error_handler,
@@ -200,8 +243,8 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> Litest
         },
         middleware=[state.metrics.middleware, make_auth_middleware(state.tokens)],
         openapi_config=openapi,
-        on_startup=[state.open],
-        on_shutdown=[state.close],
+        on_startup=[state.open, state.start_engine],
+        on_shutdown=[state.stop_engine, state.close],
         request_max_body_size=config.server.max_json_body_bytes,
         debug=False,
     )

@@ -33,6 +33,13 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     trusted_keys: list[str] = msgspec.field(default_factory=list)
 
 
+class RolloutsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[rollouts]``: how often the rollout engine decides and how long its lease lasts."""
+
+    engine_interval_seconds: float = 10.0
+    lease_seconds: float = 60.0
+
+
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Whole server configuration file."""
 
@@ -40,6 +47,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     retraining: RetrainingConfig = msgspec.field(default_factory=RetrainingConfig)
+    rollouts: RolloutsConfig = msgspec.field(default_factory=RolloutsConfig)
 
     @property
     def state_path(self) -> Path:
@@ -95,5 +103,7 @@ def load_client_config(files: list[Path]) -> ClientConfig:
 
 
 def load_server_config(files: list[Path]) -> ServerConfig:
-    """Defaults < /etc/shelfcast/server.toml < files < SHELFCAST_SERVER__* / SHELFCAST_LOGGING__*."""
-    return load_config(ServerConfig, files, system_file="server.toml", restrict_env_to=("server", "logging"))
+    """Defaults < /etc/shelfcast/server.toml < files < SHELFCAST_SERVER__* / _LOGGING__* / _ROLLOUTS__*."""
+    return load_config(
+        ServerConfig, files, system_file="server.toml", restrict_env_to=("server", "logging", "rollouts")
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -61,6 +62,8 @@ class FleetService:
         self._cache_lock = threading.Lock()
         self._generation = 0
         self._heartbeats = 0
+        # (store_id, model_name) -> the active rollout's version for the store, if any
+        self.rollout_override: Callable[[str, str], Any] | None = None
 
     def load_tokens(self) -> None:
         """Fill the token index from the credentials table (at start and after restores)."""
@@ -343,13 +346,31 @@ class FleetService:
         version = self.registry.get_version(model_name, int(alias["version"]))
         if version is None:
             return None
-        body = msgspec.json.encode(
-            Assignment(
-                store_id=store_id,
-                model_name=model_name,
-                version=int(version["version"]),
-                bundle_sha256=version["bundle_sha256"],
-                bundle_size=int(version["bundle_size"]),
-            )
+        assignment = Assignment(
+            store_id=store_id,
+            model_name=model_name,
+            version=int(version["version"]),
+            bundle_sha256=version["bundle_sha256"],
+            bundle_size=int(version["bundle_size"]),
         )
+        override = self.rollout_override(store_id, model_name) if self.rollout_override else None
+        candidate = None if override is None else self.registry.get_version(model_name, int(override.version))
+        if override is not None and candidate is not None and candidate["version"] != version["version"]:
+            if override.shadow:
+                assignment = msgspec.structs.replace(
+                    assignment,
+                    shadow_version=int(candidate["version"]),
+                    shadow_bundle_sha256=candidate["bundle_sha256"],
+                    shadow_bundle_size=int(candidate["bundle_size"]),
+                    rollout_id=override.rollout_id,
+                )
+            else:
+                assignment = msgspec.structs.replace(
+                    assignment,
+                    version=int(candidate["version"]),
+                    bundle_sha256=candidate["bundle_sha256"],
+                    bundle_size=int(candidate["bundle_size"]),
+                    rollout_id=override.rollout_id,
+                )
+        body = msgspec.json.encode(assignment)
         return CachedAssignment(etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"', body=body)

@@ -1,0 +1,1 @@
+"""Canary rollouts: plans, waves, gates, the engine that decides."""
