@@ -25,7 +25,7 @@ import pytest
 from tests.fuzzing import fuzz_schema
 from tests.server.conftest import RunningServer, launch
 
-MAX_EXAMPLES = 4
+MAX_EXAMPLES = 3
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/metrics", "/v1/enroll"})
 
 
