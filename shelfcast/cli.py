@@ -23,6 +23,7 @@ from server.config import ServerConfig
 from server.errors import ServerError
 from server.quality import cli as monitoring_cli
 from server.retraining import cli as retraining_cli
+from server.rollouts import cli as rollouts_cli
 from shelfcast import __version__
 from shelfcast import demo as demo_cmd
 
@@ -114,6 +115,7 @@ cli.add_command(monitoring_cli.accuracy)
 cli.add_command(monitoring_cli.drift)
 cli.add_command(monitoring_cli.alerts)
 cli.add_command(retraining_cli.retrain)
+cli.add_command(rollouts_cli.rollouts)
 cli.add_command(demo_cmd.demo)
 
 

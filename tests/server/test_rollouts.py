@@ -338,3 +338,44 @@ def launch_again(server: RunningServer) -> Any:
     from tests.server.conftest import start_process
 
     return start_process(server.state_dir, server.port, server.trusted_key, server.extra_env)
+
+
+def cli_run(server: RunningServer, *args: str) -> str:
+    from click.testing import CliRunner
+
+    from shelfcast.cli import cli
+
+    env = {"SHELFCAST_SERVER_URL": server.url, "SHELFCAST_TOKEN": server.admin_token}
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_cli_starts_shows_pauses_resumes_and_promotes(
+    rollout_server: RunningServer, tmp_path: Path, signing_key: Path
+) -> None:
+    """`shelfcast rollouts start|status|pause|resume|promote` drive a rollout from a TOML plan file."""
+    fleet = make_fleet(rollout_server, tmp_path, signing_key, per_stratum=1)
+    plan = Path(__file__).parents[2] / "configs" / "rollout.toml"
+    started = msgspec.json.decode(
+        cli_run(rollout_server, "rollouts", "start", "--model", fleet.model, "--version", "2", "--plan",
+                str(plan), "-o", "json")
+    )  # fmt: skip
+    rollout_id = started["rollout"]["rollout_id"]
+    assert [w["name"] for w in started["waves"]] == ["canary", "half", "everyone"]
+    table = cli_run(rollout_server, "rollouts", "status", rollout_id)
+    assert "waves" in table and "gates" in table and "decisions" in table
+    assert "activated share" in table
+    paused = msgspec.json.decode(cli_run(rollout_server, "rollouts", "pause", rollout_id, "-o", "json"))
+    assert paused["rollout"]["status"] == "paused"
+    resumed = msgspec.json.decode(cli_run(rollout_server, "rollouts", "resume", rollout_id, "-o", "json"))
+    assert resumed["rollout"]["status"] == "running"
+    promoted = msgspec.json.decode(
+        cli_run(rollout_server, "rollouts", "promote", rollout_id, "--reason", "looks good", "-o", "json")
+    )
+    assert promoted["rollout"]["status"] == "promoted"
+    actions = [d["action"] for d in promoted["decisions"] if d["action"] != "keep_baking"]
+    assert actions == ["start", "pause", "resume", "promote", "promoted"]
+    assert champion_of(rollout_server, fleet.model) == 2
+    listed = cli_run(rollout_server, "rollouts", "list", "--model", fleet.model)
+    assert rollout_id in listed
