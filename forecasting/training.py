@@ -280,7 +280,8 @@ def manifest_metrics(result: BacktestResult, assignment: pl.DataFrame) -> dict[s
 
 
 def _finite_dict(row: dict[str, Any], cols: list[str]) -> dict[str, float]:
-    return {c: float(row[c]) for c in cols if row.get(c) is not None and np.isfinite(row[c])}
+    # 12 significant digits: parallel float sums may differ in the last bit between runs.
+    return {c: float(f"{row[c]:.12g}") for c in cols if row.get(c) is not None and np.isfinite(row[c])}
 
 
 def write_run(
