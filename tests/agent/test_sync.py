@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from forecasting.systemd_notify import notify, watchdog_interval_seconds
 from agent.sync import backoff_seconds
+from forecasting.systemd_notify import notify, watchdog_interval_seconds
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
