@@ -239,6 +239,7 @@ class RetrainingService:
         except Exception as exc:
             log.exception("retraining_step_crashed", retraining_id=retraining_id)
             status, error = "failed", f"{type(exc).__name__}: {exc}"
+        (work / "data.parquet").unlink(missing_ok=True)  # a copy of the central dataset; the bundle stays
         self.repo.update(
             retraining_id, status=status, stage="done", error=error, finished_at=utcnow(),
             log_tail=tail(log_path, self.config.log_tail_lines),
