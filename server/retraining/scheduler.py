@@ -32,10 +32,11 @@ class CronScheduler:
         self._thread: threading.Thread | None = None
         self.next_at: datetime | None = None
 
-    def start(self) -> None:
+    def start(self, first_at: datetime | None = None) -> None:
+        """Start the thread; the first call is at the next time of the expression (or at ``first_at``)."""
         if self._thread is not None:
             return
-        self.next_at = next_time(self.expression, datetime.now(UTC))
+        self.next_at = first_at or next_time(self.expression, datetime.now(UTC))
         self._thread = threading.Thread(target=self._loop, name="retraining-scheduler", daemon=True)
         self._thread.start()
         log.info(

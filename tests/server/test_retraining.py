@@ -264,3 +264,38 @@ def test_a_bad_cron_expression_fails_the_config_with_its_field_path(tmp_path: Pa
         load_server_config([path])
     path.write_text('[retraining]\nschedule = "0 3 * * 0"\n')
     assert load_server_config([path]).retraining.schedule == "0 3 * * 0"
+
+
+def test_scheduler_fires_when_due_and_moves_to_the_next_time() -> None:
+    """A due schedule calls back once with its due time, then waits for the expression's next time."""
+    import threading
+
+    from server.retraining.scheduler import CronScheduler
+
+    fired: list[datetime] = []
+    called = threading.Event()
+
+    def fire(due: datetime) -> None:
+        fired.append(due)
+        called.set()
+
+    scheduler = CronScheduler("0 3 * * 0", fire)
+    due = datetime.now(UTC) - timedelta(seconds=1)
+    scheduler.start(first_at=due)
+    try:
+        assert called.wait(timeout=10)
+    finally:
+        scheduler.stop()
+    assert fired == [due]
+    assert scheduler.next_at is not None and scheduler.next_at.weekday() == 6 and scheduler.next_at.hour == 3
+
+
+def test_status_shows_the_schedule_triggers_and_policy(retrainer: Retrainer) -> None:
+    """GET /v1/retraining/status (and `retrain status`) name the model, trigger rules and rollout policy."""
+    result = CliRunner().invoke(
+        cli, ["retrain", "status", "--server", retrainer.url, "--token", ADMIN_TOKEN, "-o", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    status = msgspec.json.decode(result.output)
+    assert status["model_name"] == MODEL and status["schedule"] == "" and status["next_run_at"] is None
+    assert status["trigger_alerts"] == ["drift-now"] and status["auto_rollout"] is True
