@@ -103,7 +103,10 @@ def load_client_config(files: list[Path]) -> ClientConfig:
 
 
 def load_server_config(files: list[Path]) -> ServerConfig:
-    """Defaults < /etc/shelfcast/server.toml < files < SHELFCAST_SERVER__* / _LOGGING__* / _ROLLOUTS__*."""
+    """Defaults < /etc/shelfcast/server.toml < files < SHELFCAST_{SERVER,LOGGING,ROLLOUTS,RETRAINING}__*."""
     return load_config(
-        ServerConfig, files, system_file="server.toml", restrict_env_to=("server", "logging", "rollouts")
+        ServerConfig,
+        files,
+        system_file="server.toml",
+        restrict_env_to=("server", "logging", "rollouts", "retraining"),
     )

@@ -299,3 +299,27 @@ def test_status_shows_the_schedule_triggers_and_policy(retrainer: Retrainer) -> 
     status = msgspec.json.decode(result.output)
     assert status["model_name"] == MODEL and status["schedule"] == "" and status["next_run_at"] is None
     assert status["trigger_alerts"] == ["drift-now"] and status["auto_rollout"] is True
+
+
+def test_retraining_settings_take_environment_overrides(tmp_path: Path) -> None:
+    """SHELFCAST_RETRAINING__SCHEDULE overrides the server file, like the other server sections."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "server.toml"
+    path.write_text('[retraining]\nschedule = "0 3 * * 0"\n')
+    code = (
+        "import sys; from pathlib import Path; from server.config import load_server_config; "
+        "print(load_server_config([Path(sys.argv[1])]).retraining.schedule)"
+    )
+    env = {**os.environ, "SHELFCAST_RETRAINING__SCHEDULE": "30 2 * * *"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.strip() == "30 2 * * *"
