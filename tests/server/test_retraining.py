@@ -323,3 +323,41 @@ def test_retraining_settings_take_environment_overrides(tmp_path: Path) -> None:
         check=True,
     )
     assert out.stdout.strip() == "30 2 * * *"
+
+
+def test_server_stop_kills_the_training_and_records_the_run_failed(tmp_path: Path, signing_key: Path) -> None:
+    """Stopping the server mid-training kills the worker; after a restart the run reads failed."""
+    from tests.server.conftest import launch
+
+    train_config = tmp_path / "train.toml"
+    train_config.write_text(GOOD_TRAIN)
+    running = launch(
+        tmp_path, signing_key.with_name(signing_key.name + ".pub"),
+        {"SHELFCAST_RETRAINING__TRAIN_CONFIG": str(train_config)},
+    )  # fmt: skip
+    try:
+        with running.admin() as admin:
+            token = enroll(running.url, STORE, create_store(admin, STORE, MODEL))
+            with running.client(token) as agent:
+                _push_actuals(agent)
+            retraining_id = admin.post("/v1/retraining/runs", json={}).json()["retraining_id"]
+            deadline = time.monotonic() + 60
+            while admin.get(f"/v1/retraining/runs/{retraining_id}").json()["stage"] != "training":
+                assert time.monotonic() < deadline, "the run never reached its training stage"
+                time.sleep(0.2)
+        work_dir = str(running.state_dir / "retraining" / retraining_id)
+        running.restart()
+        leftovers = [p for p in Path("/proc").glob("[0-9]*") if _cmdline_has(p, work_dir)]
+        assert not leftovers, "a training process outlived the server"
+        with running.admin() as admin:
+            run = admin.get(f"/v1/retraining/runs/{retraining_id}").json()
+    finally:
+        running.process.stop()
+    assert run["status"] == "failed" and "server stopped" in run["error"]
+
+
+def _cmdline_has(proc_dir: Path, text: str) -> bool:
+    try:
+        return text in (proc_dir / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
