@@ -27,10 +27,10 @@ class RetrainingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
 
     ``schedule``: a cron expression (UTC, five fields, e.g. ``"0 3 * * 0"``); empty: no scheduled runs.
     ``trigger_alerts``: names of alert rules whose firing (for ``model_name``) starts a run, at most one
-    per ``alert_cooldown_seconds``. ``train_config``: training TOML for ``shelfcast train --config``
-    (empty: its defaults). ``signing_key_file``: ed25519 private key signing the bundles (empty:
-    ``<state_dir>/keys/retraining.key``, created on first use; its public half in ``<state_dir>/keys`` is
-    trusted by the server).
+    per ``alert_cooldown_seconds`` (none by default: automatic retraining is opted into).
+    ``train_config``: training TOML for ``shelfcast train --config`` (empty: its defaults).
+    ``signing_key_file``: ed25519 private key signing the bundles (empty: ``<state_dir>/keys/retraining.key``,
+    created on first use; its public half in ``<state_dir>/keys`` is trusted by the server).
     """
 
     enabled: bool = True
@@ -38,9 +38,7 @@ class RetrainingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     model_name: str = "demand"
     train_config: str = ""
     signing_key_file: str = ""
-    trigger_alerts: list[str] = msgspec.field(
-        default_factory=lambda: ["category-drift", "accuracy-degradation"]
-    )
+    trigger_alerts: list[str] = msgspec.field(default_factory=list)
     alert_cooldown_seconds: float = 6 * 3600.0
     timeout_seconds: float = 4 * 3600.0
     log_tail_lines: int = 40
