@@ -130,11 +130,8 @@ def deployable_assignment(selection: Selection, result: BacktestResult, fallback
     group = {"category": "category", "series": ID}.get(selection.by, "scope")
     sm = result.series_metrics.with_columns(pl.lit("all").alias("scope"))
     scores = metrics.aggregate(sm, [group]).select(group, "model", selection.metric)
-    ok = scores.filter(
-        ~pl.col("model").is_in(list(NOT_DEPLOYABLE))
-        & ~pl.col("model").str.starts_with("Ensemble(")
-        & pl.col(selection.metric).is_not_null()
-    )
+    is_ok = ~pl.col("model").is_in(list(NOT_DEPLOYABLE)) & ~pl.col("model").str.starts_with("Ensemble(")
+    ok = scores.filter(is_ok & pl.col(selection.metric).is_not_null())
     order = {m: i for i, m in enumerate(result.models)}
     best = (
         ok.with_columns(pl.col("model").replace_strict(order, default=len(order)).alias("_r"))
@@ -149,10 +146,6 @@ def deployable_assignment(selection: Selection, result: BacktestResult, fallback
         .drop("scope")
     )
 
-    def deployable(name: str) -> bool:
-        return name not in NOT_DEPLOYABLE and not name.startswith("Ensemble(")
-
-    is_ok = pl.col("model").map_elements(deployable, return_dtype=pl.Boolean)
     return assignment.with_columns(
         pl.when(is_ok).then(pl.col("model")).otherwise(pl.col("_best").fill_null(fallback)).alias("model")
     ).drop("_best")
