@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,20 @@ def _offline_runtime(config: AgentConfig) -> Any:
     return runtime
 
 
+def _act(config: AgentConfig, path: str, offline: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Ask the running agent (``POST path``); when none runs, do the same on its state in this process."""
+    result = _api_call(config, "POST", path, config.scoring.timeout_seconds + 180)
+    if result is not None:
+        return result
+    runtime = _offline_runtime(config)
+    try:
+        answer = offline(runtime)
+    finally:
+        runtime.store.close()
+        runtime.scorer.close()
+    return answer
+
+
 def _print(result: dict[str, Any], output: str) -> None:
     from forecasting.tables import render
 
@@ -133,16 +148,10 @@ def score_cmd(
     config_files: tuple[Path, ...], host: str | None, port: int | None, state_dir: Path | None, output: str
 ) -> None:
     """Score the active model version on the store's history now."""
-    config = _load(config_files, host, port, state_dir)
-    result = _api_call(config, "POST", "/v1/score", config.scoring.timeout_seconds + 180)
-    if result is None:
-        runtime = _offline_runtime(config)
-        try:
-            result = runtime.score_now()
-        finally:
-            runtime.store.close()
-            runtime.scorer.close()
-    _print(result, output)
+    _print(
+        _act(_load(config_files, host, port, state_dir), "/v1/score", lambda runtime: runtime.score_now()),
+        output,
+    )
 
 
 @agent.command("rollback")
@@ -152,16 +161,12 @@ def rollback_cmd(
     config_files: tuple[Path, ...], host: str | None, port: int | None, state_dir: Path | None, output: str
 ) -> None:
     """Switch back to the newest kept version older than the active one."""
-    config = _load(config_files, host, port, state_dir)
-    result = _api_call(config, "POST", "/v1/rollback", config.scoring.timeout_seconds + 180)
-    if result is None:
-        runtime = _offline_runtime(config)
-        try:
-            result = runtime.rollback_now()
-        finally:
-            runtime.store.close()
-            runtime.scorer.close()
-    _print(result, output)
+    _print(
+        _act(
+            _load(config_files, host, port, state_dir), "/v1/rollback", lambda runtime: runtime.rollback_now()
+        ),
+        output,
+    )
 
 
 @agent.command("install")
