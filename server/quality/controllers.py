@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
+from litestar.di import Provide
 from litestar.params import Parameter
 
 from forecasting.contracts import AccuracyReport, ActualsBatch, DriftReport
@@ -93,8 +95,36 @@ GroupBy = Annotated[
 ]
 
 
+@dataclass(frozen=True)
+class PooledQuery:
+    """What a grouped accuracy or drift query asks for: filters, grouping columns and period."""
+
+    filters: Any
+    groups: list[str]
+    period: str
+
+
+def pooled_query(
+    group_by: GroupBy = None,
+    period: Annotated[str, Parameter(query="period", required=False)] = "week",
+    model_name: Annotated[str | None, Parameter(query="model", required=False)] = None,
+    version: Annotated[int | None, Parameter(query="version", required=False)] = None,
+    role: Annotated[str | None, Parameter(query="role", required=False)] = None,
+    store_id: Annotated[str | None, Parameter(query="store", required=False)] = None,
+    category: Annotated[str | None, Parameter(query="category", required=False)] = None,
+    since: Annotated[date | None, Parameter(query="since", required=False)] = None,
+    until: Annotated[date | None, Parameter(query="until", required=False)] = None,
+) -> PooledQuery:
+    """The query parameters shared by ``GET /v1/accuracy`` and ``GET /v1/drift``."""
+    filters = parse_filters(model_name=model_name, version=version, role=role, store_id=store_id,
+                            category=category, since=since, until=until)  # fmt: skip
+    groups = group_by if group_by is not None else ["model_name", "version", "store_id", "category"]
+    return PooledQuery(filters=filters, groups=groups, period=period)
+
+
 class AccuracyController(Controller):
     path = "/v1/accuracy"
+    dependencies = {"pooled": Provide(pooled_query, sync_to_thread=False)}  # noqa: RUF012
     tags = ["monitoring"]  # noqa: RUF012 - Litestar reads class attributes
 
     @post(
@@ -108,27 +138,13 @@ class AccuracyController(Controller):
         return _service(request).accept_accuracy(data, principal_of(request))
 
     @get("/", opt=READER, sync_to_thread=True, summary="Live accuracy pooled by the chosen groups")
-    def query(
-        self,
-        request: Request[Any, Any, Any],
-        group_by: GroupBy = None,
-        period: Annotated[str, Parameter(query="period", required=False)] = "week",
-        model_name: Annotated[str | None, Parameter(query="model", required=False)] = None,
-        version: Annotated[int | None, Parameter(query="version", required=False)] = None,
-        role: Annotated[str | None, Parameter(query="role", required=False)] = None,
-        store_id: Annotated[str | None, Parameter(query="store", required=False)] = None,
-        category: Annotated[str | None, Parameter(query="category", required=False)] = None,
-        since: Annotated[date | None, Parameter(query="since", required=False)] = None,
-        until: Annotated[date | None, Parameter(query="until", required=False)] = None,
-    ) -> list[schemas.AccuracyGroup]:
-        filters = parse_filters(model_name=model_name, version=version, role=role, store_id=store_id,
-                                category=category, since=since, until=until)  # fmt: skip
-        groups = group_by if group_by is not None else ["model_name", "version", "store_id", "category"]
-        return _service(request).accuracy(filters, groups, period)
+    def query(self, request: Request[Any, Any, Any], pooled: PooledQuery) -> list[schemas.AccuracyGroup]:
+        return _service(request).accuracy(pooled.filters, pooled.groups, pooled.period)
 
 
 class DriftController(Controller):
     path = "/v1/drift"
+    dependencies = {"pooled": Provide(pooled_query, sync_to_thread=False)}  # noqa: RUF012
     tags = ["monitoring"]  # noqa: RUF012
 
     @post(
@@ -138,23 +154,8 @@ class DriftController(Controller):
         return _service(request).accept_drift(data, principal_of(request))
 
     @get("/", opt=READER, sync_to_thread=True, summary="Drift pooled by the chosen groups")
-    def query(
-        self,
-        request: Request[Any, Any, Any],
-        group_by: GroupBy = None,
-        period: Annotated[str, Parameter(query="period", required=False)] = "week",
-        model_name: Annotated[str | None, Parameter(query="model", required=False)] = None,
-        version: Annotated[int | None, Parameter(query="version", required=False)] = None,
-        role: Annotated[str | None, Parameter(query="role", required=False)] = None,
-        store_id: Annotated[str | None, Parameter(query="store", required=False)] = None,
-        category: Annotated[str | None, Parameter(query="category", required=False)] = None,
-        since: Annotated[date | None, Parameter(query="since", required=False)] = None,
-        until: Annotated[date | None, Parameter(query="until", required=False)] = None,
-    ) -> list[schemas.DriftGroup]:
-        filters = parse_filters(model_name=model_name, version=version, role=role, store_id=store_id,
-                                category=category, since=since, until=until)  # fmt: skip
-        groups = group_by if group_by is not None else ["model_name", "version", "store_id", "category"]
-        return _service(request).drift(filters, groups, period)
+    def query(self, request: Request[Any, Any, Any], pooled: PooledQuery) -> list[schemas.DriftGroup]:
+        return _service(request).drift(pooled.filters, pooled.groups, pooled.period)
 
 
 class AlertController(Controller):
