@@ -20,7 +20,7 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
 
 from agent.errors import AgentError, IngestError, NoActiveModelError
-from agent.forecasts import MEDIA_TYPES, CursorError, ForecastView, negotiate, render
+from agent.forecasts import MEDIA_TYPES, CursorError, ForecastView, OutputFormat, negotiate, render
 from forecasting.logs import get_logger
 from shelfcast import __version__
 
@@ -158,16 +158,11 @@ def status(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(msgspec.json.encode(runtime.status()), media_type=JSON)
 
 
-@get("/forecasts/{item_id:str}", responses=AS_JSON_OBJECT)
-async def forecast_item(
-    request: Request[Any, Any, Any],
-    item_id: str,
-    horizon: int | None = None,
-    fmt: Annotated[str | None, Parameter(query="format")] = None,
-) -> Response[bytes]:
-    """Forecasts of one item, with prediction intervals (JSON, CSV, Parquet or Arrow by ``Accept``)."""
-    runtime = _runtime(request)
-    runtime.counters.hit("forecast_item")
+def _prepare(
+    runtime: AgentRuntime, counter: str, request: Request[Any, Any, Any], horizon: int | None, fmt: str | None
+) -> tuple[ForecastView, int, OutputFormat] | Response[bytes]:
+    """What both forecast routes check first: a served view, a valid horizon and an acceptable format."""
+    runtime.counters.hit(counter)
     view = _view_or_problem(runtime)
     if isinstance(view, Response):
         return view
@@ -177,6 +172,22 @@ async def forecast_item(
     chosen = negotiate(request.headers.get("accept"), fmt)
     if chosen is None:
         return problem(406, "Not acceptable", "formats: json, csv, parquet, arrow")
+    return view, steps, chosen
+
+
+@get("/forecasts/{item_id:str}", responses=AS_JSON_OBJECT)
+async def forecast_item(
+    request: Request[Any, Any, Any],
+    item_id: str,
+    horizon: int | None = None,
+    fmt: Annotated[str | None, Parameter(query="format")] = None,
+) -> Response[bytes]:
+    """Forecasts of one item, with prediction intervals (JSON, CSV, Parquet or Arrow by ``Accept``)."""
+    runtime = _runtime(request)
+    prepared = _prepare(runtime, "forecast_item", request, horizon, fmt)
+    if isinstance(prepared, Response):
+        return prepared
+    view, steps, chosen = prepared
     etag = view.etag("item", item_id, steps, chosen)
     if _not_modified(request, etag):
         return Response(b"", status_code=304, headers={"ETag": etag})
@@ -192,7 +203,7 @@ async def forecast_item(
 
 
 @get("/forecasts", sync_to_thread=True, responses=AS_JSON_OBJECT)
-def forecast_list(  # noqa: PLR0911 - one early answer per bad request
+def forecast_list(
     request: Request[Any, Any, Any],
     item_id: Annotated[list[str] | None, Parameter(query="item_id")] = None,
     category: str | None = None,
@@ -207,16 +218,10 @@ def forecast_list(  # noqa: PLR0911 - one early answer per bad request
     Parquet and Arrow return every matching row unless ``limit`` is given (whole-store export).
     """
     runtime = _runtime(request)
-    runtime.counters.hit("forecast_list")
-    view = _view_or_problem(runtime)
-    if isinstance(view, Response):
-        return view
-    steps = _horizon(runtime, view, horizon)
-    if isinstance(steps, Response):
-        return steps
-    chosen = negotiate(request.headers.get("accept"), fmt)
-    if chosen is None:
-        return problem(406, "Not acceptable", "formats: json, csv, parquet, arrow")
+    prepared = _prepare(runtime, "forecast_list", request, horizon, fmt)
+    if isinstance(prepared, Response):
+        return prepared
+    view, steps, chosen = prepared
     api = runtime.config.api
     if limit is not None and not 1 <= limit <= api.max_page_size:
         return problem(400, "Bad limit", f"limit must be between 1 and {api.max_page_size}")
