@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import msgspec
 
+from forecasting.errors import ConfigError
 from forecasting.logs import LoggingConfig
 from forecasting.settings import load_config
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, ``127.0.0.0/8`` or ``::1`` (a host name other than localhost is not loopback)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class AgentSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -21,6 +35,8 @@ class AgentSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     state_dir: str = ".shelfcast/agent"
     sales_dir: str = ""
     ca_file: str = ""
+    # Allow plain http:// to a server that is not on loopback (a warning is logged at every start).
+    insecure: bool = False
     poll_interval_seconds: float = 60.0
     heartbeat_interval_seconds: float = 60.0
     max_backoff_seconds: float = 300.0
@@ -34,6 +50,21 @@ class AgentSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     fault_hold_state: str = ""
     fault_hold_seconds: float = 0.0
 
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.server_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"server_url must be an http:// or https:// URL, got {self.server_url!r}")
+        if parts.scheme == "http" and not is_loopback(parts.hostname) and not self.insecure:
+            raise ValueError(
+                f"server_url {self.server_url!r} is plain HTTP to a non-loopback address: use https:// "
+                "(ca_file names a private CA), or set insecure = true to allow it"
+            )
+
+    @property
+    def plain_http_off_loopback(self) -> bool:
+        parts = urlsplit(self.server_url)
+        return parts.scheme == "http" and not is_loopback(parts.hostname or "")
+
 
 class ApiSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """``[api]``: the inventory API on the store network."""
@@ -45,6 +76,17 @@ class ApiSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     default_page_size: int = 1_000
     token: str = ""
     max_upload_bytes: int = 256 * 1024 * 1024
+    # HTTPS for the inventory API: a PEM certificate (chain) and its private key, both or neither.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file must be given together")
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert_file else "http"
 
 
 class ScoringSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -57,8 +99,13 @@ class ScoringSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     keep_runs: int = 7
     timeout_seconds: float = 3600.0
     worker_idle_seconds: float = 120.0
+    # "process": score in a warm child process (the daemon stays small; a crash cannot take the API down).
+    # "inline": score in the agent's own process (many agents in one process, e.g. a fleet simulation).
+    isolation: str = "process"
 
     def __post_init__(self) -> None:
+        if self.isolation not in ("process", "inline"):
+            raise ValueError(f"isolation must be 'process' or 'inline', got {self.isolation!r}")
         hour, sep, minute = self.daily_at.partition(":")
         if not (sep and hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
             raise ValueError(f"daily_at must be HH:MM local time, got {self.daily_at!r}")
@@ -81,6 +128,27 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     @property
     def sales_path(self) -> Path:
         return Path(self.agent.sales_dir) if self.agent.sales_dir else self.state_path / "inbox"
+
+    def check_transport(self) -> None:
+        """At start: the CA bundle and the API's certificate and key load (ConfigError naming the field)."""
+        import ssl
+
+        if self.agent.ca_file:
+            try:
+                ssl.create_default_context(cafile=self.agent.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"[agent] ca_file = {self.agent.ca_file!r}: cannot load it ({exc})"
+                ) from None
+        if self.api.tls_cert_file:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:
+                context.load_cert_chain(self.api.tls_cert_file, self.api.tls_key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"[api] tls_cert_file = {self.api.tls_cert_file!r} / tls_key_file = "
+                    f"{self.api.tls_key_file!r}: cannot load them ({exc})"
+                ) from None
 
     def with_overrides(
         self, *, host: str | None = None, port: int | None = None, state_dir: str | None = None

@@ -106,7 +106,9 @@ class AgentRuntime:
     @property
     def scoring_settings(self) -> ScoringSettings:
         sc = self.config.scoring
-        return ScoringSettings(sc.horizon, list(sc.levels), sc.threads, sc.timeout_seconds, sc.keep_runs)
+        return ScoringSettings(
+            sc.horizon, list(sc.levels), sc.threads, sc.timeout_seconds, sc.keep_runs, sc.isolation
+        )
 
     def status(self) -> dict[str, Any]:
         record = self.lifecycle.record if self.lifecycle is not None else self.record
@@ -440,6 +442,7 @@ class AgentRuntime:
 
     def serve(self) -> None:
         """Run the API and the work loop until SIGTERM/SIGINT; systemd READY=1 once listening."""
+        self.config.check_transport()
         _limit_malloc_arenas()
         loop_factory = None
         if _has("uvloop"):
@@ -480,6 +483,8 @@ class AgentRuntime:
                 http="httptools" if _has("httptools") else "h11",
                 server_header=False,
                 timeout_graceful_shutdown=5,
+                ssl_certfile=self.config.api.tls_cert_file or None,
+                ssl_keyfile=self.config.api.tls_key_file or None,
             )
         )
         task = asyncio.create_task(server.serve())
@@ -500,10 +505,18 @@ class AgentRuntime:
         log.info(
             "agent_started",
             store_id=self.config.agent.store_id,
-            url=f"http://{self.config.api.host}:{self.config.api.port}",
+            url=f"{self.config.api.scheme}://{self.config.api.host}:{self.config.api.port}",
             state_dir=str(self.paths.root),
             server_url=self.config.agent.server_url,
         )
+        if self.config.agent.insecure:
+            log.warning(
+                "insecure_transport",
+                server_url=self.config.agent.server_url,
+                plain_http_off_loopback=self.config.agent.plain_http_off_loopback,
+                consequence="credentials and sales reports may cross the network unencrypted; "
+                "use https:// and set insecure = false",
+            )
         if not self.config.agent.trusted_keys:
             log.warning(
                 "no_trusted_keys", consequence="no model bundle can be verified; set [agent] trusted_keys"

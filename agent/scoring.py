@@ -55,13 +55,15 @@ class ScoringSettings:
     threads: int
     timeout_seconds: float
     keep_runs: int
+    isolation: str = "process"
 
 
 class Scorer:
     """The warm scoring child (``agent.score_worker``): started on demand, restarted after a failure.
 
     One job at a time (callers hold no other lock while waiting); a job that exceeds its timeout
-    kills the child.
+    kills the child. With ``isolation="inline"`` the same job runs in the calling process instead (no
+    child, no timeout): for many agents in one process, such as a fleet simulation.
     """
 
     def __init__(
@@ -89,8 +91,14 @@ class Scorer:
         )
         return self._proc
 
+    @property
+    def inline(self) -> bool:
+        return self.settings.isolation == "inline"
+
     def warm(self) -> None:
         """Start the child now (it imports the scoring stack while the caller does other work)."""
+        if self.inline:
+            return
         with self._lock:
             self._child()
 
@@ -110,6 +118,8 @@ class Scorer:
             "threads": self.settings.threads,
             "store_id": store_id,
         }
+        if self.inline:
+            return self._run_inline(job)
         with self._lock:
             for attempt in (1, 2):
                 proc = self._child()
@@ -134,6 +144,15 @@ class Scorer:
                     raise ScoringError(str(answer.get("error")))
                 return {"rows": int(answer.get("rows", 0)), "series": int(answer.get("series", 0))}
         raise ScoringError("scoring process could not be started")
+
+    def _run_inline(self, job: dict[str, Any]) -> dict[str, int]:
+        from agent.score_worker import Job, run_job
+
+        with self._lock:
+            try:
+                return run_job(msgspec.convert(job, Job))
+            except Exception as exc:  # the same one-line reason the child would have answered
+                raise ScoringError(f"{type(exc).__name__}: {exc}") from exc
 
     def _read_answer(self, proc: subprocess.Popen[str]) -> str | None:
         assert proc.stdout is not None
