@@ -112,46 +112,63 @@ class QualityService:
             )
 
     def accept_accuracy(self, report: AccuracyReport, who: Principal) -> schemas.ReportAccepted:
-        self._check_sender(report.store_id, who)
-        if len(report.rows) > MAX_ROWS_PER_REPORT:
-            raise InvalidInputError(f"a report holds at most {MAX_ROWS_PER_REPORT} rows")
-        now = utcnow()
-        with self.repo.db.transaction():
-            if not self.repo.claim("accuracy", report.store_id, report.report_id, now):
-                return schemas.ReportAccepted(report_id=report.report_id, duplicate=True)
-            self.repo.insert_accuracy(report, now)
         categories = sorted({r.category for r in report.rows})
-        fired, resolved = self._evaluate(
-            "accuracy", report.model_name, report.store_id, categories, report.role
+        accepted = self._accept(
+            "accuracy", report, who, categories, len(report.rows), self.repo.insert_accuracy
         )
-        log.info(
-            "accuracy_report_stored", store_id=report.store_id, model_name=report.model_name,
-            model_version=report.version, role=report.role, rows=len(report.rows),
-            period_end=str(report.period_end), alerts_fired=fired, alerts_resolved=resolved,
-        )  # fmt: skip
-        return schemas.ReportAccepted(
-            report_id=report.report_id, rows=len(report.rows), alerts_fired=fired, alerts_resolved=resolved
-        )
+        if not accepted.duplicate:
+            log.info(
+                "accuracy_report_stored", store_id=report.store_id, model_name=report.model_name,
+                model_version=report.version, role=report.role, rows=len(report.rows),
+                period_end=str(report.period_end), alerts_fired=accepted.alerts_fired,
+                alerts_resolved=accepted.alerts_resolved,
+            )  # fmt: skip
+        return accepted
 
     def accept_drift(self, report: DriftReport, who: Principal) -> schemas.ReportAccepted:
+        categories = sorted({c.category for c in report.categories})
+        accepted = self._accept(
+            "drift", report, who, categories, len(report.categories), self.repo.insert_drift
+        )
+        if not accepted.duplicate:
+            log.info(
+                "drift_report_stored", store_id=report.store_id, model_name=report.model_name,
+                model_version=report.version, role=report.role, categories=len(categories),
+                drifted=sum(c.drifted for c in report.categories), period_end=str(report.period_end),
+                alerts_fired=accepted.alerts_fired, alerts_resolved=accepted.alerts_resolved,
+            )  # fmt: skip
+        return accepted
+
+    def _accept(
+        self,
+        kind: str,
+        report: AccuracyReport | DriftReport,
+        who: Principal,
+        categories: list[str],
+        rows: int,
+        insert: Callable[[Any, datetime], None],
+    ) -> schemas.ReportAccepted:
+        """Store a report once and evaluate the rules on it in the same transaction, then notify.
+
+        A reader never sees a stored report without the alerts it fires; notifications (log line, webhooks,
+        hooks) leave only after the commit, so none announces an alert that was rolled back.
+        """
         self._check_sender(report.store_id, who)
-        if len(report.categories) > MAX_ROWS_PER_REPORT:
-            raise InvalidInputError(f"a report holds at most {MAX_ROWS_PER_REPORT} categories")
+        if rows > MAX_ROWS_PER_REPORT:
+            raise InvalidInputError(f"a {kind} report holds at most {MAX_ROWS_PER_REPORT} rows")
         now = utcnow()
         with self.repo.db.transaction():
-            if not self.repo.claim("drift", report.store_id, report.report_id, now):
+            if not self.repo.claim(kind, report.store_id, report.report_id, now):
                 return schemas.ReportAccepted(report_id=report.report_id, duplicate=True)
-            self.repo.insert_drift(report, now)
-        categories = sorted({c.category for c in report.categories})
-        fired, resolved = self._evaluate("drift", report.model_name, report.store_id, categories, report.role)
-        log.info(
-            "drift_report_stored", store_id=report.store_id, model_name=report.model_name,
-            model_version=report.version, role=report.role, categories=len(categories),
-            drifted=sum(c.drifted for c in report.categories), period_end=str(report.period_end),
-            alerts_fired=fired, alerts_resolved=resolved,
-        )  # fmt: skip
+            insert(report, now)
+            changes = self._evaluate(kind, report.model_name, report.store_id, categories, report.role)
+        for row, outcome in changes:
+            self._notify(row, outcome)
         return schemas.ReportAccepted(
-            report_id=report.report_id, rows=len(categories), alerts_fired=fired, alerts_resolved=resolved
+            report_id=report.report_id,
+            rows=rows,
+            alerts_fired=sum(outcome == "fired" for _, outcome in changes),
+            alerts_resolved=sum(outcome == "resolved" for _, outcome in changes),
         )
 
     # --- queries ----------------------------------------------------------------------------------
@@ -209,29 +226,32 @@ class QualityService:
 
     def _evaluate(
         self, kind: str, model_name: str, store_id: str, categories: list[str], role: str
-    ) -> tuple[int, int]:
-        """Evaluate the rules of ``kind``; a failure is logged, never lost with the stored report."""
+    ) -> list[tuple[dict[str, Any], str]]:
+        """Evaluate the rules of ``kind`` (inside the caller's transaction): the alerts fired or resolved.
+
+        A bug in a rule is logged and evaluates nothing, so it never turns the report into a retry loop.
+        """
         if role != "served":
-            return 0, 0
+            return []
         try:
             return self._evaluate_rules(kind, model_name, store_id, categories)
-        except Exception as exc:  # the report is stored; a rule bug must not turn it into a retry loop
+        except Exception as exc:
             log.exception("alert_evaluation_failed", store_id=store_id, report_kind=kind, reason=str(exc))
-            return 0, 0
+            return []
 
     def _evaluate_rules(
         self, kind: str, model_name: str, store_id: str, categories: list[str]
-    ) -> tuple[int, int]:
-        fired = resolved = 0
+    ) -> list[tuple[dict[str, Any], str]]:
+        changes: list[tuple[dict[str, Any], str]] = []
         for rule in self.config.rules:
             if rule.kind != kind:
                 continue
             for key in self._keys(rule, model_name, store_id, categories):
                 verdict, worst = self._judge(rule, key)
-                outcome = self._apply(rule, key, verdict, worst)
-                fired += outcome == "fired"
-                resolved += outcome == "resolved"
-        return fired, resolved
+                change = self._apply(rule, key, verdict, worst)
+                if change is not None:
+                    changes.append(change)
+        return changes
 
     @staticmethod
     def _keys(rule: AlertRule, model_name: str, store_id: str, categories: list[str]) -> list[dict[str, str]]:
@@ -250,39 +270,31 @@ class QualityService:
             return judge(rule, value, samples), []
         return judge_periods(rule, self.repo.drift_periods(key, rule.metric, rule.window))
 
-    def _apply(self, rule: AlertRule, key: dict[str, str], verdict: Verdict, worst: list[str]) -> str:
+    def _apply(
+        self, rule: AlertRule, key: dict[str, str], verdict: Verdict, worst: list[str]
+    ) -> tuple[dict[str, Any], str] | None:
+        """Fire, refresh or resolve the alert of ``rule`` and ``key``; the fired or resolved row, if any."""
         fp = fingerprint(rule, key)
         now = utcnow()
-        with self.repo.db.transaction():
-            current = self.repo.open_alert(fp)
-            if verdict.state == "firing" and current is None:
-                row = {
-                    "alert_id": new_id("alr"), "fingerprint": fp, "rule": rule.name, "metric": rule.metric,
-                    "severity": rule.severity, "scope_key": msgspec.json.encode(key).decode(),
-                    "model_name": key.get("model_name"), "store_id": key.get("store_id"),
-                    "category": key.get("category") or ",".join(worst) or None, "status": "firing",
-                    "value": verdict.value, "threshold": rule.threshold, "samples": verdict.samples,
-                    "evaluations": 1, "fired_at": now, "updated_at": now,
-                }  # fmt: skip
-                self.repo.insert_alert(row)
-                outcome = "fired"
-            elif verdict.state in ("firing", "holding") and current is not None:
-                self.repo.touch_alert(current["alert_id"], verdict.value, verdict.samples, now)
-                return "deduplicated"
-            elif verdict.state == "ok" and current is not None:
-                self.repo.resolve_alert(current["alert_id"], verdict.value, now)
-                row = {
-                    **current,
-                    "status": "resolved",
-                    "value": verdict.value,
-                    "resolved_at": now,
-                    "updated_at": now,
-                }
-                outcome = "resolved"
-            else:
-                return "unchanged"
-        self._notify(row, outcome)
-        return outcome
+        current = self.repo.open_alert(fp)
+        if verdict.state == "firing" and current is None:
+            row = {
+                "alert_id": new_id("alr"), "fingerprint": fp, "rule": rule.name, "metric": rule.metric,
+                "severity": rule.severity, "scope_key": msgspec.json.encode(key).decode(),
+                "model_name": key.get("model_name"), "store_id": key.get("store_id"),
+                "category": key.get("category") or ",".join(worst) or None, "status": "firing",
+                "value": verdict.value, "threshold": rule.threshold, "samples": verdict.samples,
+                "evaluations": 1, "fired_at": now, "updated_at": now,
+            }  # fmt: skip
+            self.repo.insert_alert(row)
+            return row, "fired"
+        if verdict.state in ("firing", "holding") and current is not None:
+            self.repo.touch_alert(current["alert_id"], verdict.value, verdict.samples, now)
+        elif verdict.state == "ok" and current is not None:
+            self.repo.resolve_alert(current["alert_id"], verdict.value, now)
+            return {**current, "status": "resolved", "value": verdict.value, "resolved_at": now,
+                    "updated_at": now}, "resolved"  # fmt: skip
+        return None
 
     def _notify(self, row: dict[str, Any], outcome: str) -> None:
         alert = _alert(row)
