@@ -60,9 +60,14 @@ class SyncClient:
     """Blocking HTTP client of the server API, one per agent process (connection pooling)."""
 
     def __init__(self, base_url: str, *, timeout_seconds: float, ca_file: str = "") -> None:
+        import ssl
+
         import httpx
 
-        verify: Any = ca_file if ca_file else True
+        # One client for every request (polls, downloads, reports): all of them verify the server
+        # against ``ca_file`` when given (a private CA), else against the system trust store.
+        self.ca_file = ca_file
+        verify = ssl.create_default_context(cafile=ca_file or None)
         self._client = httpx.Client(
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 5.0)),
@@ -83,7 +88,15 @@ class SyncClient:
         try:
             return self._client.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
-            raise SyncError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+            raise SyncError(f"{method} {url}: {self._describe(exc)}") from exc
+
+    def _describe(self, exc: Exception) -> str:
+        """The transport error, saying so plainly when the server's certificate is not trusted."""
+        text = f"{type(exc).__name__}: {exc}"
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            trusted = f"ca_file {self.ca_file}" if self.ca_file else "the system CA store (no ca_file set)"
+            return f"TLS: the server's certificate is not trusted by {trusted} ({exc})"
+        return text
 
     def enroll(self, store_id: str, enrollment_token: str) -> str:
         """Trade the one-time enrollment token for the store credential."""
@@ -166,7 +179,7 @@ class SyncClient:
                     fh.flush()
                     os.fsync(fh.fileno())
         except httpx.HTTPError as exc:
-            raise SyncError(f"bundle {sha256[:12]} download interrupted: {exc}") from exc
+            raise SyncError(f"bundle {sha256[:12]} download interrupted: {self._describe(exc)}") from exc
         digest = _sha256_file(part)
         if digest != sha256:
             part.unlink(missing_ok=True)
