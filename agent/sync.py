@@ -135,7 +135,9 @@ class SyncClient:
     def download_bundle(self, sha256: str, expected_size: int, dest_dir: Path, *, max_bytes: int) -> Path:
         """Download ``/v1/bundles/{sha256}`` into ``dest_dir/<sha256>``, resuming a ``.part`` with ``Range``.
 
-        The size cap is enforced before and while reading; the sha256 of the whole file must match.
+        The size cap (and the size the assignment announced) is enforced before and while reading; the
+        sha256 of the whole file must match. A full disk is a ``SyncError`` (retried later; the partial
+        file is removed to give the space back).
         """
         if expected_size > max_bytes:
             raise UpdateRejectedError(
@@ -155,6 +157,8 @@ class SyncClient:
             headers["If-Range"] = f'"{sha256}"'
         import httpx
 
+        # A server (or anything in between) sending more than announced is cut off at the announced size.
+        limit = min(max_bytes, expected_size) if expected_size else max_bytes
         try:
             with self._client.stream("GET", f"/v1/bundles/{sha256}", headers=headers) as response:
                 if response.status_code == 200:
@@ -171,15 +175,21 @@ class SyncClient:
                     written = have
                     for chunk in response.iter_bytes(CHUNK_BYTES):
                         written += len(chunk)
-                        if written > max_bytes:
+                        if written > limit:
                             raise UpdateRejectedError(
-                                f"bundle {sha256[:12]} exceeds the {max_bytes}-byte cap"
+                                f"bundle {sha256[:12]} exceeds the {limit}-byte cap"
+                                + (f" (announced size {expected_size})" if limit == expected_size else "")
                             )
                         fh.write(chunk)
                     fh.flush()
                     os.fsync(fh.fileno())
         except httpx.HTTPError as exc:
             raise SyncError(f"bundle {sha256[:12]} download interrupted: {self._describe(exc)}") from exc
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            raise SyncError(
+                f"bundle {sha256[:12]} cannot be written to {dest_dir}: {exc.strerror or exc}"
+            ) from exc
         digest = _sha256_file(part)
         if digest != sha256:
             part.unlink(missing_ok=True)
