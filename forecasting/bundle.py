@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import re
 import secrets
@@ -102,6 +103,27 @@ class ModelEntry(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     payload: str = ""
 
 
+class Adjustments(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Planners' factors applied to a bundle's forecasts after scoring (point forecast and interval bounds).
+
+    ``multiply`` scales every series; ``categories`` maps a category to its own factor, which replaces
+    ``multiply`` for that category. Factors must be finite and > 0 (so intervals keep their order).
+    """
+
+    multiply: float = 1.0
+    categories: dict[str, float] = msgspec.field(default_factory=dict)
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        for name, value in [("multiply", self.multiply), *self.categories.items()]:
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"adjustment factor {name!r} must be finite and > 0, got {value}")
+
+    def factor(self, category: str) -> float:
+        """The factor applied to the forecasts of ``category``."""
+        return self.categories.get(category, self.multiply)
+
+
 class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """The signed description of a bundle (``manifest.json``).
 
@@ -109,7 +131,9 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     is the ``series.parquet`` payload: ``store_id, item_id, category, model``). ``metrics`` maps a
     category (or ``"all"``) to backtest metric values; ``reference`` maps a category to distribution
     summaries of the training data used for drift checks. ``files`` is filled in by
-    :func:`write_bundle`.
+    :func:`write_bundle`. ``adjustments`` (optional, signed like the rest) scales the forecasts after
+    scoring; a manifest without it carries no such key at all, so bundles that never use it are
+    unchanged.
     """
 
     format_version: int = FORMAT_VERSION
@@ -128,6 +152,7 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     metrics: dict[str, dict[str, float]] = msgspec.field(default_factory=dict)
     reference: dict[str, dict[str, float]] = msgspec.field(default_factory=dict)
     lineage: Lineage = msgspec.field(default_factory=Lineage)
+    adjustments: Adjustments | msgspec.UnsetType = msgspec.UNSET
     files: list[PayloadFile] = msgspec.field(default_factory=list)
 
     def file(self, path: str) -> PayloadFile:

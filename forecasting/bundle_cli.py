@@ -133,6 +133,100 @@ def bundle_unpack(archive: Path, out: Path, max_bytes: int) -> None:
     click.echo(str(unpack_archive(archive, out, max_bytes=max_bytes)))
 
 
+def adjust_bundle(
+    source: Path,
+    out: Path,
+    *,
+    version: int,
+    signing_key: Path,
+    multiply: float = 1.0,
+    categories: dict[str, float] | None = None,
+    reason: str = "",
+    trusted: list[Path] | None = None,
+) -> Path:
+    """A new signed bundle at ``out``: ``source``'s payloads and manifest as version ``version`` with
+    forecast adjustments (``multiply`` for every category, ``categories`` for some); returns ``out``.
+
+    With ``trusted`` the source bundle is verified first. The new manifest keeps the source's lineage
+    and records its version in the adjustment's reason.
+    """
+    from forecasting.bundle import Adjustments, read_manifest, read_payload, utcnow, verify, write_bundle
+    from forecasting.errors import BundleError
+
+    manifest = verify(source, trusted) if trusted else read_manifest(source)
+    if version <= manifest.version:
+        raise BundleError(f"--version {version} must be above the source's version {manifest.version}")
+    try:
+        adjustments = Adjustments(
+            multiply=multiply,
+            categories=dict(categories or {}),
+            reason=reason or f"adjusted from v{manifest.version}",
+        )
+    except ValueError as exc:
+        raise BundleError(str(exc)) from None
+    payloads = {f.path: read_payload(source, manifest, f.path) for f in manifest.files}
+    new = msgspec.structs.replace(manifest, version=version, created_at=utcnow(), adjustments=adjustments)
+    return write_bundle(out, new, payloads, signing_key)
+
+
+def _category_factor(value: str) -> tuple[str, float]:
+    name, sep, factor = value.rpartition("=")
+    try:
+        number: float | None = float(factor)
+    except ValueError:
+        number = None
+    if not (sep and name) or number is None:
+        raise click.BadParameter(f"expected CATEGORY=FACTOR, got {value!r}")
+    return name, number
+
+
+@bundle.command("adjust")
+@click.argument("source", type=_EXISTING_DIR)
+@click.argument("out", type=_PATH)
+@click.option("--version", type=int, required=True, help="Version of the new bundle (above the source's).")
+@click.option(
+    "--signing-key", type=_EXISTING_FILE, required=True, help="Private key that signs the new bundle."
+)
+@click.option("--multiply", type=float, default=1.0, show_default=True, help="Factor for every forecast.")
+@click.option(
+    "--category",
+    "category_factors",
+    multiple=True,
+    help="CATEGORY=FACTOR: a factor for one category, replacing --multiply there (repeatable).",
+)
+@click.option("--reason", default="", help="Why (kept in the signed manifest).")
+@click.option(
+    "--key",
+    "key_files",
+    type=_EXISTING_FILE,
+    multiple=True,
+    help="Verify SOURCE against these trusted public keys first (repeatable).",
+)
+def bundle_adjust(
+    source: Path,
+    out: Path,
+    version: int,
+    signing_key: Path,
+    multiply: float,
+    category_factors: tuple[str, ...],
+    reason: str,
+    key_files: tuple[Path, ...],
+) -> None:
+    """Write OUT: SOURCE re-signed as a new version whose forecasts are scaled (planners' uplift factors).
+
+    The factors apply to the point forecast and the interval bounds after scoring, e.g.
+    `shelfcast bundle adjust --multiply 1.1 --category BAKERY=1.3 --version 9 --signing-key K v8 v9`.
+    """
+    categories = dict(_category_factor(v) for v in category_factors)
+    adjust_bundle(
+        source, out, version=version, signing_key=signing_key, multiply=multiply, categories=categories,
+        reason=reason, trusted=list(key_files) or None,
+    )  # fmt: skip
+    click.echo(f"{out}: version {version}, forecasts x{multiply}" + "".join(
+        f", {c} x{f}" for c, f in sorted(categories.items())
+    ))  # fmt: skip
+
+
 @click.command("score")
 @click.option("--bundle", "bundle_dir", type=_EXISTING_DIR, required=True, help="Bundle directory.")
 @click.option("--history", type=_EXISTING_FILE, required=True, help="Sales history (Parquet or CSV).")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import polars as pl
 import structlog
@@ -227,7 +228,7 @@ def score(
     bounds = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
 
     def run(bound: tuple[int, int]) -> pl.DataFrame:
-        return _score_chunk(plan, hist, bound[0], bound[1], h, lv, manifest)
+        return apply_adjustments(_score_chunk(plan, hist, bound[0], bound[1], h, lv, manifest), manifest)
 
     sink = _Sink(out, output_columns(lv))
     frames: list[pl.DataFrame] = []
@@ -257,6 +258,20 @@ def score(
         duration_seconds=round(time.perf_counter() - started, 3),
     )
     return result
+
+
+def apply_adjustments(frame: pl.DataFrame, manifest: Manifest) -> pl.DataFrame:
+    """Scale the point forecast and interval bounds by the manifest's adjustment factors (if any)."""
+    adjustments = manifest.adjustments
+    if isinstance(adjustments, msgspec.UnsetType):
+        return frame
+    columns = [c for c in frame.columns if c == "forecast" or c.startswith("forecast-")]
+    factor: pl.Expr = pl.lit(adjustments.multiply)
+    if adjustments.categories:
+        factor = pl.col("category").replace_strict(
+            adjustments.categories, default=adjustments.multiply, return_dtype=pl.Float64
+        )
+    return frame.with_columns(pl.col(c) * factor for c in columns)
 
 
 def _empty(levels: Sequence[int]) -> pl.DataFrame:

@@ -26,6 +26,7 @@ from server.retraining import cli as retraining_cli
 from server.rollouts import cli as rollouts_cli
 from shelfcast import __version__
 from shelfcast import demo as demo_cmd
+from shelfcast import simulate as simulate_cmd
 
 CONFIG_KINDS: dict[str, type[Any]] = {"server": ServerConfig, "agent": AgentConfig, "train": TrainConfig}
 
@@ -117,6 +118,7 @@ cli.add_command(monitoring_cli.alerts)
 cli.add_command(retraining_cli.retrain)
 cli.add_command(rollouts_cli.rollouts)
 cli.add_command(demo_cmd.demo)
+cli.add_command(simulate_cmd.simulate)
 
 
 def main() -> None:
