@@ -16,12 +16,15 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.template.config import TemplateConfig
 
 from forecasting.contracts import Problem
 from forecasting.logs import get_logger
-from server.auth import TokenIndex, make_auth_middleware
+from server.auth import SessionStore, TokenIndex, make_auth_middleware
 from server.blobs import BlobStore
 from server.config import ServerConfig
+from server.dashboard.controllers import TEMPLATES, dashboard_router, template_filters
 from server.db import DB_FILE_NAME, Database
 from server.errors import ServerError
 from server.fleet.controllers import (
@@ -55,6 +58,7 @@ class ServerState:
         self.config = config
         self.root = config.state_path
         self.tokens = TokenIndex(config.server.admin_token)
+        self.sessions = SessionStore(self.tokens)  # dashboard sign-ins (in memory)
         self.db: Database | None = None
         self._fleet: FleetService | None = None
         self._registry: RegistryService | None = None
@@ -230,7 +234,7 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> Litest
         security=[{"bearer": []}],
     )
     app = Litestar(
-        route_handlers=[api, SystemController],
+        route_handlers=[api, SystemController, dashboard_router()],
         dependencies={
             "registry": Provide(registry_provider, sync_to_thread=False),
             "fleet": Provide(fleet_provider, sync_to_thread=False),
@@ -241,8 +245,11 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> Litest
             HTTPException: http_error_handler,
             Exception: unexpected_error_handler,
         },
-        middleware=[state.metrics.middleware, make_auth_middleware(state.tokens)],
+        middleware=[state.metrics.middleware, make_auth_middleware(state.tokens, state.sessions)],
         openapi_config=openapi,
+        template_config=TemplateConfig(
+            directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=template_filters
+        ),
         on_startup=[state.open, state.start_engine],
         on_shutdown=[state.stop_engine, state.close],
         request_max_body_size=config.server.max_json_body_bytes,

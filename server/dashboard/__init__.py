@@ -1,0 +1,1 @@
+"""The admin dashboard: server-rendered pages over the registry, fleet, rollouts and monitoring."""

@@ -1,0 +1,460 @@
+"""The admin dashboard on a real server: sign-in, every page for reader and admin, CSRF, actions, SVG charts.
+
+The server is filled over HTTP the way agents and admins fill it: signed bundles and run records, stores
+that enroll, heartbeat and post accuracy and drift reports and actuals, and a rollout the engine decides on.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from forecasting.contracts import (
+    AccuracyReport,
+    AccuracyRow,
+    ActualRow,
+    ActualsBatch,
+    CategoryDrift,
+    DriftReport,
+    DriftTest,
+    Heartbeat,
+)
+from tests.server.conftest import RunningServer, create_store, enroll, launch, make_bundle, publish
+
+ENGINE_ENV = {
+    "SHELFCAST_ROLLOUTS__ENGINE_INTERVAL_SECONDS": "0.2",
+    "SHELFCAST_ROLLOUTS__LEASE_SECONDS": "2",
+}
+MODEL = "demand"
+CATEGORIES = ("dairy", "produce", "bakery")
+STRATA = [("supercenter", "north"), ("supercenter", "south"), ("discount", "north"), ("discount", "south")]
+FIRST_WEEK = date(2024, 1, 7)
+PLAN = {
+    "waves": [
+        {"name": "canary", "share": 0.34, "bake_periods": 2},
+        {"name": "everyone", "share": 1.0, "bake_periods": 1},
+    ],
+    "health": {"activation_timeout_seconds": 600},
+    "accuracy": {"max_wape_ratio": 1.1, "min_observations": 40, "min_periods": 1},
+}
+PAGES = [
+    "/dashboard/fleet",
+    "/dashboard/fleet?stale=1&page=1",
+    "/dashboard/models",
+    f"/dashboard/models/{MODEL}",
+    f"/dashboard/models/{MODEL}/versions/2",
+    "/dashboard/runs/run-dash-2",
+    "/dashboard/runs/compare?a=run-dash-1&b=run-dash-2&diff=1",
+    "/dashboard/rollouts",
+    "/dashboard/rollouts/{rollout_id}",
+    "/dashboard/accuracy",
+    "/dashboard/alerts",
+    "/dashboard/alerts/{alert_id}",
+]
+CHART_PAGES = {
+    "/dashboard/fleet": "bars",
+    "/dashboard/rollouts/{rollout_id}": "lines",
+    "/dashboard/accuracy": "heatmap",
+    "/dashboard/alerts/{alert_id}": "histogram",
+}
+
+
+@dataclass
+class Filled:
+    """A server with a fleet, models, runs, a rollout, accuracy, drift, actuals and a firing alert."""
+
+    server: RunningServer
+    reader_token: str
+    rollout_id: str
+    alert_id: str
+    agents: dict[str, str] = field(default_factory=dict)
+    idle_stores: int = 0
+
+    def url(self, page: str) -> str:
+        return page.format(rollout_id=self.rollout_id, alert_id=self.alert_id)
+
+
+def _post(client: httpx.Client, path: str, body: Any) -> None:
+    response = client.post(
+        path, content=msgspec.json.encode(body), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code in (200, 201, 202), f"{path}: {response.status_code} {response.text}"
+
+
+def _run_record(run_id: str, version: int, wape: float) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "model_name": MODEL,
+        "version": version,
+        "status": "finished",
+        "params": {"horizon": 28, "season_length": 7},
+        "metrics": {
+            "selected": {"wape": wape},
+            "by_category": {
+                c: {"wape": wape + i / 100, "mase": 0.8 + i / 10} for i, c in enumerate(CATEGORIES)
+            },
+        },
+        "selection": {
+            "metric": "wape",
+            "by": "category",
+            "categories": {c: ("AutoETS" if i % 2 else "SeasonalNaive") for i, c in enumerate(CATEGORIES)},
+        },
+        "dataset": {"fingerprint": "d" * 64, "rows": 1234, "first_ds": "2023-01-01", "last_ds": "2023-12-31"},
+        "code_version": "test",
+    }
+
+
+def _accuracy(store_id: str, version: int, role: str, start: date, factor: float, i: int) -> AccuracyReport:
+    rows = []
+    for c, category in enumerate(CATEGORIES):
+        abs_y = 1000.0 + 37 * i + 11 * c
+        abs_err = abs_y * (0.15 + 0.05 * c + 0.004 * (i % 5)) * factor
+        rows.append(
+            AccuracyRow(category=category, horizon_bucket="1-7", n=28, abs_err_sum=abs_err,
+                        abs_y_sum=abs_y, err_sum=abs_err / 3)
+        )  # fmt: skip
+    return AccuracyReport(
+        report_id=f"acc-{store_id}-{version}-{role}-{start}",
+        store_id=store_id,
+        model_name=MODEL,
+        version=version,
+        role=role,
+        period_start=start,
+        period_end=start + timedelta(days=6),
+        created_at=datetime.now(UTC),
+        rows=rows,
+    )
+
+
+def _psi(drifted: bool) -> DriftTest:
+    statistic, verdict = (0.45, "drift") if drifted else (0.05, "ok")
+    return DriftTest(
+        name="psi", statistic=statistic, threshold=0.2, verdict=verdict, n_current=70, n_reference=70
+    )
+
+
+def _drift(store_id: str, start: date) -> DriftReport:
+    categories = [
+        CategoryDrift(
+            category=c,
+            comparison="seasonal",
+            drifted=c == "dairy",
+            score=0.9 if c == "dairy" else 0.1,
+            tests=[_psi(c == "dairy")],
+        )
+        for c in CATEGORIES
+    ]
+    return DriftReport(
+        report_id=f"drift-{store_id}-{start}",
+        store_id=store_id,
+        model_name=MODEL,
+        version=1,
+        period_start=start,
+        period_end=start + timedelta(days=6),
+        created_at=datetime.now(UTC),
+        categories=categories,
+    )
+
+
+def _actuals(store_id: str, first: date, days: int) -> ActualsBatch:
+    rows = []
+    for d in range(days):
+        ds = first + timedelta(days=d)
+        recent = d >= days - 7
+        for item in range(8):
+            base = 10 + item
+            y = base * (1.8 if recent else 1.0) + (d * 7 + item * 3) % 5
+            rows.append(ActualRow(item_id=f"i{item}", category="dairy", ds=ds, y=float(y)))
+    return ActualsBatch(
+        batch_id=f"b-{store_id}-{first}", store_id=store_id, created_at=datetime.now(UTC), rows=rows
+    )
+
+
+def fill(server: RunningServer, tmp_path: Path, signing_key: Path, *, idle_stores: int = 0) -> Filled:
+    """Publish three versions with runs, enroll 12 stores (+ ``idle_stores`` never seen), play 3 weeks."""
+    with server.admin() as admin:
+        for version in (1, 2, 3):
+            archive = make_bundle(tmp_path, signing_key, MODEL, version, run_id=f"run-dash-{version}",
+                                  dataset_fingerprint="d" * 64)  # fmt: skip
+            answer = publish(admin, archive, MODEL)
+            assert answer.status_code == 201, answer.text
+            _post(admin, "/v1/runs", _run_record(f"run-dash-{version}", version, 0.3 - version / 100))
+        for alias, version in (("champion", 1), ("challenger", 2)):
+            moved = admin.put(
+                f"/v1/models/{MODEL}/aliases/{alias}", json={"version": version, "reason": "test"}
+            )
+            assert moved.status_code == 200, moved.text
+        agents = {}
+        for kind, region in STRATA:
+            for k in range(3):
+                store_id = f"S-{kind[:2]}-{region[:1]}{k}"
+                enrollment = create_store(admin, store_id, MODEL, type=kind, region=region)
+                agents[store_id] = enroll(server.url, store_id, enrollment)
+        for n in range(idle_stores):
+            create_store(admin, f"X-{n:04d}", MODEL, type="discount", region="west")
+        reader = admin.post("/v1/credentials", json={"role": "reader"}).json()["token"]
+        started = admin.post("/v1/rollouts", json={"model_name": MODEL, "version": 3, "plan": PLAN})
+        assert started.status_code == 201, started.text
+        rollout_id = started.json()["rollout"]["rollout_id"]
+    for week in range(3):
+        start = FIRST_WEEK + timedelta(days=7 * week)
+        for i, (store_id, token) in enumerate(sorted(agents.items())):
+            with server.client(token) as agent:
+                assigned = agent.get(f"/v1/stores/{store_id}/assignment").json()
+                running = int(assigned["version"])
+                beat = Heartbeat(store_id=store_id, state="idle", model_name=MODEL, active_version=running,
+                                 sent_at=datetime.now(UTC))  # fmt: skip
+                _post(agent, "/v1/heartbeats", beat)
+                _post(agent, "/v1/accuracy", _accuracy(store_id, running, "served", start, 1.0, i))
+                if i == 0:
+                    _post(agent, "/v1/drift", _drift(store_id, start))
+        time.sleep(0.6)  # the engine decides every 0.2 s
+    first = sorted(agents)[0]
+    with server.client(agents[first]) as agent:
+        _post(agent, "/v1/actuals", _actuals(first, FIRST_WEEK + timedelta(days=14) - timedelta(days=56), 63))
+    with server.admin() as admin:
+        alerts = admin.get("/v1/alerts", params={"status": "firing"}).json()
+        items = alerts["items"] if isinstance(alerts, dict) else alerts
+    assert items, "the drift reports should have fired an alert"
+    return Filled(server=server, reader_token=reader, rollout_id=rollout_id, alert_id=items[0]["alert_id"],
+                  agents=agents, idle_stores=idle_stores)  # fmt: skip
+
+
+def sign_in(url: str, token: str) -> httpx.Client:
+    """A browser-like client signed in through the form (cookies kept, redirects not followed)."""
+    client = httpx.Client(base_url=url, timeout=30)
+    form = client.get("/dashboard/sign-in")
+    csrf = _hidden(form.text, "csrf_token")
+    answer = client.post(
+        "/dashboard/sign-in", data={"token": token, "csrf_token": csrf, "next": "/dashboard/"}
+    )
+    assert answer.status_code == 303, answer.text
+    assert answer.headers["location"] == "/dashboard/"
+    return client
+
+
+def _hidden(html: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert found, f"no hidden field {name}"
+    return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory: pytest.TempPathFactory, signing_key: Path) -> Iterator[Filled]:
+    """One server filled once for the module (200 extra stores that never report, for paging)."""
+    base = tmp_path_factory.mktemp("dashboard")
+    running = launch(base, signing_key.with_name(signing_key.name + ".pub"), ENGINE_ENV)
+    try:
+        yield fill(running, base, signing_key, idle_stores=200)
+    finally:
+        running.process.stop()
+
+
+def test_sign_in_sets_a_strict_http_only_cookie_and_never_echoes_the_token(filled: Filled) -> None:
+    """Signing in answers 303 with an HttpOnly, SameSite=Strict session cookie; the token appears nowhere."""
+    client = httpx.Client(base_url=filled.server.url, timeout=30)
+    form = client.get("/dashboard/sign-in")
+    assert form.status_code == 200
+    answer = client.post(
+        "/dashboard/sign-in",
+        data={"token": filled.reader_token, "csrf_token": _hidden(form.text, "csrf_token")},
+    )
+    cookie = answer.headers["set-cookie"]
+    assert answer.status_code == 303
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/dashboard" in cookie
+    assert filled.reader_token not in cookie
+    page = client.get("/dashboard/fleet")
+    assert page.status_code == 200
+    assert filled.reader_token not in page.text
+    client.close()
+
+
+@pytest.mark.parametrize("token", ["scr_not-a-real-token", "", "sca_" + "y" * 40])
+def test_sign_in_with_a_bad_token_is_refused(filled: Filled, token: str) -> None:
+    """An unknown token gets the form again with 401 and no session cookie."""
+    client = httpx.Client(base_url=filled.server.url, timeout=30)
+    form = client.get("/dashboard/sign-in")
+    answer = client.post(
+        "/dashboard/sign-in", data={"token": token, "csrf_token": _hidden(form.text, "csrf_token")}
+    )
+    assert answer.status_code == 401
+    assert "shelfcast_session=" not in answer.headers.get("set-cookie", "")
+    assert client.get("/dashboard/fleet").status_code == 401
+    client.close()
+
+
+def test_agent_token_cannot_sign_in(filled: Filled) -> None:
+    """A store agent's credential is refused at sign-in (403)."""
+    client = httpx.Client(base_url=filled.server.url, timeout=30)
+    form = client.get("/dashboard/sign-in")
+    token = next(iter(filled.agents.values()))
+    answer = client.post(
+        "/dashboard/sign-in", data={"token": token, "csrf_token": _hidden(form.text, "csrf_token")}
+    )
+    assert answer.status_code == 403
+    client.close()
+
+
+def test_sign_in_without_its_csrf_cookie_is_refused(filled: Filled) -> None:
+    """A sign-in form posted from elsewhere (no matching CSRF cookie) is refused with 403."""
+    answer = httpx.post(
+        f"{filled.server.url}/dashboard/sign-in",
+        data={"token": filled.reader_token, "csrf_token": "forged"},
+        timeout=30,
+    )
+    assert answer.status_code == 403
+
+
+def test_pages_without_a_session_show_the_sign_in_form(filled: Filled) -> None:
+    """Every page answers 401 with the sign-in form when no session or token comes with the request."""
+    for page in PAGES:
+        answer = httpx.get(filled.server.url + filled.url(page), timeout=30)
+        assert answer.status_code == 401, page
+        assert 'action="/dashboard/sign-in"' in answer.text
+
+
+@pytest.mark.parametrize("role", ["reader", "admin"])
+def test_every_page_renders_for_reader_and_admin(filled: Filled, role: str) -> None:
+    """Each page answers 200 HTML with its charts; only the admin sees action buttons."""
+    token = filled.reader_token if role == "reader" else filled.server.admin_token
+    client = sign_in(filled.server.url, token)
+    timings = {}
+    for page in PAGES:
+        started = time.perf_counter()
+        answer = client.get(filled.url(page))
+        timings[page] = time.perf_counter() - started
+        assert answer.status_code == 200, f"{page}: {answer.text[:500]}"
+        assert answer.headers["content-type"].startswith("text/html")
+        assert "default-src 'none'" in answer.headers["content-security-policy"]
+        assert "<script" not in answer.text
+        kind = CHART_PAGES.get(page)
+        if kind:
+            assert f'data-chart="{kind}"' in answer.text, page
+    rollout = client.get(filled.url("/dashboard/rollouts/{rollout_id}")).text
+    buttons = re.findall(r'class="action action-(\w+)"', rollout)
+    if role == "admin":
+        assert {"pause", "promote", "abort"} <= set(buttons)
+    else:
+        assert buttons == []
+    assert max(timings.values()) < 5, timings
+    client.close()
+
+
+def test_fleet_is_paginated_and_filtered(filled: Filled) -> None:
+    """212 stores show 50 a page; filters by stale, version and id prefix narrow the list."""
+    client = sign_in(filled.server.url, filled.reader_token)
+    first = client.get("/dashboard/fleet").text
+    assert "page 1 of 5 (212 in all)" in first
+    assert first.count("<tr") - first.count("<tr><th") <= 50 + 20
+    last = client.get("/dashboard/fleet?page=5").text
+    assert "X-0199" in last
+    prefix = client.get("/dashboard/fleet?q=S-su").text
+    assert "(6 in all)" in prefix
+    never = client.get("/dashboard/fleet?version=none").text
+    assert "(200 in all)" in never
+    assert "(200 in all)" in client.get("/dashboard/fleet?stale=1").text
+    assert client.get("/dashboard/fleet?version=abc").status_code == 422
+    client.close()
+
+
+def test_reader_posts_are_refused(filled: Filled) -> None:
+    """A reader's action form is refused with 403 even with a valid CSRF token; nothing changes."""
+    client = sign_in(filled.server.url, filled.reader_token)
+    page = client.get(filled.url("/dashboard/rollouts/{rollout_id}")).text
+    csrf = _hidden(page, "csrf_token")
+    answer = client.post(filled.url("/dashboard/rollouts/{rollout_id}/pause"), data={"csrf_token": csrf})
+    assert answer.status_code == 403
+    with filled.server.admin() as admin:
+        assert admin.get(f"/v1/rollouts/{filled.rollout_id}").json()["rollout"]["status"] != "paused"
+    client.close()
+
+
+def test_admin_actions_need_the_session_csrf_token(filled: Filled) -> None:
+    """Missing or wrong CSRF tokens get 403; with the right one the admin pauses and resumes the rollout."""
+    client = sign_in(filled.server.url, filled.server.admin_token)
+    page = client.get(filled.url("/dashboard/rollouts/{rollout_id}")).text
+    csrf = _hidden(page, "csrf_token")
+    action = filled.url("/dashboard/rollouts/{rollout_id}/pause")
+    assert client.post(action, data={"reason": "x"}).status_code == 403
+    assert client.post(action, data={"csrf_token": "wrong", "reason": "x"}).status_code == 403
+    other = sign_in(filled.server.url, filled.server.admin_token)
+    other_csrf = _hidden(other.get("/dashboard/fleet").text, "csrf_token")
+    assert other_csrf != csrf
+    assert client.post(action, data={"csrf_token": other_csrf}).status_code == 403
+    paused = client.post(action, data={"csrf_token": csrf, "reason": "look first"})
+    assert paused.status_code == 303
+    shown = client.get(paused.headers["location"]).text
+    assert "look first" in shown and "paused" in shown
+    resumed = client.post(filled.url("/dashboard/rollouts/{rollout_id}/resume"), data={"csrf_token": csrf})
+    assert resumed.status_code == 303
+    with filled.server.admin() as admin:
+        body = admin.get(f"/v1/rollouts/{filled.rollout_id}").json()
+    actions = [d["action"] for d in body["decisions"]]
+    assert "pause" in actions and "resume" in actions
+    assert any(d["actor"] == "admin:config" and d["reason"] == "look first" for d in body["decisions"])
+    client.close()
+    other.close()
+
+
+def test_sign_out_ends_the_session(filled: Filled) -> None:
+    """After sign-out (with CSRF) the old cookie no longer opens pages."""
+    client = sign_in(filled.server.url, filled.reader_token)
+    cookie = client.cookies.get("shelfcast_session")
+    csrf = _hidden(client.get("/dashboard/fleet").text, "csrf_token")
+    assert client.post("/dashboard/sign-out", data={}).status_code == 403
+    out = client.post("/dashboard/sign-out", data={"csrf_token": csrf})
+    assert out.status_code == 303
+    replay = httpx.get(
+        f"{filled.server.url}/dashboard/fleet", cookies={"shelfcast_session": cookie or ""}, timeout=30
+    )
+    assert replay.status_code == 401
+    client.close()
+
+
+def test_revoking_the_credential_ends_its_sessions(filled: Filled) -> None:
+    """A session of a revoked reader credential is refused at its next page."""
+    with filled.server.admin() as admin:
+        created = admin.post("/v1/credentials", json={"role": "reader"}).json()
+    client = sign_in(filled.server.url, created["token"])
+    assert client.get("/dashboard/models").status_code == 200
+    with filled.server.admin() as admin:
+        assert admin.delete(f"/v1/credentials/{created['credential_id']}").status_code in (200, 204)
+    assert client.get("/dashboard/models").status_code == 401
+    client.close()
+
+
+def test_bearer_api_is_unchanged_and_cookies_do_not_open_it(filled: Filled) -> None:
+    """The JSON API still wants a bearer token: a dashboard session cookie alone gets 401 there."""
+    client = sign_in(filled.server.url, filled.server.admin_token)
+    assert client.get("/v1/stores").status_code == 401
+    with filled.server.client(filled.reader_token) as reader:
+        assert reader.get("/v1/stores").status_code == 200
+        assert reader.get("/dashboard/fleet").status_code == 200
+    client.close()
+
+
+def test_pages_show_the_data(filled: Filled) -> None:
+    """Lineage, alias history, selection, runs side by side, decisions, alerts and distributions show."""
+    client = sign_in(filled.server.url, filled.reader_token)
+    version = client.get(f"/dashboard/models/{MODEL}/versions/2").text
+    assert "run-dash-2" in version and "d" * 64 in version and "AutoETS" in version
+    model = client.get(f"/dashboard/models/{MODEL}").text
+    assert "challenger" in model and "champion" in model
+    compare = client.get("/dashboard/runs/compare?a=run-dash-1&b=run-dash-2&diff=1").text
+    assert "metrics.selected.wape" in compare
+    rollout = client.get(filled.url("/dashboard/rollouts/{rollout_id}")).text
+    assert "Decision log" in rollout and "start" in rollout and "max WAPE ratio" in rollout
+    alert = client.get(filled.url("/dashboard/alerts/{alert_id}")).text
+    assert "same weeks a year earlier" in alert or "the 8 weeks before" in alert
+    accuracy = client.get("/dashboard/accuracy").text
+    assert "v1 champion (served)" in accuracy
+    client.close()
