@@ -12,6 +12,11 @@
 the agent knows where it stopped; ``RESUME`` says where each state continues (before the switch:
 start the update again; during the switch: roll back; after it: finish the commit). An update that
 keeps coming back (``max_update_attempts``) is refused and reported instead of looping.
+
+Errors are counted by kind in the record (``count_error``) and reported in every heartbeat, so the
+server learns of refused updates (bad signature, tampered payload, downgrade, expiry ...) and failed
+health checks. A shadow version named by the assignment is fetched beside the table (``sync_shadow``)
+with the same checks into ``shadow/<model>-<version>/``; it is scored, never served.
 """
 
 from __future__ import annotations
@@ -129,6 +134,46 @@ class Record(msgspec.Struct, kw_only=True):
     last_sync_at: datetime | None = None
     last_error: str | None = None
     updated_at: datetime | None = None
+    # cumulative error counts by kind, and the newest counted error ("<kind>: <reason>") with its time
+    error_counts: dict[str, int] = msgspec.field(default_factory=dict)
+    counted_error: str | None = None
+    counted_error_at: datetime | None = None
+    # the shadow version the assignment names (None: no shadow), and the one verified and kept
+    shadow_target: Target | None = None
+    shadow: VersionRef | None = None
+
+
+ERROR_KINDS = (
+    "sync",  # the server could not be reached or answered something unusable
+    "download",  # a bundle download broke off (retried)
+    "verify",  # a bundle was refused: hash, size, signature, untrusted key, expiry, downgrade, identity
+    "health_check",  # a staged version failed to score the built-in probe
+    "activation",  # switching to a verified version failed, or an update never completed
+    "scoring",  # scoring the served version failed
+    "shadow",  # scoring the shadow version failed
+    "report",  # a report could not be delivered (retried) or was refused by the server (dropped)
+    "ingest",  # the sales folder could not be read
+    "monitoring",  # computing accuracy or drift reports failed
+)
+# State in which an unexpected failure happened -> the error kind it counts as.
+STATE_ERROR_KIND: dict[State, str] = {
+    State.IDLE: "sync",
+    State.CHECK: "sync",
+    State.DOWNLOAD: "download",
+    State.VERIFY: "verify",
+    State.STAGE: "verify",
+    State.HEALTH_CHECK: "health_check",
+    State.ACTIVATE: "activation",
+    State.COMMIT: "activation",
+    State.ROLLBACK: "activation",
+}
+
+
+def count_error(record: Record, kind: str, reason: str) -> None:
+    """Count one error of ``kind`` (one of ``ERROR_KINDS``) and remember it as the newest."""
+    record.error_counts[kind] = record.error_counts.get(kind, 0) + 1
+    record.counted_error = f"{kind}: {reason}"[:1000]
+    record.counted_error_at = datetime.now(UTC)
 
 
 def load_record(paths: StatePaths) -> Record:
@@ -214,6 +259,8 @@ class Lifecycle:
         resume = RESUME[found]
         if found != State.IDLE:
             log.warning("lifecycle_resumed", found_state=found.value, resume_state=resume.value)
+        if resume == State.ROLLBACK:
+            count_error(self.record, "activation", f"interrupted in {found.value}; rolling back")
         self.record.state = resume
         save_record(self.paths, self.record)
         self._reconcile_current()
@@ -245,6 +292,7 @@ class Lifecycle:
             except Exception as exc:
                 log.exception("lifecycle_handler_crashed", state=state.value)
                 self.record.last_error = f"{state.value}: {type(exc).__name__}: {exc}"
+                count_error(self.record, STATE_ERROR_KIND[state], self.record.last_error)
                 event = Event.FAILURE
             nxt = TRANSITIONS[(state, event)]
             log.debug("lifecycle_transition", state=state.value, lifecycle_event=event.value, next=nxt.value)
@@ -262,8 +310,10 @@ class Lifecycle:
             )
             self.stop.wait(self.config.agent.fault_hold_seconds)
 
-    def _reject(self, reason: str) -> Event:
+    def _reject(self, reason: str, kind: str = "verify") -> Event:
         target = self.record.target
+        what = f"update to v{target.version} refused" if target is not None else "update refused"
+        count_error(self.record, kind, f"{what}: {reason}")
         if target is not None:
             self.record.rejected[target.bundle_sha256] = reason
             log.error(
@@ -312,14 +362,19 @@ class Lifecycle:
         except SyncError as exc:
             self.record.last_error = str(exc)
             self.outcome.failed = True
+            count_error(self.record, "sync", str(exc))
             log.warning("sync_failed", reason=str(exc))
             return Event.FAILURE
         self.record.last_sync_at = datetime.now(UTC)
         self.record.last_error = None
-        if poll.not_modified or poll.assignment is None:
+        if poll.not_modified:
+            return Event.NOTHING
+        if poll.assignment is None:
+            self.record.shadow_target = None
             return Event.NOTHING
         assignment = poll.assignment
         self.record.assignment_etag = poll.etag
+        self.record.shadow_target = _shadow_target(assignment)
         active = self.record.active
         if active and (active.model_name, active.version) == (assignment.model_name, assignment.version):
             return Event.NOTHING
@@ -335,6 +390,7 @@ class Lifecycle:
                 "(downgrade refused)"
             )
             self.record.rejected[assignment.bundle_sha256] = reason
+            count_error(self.record, "verify", f"update to v{assignment.version} refused: {reason}")
             log.error("update_rejected", model_version=assignment.version, reason=reason)
             return Event.NOTHING
         attempts = self.record.attempts.get(assignment.bundle_sha256, 0) + 1
@@ -343,7 +399,10 @@ class Lifecycle:
         )
         if attempts > self.config.agent.max_update_attempts:
             log.error("update_loop_aborted", model_version=assignment.version, attempts=attempts - 1)
-            self._reject(f"update to v{assignment.version} did not complete after {attempts - 1} attempts")
+            self._reject(
+                f"update to v{assignment.version} did not complete after {attempts - 1} attempts",
+                kind="activation",
+            )
             return Event.NOTHING
         self.record.attempts[assignment.bundle_sha256] = attempts
         self.scorer.warm()
@@ -362,7 +421,16 @@ class Lifecycle:
 
     def on_download(self) -> Event:
         target = self._target()
-        if self.paths.version_dir(target.model_name, target.version).is_dir():
+        vdir = self.paths.version_dir(target.model_name, target.version)
+        if vdir.is_dir():
+            return Event.SUCCESS
+        shadow = self.paths.shadow_dir(target.model_name, target.version)
+        if self.record.shadow == VersionRef(target.model_name, target.version) and shadow.is_dir():
+            # The shadow version is now to be served: it was verified on arrival (and is again in VERIFY).
+            shadow.replace(vdir)
+            fsync_tree(vdir)
+            self.record.shadow = None
+            log.info("shadow_taken_for_update", model_version=target.version)
             return Event.SUCCESS
         try:
             self.ensure_credential()
@@ -377,6 +445,7 @@ class Lifecycle:
         except SyncError as exc:
             self.record.last_error = str(exc)
             self.outcome.failed = True
+            count_error(self.record, "download", f"v{target.version}: {exc}")
             log.warning("download_failed", model_version=target.version, reason=str(exc))
             return Event.FAILURE
         return Event.SUCCESS
@@ -442,7 +511,7 @@ class Lifecycle:
                 store_id=self.config.agent.store_id,
             )
         except UpdateRejectedError as exc:
-            return self._reject(str(exc))
+            return self._reject(str(exc), kind="health_check")
         log.info("health_check_passed", model_version=target.version, duration_seconds=round(seconds, 3))
         return Event.SUCCESS
 
@@ -488,6 +557,94 @@ class Lifecycle:
         self.record.assignment_etag = None
         return Event.SUCCESS
 
+    # -- shadow version ------------------------------------------------------------------------------
+
+    def sync_shadow(self) -> bool:
+        """Keep the shadow version the assignment names (fetched and verified like an update), drop others.
+
+        Returns True when a shadow version has just become ready. Never touches the served version: a
+        failure is counted (``download`` when retried later, ``verify`` when refused for good) and logged.
+        """
+        want = self.record.shadow_target
+        have = self.record.shadow
+        wanted = VersionRef(want.model_name, want.version) if want is not None else None
+        if have is not None and (have != wanted or wanted == self.record.active):
+            self._drop_shadow(have, "no longer assigned" if have != wanted else "now served")
+        if want is None or wanted is None or wanted == self.record.active:
+            return False
+        if self.record.shadow == wanted and self.paths.shadow_dir(want.model_name, want.version).is_dir():
+            return False
+        if want.bundle_sha256 in self.record.rejected:
+            return False
+        try:
+            self._fetch_shadow(want)
+        except UpdateRejectedError as exc:
+            reason = str(exc)
+            self.record.rejected[want.bundle_sha256] = reason
+            count_error(self.record, "verify", f"shadow v{want.version} refused: {reason}")
+            log.error(  # noqa: TRY400 - expected refusal, no traceback
+                "shadow_rejected",
+                model_name=want.model_name,
+                model_version=want.version,
+                bundle_sha256=want.bundle_sha256,
+                reason=reason,
+            )
+            save_record(self.paths, self.record)
+            return False
+        except SyncError as exc:
+            count_error(self.record, "download", f"shadow v{want.version}: {exc}")
+            log.warning("shadow_download_failed", model_version=want.version, reason=str(exc))
+            save_record(self.paths, self.record)
+            return False
+        finally:
+            remove_tree(self.paths.staging / f"shadow-{want.bundle_sha256}")
+            (self.paths.downloads / want.bundle_sha256).unlink(missing_ok=True)
+        self.record.shadow = wanted
+        save_record(self.paths, self.record)
+        log.info("shadow_ready", model_name=want.model_name, model_version=want.version)
+        return True
+
+    def _fetch_shadow(self, want: Target) -> None:
+        """Download, unpack, verify (hash, size, signature, trusted key, expiry, version) into ``shadow/``."""
+        from forecasting.bundle import unpack_archive, verify
+
+        self.ensure_credential()
+        archive = self.client.download_bundle(
+            want.bundle_sha256,
+            want.bundle_size,
+            self.paths.downloads,
+            max_bytes=self.config.agent.max_bundle_bytes,
+        )
+        staging = self.paths.staging / f"shadow-{want.bundle_sha256}"
+        remove_tree(staging)
+        try:
+            unpacked = unpack_archive(archive, staging, max_bytes=self.config.agent.max_bundle_bytes)
+            manifest = verify(
+                unpacked,
+                self._trusted_keys(),
+                min_version=self.record.highest_version + 1,
+                max_file_bytes=self.config.agent.max_bundle_bytes,
+            )
+        except BundleError as exc:
+            raise UpdateRejectedError(f"{type(exc).__name__}: {exc}") from exc
+        if (manifest.model_name, manifest.version) != (want.model_name, want.version):
+            raise UpdateRejectedError(
+                f"bundle is {manifest.model_name} v{manifest.version}, assignment said "
+                f"{want.model_name} v{want.version}"
+            )
+        target = self.paths.shadow_dir(want.model_name, want.version)
+        remove_tree(self.paths.shadow)
+        self.paths.shadow.mkdir(parents=True, exist_ok=True)
+        fsync_tree(unpacked)
+        Path(unpacked).replace(target)
+        fsync_tree(target)
+
+    def _drop_shadow(self, have: VersionRef, why: str) -> None:
+        remove_tree(self.paths.shadow_dir(have.model_name, have.version))
+        self.record.shadow = None
+        save_record(self.paths, self.record)
+        log.info("shadow_dropped", model_name=have.model_name, model_version=have.version, reason=why)
+
     # -- operator rollback ---------------------------------------------------------------------------
 
     def rollback_to_previous(self) -> VersionRef:
@@ -512,6 +669,21 @@ class Lifecycle:
         save_record(self.paths, self.record)
         log.warning("operator_rollback", from_version=active.version, model_version=back.version)
         return back
+
+
+def _shadow_target(assignment: Assignment) -> Target | None:
+    if (
+        assignment.shadow_version is None
+        or not assignment.shadow_bundle_sha256
+        or assignment.shadow_version == assignment.version
+    ):
+        return None
+    return Target(
+        assignment.model_name,
+        assignment.shadow_version,
+        assignment.shadow_bundle_sha256,
+        assignment.shadow_bundle_size or 0,
+    )
 
 
 def kept_versions(paths: StatePaths, model_name: str) -> list[int]:

@@ -1,9 +1,10 @@
 """Measure at the store: accuracy of past forecasts once their actuals arrive, and weekly data drift.
 
 Called by the work loop after an ingest that added rows. For every kept scoring run (the served
-version's and any shadow version's) it scores the forecast dates that now have actuals and were not
-reported before (a watermark per run in ``monitoring.json``), and once a week of new sales has come in
-it checks drift against the served bundle's reference. The newest reports are also kept as JSON files under
+version's, role ``served``, and the shadow version's scored beside it, role ``shadow``) it scores the
+forecast dates that now have actuals and were not reported before (a watermark per run in
+``monitoring.json``), and once a week of new sales has come in it checks drift against the served
+bundle's reference. The newest reports are also kept as JSON files under
 ``<state_dir>/monitoring/{accuracy,drift}/``; new sales rows go to the server in ``ActualsBatch`` chunks
 for the central dataset. Reports are queued in the durable outbox with
 deterministic idempotency keys, so a crash between queueing and recording the watermark resends a
@@ -104,10 +105,11 @@ def measure(
     latest = frame.select("ds").max().item()
     kept = {r["run_id"]: r for r in store.runs(limit=1000)}
     for run_id, run in sorted(kept.items(), key=lambda kv: kv[1]["started_at"]):
-        bundle = paths.version_dir(run["model_name"], run["version"])
-        if not bundle.is_dir():
+        bundle = paths.bundle_dir(run["model_name"], run["version"])
+        if bundle is None:
             continue
-        role = "served" if active == (run["model_name"], run["version"]) else "shadow"
+        # runs recorded before roles were: served when of the active version, else shadow
+        role = run.get("role") or ("served" if active == (run["model_name"], run["version"]) else "shadow")
         report = _accuracy_report(
             paths, run, frame, read_manifest(bundle), store_id=store_id, role=role,
             after=state.accuracy_through.get(run_id),
@@ -249,6 +251,7 @@ def measure_after_ingest(runtime: Any) -> None:
         )
     except Exception as exc:  # a monitoring bug must not stop forecasting
         log.exception("monitoring_failed", reason=str(exc))
+        runtime.count_error("monitoring", f"{type(exc).__name__}: {exc}")
 
 
 def _actuals_batches(frame: pl.DataFrame, *, store_id: str, after: date | None) -> list[Any]:

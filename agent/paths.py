@@ -9,6 +9,7 @@ Layout of ``state_dir``::
     downloads/<sha>.part    archive being downloaded (resumed with Range)
     staging/                unpacked bundles being verified
     versions/<model>-<version>/   verified bundles kept for rollback
+    shadow/<model>-<version>/     the verified shadow version (scored beside the served one, never served)
     current -> versions/...       the active version (switched with one rename)
     runs/<run_id>/forecasts.parquet   every scoring run's output
     inbox/                  default folder for sales extracts
@@ -67,6 +68,20 @@ class StatePaths:
 
     def version_dir(self, model_name: str, version: int) -> Path:
         return self.versions / f"{model_name}-{version}"
+
+    @property
+    def shadow(self) -> Path:
+        return self.root / "shadow"
+
+    def shadow_dir(self, model_name: str, version: int) -> Path:
+        return self.shadow / f"{model_name}-{version}"
+
+    def bundle_dir(self, model_name: str, version: int) -> Path | None:
+        """Where a kept version's bundle is: among the served versions, else the shadow one; None if gone."""
+        for candidate in (self.version_dir(model_name, version), self.shadow_dir(model_name, version)):
+            if candidate.is_dir():
+                return candidate
+        return None
 
     def ensure(self) -> None:
         for path in (self.root, self.downloads, self.staging, self.versions, self.runs):

@@ -26,9 +26,9 @@ import msgspec
 from agent.config import AgentConfig
 from agent.errors import AgentError, NoActiveModelError, ScoringError
 from agent.forecasts import ForecastView
-from agent.lifecycle import Lifecycle, Record, VersionRef, read_credential
+from agent.lifecycle import Lifecycle, Record, VersionRef, count_error, read_credential, save_record
 from agent.paths import StatePaths, read_symlink
-from agent.scoring import Scorer, ScoringSettings, read_serving, score_store
+from agent.scoring import Scorer, ScoringSettings, ShadowModel, read_serving, score_store
 from agent.sync import SyncClient, backoff_seconds
 from forecasting.contracts import Heartbeat
 from forecasting.logs import get_logger
@@ -50,6 +50,8 @@ class Counters:
     requests: dict[str, int] = field(default_factory=dict)
     scoring_runs: int = 0
     scoring_failures: int = 0
+    shadow_runs: int = 0
+    shadow_failures: int = 0
     sync_failures: int = 0
     activations: int = 0
     rollbacks: int = 0
@@ -130,6 +132,9 @@ class AgentRuntime:
             "state": record.state.value,
             "last_error": record.last_error,
             "previous_version": record.previous.version if record.previous else None,
+            "shadow_version": record.shadow.version if record.shadow else None,
+            "errors": dict(record.error_counts),
+            "last_counted_error": record.counted_error,
             "outbox_size": self.store.outbox_size() if self.store else None,
             "ready": self.is_ready(),
         }
@@ -143,6 +148,12 @@ class AgentRuntime:
             return False
         now = time.monotonic()
         return now - self.last_tick < STALL_SECONDS or now < self.busy_until
+
+    def count_error(self, kind: str, reason: str) -> None:
+        """Count an error of ``kind`` (``agent.lifecycle.ERROR_KINDS``) for the next heartbeats; persisted."""
+        record = self.lifecycle.record if self.lifecycle is not None else self.record
+        count_error(record, kind, reason)
+        save_record(self.paths, record)
 
     def submit(self, command: Command, timeout: float) -> Any:
         """Run ``command`` on the work loop (sole writer of lifecycle and store); wait for its result."""
@@ -251,6 +262,7 @@ class AgentRuntime:
             log.error(  # noqa: TRY400 - expected failure, no traceback
                 "sales_folder_unreadable", folder=str(self.config.sales_path), reason=str(exc)
             )
+            self.count_error("ingest", f"sales folder unreadable: {exc}")
             return
         for result in results:
             self.counters.rows_ingested += result.rows_ok
@@ -282,10 +294,21 @@ class AgentRuntime:
         self._next_poll = time.monotonic() + delay
         if outcome.rolled_back:
             self.counters.rollbacks += 1
+        shadow_ready = False
+        if not outcome.failed:
+            self.busy_until = time.monotonic() + 600
+            try:
+                shadow_ready = self.lifecycle.sync_shadow()
+            finally:
+                self.busy_until = 0.0
         if outcome.activated is not None:
             self.counters.activations += 1
             self._queue_heartbeat()
             self._score("activation")
+        elif shadow_ready and self.record.active is not None:
+            # Score both now, on the same history: the shadow is compared from its first day.
+            self._queue_heartbeat()
+            self._score("shadow_ready")
 
     def _maybe_score_missing(self) -> None:
         active = self.record.active
@@ -326,9 +349,10 @@ class AgentRuntime:
         bundle = read_symlink(self.paths.current)
         if bundle is None:
             raise NoActiveModelError("the current version link is missing")
-        self.busy_until = time.monotonic() + self.config.scoring.timeout_seconds + 60
+        shadow = self._shadow_model()
+        self.busy_until = time.monotonic() + 2 * self.config.scoring.timeout_seconds + 60
         try:
-            pointer = score_store(
+            result = score_store(
                 self.paths,
                 self.store,
                 bundle,
@@ -336,10 +360,12 @@ class AgentRuntime:
                 version=active.version,
                 scorer=self.scorer,
                 trigger=trigger,
+                shadow=shadow,
             )
-            self.view = ForecastView.load(self.paths.root, pointer)
+            self.view = ForecastView.load(self.paths.root, result.pointer)
         except ScoringError as exc:
             self.counters.scoring_failures += 1
+            self.count_error("scoring", f"v{active.version}: {exc}")
             log.error(  # noqa: TRY400 - expected failure, no traceback
                 "scoring_failed", trigger=trigger, model_version=active.version, reason=str(exc)
             )
@@ -347,7 +373,29 @@ class AgentRuntime:
         finally:
             self.busy_until = 0.0
         self.counters.scoring_runs += 1
+        if shadow is not None:
+            if result.shadow_error is None:
+                self.counters.shadow_runs += 1
+            else:
+                self.counters.shadow_failures += 1
+                self.count_error("shadow", f"v{shadow.version}: {result.shadow_error}")
+                log.error(
+                    "shadow_scoring_failed",
+                    trigger=trigger,
+                    model_version=shadow.version,
+                    reason=result.shadow_error,
+                )
         return True
+
+    def _shadow_model(self) -> ShadowModel | None:
+        record = self.lifecycle.record if self.lifecycle is not None else self.record
+        ref = record.shadow
+        if ref is None or ref == record.active:
+            return None
+        folder = self.paths.shadow_dir(ref.model_name, ref.version)
+        if not folder.is_dir():
+            return None
+        return ShadowModel(folder, ref.model_name, ref.version)
 
     def score_now(self) -> dict[str, Any]:
         """``POST /v1/score`` / ``shelfcast agent score`` (runs on the work loop)."""
@@ -385,6 +433,10 @@ class AgentRuntime:
             last_scored_at=view.pointer.scored_at if view else None,
             agent_version=__version__,
             sent_at=datetime.now(UTC),
+            errors=dict(record.error_counts),
+            last_error=record.counted_error,
+            last_error_at=record.counted_error_at,
+            shadow_version=record.shadow.version if record.shadow else None,
         )
         self.counters.reports_queued += 1
         self.store.enqueue(
@@ -427,6 +479,7 @@ class AgentRuntime:
                     log.error(
                         "report_dropped", kind=item.kind, status=status, idempotency_key=item.idempotency_key
                     )
+                    self.count_error("report", f"{item.kind} refused by the server ({status}), dropped")
                     self.store.outbox_done(item.seq)
         self._flush_failures = 0
         self.last_flush_at = datetime.now(UTC)
@@ -434,6 +487,7 @@ class AgentRuntime:
 
     def _flush_failed(self, reason: str) -> None:
         self._flush_failures += 1
+        self.count_error("report", f"delivery failed: {reason}")
         delay = backoff_seconds(self._flush_failures, 2.0, self.config.agent.max_backoff_seconds)
         self._next_flush = time.monotonic() + delay
         log.warning("outbox_flush_failed", reason=reason, retry_in_seconds=round(delay, 1))

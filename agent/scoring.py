@@ -248,6 +248,24 @@ def new_run_id(version: int) -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S}Z-v{version}-{secrets.token_hex(3)}"
 
 
+@dataclass(frozen=True)
+class ShadowModel:
+    """A shadow version to score beside the served one (same history, same horizon), never served."""
+
+    bundle_dir: Path
+    model_name: str
+    version: int
+
+
+@dataclass
+class ScoreResult:
+    """What one scoring did: the served run (now served) and the shadow run or why it failed."""
+
+    pointer: ServingPointer
+    shadow_run_id: str | None = None
+    shadow_error: str | None = None
+
+
 def score_store(
     paths: StatePaths,
     store: LocalStore,
@@ -257,8 +275,13 @@ def score_store(
     version: int,
     scorer: Scorer,
     trigger: str,
-) -> ServingPointer:
-    """Score every series of the store; keep the run; point ``serving.json`` at it."""
+    shadow: ShadowModel | None = None,
+) -> ScoreResult:
+    """Score every series of the store; keep the run; point ``serving.json`` at it.
+
+    With ``shadow``, the shadow version scores the very same history file right after (its own run, role
+    ``shadow``); its failure is returned in ``shadow_error`` and never disturbs the served run.
+    """
     started_at = datetime.now(UTC)
     started = time.monotonic()
     run_id = new_run_id(version)
@@ -273,7 +296,6 @@ def score_store(
     except Exception:
         remove_tree(run_dir)
         raise
-    history.unlink(missing_ok=True)
     duration = time.monotonic() - started
     pointer = ServingPointer(
         run_id=run_id,
@@ -296,22 +318,86 @@ def score_store(
             "n_rows": pointer.n_rows,
             "history_rows": history_rows,
             "path": pointer.path,
+            "role": "served",
         }
     )
     atomic_write_bytes(paths.serving, msgspec.json.encode(pointer))
-    prune_runs(paths, store, keep=scorer.settings.keep_runs, serving=run_id)
     log.info(
         "forecast_scored",
         run_id=run_id,
         model_name=model_name,
         model_version=version,
+        role="served",
         trigger=trigger,
         n_series=pointer.n_series,
         n_rows=pointer.n_rows,
         history_rows=history_rows,
         duration_seconds=round(duration, 3),
     )
-    return pointer
+    result = ScoreResult(pointer)
+    if shadow is not None:
+        try:
+            result.shadow_run_id = _score_shadow(
+                paths, store, shadow, history, scorer=scorer, trigger=trigger, history_rows=history_rows
+            )
+        except Exception as exc:  # a failing shadow never disturbs serving
+            result.shadow_error = (
+                str(exc) if isinstance(exc, ScoringError) else f"{type(exc).__name__}: {exc}"
+            )
+    history.unlink(missing_ok=True)
+    prune_runs(paths, store, keep=scorer.settings.keep_runs, serving=run_id)
+    return result
+
+
+def _score_shadow(
+    paths: StatePaths,
+    store: LocalStore,
+    shadow: ShadowModel,
+    history: Path,
+    *,
+    scorer: Scorer,
+    trigger: str,
+    history_rows: int,
+) -> str:
+    started_at = datetime.now(UTC)
+    started = time.monotonic()
+    run_id = new_run_id(shadow.version)
+    run_dir = paths.runs / run_id
+    run_dir.mkdir(parents=True)
+    out = run_dir / "forecasts.parquet"
+    try:
+        counts = scorer.run(shadow.bundle_dir, history, out, scorer.settings.horizon)
+    except Exception:
+        remove_tree(run_dir)
+        raise
+    store.record_run(
+        {
+            "run_id": run_id,
+            "model_name": shadow.model_name,
+            "version": shadow.version,
+            "trigger": trigger,
+            "started_at": started_at,
+            "finished_at": datetime.now(UTC),
+            "n_series": counts["series"],
+            "n_rows": counts["rows"],
+            "history_rows": history_rows,
+            "path": str(out.relative_to(paths.root)),
+            "role": "shadow",
+        }
+    )
+    log.info(
+        "forecast_scored",
+        run_id=run_id,
+        model_name=shadow.model_name,
+        model_version=shadow.version,
+        role="shadow",
+        trigger=trigger,
+        n_series=counts["series"],
+        n_rows=counts["rows"],
+        history_rows=history_rows,
+        duration_seconds=round(time.monotonic() - started, 3),
+    )
+    return run_id
 
 
 def _require_history(rows: int) -> None:
@@ -327,9 +413,13 @@ def read_serving(paths: StatePaths) -> ServingPointer | None:
 
 
 def prune_runs(paths: StatePaths, store: LocalStore, *, keep: int, serving: str) -> None:
-    """Keep the newest ``keep`` runs (always the one being served)."""
+    """Keep the newest ``keep`` served runs (always the one served) and the newest ``keep`` shadow runs."""
+    roles = {r["run_id"]: r.get("role") or "served" for r in store.runs(limit=100_000)}
     runs = sorted((p for p in paths.runs.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True)
-    for old in runs[max(keep, 1) :]:
-        if old.name != serving:
-            remove_tree(old)
-            store.delete_run(old.name)
+    seen: dict[str, int] = {}
+    for run in runs:
+        role = roles.get(run.name, "served")
+        seen[role] = seen.get(role, 0) + 1
+        if seen[role] > max(keep, 1) and run.name != serving:
+            remove_tree(run)
+            store.delete_run(run.name)

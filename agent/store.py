@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS scoring_runs (
     history_rows BIGINT NOT NULL,
     path VARCHAR NOT NULL
 );
+ALTER TABLE scoring_runs ADD COLUMN IF NOT EXISTS role VARCHAR;  -- served | shadow (NULL: before roles)
 """
 
 
@@ -242,7 +243,9 @@ class LocalStore:
     def record_run(self, run: dict[str, Any]) -> None:
         with self._lock:
             self._exec(
-                "INSERT OR REPLACE INTO scoring_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO scoring_runs (run_id, model_name, version, trigger, started_at, "
+                "finished_at, n_series, n_rows, history_rows, path, role) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     run["run_id"],
                     run["model_name"],
@@ -254,18 +257,19 @@ class LocalStore:
                     run["n_rows"],
                     run["history_rows"],
                     run["path"],
+                    run.get("role"),
                 ],
             )
 
     def runs(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = self._fetch(
             "SELECT run_id, model_name, version, trigger, started_at, finished_at, n_series, n_rows, "
-            "history_rows, path FROM scoring_runs ORDER BY started_at DESC LIMIT ?",
+            "history_rows, path, role FROM scoring_runs ORDER BY started_at DESC LIMIT ?",
             [limit],
         )
         keys = [
             *("run_id", "model_name", "version", "trigger", "started_at", "finished_at"),
-            *("n_series", "n_rows", "history_rows", "path"),
+            *("n_series", "n_rows", "history_rows", "path", "role"),
         ]
         return [dict(zip(keys, r, strict=True)) for r in rows]
 

@@ -31,6 +31,14 @@ class Heartbeat(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     last_scored_at: datetime | None = None
     agent_version: str = ""
     sent_at: datetime
+    # Errors counted by the agent since its state folder was created, by kind (``sync``, ``download``,
+    # ``verify``, ``health_check``, ``activation``, ``scoring``, ``shadow``, ``report``, ``ingest``,
+    # ``monitoring``): cumulative, so a lost heartbeat loses nothing. ``last_error`` is
+    # ``"<kind>: <reason>"`` of the newest one (a refused update names what was wrong with it).
+    errors: dict[str, int] = msgspec.field(default_factory=dict)
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    shadow_version: int | None = None
 
 
 class ModelVersionInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -328,4 +328,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX retraining_runs_model ON retraining_runs (model_name, created_at);
         """,
     ),
+    Migration(
+        6,
+        "agent error counts",
+        """
+        ALTER TABLE agent_status ADD COLUMN errors VARCHAR DEFAULT '{}';
+        ALTER TABLE agent_status ADD COLUMN last_error VARCHAR;
+        ALTER TABLE agent_status ADD COLUMN last_error_at TIMESTAMP;
+        ALTER TABLE agent_status ADD COLUMN shadow_version INTEGER;
+        CREATE TABLE agent_errors (
+            store_id VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,
+            new_errors INTEGER NOT NULL,
+            total INTEGER NOT NULL,
+            last_error VARCHAR,
+            received_at TIMESTAMP NOT NULL
+        );
+        CREATE INDEX agent_errors_store ON agent_errors (store_id, received_at);
+        """,
+    ),
 )

@@ -76,7 +76,7 @@ class FleetRepository:
         rows = self.db.fetch_all(
             f"SELECT s.store_id, s.model_name, s.name, s.region, s.type, s.size, s.tags, s.created_at, "  # noqa: S608
             "s.revoked_at, a.state, a.model_name AS status_model_name, a.active_version, a.last_scored_at, "
-            "a.agent_version, a.last_contact_at, "
+            "a.agent_version, a.last_contact_at, a.errors, a.last_error, a.last_error_at, a.shadow_version, "
             "coalesce((SELECT list(g.group_name ORDER BY g.group_name) FROM store_groups g "
             "WHERE g.store_id = s.store_id), []) AS groups "
             f"FROM stores s LEFT JOIN agent_status a USING (store_id) WHERE {where} "
@@ -85,6 +85,7 @@ class FleetRepository:
         )
         for row in rows:
             row["tags"] = msgspec.json.decode(row["tags"])
+            row["errors"] = _decode_counts(row["errors"])
         return rows
 
     def set_groups(self, store_id: str, groups: list[str]) -> None:
@@ -179,11 +180,14 @@ class FleetRepository:
         """Insert or replace the store's reported state, unless what is stored was sent later."""
         self.db.execute(
             "INSERT INTO agent_status (store_id, state, model_name, active_version, last_scored_at, "
-            "agent_version, sent_at, last_contact_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "agent_version, sent_at, last_contact_at, errors, last_error, last_error_at, shadow_version) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (store_id) DO UPDATE SET state = excluded.state, model_name = excluded.model_name, "
             "active_version = excluded.active_version, last_scored_at = excluded.last_scored_at, "
             "agent_version = excluded.agent_version, sent_at = excluded.sent_at, "
-            "last_contact_at = excluded.last_contact_at "
+            "last_contact_at = excluded.last_contact_at, errors = excluded.errors, "
+            "last_error = excluded.last_error, last_error_at = excluded.last_error_at, "
+            "shadow_version = excluded.shadow_version "
             "WHERE excluded.sent_at >= agent_status.sent_at",
             [
                 row["store_id"],
@@ -194,8 +198,57 @@ class FleetRepository:
                 row["agent_version"],
                 row["sent_at"],
                 row["last_contact_at"],
+                msgspec.json.encode(row.get("errors") or {}).decode(),
+                row.get("last_error"),
+                row.get("last_error_at"),
+                row.get("shadow_version"),
             ],
         )
+
+    def reported_errors(self, store_id: str) -> tuple[datetime, dict[str, int]] | None:
+        """The stored report time and error counts of the store's agent (None before its first heartbeat)."""
+        row = self.db.fetch_one("SELECT sent_at, errors FROM agent_status WHERE store_id = ?", [store_id])
+        if row is None:
+            return None
+        return row["sent_at"], _decode_counts(row["errors"])
+
+    def insert_error_increases(
+        self, store_id: str, increases: dict[str, tuple[int, int]], last_error: str | None, at: datetime
+    ) -> None:
+        """One row per error kind whose counter went up: ``kind -> (new errors, reported total)``."""
+        for kind, (new, total) in sorted(increases.items()):
+            self.db.execute(
+                "INSERT INTO agent_errors VALUES (?, ?, ?, ?, ?, ?)",
+                [store_id, kind, new, total, last_error, at],
+            )
+
+    def errors_since(
+        self, store_ids: list[str], since: datetime, kinds: list[str]
+    ) -> dict[str, dict[str, int]]:
+        """``store_id -> {kind: new errors}`` reported by heartbeats received at or after ``since``."""
+        if not store_ids or not kinds:
+            return {}
+        rows = self.db.fetch_all(
+            "SELECT store_id, kind, sum(new_errors) AS n FROM agent_errors "
+            "WHERE received_at >= ? AND list_contains(?, store_id) AND list_contains(?, kind) "
+            "GROUP BY ALL ORDER BY ALL",
+            [since, store_ids, kinds],
+        )
+        found: dict[str, dict[str, int]] = {}
+        for row in rows:
+            found.setdefault(row["store_id"], {})[row["kind"]] = int(row["n"])
+        return found
+
+    def last_errors(self, store_ids: list[str]) -> dict[str, str | None]:
+        if not store_ids:
+            return {}
+        rows = self.db.fetch_all(
+            "SELECT store_id, last_error FROM agent_status WHERE list_contains(?, store_id)", [store_ids]
+        )
+        return {r["store_id"]: r["last_error"] for r in rows}
+
+    def prune_agent_errors(self, older_than: datetime) -> None:
+        self.db.execute("DELETE FROM agent_errors WHERE received_at < ?", [older_than])
 
     def touch_agent(self, store_id: str, at: datetime) -> None:
         """Record contact without changing the reported state (a late, out-of-order report)."""
@@ -217,3 +270,10 @@ class FleetRepository:
             [stale_before],
         )
         return {"by_version": by_version, "stores": int(stores or 0), "stale": int(stale or 0)}
+
+
+def _decode_counts(text: str | None) -> dict[str, int]:
+    if not text:
+        return {}
+    counts: dict[str, int] = msgspec.json.decode(text, type=dict[str, int])
+    return counts

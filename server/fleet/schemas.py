@@ -43,6 +43,10 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     agent_version: str
     last_contact_at: datetime
     stale: bool
+    errors: dict[str, int] = msgspec.field(default_factory=dict)
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    shadow_version: int | None = None
 
 
 class Store(msgspec.Struct, kw_only=True):

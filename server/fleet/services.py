@@ -32,6 +32,8 @@ log = get_logger("server.fleet")
 
 REPORT_KEY_RETENTION = timedelta(days=1)
 PRUNE_EVERY_HEARTBEATS = 1000  # keeps the idempotency-key table to about a day of reports
+ERROR_RETENTION = timedelta(days=90)  # error increases kept for rollout health gates (longer than a bake)
+MAX_ERROR_KINDS = 50
 
 
 class CachedAssignment(msgspec.Struct, frozen=True):
@@ -148,6 +150,10 @@ class FleetService:
                 agent_version=row["agent_version"],
                 last_contact_at=as_utc(contact) or contact,
                 stale=contact < utcnow() - self.stale_after,
+                errors=row.get("errors") or {},
+                last_error=row.get("last_error"),
+                last_error_at=as_utc(row.get("last_error_at")),
+                shadow_version=row.get("shadow_version"),
             )
         return schemas.Store(
             store_id=row["store_id"],
@@ -277,13 +283,27 @@ class FleetService:
             )
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
             raise InvalidInputError("Idempotency-Key must be 1-200 characters")
+        _check_error_counts(beat.errors)
         now = utcnow()
+        sent_at = to_naive_utc(beat.sent_at)
+        last_error = beat.last_error[:1000] if beat.last_error else None
         with self.repo.db.transaction():
             # an agent credential exists only for an existing store; an admin may name any store
             if who.role != "agent" and not self.repo.store_exists(beat.store_id):
                 raise NotFoundError(f"no store {beat.store_id!r}")
             if idempotency_key and not self.repo.claim_report_key(beat.store_id, idempotency_key):
                 return schemas.Accepted(duplicate=True)
+            previous = self.repo.reported_errors(beat.store_id)
+            if previous is None or sent_at is None or sent_at >= previous[0]:
+                increases = error_increases(previous[1] if previous else {}, beat.errors)
+                if increases:
+                    self.repo.insert_error_increases(beat.store_id, increases, last_error, now)
+                    log.warning(
+                        "agent_errors_reported",
+                        store_id=beat.store_id,
+                        new_errors={k: v[0] for k, v in increases.items()},
+                        last_error=last_error,
+                    )
             self.repo.upsert_agent_status(
                 {
                     "store_id": beat.store_id,
@@ -292,19 +312,25 @@ class FleetService:
                     "active_version": beat.active_version,
                     "last_scored_at": to_naive_utc(beat.last_scored_at),
                     "agent_version": beat.agent_version,
-                    "sent_at": to_naive_utc(beat.sent_at),
+                    "sent_at": sent_at,
                     "last_contact_at": now,
+                    "errors": beat.errors,
+                    "last_error": last_error,
+                    "last_error_at": to_naive_utc(beat.last_error_at),
+                    "shadow_version": beat.shadow_version,
                 }
             )
             self.repo.touch_agent(beat.store_id, now)
             self._heartbeats += 1
             if self._heartbeats % PRUNE_EVERY_HEARTBEATS == 0:
                 self.repo.prune_report_keys(now - REPORT_KEY_RETENTION)
+                self.repo.prune_agent_errors(now - ERROR_RETENTION)
         return schemas.Accepted()
 
     def prune(self) -> None:
         with self.repo.db.transaction():
             self.repo.prune_report_keys(utcnow() - REPORT_KEY_RETENTION)
+            self.repo.prune_agent_errors(utcnow() - ERROR_RETENTION)
 
     def gauges(self) -> dict[str, Any]:
         return self.repo.fleet_gauges(utcnow() - self.stale_after)
@@ -374,3 +400,26 @@ class FleetService:
                 )
         body = msgspec.json.encode(assignment)
         return CachedAssignment(etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"', body=body)
+
+
+def _check_error_counts(errors: dict[str, int]) -> None:
+    if len(errors) > MAX_ERROR_KINDS:
+        raise InvalidInputError(f"heartbeat: errors: at most {MAX_ERROR_KINDS} kinds")
+    for kind, count in errors.items():
+        if not (0 < len(kind) <= 40) or count < 0:
+            raise InvalidInputError(f"heartbeat: errors: bad entry {kind[:40]!r}: {count}")
+
+
+def error_increases(before: dict[str, int], now: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """``kind -> (new errors, total)`` for every cumulative counter that went up.
+
+    A counter below the stored one means the agent started counting again (a new state folder): all of
+    its errors are new.
+    """
+    found: dict[str, tuple[int, int]] = {}
+    for kind, total in now.items():
+        old = before.get(kind, 0)
+        new = total - old if total >= old else total
+        if new > 0:
+            found[kind] = (new, total)
+    return found

@@ -1,7 +1,10 @@
 """Gates of a rollout step, computed from what the server already stores (heartbeats, accuracy reports).
 
 Health: every wave store runs the candidate within the activation timeout (a store still on another
-version after it, or one that reports the ``rollback`` state, fails the gate) and none has gone stale.
+version after it, or one that reports the ``rollback`` state, fails the gate), none has gone stale, and
+none reports more than ``max_errors_per_store`` new errors of the update and scoring kinds
+(``GATED_ERROR_KINDS``: a refused bundle, a failed health check or activation, failed scoring of the
+served or the shadow version) in heartbeats received since the step started.
 Accuracy: per category, the candidate's pooled WAPE against the champion's — on the same stores in a
 shadow step, on matched control stores (same stratum, not in the wave) when serving — as a ratio held
 against ``max_wape_ratio``; thin evidence is ``inconclusive`` and the step keeps baking.
@@ -12,10 +15,15 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from server.fleet.repository import FleetRepository
 from server.rollouts.plan import RolloutPlan, Step, stratum_of
 from server.rollouts.repository import RolloutRepository
 
 PASS, FAIL, INCONCLUSIVE, WAITING = "pass", "fail", "inconclusive", "waiting"
+
+# Error kinds of agent heartbeats that say the candidate (or the update path) is unhealthy; ``sync``,
+# ``download``, ``report``, ``ingest`` and ``monitoring`` errors are the network's or the store's.
+GATED_ERROR_KINDS = ("verify", "health_check", "activation", "scoring", "shadow")
 
 
 def _wape(row: dict[str, Any] | None) -> float | None:
@@ -31,8 +39,12 @@ def health_gate(
     stores: list[dict[str, Any]],
     started_at: datetime,
     now: datetime,
+    errors: dict[str, dict[str, int]] | None = None,
+    last_errors: dict[str, str | None] | None = None,
 ) -> dict[str, Any]:
+    """``errors``: per wave store, new errors by kind since the step started (``GATED_ERROR_KINDS``)."""
     gate = plan.health
+    errors = errors or {}
     elapsed = (now - started_at).total_seconds()
     stale_before = now - timedelta(seconds=gate.stale_after_seconds)
     n = len(stores)
@@ -50,13 +62,32 @@ def health_gate(
         if s["last_contact_at"] is not None and s["last_contact_at"] < stale_before
     ]
     stale_share = len(stale) / n if n else 0.0
+    erring = sorted(sid for sid, kinds in errors.items() if sum(kinds.values()) > gate.max_errors_per_store)
     numbers: dict[str, Any] = {
         "stores": n,
         "stale_stores": stale,
         "stale_share": round(stale_share, 4),
         "max_stale_share": gate.max_stale_share,
         "elapsed_seconds": round(elapsed, 1),
+        "new_errors": errors,
+        "error_stores": erring,
+        "max_errors_per_store": gate.max_errors_per_store,
+        "gated_error_kinds": list(GATED_ERROR_KINDS),
     }
+    if erring:
+        first = erring[0]
+        kinds = ", ".join(f"{k} x{v}" for k, v in sorted(errors[first].items()))
+        last = (last_errors or {}).get(first)
+        return {
+            "outcome": FAIL,
+            "reason": (
+                f"{len(erring)} store(s) reported errors since the step started "
+                f"(more than {gate.max_errors_per_store} each): {first}: {kinds}"
+                + (f" (last: {last})" if last else "")
+            ),
+            "last_errors": {sid: (last_errors or {}).get(sid) for sid in erring},
+            **numbers,
+        }
     if step.kind == "serve":
         share = len(activated) / n if n else 0.0
         numbers |= {
@@ -220,7 +251,13 @@ def evaluate(
     started = rollout["step_started_at"]
     for s in fleet:
         strata.setdefault(s["store_id"], stratum_of(s, plan.stratify_by))
-    health = health_gate(plan, step, rollout["candidate_version"], wave_stores, started, now)
+    fleet_repo = FleetRepository(repo.db)
+    wave_ids = sorted(s["store_id"] for s in wave_stores)
+    errors = fleet_repo.errors_since(wave_ids, started, list(GATED_ERROR_KINDS))
+    last_errors = fleet_repo.last_errors(sorted(errors)) if errors else {}
+    health = health_gate(
+        plan, step, rollout["candidate_version"], wave_stores, started, now, errors, last_errors
+    )
     accuracy = accuracy_gate(repo, plan, step, rollout, wave_stores, fleet, strata)
     elapsed = (now - started).total_seconds()
     baked = accuracy["periods"] >= step.bake_periods and elapsed >= step.bake_min_seconds

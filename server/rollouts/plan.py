@@ -32,12 +32,16 @@ class WavePlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
 
 
 class HealthGate(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """Every wave store must run the candidate within ``activation_timeout_seconds`` and keep reporting."""
+    """Every wave store must run the candidate within ``activation_timeout_seconds`` and keep reporting.
+
+    ``max_errors_per_store``: new update/scoring errors a wave store may report during a step.
+    """
 
     activation_timeout_seconds: float = 3600.0
     min_activated_share: float = 1.0
     max_stale_share: float = 0.0
     stale_after_seconds: float = 3600.0
+    max_errors_per_store: int = 0
 
 
 class AccuracyGate(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -107,6 +111,8 @@ def check_plan(plan: RolloutPlan) -> RolloutPlan:
             raise InvalidInputError(f"plan: stratify_by: unknown store attribute {name!r}")
     if plan.accuracy.max_wape_ratio <= 0:
         raise InvalidInputError("plan: accuracy.max_wape_ratio: must be positive")
+    if plan.health.max_errors_per_store < 0:
+        raise InvalidInputError("plan: health.max_errors_per_store: must not be negative")
     if not 0 <= plan.health.min_activated_share <= 1:
         raise InvalidInputError("plan: health.min_activated_share: must be in [0, 1]")
     return plan
