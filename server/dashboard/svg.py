@@ -34,6 +34,8 @@ class Threshold:
 def _fmt(value: float) -> str:
     if value == 0:
         return "0"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return f"{int(value):,}"
     magnitude = abs(value)
     if magnitude >= 1000:
         return f"{value:,.0f}"
@@ -107,7 +109,7 @@ def line_chart(
     points = [v for s in series for v in s.values if v is not None and math.isfinite(v)]
     if not x_labels or not points:
         return _empty("lines", width, label, "no data yet")
-    left, right, top, bottom = 52, 12, 12, 58
+    left, right, top, bottom = 52, 12, 24 if y_label else 12, 58
     plot_w, plot_h = width - left - right, height - top - bottom
     y_max = _nice_max(max([*points, *(t.value for t in thresholds)]) * 1.05)
     n = len(x_labels)
@@ -126,12 +128,12 @@ def line_chart(
             f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="#e5e7eb"/>'
             f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" {FONT}>{escape(_fmt(v))}</text>'
         )
-    every = max(1, math.ceil(n / 8))
+    every = max(1, math.ceil(n / 6))
     for i, name in enumerate(x_labels):
         if i % every == 0 or i == n - 1:
             parts.append(
                 f'<text x="{x_at(i):.1f}" y="{top + plot_h + 14}" text-anchor="middle" {FONT}>'
-                f"{escape(name[:12])}</text>"
+                f"{escape(name[:18])}</text>"
             )
     for t in thresholds:
         y = y_at(t.value)
@@ -166,7 +168,7 @@ def line_chart(
         )
         x += 24 + 7 * min(len(s.name), 28)
     if y_label:
-        parts.append(f'<text x="4" y="{top + 8}" {FONT} fill="#6b7280">{escape(y_label)}</text>')
+        parts.append(f'<text x="4" y="12" {FONT} fill="#6b7280">{escape(y_label)}</text>')
     parts.append("</svg>")
     return _markup(parts)
 
@@ -199,7 +201,7 @@ def heatmap(
     if not rows or not cols:
         return _empty("heatmap", 520, label, "no accuracy reports yet")
     left, top = 130, 90
-    width = left + cell * len(cols) + 10
+    width = max(left + cell * len(cols) + 10, left + 5 * 50 + 40)
     height = top + cell * len(rows) + 30
     parts = [_open("heatmap", width, height, label)]
     for j, col in enumerate(cols):
