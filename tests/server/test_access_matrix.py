@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,7 +13,9 @@ import pytest
 
 from server.auth import ACCESS_POLICIES
 from server.config import ServerConfig
-from tests.server.conftest import RunningServer, create_store, enroll, unique
+from tests.agent.support import AgentHandle, prepare_served_state, wait_until
+from tests.conftest import free_port
+from tests.server.conftest import RunningServer, create_store, enroll, launch, unique
 
 DENIED = {401, 403}
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -127,3 +131,214 @@ def test_automatic_options_reveal_no_data(server: RunningServer, path: str) -> N
     assert response.status_code == 204
     assert "allow" in response.headers
     assert response.content == b""
+
+
+# -- the agent's inventory API --------------------------------------------------------------------------
+
+AGENT_PUBLIC = ("/livez", "/readyz", "/metrics", "/schema")
+API_TOKEN = "store-inventory-token-0123456789"
+
+
+def _agent_routes(tmp_path: Path) -> list[tuple[str, str]]:
+    """(method, path template) of every handler of the agent's app, built over a real runtime."""
+    from agent.api import create_app
+    from agent.config import AgentConfig, AgentSection, ApiSection
+    from agent.runtime import AgentRuntime
+
+    config = AgentConfig(
+        agent=AgentSection(state_dir=str(tmp_path / "routes-state")), api=ApiSection(token=API_TOKEN)
+    )
+    app = create_app(AgentRuntime(config))
+    found = []
+    for route in app.routes:
+        for handler in route.route_handlers:
+            for method in sorted(getattr(handler, "http_methods", set()) - {"OPTIONS", "HEAD"}):
+                found.append((method, route.path))
+    return found
+
+
+@pytest.fixture
+def running_agent(tmp_path: Path) -> Iterator[AgentHandle]:
+    """A real agent process with an inventory API token, serving a prepared scoring run (no server)."""
+    agent = AgentHandle(
+        tmp_path,
+        f"http://127.0.0.1:{free_port()}",
+        tmp_path / "none.pub",
+        api={"token": API_TOKEN, "max_horizon": 10, "max_page_size": 5, "max_upload_bytes": 10_000},
+        agent={"poll_interval_seconds": 30.0},
+    )
+    prepare_served_state(agent.state_dir, items=8, horizon=10)
+    agent.start()
+    try:
+        auth = {"Authorization": f"Bearer {API_TOKEN}"}
+        wait_until(
+            lambda: agent.client.get("/v1/status", headers=auth).json()["served_version"] == 1,
+            30,
+            what="the prepared forecasts served",
+        )
+        yield agent
+    finally:
+        agent.close()
+
+
+def test_agent_api_matrix(running_agent: AgentHandle, tmp_path: Path) -> None:
+    """Every route of the agent's API read from its app: probes, metrics and the schema are open; every
+    other route answers 401 without the API token, with a wrong one or with a server credential, and
+    is served with the right one."""
+    routes = _agent_routes(tmp_path)
+    assert {("GET", "/v1/forecasts"), ("POST", "/v1/sales"), ("GET", "/livez")} <= set(routes)
+    callers = {
+        "none": None,
+        "wrong_token": "not-the-token",
+        "server_credential": "scs_" + "x" * 43,
+        "api_token": API_TOKEN,
+    }
+    failures = []
+    for method, path in routes:
+        url = re.sub(
+            r"\{(\w+):\w+\}", lambda m: "I00001" if m.group(1) == "item_id" else "openapi.json", path
+        )
+        public = path.startswith(AGENT_PUBLIC)
+        for who, token in callers.items():
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            response = running_agent.client.request(method, url, headers=headers, content=b"{}", timeout=30)
+            denied = response.status_code == 401
+            if denied != (not public and who != "api_token"):
+                failures.append(f"{method} {path} as {who}: {response.status_code}")
+            if response.status_code >= 500 and path not in ("/readyz", "/v1/score", "/v1/rollback"):
+                failures.append(f"{method} {path} as {who}: {response.status_code} {response.text[:200]}")
+    assert failures == []
+
+
+def test_agent_api_limits(running_agent: AgentHandle) -> None:
+    """Horizon and page size over [api] max_horizon / max_page_size are 400, an upload over
+    max_upload_bytes is 413, all as problem details; within the limits the answer is served."""
+    client = running_agent.client
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    for path in ("/v1/forecasts", "/v1/forecasts/I00001"):
+        ok = client.get(path, params={"horizon": 10}, headers=auth)
+        assert ok.status_code == 200, ok.text
+        for horizon in (0, 11, 100_000):
+            bad = client.get(path, params={"horizon": horizon}, headers=auth)
+            assert bad.status_code == 400, (path, horizon, bad.text)
+            assert bad.headers["content-type"].startswith("application/problem+json")
+    page = client.get("/v1/forecasts", params={"limit": 5}, headers=auth)
+    assert page.status_code == 200 and len(page.json()["rows"]) == 5, page.text
+    for limit in (0, 6):
+        assert client.get("/v1/forecasts", params={"limit": limit}, headers=auth).status_code == 400
+    big = client.post("/v1/sales", content=b"x" * 10_001, headers={**auth, "Content-Type": "text/csv"})
+    assert big.status_code == 413, big.text
+
+
+# -- credentials at rest and request limits of the server ---------------------------------------------------
+
+
+def test_credentials_are_stored_hashed(tmp_path: Path, signing_key: Path) -> None:
+    """Reader, enrollment and store tokens never reach the database file, its WAL or the log in clear;
+    their sha256 is what the database keeps."""
+    import duckdb
+
+    from server.auth import hash_token
+
+    running = launch(tmp_path, signing_key.with_name(signing_key.name + ".pub"))
+    try:
+        with running.admin() as admin:
+            reader = admin.post("/v1/credentials", json={"role": "reader"}).json()["token"]
+            enrollment = create_store(admin, "HASHED-1", "matrix-model")
+            store = enroll(running.url, "HASHED-1", enrollment)
+            unused = create_store(admin, "HASHED-2", "matrix-model")
+    finally:
+        running.process.stop()
+    secrets_given = {"reader": reader, "enrollment": enrollment, "store": store, "unused": unused}
+    files = [p for p in running.state_dir.rglob("*") if p.is_file()]
+    files += list(tmp_path.glob("*.log"))
+    assert any(p.suffix == ".duckdb" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for name, token in secrets_given.items():
+            assert token.encode() not in data, f"{name} token in clear in {path.name}"
+    database = next(p for p in running.state_dir.rglob("*.duckdb"))
+    con = duckdb.connect(str(database), read_only=True)
+    try:
+        texts: list[str] = []
+        for schema, table in con.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
+        ).fetchall():
+            columns = [
+                c
+                for (c,) in con.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = ? AND table_name = ?",
+                    [schema, table],
+                ).fetchall()
+            ]
+            for column in columns:
+                rows = con.execute(f'SELECT CAST("{column}" AS VARCHAR) FROM "{schema}"."{table}"').fetchall()
+                texts += [r[0] for r in rows if r[0]]
+    finally:
+        con.close()
+    everything = "\n".join(texts)
+    for name, token in secrets_given.items():
+        assert token not in everything, f"{name} token in clear in the database"
+    for name in ("reader", "store", "unused"):
+        assert hash_token(secrets_given[name]) in everything, f"no sha256 of the {name} token"
+
+
+def _takes_body(handler: Any) -> bool:
+    return bool({"data", "body"} & set(handler.parsed_fn_signature.parameters))
+
+
+def test_request_body_and_page_size_limits(tmp_path: Path, signing_key: Path) -> None:
+    """Every route taking a body refuses one over its limit (413: JSON bodies max_json_body_bytes, bundle
+    uploads max_request_body_bytes); every route taking ``limit`` caps pages at max_page_size."""
+    from server.app import create_app
+
+    running = launch(
+        tmp_path,
+        signing_key.with_name(signing_key.name + ".pub"),
+        {
+            "SHELFCAST_SERVER__MAX_JSON_BODY_BYTES": "20000",
+            "SHELFCAST_SERVER__MAX_REQUEST_BODY_BYTES": "60000",
+            "SHELFCAST_SERVER__MAX_PAGE_SIZE": "2",
+        },
+    )
+    failures = []
+    try:
+        with running.admin() as admin:
+            for i in range(3):
+                create_store(admin, f"LIMIT-{i}", "matrix-model")
+                admin.post("/v1/credentials", json={"role": "reader"}).raise_for_status()
+            bodies = listed = 0
+            for route in create_app(ServerConfig()).routes:
+                for handler in route.route_handlers:
+                    methods = getattr(handler, "http_methods", set()) - {"OPTIONS", "HEAD"}
+                    params = set(handler.parsed_fn_signature.parameters)
+                    for method in methods:
+                        url = _fill(route.path, "LIMIT-0")
+                        if _takes_body(handler):
+                            bodies += 1
+                            upload = handler.request_max_body_size is None
+                            size = 60_001 if upload else 20_001
+                            answer = admin.request(
+                                method,
+                                url,
+                                content=b'{"x": "' + b"y" * size + b'"}',
+                                headers={"Content-Type": "application/json"},
+                            )
+                            if answer.status_code != 413:
+                                failures.append(f"{method} {route.path} body of {size}: {answer.status_code}")
+                        if method == "GET" and "limit" in params:
+                            listed += 1
+                            answer = admin.get(url, params={"limit": 1000})
+                            body = answer.json() if answer.status_code == 200 else None
+                            items = body.get("items") if isinstance(body, dict) else body
+                            if answer.status_code == 200 and (items is None or len(items) > 2):
+                                failures.append(f"GET {route.path} limit=1000: {len(items or [])} items")
+                            elif answer.status_code not in (200, 400, 404, 422):
+                                failures.append(f"GET {route.path} limit=1000: {answer.status_code}")
+            stores = admin.get("/v1/stores", params={"limit": 1000}).json()
+            assert len(stores["items"]) == 2 and stores["next_cursor"]
+    finally:
+        running.process.stop()
+    assert failures == []
+    assert bodies >= 10 and listed >= 5
