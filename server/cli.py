@@ -42,17 +42,34 @@ def server() -> None:
 @click.option("--host", default=None, help="Address to listen on (overrides [server] host).")
 @click.option("--port", type=int, default=None, help="Port to listen on (overrides [server] port).")
 @state_dir_option
-def run(config_files: tuple[Path, ...], host: str | None, port: int | None, state_dir: Path | None) -> None:
+@click.option(
+    "--discard-damaged-wal",
+    is_flag=True,
+    help="If the database's write-ahead log cannot be replayed, move it into wal-recovery/ and start from "
+    "the last checkpoint (loses what the log held; without this flag the server refuses to start).",
+)
+def run(
+    config_files: tuple[Path, ...],
+    host: str | None,
+    port: int | None,
+    state_dir: Path | None,
+    discard_damaged_wal: bool,
+) -> None:
     """Serve the registry, fleet and agent API (Litestar under uvicorn) until interrupted."""
     import uvicorn
 
     from server.app import ServerState, create_app
+    from server.db import DB_FILE_NAME, Database
 
     config = _load(config_files, state_dir, host=host, port=port)
     config.check_transport()
     configure_logging(config.logging.level, config.logging.format)
+    if discard_damaged_wal:
+        Database.open(config.state_path / DB_FILE_NAME, migrate=False, discard_damaged_wal=True).close()
     state = ServerState(config)
-    state.open()  # a locked or unreadable database fails here, as one clear sentence
+    # A locked or unreadable database, or a write-ahead log that cannot be replayed, fails here as one
+    # clear sentence (see server/db.py); a log with an incomplete tail is replayed with an error line.
+    state.open()
     app = create_app(config, state)
     scheme = "https" if config.uses_tls else "http"
     url = f"{scheme}://{config.server.host}:{config.server.port}"
