@@ -513,6 +513,8 @@ def stores_list(
                 "active_version": status.get("active_version"),
                 "last_contact_at": status.get("last_contact_at"),
                 "stale": status.get("stale"),
+                "errors": sum((status.get("errors") or {}).values()),
+                "last_error": status.get("last_error"),
                 "revoked": s["revoked_at"] is not None,
             }
         )
