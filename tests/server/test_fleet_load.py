@@ -1,81 +1,48 @@
-"""Many agents at once against one real server process."""
+"""Many agents at once against one real server process (the load suite's simulator, small)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections import Counter
-from datetime import UTC, datetime
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
-import httpx
-
-from tests.server.conftest import RunningServer, make_bundle, publish, unique
+from tests.server.conftest import launch, make_bundle, publish
 
 AGENTS = 50
-POLLS = 4
-BEATS = 2
 
 
-async def _agent(
-    server: RunningServer, store_id: str, model: str, region: str, statuses: Counter[str]
-) -> None:
-    """Created by the admin, enrolled, then polling and reporting like a store agent."""
-    admin = {"Authorization": f"Bearer {server.admin_token}"}
-    async with httpx.AsyncClient(base_url=server.url, timeout=60) as anonymous:
-        created = await anonymous.post(
-            "/v1/stores", json={"store_id": store_id, "model_name": model, "region": region}, headers=admin
-        )
-        enrollment = {"store_id": store_id, "enrollment_token": created.json()["enrollment_token"]}
-        token = (await anonymous.post("/v1/enroll", json=enrollment)).json()["token"]
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=60) as client:
-        etag = None
-        for i in range(POLLS):
-            extra = {"If-None-Match": etag} if etag else {}
-            response = await client.get(f"/v1/stores/{store_id}/assignment", headers=extra)
-            statuses[f"poll {response.status_code}"] += 1
-            etag = response.headers.get("etag", etag)
-            if i < BEATS:
-                beat = {
-                    "store_id": store_id,
-                    "state": "serving",
-                    "model_name": model,
-                    "active_version": 1,
-                    "sent_at": datetime.now(UTC).isoformat(),
-                }
-                sent = await client.post(
-                    "/v1/heartbeats", json=beat, headers={"Idempotency-Key": f"{store_id}-{i}"}
-                )
-                statuses[f"beat {sent.status_code}"] += 1
+def _bench_load() -> ModuleType:
+    """benchmarks/bench_load.py as a module: the suite's fleet simulator, run here at a small size."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_load.py"
+    spec = importlib.util.spec_from_file_location("bench_load_for_tests", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_fifty_agents_poll_and_report_concurrently(
-    server: RunningServer, tmp_path: Path, signing_key: Path
-) -> None:
-    """50 agents enrolling, polling with ETags and reporting at once all get correct answers, none lost."""
-    model = unique("fleet")
-    region = unique("r")
-    with server.admin() as admin:
-        publish(admin, make_bundle(tmp_path, signing_key, model, 1), model).raise_for_status()
-        admin.put(f"/v1/models/{model}/aliases/champion", json={"version": 1}).raise_for_status()
-
-    statuses: Counter[str] = Counter()
-
-    async def main() -> None:
-        await asyncio.wait_for(
-            asyncio.gather(
-                *(_agent(server, f"{region}-{i:03d}", model, region, statuses) for i in range(AGENTS))
-            ),
-            timeout=150,
-        )
-
-    asyncio.run(main())
-    assert statuses == {
-        "poll 200": AGENTS,
-        "poll 304": AGENTS * (POLLS - 1),
-        "beat 202": AGENTS * BEATS,
-    }
-    with server.admin() as admin:
-        stores = admin.get("/v1/stores", params={"region": region, "limit": 100}).json()["items"]
+def test_fleet_load_counts_every_report_exactly_once(tmp_path: Path, signing_key: Path) -> None:
+    """50 agents polling, beating and reporting (with resends) for 10 s: no error, and every heartbeat
+    key, accuracy and drift report is counted once, through the API and in the stopped server's file."""
+    bench = _bench_load()
+    running = launch(tmp_path, signing_key.with_name(signing_key.name + ".pub"))
+    try:
+        with running.admin() as admin:
+            publish(admin, make_bundle(tmp_path, signing_key, bench.MODEL, 1), bench.MODEL).raise_for_status()
+            admin.put(f"/v1/models/{bench.MODEL}/aliases/champion", json={"version": 1}).raise_for_status()
+        load = bench.simulate_fleet(running.url, running.admin_token, AGENTS, 10.0, "QL")
+        api_problems = bench.counted_through_api(running.url, running.admin_token, load)
+        with running.admin() as admin:
+            stores = admin.get("/v1/stores", params={"region": "QL", "limit": 100}).json()["items"]
+    finally:
+        running.process.stop()
+    assert load.errors == [], load.errors[:5]
+    assert api_problems == []
+    assert bench.counted_in_database(running.state_dir, load, "QL") == []
+    assert load.duplicates_acknowledged > 0
+    assert load.statuses["poll 200"] == AGENTS and load.statuses["poll 304"] > 0
+    assert sum(len(v) for v in load.accuracy_sent.values()) >= AGENTS
     assert len(stores) == AGENTS
     assert all(s["status"]["state"] == "serving" and s["status"]["active_version"] == 1 for s in stores)
