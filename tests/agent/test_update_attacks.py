@@ -254,6 +254,20 @@ class Target:
             raise AssertionError(f"{exc}\n--- agent log ---\n{log}") from None
         return reason
 
+    def reported(self, expected: str, timeout: float = 30) -> dict[str, Any]:
+        """Wait until the store's status on the real server names the refusal; that status."""
+
+        def check() -> dict[str, Any] | None:
+            status = self.server.admin.get(f"/v1/stores/{STORE}").json()["status"]
+            return status if status and expected in (status.get("last_error") or "") else None
+
+        try:
+            found: dict[str, Any] = wait_until(check, timeout, 0.2, what=f"the server told of {expected!r}")
+        except AssertionError as exc:
+            store = self.server.admin.get(f"/v1/stores/{STORE}").json()
+            raise AssertionError(f"{exc}\nserver has: {store.get('status')}") from None
+        return found
+
     def still_serving_v2(self) -> None:
         status = self.agent.status()
         assert (status["active_version"], status["served_version"]) == (2, 2), status
@@ -298,6 +312,9 @@ def _archive_file(folder: Path, members: dict[str, bytes]) -> Path:
 
 
 def _through_evil(target: Target, attack: Attack, expected: str) -> str:
+    """Arm the compromised server with ``attack``; the agent refuses it for ``expected``, keeps serving v2,
+    and its next heartbeat tells the real server (error count up, ``last_error`` naming the refusal)."""
+    before = sum(target.server.admin.get(f"/v1/stores/{STORE}").json()["status"]["errors"].values())
     target.evil.attack = attack
     try:
         reason = target.refusal(attack.sha256)
@@ -305,6 +322,9 @@ def _through_evil(target: Target, attack: Attack, expected: str) -> str:
         target.evil.attack = None
     assert expected in reason, reason
     target.still_serving_v2()
+    status = target.reported(expected)
+    assert sum(status["errors"].values()) > before, status
+    assert status["active_version"] == 2
     return reason
 
 
@@ -321,6 +341,7 @@ def test_rollback_to_an_older_signed_version_via_the_server(target: Target) -> N
         target.server.promote(2)
     assert "older than v2" in reason and "downgrade refused" in reason
     target.still_serving_v2()
+    assert target.reported("downgrade refused")["errors"].get("verify", 0) >= 1
 
 
 def test_freeze_an_expired_manifest_via_the_server(target: Target) -> None:
@@ -337,6 +358,7 @@ def test_freeze_an_expired_manifest_via_the_server(target: Target) -> None:
         target.server.promote(2)
     assert "ExpiredBundleError" in reason and "expired at" in reason
     target.still_serving_v2()
+    target.reported("ExpiredBundleError")
 
 
 # -- attacks from a compromised server ---------------------------------------------------------------------
