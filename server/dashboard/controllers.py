@@ -16,7 +16,7 @@ from urllib.parse import quote, urlencode
 from litestar import Controller, MediaType, Request, Response, Router, get, post
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException
-from litestar.params import Body, Parameter
+from litestar.params import Body, Parameter, QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect
 
@@ -56,7 +56,7 @@ SECURITY_HEADERS = {
 }
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
-PageNumber = Annotated[int, Parameter(query="page", ge=1, le=1_000_000, required=False)]
+PageNumber = Annotated[int, QueryParameter(name="page", ge=1, le=1_000_000, required=False)]
 Opt = Annotated[str | None, Parameter(required=False)]
 
 
@@ -254,7 +254,7 @@ class PagesController(Controller):
         model: Opt = None,
         region: Opt = None,
         version: Opt = None,
-        lifecycle: Annotated[str | None, Parameter(query="state", required=False)] = None,
+        lifecycle: Annotated[str | None, QueryParameter(name="state", required=False)] = None,
         stale: Opt = None,
         q: Opt = None,
     ) -> Response[str]:
