@@ -342,3 +342,47 @@ def test_request_body_and_page_size_limits(tmp_path: Path, signing_key: Path) ->
         running.process.stop()
     assert failures == []
     assert bodies >= 10 and listed >= 5
+
+
+def _dashboard_session(url: str, token: str) -> httpx.Client:
+    """A browser-like client signed in to the dashboard with ``token`` (session cookie + CSRF value)."""
+    client = httpx.Client(base_url=url, timeout=30)
+    form = client.get("/dashboard/sign-in")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert form.status_code == 200 and csrf, form.text[:300]
+    signed = client.post("/dashboard/sign-in", data={"token": token, "csrf_token": csrf.group(1)})
+    assert signed.status_code == 303, signed.text[:300]
+    assert "shelfcast_session" in client.cookies
+    page = client.get("/dashboard/")
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    client.headers["X-Test-Csrf"] = found.group(1) if found else ""
+    return client
+
+
+def test_dashboard_session_matrix(server: RunningServer) -> None:
+    """Through a signed-in browser session: a reader gets every dashboard page and no admin form (403,
+    even with the session's CSRF value); without a session every non-public route shows the sign-in (401)."""
+    dashboard = [(m, p, a) for m, p, a in _routes() if p.startswith("/dashboard") and a != "public"]
+    if not dashboard:
+        pytest.skip("this server has no dashboard routes")
+    with server.admin() as admin:
+        reader = admin.post("/v1/credentials", json={"role": "reader"}).json()["token"]
+    session = _dashboard_session(server.url, reader)
+    anonymous = httpx.Client(base_url=server.url, timeout=30)
+    failures = []
+    for method, path, access in dashboard:
+        if path.endswith("/sign-out"):
+            continue
+        url = _fill(path, "MZ-nobody")
+        csrf = session.headers["X-Test-Csrf"]
+        answer = session.request(method, url, data={"csrf_token": csrf} if method == "POST" else None)
+        if access == "reader" and answer.status_code in DENIED:
+            failures.append(f"{method} {path} as reader session: {answer.status_code}")
+        if access == "admin" and answer.status_code != 403:
+            failures.append(f"{method} {path} as reader session: {answer.status_code} (want 403)")
+        nobody = anonymous.request(method, url, data={} if method == "POST" else None)
+        if nobody.status_code != 401 or "sign-in" not in nobody.text:
+            failures.append(f"{method} {path} without a session: {nobody.status_code}")
+    session.close()
+    anonymous.close()
+    assert failures == []
