@@ -8,6 +8,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,41 @@ def events(agent: AgentHandle, name: str) -> list[dict[str, Any]]:
 def has_event(agent: AgentHandle, name: str, **match: str) -> bool:
     """Whether the log holds ``name`` with every ``match`` value found in the named field."""
     return any(all(value in str(e.get(key)) for key, value in match.items()) for e in events(agent, name))
+
+
+def signed_bundle(
+    folder: Path, private_key: Path, version: int, *, expires_in: timedelta | None = None, padding: int = 0
+) -> Path:
+    """A signed bundle the agent can score (SeasonalNaive refit at the edge); may expire or be padded."""
+    import io
+    import secrets
+
+    import polars as pl
+
+    from forecasting.bundle import Manifest, ModelEntry, pack_archive, write_bundle
+    from tests.agent.support import sales_frame
+
+    series = sales_frame().select("store_id", "item_id", "category").unique().sort("item_id")
+    buffer = io.BytesIO()
+    series.with_columns(model=pl.lit("SeasonalNaive")).write_parquet(buffer)
+    now = datetime.now(UTC)
+    manifest = Manifest(
+        model_name="demand",
+        version=version,
+        created_at=now,
+        expires_at=None if expires_in is None else now + expires_in,
+        horizon=14,
+        season_length=7,
+        models={"SeasonalNaive": ModelEntry(state="refit-at-edge", family="SeasonalNaive")},
+        selection={"food": "SeasonalNaive", "drinks": "SeasonalNaive"},
+        fallback_model="SeasonalNaive",
+    )
+    payloads = {"series.parquet": buffer.getvalue()}
+    if padding:
+        payloads["padding.bin"] = secrets.token_bytes(padding)
+    bundle_dir = write_bundle(
+        folder / f"signed-v{version}-{secrets.token_hex(3)}", manifest, payloads, private_key
+    )
+    archive = bundle_dir.with_suffix(".tar")
+    pack_archive(bundle_dir, archive)
+    return archive

@@ -7,19 +7,21 @@ full disk, nothing half-staged stays behind, and once there is room again the ag
 
 from __future__ import annotations
 
-import io
 import os
-import secrets
 import subprocess
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from tests.agent.support import AgentHandle, ServerHandle, fleet, make_bundle, sales_frame, wait_until
-from tests.reliability.support import assert_one_whole_verified_version, events, has_event, watch_serving
+from tests.reliability.support import (
+    assert_one_whole_verified_version,
+    events,
+    has_event,
+    signed_bundle,
+    watch_serving,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -27,27 +29,8 @@ PADDING_BYTES = 4 * 1024 * 1024
 
 
 def padded_bundle(folder: Path, private_key: Path, version: int) -> Path:
-    """A signed bundle like the other tests' plus a 4 MB payload, so that its copies need real room."""
-    from forecasting.bundle import Manifest, ModelEntry, pack_archive, write_bundle
-
-    series = sales_frame().select("store_id", "item_id", "category").unique().sort("item_id")
-    buffer = io.BytesIO()
-    series.with_columns(model=pl.lit("SeasonalNaive")).write_parquet(buffer)
-    manifest = Manifest(
-        model_name="demand",
-        version=version,
-        created_at=datetime.now(UTC),
-        horizon=14,
-        season_length=7,
-        models={"SeasonalNaive": ModelEntry(state="refit-at-edge", family="SeasonalNaive")},
-        selection={"food": "SeasonalNaive", "drinks": "SeasonalNaive"},
-        fallback_model="SeasonalNaive",
-    )
-    payloads = {"series.parquet": buffer.getvalue(), "padding.bin": secrets.token_bytes(PADDING_BYTES)}
-    bundle_dir = write_bundle(folder / f"padded-v{version}", manifest, payloads, private_key)
-    archive = folder / f"padded-v{version}.tar"
-    pack_archive(bundle_dir, archive)
-    return archive
+    """A signed bundle plus a 4 MB payload, so that its copies need real room."""
+    return signed_bundle(folder, private_key, version, padding=PADDING_BYTES)
 
 
 class SmallDisk:
