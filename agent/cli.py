@@ -54,11 +54,22 @@ def _api_call(config: AgentConfig, method: str, path: str, timeout: float) -> di
     """Call the running agent's API; None when no agent listens there."""
     import httpx
 
+    from agent.config import is_loopback
+
     host = config.api.host if config.api.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
     headers = {"Authorization": f"Bearer {config.api.token}"} if config.api.token else {}
+    # Over HTTPS, the agent's own API on this machine is not verified (its certificate names the store's
+    # host, not 127.0.0.1); an API on another address is verified against [agent] ca_file or the system.
+    verify: Any = True
+    if config.api.scheme == "https":
+        verify = False if is_loopback(host) else _client_context(config.agent.ca_file)
     try:
         response = httpx.request(
-            method, f"http://{host}:{config.api.port}{path}", headers=headers, timeout=timeout
+            method,
+            f"{config.api.scheme}://{host}:{config.api.port}{path}",
+            headers=headers,
+            timeout=timeout,
+            verify=verify,
         )
     except httpx.ConnectError:
         return None
@@ -69,6 +80,12 @@ def _api_call(config: AgentConfig, method: str, path: str, timeout: float) -> di
         raise AgentError(str(body.get("detail") or body.get("title") or response.status_code))
     result: dict[str, Any] = body
     return result
+
+
+def _client_context(ca_file: str) -> Any:
+    import ssl
+
+    return ssl.create_default_context(cafile=ca_file or None)
 
 
 def _offline_runtime(config: AgentConfig) -> Any:

@@ -11,6 +11,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 from click.testing import CliRunner
 
@@ -212,6 +213,11 @@ def test_agent_enrolls_pulls_and_serves_over_https(https_fleet: HttpsFleet) -> N
 
         wait_until(reported, 30, what="the heartbeat reaching the server over HTTPS")
         assert f'"url": "https://127.0.0.1:{agent.port}"' in agent.proc.log()  # type: ignore[union-attr]
+        asked = CliRunner().invoke(
+            cli, ["agent", "status", "-o", "json", "--config", str(agent.config_path)], env={}
+        )
+        assert asked.exit_code == 0, asked.output  # the CLI asks the running agent over HTTPS
+        assert msgspec.json.decode(asked.stdout)["served_version"] == 1
     finally:
         agent.close()
 
