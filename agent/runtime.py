@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, is_loopback
 from agent.errors import AgentError, NoActiveModelError, ScoringError
 from agent.forecasts import ForecastView
 from agent.lifecycle import Lifecycle, Record, VersionRef, count_error, read_credential, save_record
@@ -563,6 +563,13 @@ class AgentRuntime:
             state_dir=str(self.paths.root),
             server_url=self.config.agent.server_url,
         )
+        if self.config.api.scheme == "http" and not is_loopback(self.config.api.host):
+            log.warning(
+                "api_plain_http",
+                host=self.config.api.host,
+                consequence="the inventory API (forecasts, sales, its token) is plain HTTP on the store "
+                "network; set [api] tls_cert_file and tls_key_file",
+            )
         if self.config.agent.insecure:
             log.warning(
                 "insecure_transport",
