@@ -317,6 +317,14 @@ class PagesController(Controller):
     def alerts(self, request: Request[Any, Any, Any], status: Opt = "firing") -> Response[str]:
         return render(request, "alerts.html", _service(request).alerts(status))
 
+    @post("/alerts/{alert_id:str}/ack", opt=ADMIN, sync_to_thread=True, status_code=303)
+    def ack(self, request: Request[Any, Any, Any], alert_id: str, data: Form) -> Redirect:
+        session = session_of(request)
+        if session is not None:
+            check_csrf(session.csrf_token, data.get("csrf_token"))
+        _service(request).quality.ack(alert_id, principal_of(request))
+        return Redirect(f"/dashboard/alerts/{quote(alert_id)}", status_code=303)
+
     @get("/alerts/{alert_id:str}", opt=READER, sync_to_thread=True)
     def alert(self, request: Request[Any, Any, Any], alert_id: str, category: Opt = None) -> Response[str]:
         return render(request, "alert.html", _service(request).alert(alert_id, category or None))

@@ -112,6 +112,7 @@ class DashboardService:
             "aliases": aliases,
             "history": history,
             "runs": runs,
+            "known_runs": {r.run_id for r in runs},
             "page": page,
         }
 

@@ -211,8 +211,10 @@ def fill(server: RunningServer, tmp_path: Path, signing_key: Path, *, idle_store
             with server.client(token) as agent:
                 assigned = agent.get(f"/v1/stores/{store_id}/assignment").json()
                 running = int(assigned["version"])
+                errors = {"sync": 3 + week, "download": 1} if i == 0 else {}
                 beat = Heartbeat(store_id=store_id, state="idle", model_name=MODEL, active_version=running,
-                                 sent_at=datetime.now(UTC))  # fmt: skip
+                                 sent_at=datetime.now(UTC), errors=errors,
+                                 last_error="server unreachable" if errors else None)  # fmt: skip
                 _post(agent, "/v1/heartbeats", beat)
                 _post(agent, "/v1/accuracy", _accuracy(store_id, running, "served", start, 1.0, i))
                 if i == 0:
@@ -359,6 +361,8 @@ def test_fleet_is_paginated_and_filtered(filled: Filled) -> None:
     assert "X-0059" in last and "X-0000" not in last
     prefix = client.get("/dashboard/fleet?q=S-su").text
     assert "(6 in all)" in prefix
+    erring = client.get("/dashboard/fleet?q=S-di-n0").text
+    assert re.search(r"<td[^>]*>6</td><td>server unreachable</td>", erring), "S-di-n0 heartbeats 5 + 1 errors"
     never = client.get("/dashboard/fleet?version=none").text
     assert "(60 in all)" in never
     assert "(60 in all)" in client.get("/dashboard/fleet?stale=1").text
@@ -403,6 +407,25 @@ def test_admin_actions_need_the_session_csrf_token(filled: Filled) -> None:
     assert any(d["actor"] == "admin:config" and d["reason"] == "look first" for d in body["decisions"])
     client.close()
     other.close()
+
+
+def test_admin_acknowledges_an_alert(filled: Filled) -> None:
+    """A reader's acknowledgement is refused (403); the admin's, with the CSRF token, is recorded."""
+    page = filled.url("/dashboard/alerts/{alert_id}")
+    reader = sign_in(filled.server.url, filled.reader_token)
+    reader_csrf = _hidden(reader.get(page).text, "csrf_token")
+    assert "action-ack" not in reader.get(page).text
+    assert reader.post(page + "/ack", data={"csrf_token": reader_csrf}).status_code == 403
+    admin = sign_in(filled.server.url, filled.server.admin_token)
+    shown = admin.get(page).text
+    assert "action-ack" in shown
+    assert admin.post(page + "/ack", data={}).status_code == 403
+    acked = admin.post(page + "/ack", data={"csrf_token": _hidden(shown, "csrf_token")})
+    assert acked.status_code == 303
+    after = admin.get(acked.headers["location"]).text
+    assert "acked by admin:config" in after and "action-ack" not in after
+    reader.close()
+    admin.close()
 
 
 def test_sign_out_ends_the_session(filled: Filled) -> None:
