@@ -16,6 +16,7 @@ import pytest
 from tests.agent.support import AgentHandle, ServerHandle, make_keys, sales_frame, wait_until
 from tests.reliability.support import (
     assert_one_whole_verified_version,
+    has_event,
     reports_queued,
     signed_bundle,
     stored_report_keys,
@@ -79,7 +80,7 @@ def _publish(server: ServerHandle, root: Path, private: Path, version: int) -> N
 def test_agent_clock_a_day_ahead_then_a_day_behind(
     setup: tuple[ServerHandle, Path, Path], tmp_path: Path
 ) -> None:
-    """Agent at +1 day, then -1 day: enrols, updates, serves whole versions; reports counted once."""
+    """Agent at +1 day, then -1 day: enrols, updates, refuses what expired for it; reports counted once."""
     server, private, public = setup
     server.start()
     token = server.create_store()
@@ -96,16 +97,21 @@ def test_agent_clock_a_day_ahead_then_a_day_behind(
             lambda: (_store_status(server) or {}).get("active_version") == 1, 20, what="server sees v1"
         )
         assert not _store_status(server)["stale"]
+        # A bundle valid for 12 more hours has expired for an agent a day ahead: refused, v1 kept whole.
+        server.publish(signed_bundle(tmp_path, private, 2, expires_in=timedelta(hours=12)))
+        server.promote(2)
+        wait_until(lambda: has_event(agent, "update_rejected", reason="expired"), 30, what="expiry refusal")
+        assert_one_whole_verified_version(agent, public, {1})
         ledger.close_run(agent)
 
-        _publish(server, tmp_path, private, 2)
+        _publish(server, tmp_path, private, 3)
         agent.start(env=skewed("-1d"))
-        agent.wait_serving(2, timeout=120)
-        assert_one_whole_verified_version(agent, public, {2})
+        agent.wait_serving(3, timeout=120)
+        assert_one_whole_verified_version(agent, public, {3})
         assert not agent.status()["stale"]
         try:
             wait_until(
-                lambda: (_store_status(server) or {}).get("active_version") == 2, 10, what="server sees v2"
+                lambda: (_store_status(server) or {}).get("active_version") == 3, 10, what="server sees v3"
             )
             server_follows = True
         except AssertionError:
