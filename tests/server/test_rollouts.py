@@ -385,8 +385,10 @@ def test_error_counts_are_stored_and_new_ones_fail_the_health_gate(
     rollout_server: RunningServer, tmp_path: Path, signing_key: Path
 ) -> None:
     """Heartbeat error counters show in fleet status; only wave errors new since the step started halt it."""
-    fleet = make_fleet(rollout_server, tmp_path, signing_key, per_stratum=2)
+    fleet = make_fleet(rollout_server, tmp_path, signing_key, per_stratum=1)
+    erring = sorted(fleet.tokens)[0]
     plan = base_plan()
+    plan["waves"][0] = {"name": "canary", "stores": [erring], "bake_periods": 2}
     plan["health"] = {"activation_timeout_seconds": 600, "max_errors_per_store": 1}
 
     def beat(store_id: str, errors: dict[str, int], last_error: str | None = None) -> None:
@@ -397,33 +399,31 @@ def test_error_counts_are_stored_and_new_ones_fail_the_health_gate(
             answer = agent.post("/v1/heartbeats", content=msgspec.json.encode(body))
         assert answer.status_code in (200, 202), answer.text
 
-    erring = sorted(fleet.tokens)[0]
     beat(erring, {"sync": 7, "scoring": 3}, "scoring: v1: old trouble")  # before the rollout: not new
     rollout_id = start(fleet, plan)
-    first = sorted(wave_stores(status(rollout_server, rollout_id), 0))
-    wave_store = erring if erring in first else first[0]
+    assert wave_stores(status(rollout_server, rollout_id), 0) == {erring}
     for store_id in fleet.tokens:
-        beat(store_id, {"sync": 7, "scoring": 3} if store_id == erring else {})
+        beat(store_id, {"sync": 7, "scoring": 3} if store_id == erring else {"scoring": 5})
     body = settle(rollout_server, rollout_id, 1, timeout_seconds=3)
     assert body["rollout"]["status"] == "running", body["decisions"]
-    assert body["gates"]["health"]["new_errors"] == {}
-    beat(wave_store, {"sync": 9, "scoring": 3, "verify": 1}, "verify: update to v2 refused: SignatureError")
-    assert status(rollout_server, rollout_id)["rollout"]["status"] == "running"  # sync is not gated; 1 <= 1
+    assert body["gates"]["health"]["new_errors"] == {}  # stores outside the wave do not count
+    beat(erring, {"sync": 9, "scoring": 3, "verify": 1}, "verify: update to v2 refused: SignatureError")
     with rollout_server.admin() as admin:
-        shown = admin.get(f"/v1/stores/{wave_store}").json()["status"]
-    assert shown["errors"]["verify"] == 1
+        shown = admin.get(f"/v1/stores/{erring}").json()["status"]
+    assert shown["errors"] == {"sync": 9, "scoring": 3, "verify": 1}
     assert shown["last_error"] == "verify: update to v2 refused: SignatureError"
-    beat(wave_store, {"sync": 9, "scoring": 4, "verify": 1, "health_check": 1}, "scoring: v2: boom")
+    body = settle(rollout_server, rollout_id, len(status(rollout_server, rollout_id)["decisions"]), 2)
+    assert body["rollout"]["status"] == "running", body["decisions"]  # sync is not gated; verify 1 <= 1
+    beat(erring, {"sync": 9, "scoring": 4, "verify": 1, "health_check": 1}, "scoring: v2: boom")
     deadline = time.monotonic() + 15
     while (body := status(rollout_server, rollout_id))["rollout"]["status"] == "running":
         assert time.monotonic() < deadline, body["gates"]
         time.sleep(0.2)
     assert body["rollout"]["status"] == "rolled_back", body["decisions"]
     halt = body["decisions"][-1]
-    assert "health gate failed" in halt["reason"] and wave_store in halt["reason"]
+    assert "health gate failed" in halt["reason"] and erring in halt["reason"]
     health = halt["numbers"]["health"]
-    expected = {"verify": 1, "health_check": 1} | ({"scoring": 1} if wave_store == erring else {"scoring": 4})
-    assert health["new_errors"] == {wave_store: expected}
-    assert health["error_stores"] == [wave_store]
-    assert health["last_errors"] == {wave_store: "scoring: v2: boom"}
+    assert health["new_errors"] == {erring: {"verify": 1, "health_check": 1, "scoring": 1}}
+    assert health["error_stores"] == [erring]
+    assert health["last_errors"] == {erring: "scoring: v2: boom"}
     assert champion_of(rollout_server, fleet.model) == 1
