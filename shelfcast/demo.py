@@ -1,18 +1,18 @@
-"""``shelfcast demo``: a central server and three store agents on loopback, end to end.
+"""``shelfcast demo``: the whole loop on loopback: train, publish, canary rollouts, promote and roll back.
 
-Generates three stores of synthetic sales, starts a real server and three real agent processes on free
-loopback ports, trains and signs a model, publishes it as the champion, waits until every agent serves
-it, then pulls forecasts over HTTP as a store's inventory system would. Everything it starts it stops,
-on success, failure or Ctrl-C.
+Generates a small fleet of synthetic stores (weekly sales), starts a real server and one real agent per
+store (the first ``--agent-processes`` as ``shelfcast agent run`` processes with their inventory API, the
+others in this process), trains and signs a model and publishes it as the champion. Then it replays the
+last weeks of sales one week at a time while it rolls out two candidates with a three-wave plan: a good
+one (the champion re-signed as a new version), which passes every wave and becomes the champion, and a
+deliberately bad one (its forecasts x1.3, see ``shelfcast bundle adjust``), which the accuracy gate halts
+in the first wave and rolls back. Finally it pulls forecasts over HTTP as a store's inventory system
+would and prints where to look. Everything it starts it stops, on success, failure or Ctrl-C.
 """
 
 from __future__ import annotations
 
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,19 +23,35 @@ import msgspec
 
 from forecasting.tables import render_table
 
-if TYPE_CHECKING:  # httpx and the process helpers load only when the demo runs
+if TYPE_CHECKING:  # the simulation and httpx load only when the demo runs
     import httpx
 
-    from shelfcast.procs import ServiceProcess
+    from shelfcast.simulate import Simulation
 
 MODEL_NAME = "demand"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+GOOD, BAD = 1.0, 1.3
+# The stores report accuracy by department (groups of the generator's categories): enough series per
+# department and week for a wave of two stores to be compared with its controls.
+DEPARTMENTS = {
+    **dict.fromkeys(["bakery", "dairy", "meat_seafood", "produce", "frozen"], "fresh"),
+    **dict.fromkeys(["beverages", "pantry", "snacks", "baby"], "grocery"),
+    **dict.fromkeys(["household", "personal_care", "pet"], "non_food"),
+}
+# Three cumulative waves by store type (stores are typed by size); two weeks of actuals bake each wave.
+# The accuracy gate compares the wave's stores with the other stores of the same type (matched controls):
+# with 8 stores x 120 items, an identical model's worst department ratio over two weeks stays under about
+# 1.3 (99th percentile), while forecasts x1.3 push it above about 1.55.
+DEMO_PLAN: dict[str, Any] = {
+    "name": "demo canary",
+    "stratify_by": ["type"],
+    "waves": [
+        {"name": "canary", "share": 0.25, "bake_periods": 2},
+        {"name": "half", "share": 0.5, "bake_periods": 2},
+        {"name": "everyone", "share": 1.0, "bake_periods": 1},
+    ],
+    "health": {"activation_timeout_seconds": 120.0, "stale_after_seconds": 600.0},
+    "accuracy": {"max_wape_ratio": 1.5, "min_observations": 50, "min_stores": 2, "min_periods": 2},
+}
 
 
 @dataclass
@@ -43,281 +59,103 @@ class DemoSummary:
     """What the demo prints at the end (as a table or as one JSON object)."""
 
     server_url: str
+    dashboard_url: str
     model_name: str
-    version: int
+    version: int | None  # the champion at the end
+    rollouts: list[dict[str, Any]] = field(default_factory=list)
     stores: list[dict[str, Any]] = field(default_factory=list)
     timings_seconds: dict[str, float] = field(default_factory=dict)
     sample_forecast: list[dict[str, Any]] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
     state_dir: str = ""
 
 
-class Demo:
-    """The demo's steps; ``run`` is the whole loop, ``services`` what must be stopped."""
-
-    def __init__(self, state_dir: Path, *, stores: int, items: int, days: int, seed: int) -> None:
-        self.state_dir = state_dir
-        self.n_stores = stores
-        self.items = items
-        self.days = days
-        self.seed = seed
-        self.services: list[ServiceProcess] = []
-        self.admin_token = secrets.token_urlsafe(24)
-        self.timings: dict[str, float] = {}
-
-    def _timed(self, name: str, started: float) -> None:
-        self.timings[name] = round(time.monotonic() - started, 3)
-
-    def _admin(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.admin_token}"}
-
-    def prepare_data(self) -> tuple[Path, list[str]]:
-        from forecasting.frames import write_frame
-        from forecasting.synthetic import generate
-
-        started = time.monotonic()
-        frame = generate(stores=self.n_stores, items=self.items, days=self.days, freq="D", seed=self.seed)
-        data_dir = self.state_dir / "data"
-        training = data_dir / "fleet-history.parquet"
-        write_frame(frame, training)
-        store_ids = sorted(frame.get_column("store_id").unique().to_list())
-        for store_id in store_ids:
-            inbox = self.state_dir / "agents" / store_id / "inbox"
-            inbox.mkdir(parents=True, exist_ok=True)
-            write_frame(frame.filter(frame["store_id"] == store_id), inbox / "history.parquet")
-        self._timed("generate_data", started)
-        return training, store_ids
-
-    def make_key(self) -> tuple[Path, Path]:
-        from forecasting.signing import generate_key_files
-
-        private, public, _ = generate_key_files(self.state_dir / "keys" / "signing.key")
-        return private, public
-
-    def start_server(self, public_key: Path) -> str:
-        from shelfcast.procs import ServiceProcess
-
-        started = time.monotonic()
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = ServiceProcess(
-            "server",
-            [
-                "server",
-                "run",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--state-dir",
-                str(self.state_dir / "server"),
-            ],
-            log_path=self.state_dir / "logs" / "server.log",
-            env={
-                "SHELFCAST_SERVER__ADMIN_TOKEN": self.admin_token,
-                "SHELFCAST_SERVER__TRUSTED_KEYS": msgspec.json.encode([str(public_key)]).decode(),
-                "SHELFCAST_LOGGING__FORMAT": "json",
-            },
-        )
-        self.services.append(server.start())
-        server.wait_http(f"{url}/readyz")
-        self._timed("start_server", started)
-        return url
-
-    def start_agents(self, server_url: str, store_ids: list[str], public_key: Path) -> dict[str, str]:
-        import httpx
-
-        from shelfcast.procs import ServiceProcess
-
-        started = time.monotonic()
-        urls: dict[str, str] = {}
-        agents: list[ServiceProcess] = []
-        with httpx.Client(base_url=server_url, headers=self._admin(), timeout=30) as client:
-            for i, store_id in enumerate(store_ids):
-                response = client.post(
-                    "/v1/stores",
-                    json={
-                        "store_id": store_id,
-                        "name": f"Demo store {i + 1}",
-                        "region": "demo",
-                        "type": "A",
-                        "model_name": MODEL_NAME,
-                    },
-                )
-                _check(response, f"create store {store_id}")
-                token = response.json()["enrollment_token"]
-                port = _free_port()
-                agent = ServiceProcess(
-                    f"agent {store_id}",
-                    [
-                        "agent",
-                        "run",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                        "--state-dir",
-                        str(self.state_dir / "agents" / store_id),
-                    ],
-                    log_path=self.state_dir / "logs" / f"agent-{store_id}.log",
-                    env={
-                        "SHELFCAST_AGENT__STORE_ID": store_id,
-                        "SHELFCAST_AGENT__SERVER_URL": server_url,
-                        "SHELFCAST_AGENT__ENROLLMENT_TOKEN": token,
-                        "SHELFCAST_AGENT__TRUSTED_KEYS": msgspec.json.encode([str(public_key)]).decode(),
-                        "SHELFCAST_AGENT__POLL_INTERVAL_SECONDS": "1",
-                        "SHELFCAST_LOGGING__FORMAT": "json",
-                    },
-                )
-                self.services.append(agent.start())
-                agents.append(agent)
-                urls[store_id] = f"http://127.0.0.1:{port}"
-        for agent, url in zip(agents, urls.values(), strict=True):
-            agent.wait_http(f"{url}/livez")
-        self._timed("start_agents", started)
-        return urls
-
-    def train(self, training: Path, signing_key: Path, version: int) -> Path:
-        started = time.monotonic()
-        out = self.state_dir / "models" / f"{MODEL_NAME}-v{version}"
-        log_path = self.state_dir / "logs" / "train.log"
-        with log_path.open("ab") as log:
-            result = subprocess.run(  # noqa: S603 - our own interpreter and module, fixed arguments
-                [
-                    sys.executable,
-                    "-m",
-                    "shelfcast",
-                    "--log-format",
-                    "json",
-                    "train",
-                    "--data",
-                    str(training),
-                    "--out",
-                    str(out),
-                    "--model-name",
-                    MODEL_NAME,
-                    "--version",
-                    str(version),
-                    "--signing-key",
-                    str(signing_key),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                check=False,
+def build_summary(sim: Simulation, timings: dict[str, float]) -> DemoSummary:
+    """Run the simulation's replay, then look at the agents and pull forecasts from the agent processes."""
+    report = sim.run()
+    stores: list[dict[str, Any]] = []
+    sample: list[dict[str, Any]] = []
+    for store_id, agent in sorted(sim.agents.items()):
+        status = agent.status()
+        entry = {
+            "store_id": store_id,
+            "type": sim.data.attributes[store_id]["type"] if sim.data else "",
+            "active_version": status.get("active_version"),
+            "served_version": status.get("served_version"),
+            "state": status.get("state"),
+            "versions_served": agent.served,
+            "url": agent.url,
+        }
+        if agent.url:
+            started = time.monotonic()
+            entry["forecast_rows_pulled"], rows = pull_forecasts(agent.url)
+            timings["pull_forecasts"] = round(
+                timings.get("pull_forecasts", 0.0) + time.monotonic() - started, 3
             )
-        if result.returncode != 0:
-            raise click.ClickException(f"training failed (exit {result.returncode}); see {log_path}")
-        self._timed("train", started)
-        return out
+            sample = sample or rows
+        stores.append(entry)
+    rollouts = [
+        {
+            "rollout_id": r.rollout_id,
+            "version": r.version,
+            "forecasts_multiplied_by": r.multiply,
+            "label": r.label,
+            "outcome": r.outcome,
+            "waves_completed": r.waves_completed,
+            "waves": len(r.waves),
+            "periods": r.periods,
+            "wape_ratios": r.wape_ratios,
+            "halt_reason": r.halt_reason,
+        }
+        for r in report.rollouts
+    ]
+    server = report.server_url
+    return DemoSummary(
+        server_url=server,
+        dashboard_url=report.dashboard_url,
+        model_name=report.model_name,
+        version=report.champion_end,
+        rollouts=rollouts,
+        stores=stores,
+        timings_seconds=report.timings_seconds | timings,
+        sample_forecast=sample,
+        commands=[
+            f"export SHELFCAST_SERVER_URL={server} SHELFCAST_TOKEN={sim.admin_token}",
+            f"shelfcast rollouts list --model {report.model_name}",
+            *[f"shelfcast rollouts status {r.rollout_id}" for r in report.rollouts],
+            f"shelfcast models alias history {report.model_name} champion",
+            "shelfcast stores list",
+        ],
+        state_dir=report.state_dir,
+    )
 
-    def publish(self, server_url: str, bundle_dir: Path, version: int) -> None:
-        import httpx
 
-        from forecasting.bundle import pack_archive
+def pull_forecasts(agent_url: str) -> tuple[int, list[dict[str, Any]]]:
+    """What an inventory system does: page through every forecast, then look at one item."""
+    import httpx
 
-        started = time.monotonic()
-        archive = bundle_dir.with_suffix(".tar")
-        pack_archive(bundle_dir, archive)
-        with httpx.Client(base_url=server_url, headers=self._admin(), timeout=120) as client:
-            response = client.post(
-                f"/v1/models/{MODEL_NAME}/versions",
-                content=archive.read_bytes(),
-                headers={"Content-Type": "application/x-tar"},
-            )
-            _check(response, "upload the bundle")
-            response = client.put(
-                f"/v1/models/{MODEL_NAME}/aliases/champion",
-                json={"version": version, "reason": "demo: first champion"},
-            )
-            _check(response, "set the champion alias")
-        self._timed("publish", started)
-
-    def wait_served(
-        self, agent_urls: dict[str, str], version: int, timeout_seconds: float
-    ) -> list[dict[str, Any]]:
-        import httpx
-
-        started = time.monotonic()
-        deadline = started + timeout_seconds
-        pending = dict(agent_urls)
-        statuses: dict[str, dict[str, Any]] = {}
-        while pending and time.monotonic() < deadline:
-            for store_id, url in list(pending.items()):
-                try:
-                    status = httpx.get(f"{url}/v1/status", timeout=5).json()
-                except (httpx.HTTPError, ValueError):
-                    continue
-                if status.get("served_version") == version:
-                    statuses[store_id] = status
-                    del pending[store_id]
-            for service in self.services:
-                if not service.running():
-                    raise click.ClickException(f"{service.name} stopped unexpectedly; see {service.log_path}")
-            time.sleep(0.25)
-        if pending:
-            raise click.ClickException(
-                f"agents {', '.join(sorted(pending))} did not serve version {version} within "
-                f"{timeout_seconds:.0f} s; see {self.state_dir / 'logs'}"
-            )
-        self._timed("rollout_to_all_agents", started)
-        return [{"store_id": s, "url": agent_urls[s], **statuses[s]} for s in sorted(statuses)]
-
-    def pull_forecasts(self, agent_url: str) -> tuple[int, list[dict[str, Any]]]:
-        """What an inventory system does: page through every forecast, then look at one item."""
-        import httpx
-
-        started = time.monotonic()
-        rows = 0
-        body: dict[str, Any] = {"rows": []}
-        cursor: str | None = None
-        with httpx.Client(base_url=agent_url, timeout=30) as client:
-            for _ in range(10_000):  # bounded: a store has far fewer pages
-                params: dict[str, Any] = {"limit": 1000}
-                if cursor:
-                    params["cursor"] = cursor
-                response = client.get("/v1/forecasts", params=params)
-                _check(response, "pull forecasts")
-                body = response.json()
-                rows += len(body["rows"])
-                cursor = body.get("next_cursor")
-                if not cursor:
-                    break
-            first_item = body["rows"][0]["item_id"] if body["rows"] else None
-            sample: list[dict[str, Any]] = []
-            if first_item is not None:
-                response = client.get(f"/v1/forecasts/{first_item}", params={"horizon": 7})
-                _check(response, f"pull forecasts of item {first_item}")
-                sample = response.json()["rows"]
-        self.timings["pull_forecasts"] = round(
-            self.timings.get("pull_forecasts", 0.0) + time.monotonic() - started, 3
-        )
-        return rows, sample
-
-    def stop_all(self) -> None:
-        for service in reversed(self.services):
-            service.stop()
-
-    def run(self, timeout_seconds: float) -> DemoSummary:
-        training, store_ids = self.prepare_data()
-        signing_key, public_key = self.make_key()
-        server_url = self.start_server(public_key)
-        agent_urls = self.start_agents(server_url, store_ids, public_key)
-        version = 1
-        bundle = self.train(training, signing_key, version)
-        self.publish(server_url, bundle, version)
-        stores = self.wait_served(agent_urls, version, timeout_seconds)
+    rows = 0
+    body: dict[str, Any] = {"rows": []}
+    cursor: str | None = None
+    with httpx.Client(base_url=agent_url, timeout=30) as client:
+        for _ in range(10_000):  # bounded: a store has far fewer pages
+            params: dict[str, Any] = {"limit": 1000}
+            if cursor:
+                params["cursor"] = cursor
+            response = client.get("/v1/forecasts", params=params)
+            _check(response, "pull forecasts")
+            body = response.json()
+            rows += len(body["rows"])
+            cursor = body.get("next_cursor")
+            if not cursor:
+                break
+        first_item = body["rows"][0]["item_id"] if body["rows"] else None
         sample: list[dict[str, Any]] = []
-        for store in stores:
-            store["forecast_rows_pulled"], item_rows = self.pull_forecasts(store["url"])
-            sample = sample or item_rows
-        return DemoSummary(
-            server_url=server_url,
-            model_name=MODEL_NAME,
-            version=version,
-            stores=stores,
-            timings_seconds=self.timings,
-            sample_forecast=sample,
-            state_dir=str(self.state_dir),
-        )
+        if first_item is not None:
+            response = client.get(f"/v1/forecasts/{first_item}", params={"horizon": 4})
+            _check(response, f"pull forecasts of item {first_item}")
+            sample = response.json()["rows"]
+    return rows, sample
 
 
 def _check(response: httpx.Response, what: str) -> None:
@@ -329,19 +167,39 @@ def _check(response: httpx.Response, what: str) -> None:
 def _print_summary(summary: DemoSummary, kept: bool) -> None:
     click.echo("")
     click.echo(
-        f"shelfcast demo: model {summary.model_name} v{summary.version} served by "
+        f"shelfcast demo: model {summary.model_name}, champion now v{summary.version}, "
         f"{len(summary.stores)} stores"
     )
-    click.echo(f"server  {summary.server_url}  (OpenAPI: {summary.server_url}/schema)")
+    click.echo("")
+    click.echo("rollouts")
+    click.echo(
+        render_table(
+            [
+                {
+                    "version": r["version"],
+                    "forecasts": f"x{r['forecasts_multiplied_by']}",
+                    "outcome": r["outcome"],
+                    "waves_completed": f"{r['waves_completed']}/{r['waves']}",
+                    "weeks_of_actuals": r["periods"],
+                    "wape_ratio_max": max(
+                        (v for v in r["wape_ratios"].values() if v is not None), default=None
+                    ),
+                    "why": r["halt_reason"] or "every gate passed",
+                }
+                for r in summary.rollouts
+            ]
+        )
+    )
+    click.echo("")
     click.echo(
         render_table(
             [
                 {
                     "store": s["store_id"],
-                    "version": s.get("active_version"),
-                    "state": s.get("state"),
-                    "forecast_rows": s.get("forecast_rows_pulled"),
-                    "agent_url": s["url"],
+                    "type": s["type"],
+                    "serving": s["served_version"],
+                    "versions_served": " -> ".join(f"v{v}" for v in s["versions_served"]),
+                    "agent_url": s["url"] or "(in the demo process)",
                 }
                 for s in summary.stores
             ]
@@ -352,22 +210,19 @@ def _print_summary(summary: DemoSummary, kept: bool) -> None:
     if summary.sample_forecast:
         click.echo("")
         click.echo("first forecasts of one item, as an inventory system sees them:")
-        columns = [
-            "item_id",
-            "category",
-            "ds",
-            "forecast",
-            "forecast-lo-80",
-            "forecast-hi-80",
-            "forecast-lo-95",
-            "forecast-hi-95",
-            "model",
-        ]
+        columns = ["item_id", "category", "ds", "forecast", "forecast-lo-80", "forecast-hi-80", "model"]
         click.echo(render_table(summary.sample_forecast[:7], columns))
     click.echo("")
-    click.echo(f"state and logs: {summary.state_dir}")
+    click.echo("where to look:")
+    click.echo(f"  server     {summary.server_url}  (OpenAPI: {summary.server_url}/schema)")
+    click.echo(f"  dashboard  {summary.dashboard_url}")
+    for command in summary.commands:
+        click.echo(f"  {command}")
+    click.echo(f"  state and logs: {summary.state_dir}")
     if kept:
-        click.echo(f"try: curl '{summary.stores[0]['url']}/v1/forecasts?limit=5'")
+        with_api = [s for s in summary.stores if s["url"]]
+        if with_api:
+            click.echo(f"  try: curl '{with_api[0]['url']}/v1/forecasts?limit=5'")
 
 
 @click.command()
@@ -378,46 +233,73 @@ def _print_summary(summary: DemoSummary, kept: bool) -> None:
     show_default=True,
     help="Folder for the demo's data, models, server and agent state (emptied first).",
 )
-@click.option("--stores", default=3, show_default=True, help="Number of stores (one agent process each).")
-@click.option("--items", default=60, show_default=True, help="Items per store.")
-@click.option("--days", default=420, show_default=True, help="Days of sales history.")
-@click.option("--seed", default=7, show_default=True, help="Seed of the synthetic data.")
+@click.option("--stores", default=8, show_default=True, help="Number of stores (one agent each).")
 @click.option(
-    "--timeout",
-    "timeout_seconds",
-    default=300.0,
+    "--agent-processes",
+    default=2,
     show_default=True,
-    help="Seconds to wait for the agents to serve the new version.",
+    help="How many agents run as their own process with an inventory API (the rest in this process).",
 )
+@click.option("--items", default=120, show_default=True, help="Items per store.")
+@click.option("--weeks", default=110, show_default=True, help="Weeks of sales history before the replay.")
+@click.option("--replay-weeks", default=12, show_default=True, help="Weeks of sales replayed at most.")
+@click.option("--seed", default=7, show_default=True, help="Seed of the synthetic data.")
 @click.option("--keep-running", is_flag=True, help="Leave the server and agents up until Ctrl-C.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def demo(
     state_dir: Path,
     stores: int,
+    agent_processes: int,
     items: int,
-    days: int,
+    weeks: int,
+    replay_weeks: int,
     seed: int,
-    timeout_seconds: float,
     keep_running: bool,
     output: str,
 ) -> None:
-    """Start a server and store agents on loopback, train, publish and pull forecasts over HTTP."""
+    """Train, publish, roll a good candidate to champion and roll back a bad one, on loopback."""
+    from shelfcast.simulate import Candidate, Simulation, SimulationOptions, log_to_file
+
     if state_dir.exists():
         shutil.rmtree(state_dir)
     state_dir.mkdir(parents=True)
-    runner = Demo(state_dir.resolve(), stores=stores, items=items, days=days, seed=seed)
+    log_to_file(state_dir / "logs" / "demo.log")
+    sim = Simulation(
+        SimulationOptions(
+            state_dir=state_dir.resolve(),
+            source="synthetic",
+            stores=stores,
+            items=items,
+            freq="W",
+            history_periods=weeks,
+            periods=replay_weeks,
+            category_groups=DEPARTMENTS,
+            seed=seed,
+            model_name=MODEL_NAME,
+            horizon=4,
+            train_models=["Naive", "WindowAverage", "SeasonalWindowAverage"],
+            candidates=[
+                Candidate(multiply=GOOD, label="good: the champion as a new version", plan=DEMO_PLAN),
+                Candidate(multiply=BAD, label="bad: forecasts x1.3", plan=DEMO_PLAN),
+            ],
+            agent_processes=min(agent_processes, stores),
+            engine_interval_seconds=0.5,
+            keep_server=True,
+        )
+    )
     try:
-        summary = runner.run(timeout_seconds)
+        summary = build_summary(sim, {})
         if output == "json":
             click.echo(msgspec.json.encode(summary).decode())
         else:
             _print_summary(summary, keep_running)
         if keep_running:
             click.echo("running; press Ctrl-C to stop everything")
-            while all(s.running() for s in runner.services):
+            while sim.server is not None and sim.server.running():
                 time.sleep(0.5)
     except KeyboardInterrupt:
         click.echo("interrupted; stopping the server and agents", err=True)
         raise SystemExit(130) from None
     finally:
-        runner.stop_all()
+        sim.options.keep_server = False
+        sim.close()

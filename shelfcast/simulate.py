@@ -85,7 +85,9 @@ class SimulationOptions:
     items: int = 12  # synthetic: items per store
     freq: Literal["D", "W"] = "W"  # synthetic: daily or weekly periods
     history_periods: int = 120  # synthetic: periods of history before the replay
+    category_groups: dict[str, str] | None = None  # synthetic: report by these groups of categories
     periods: int = 12  # periods replayed at most (walmart: the last N weeks of the file)
+    agent_history_periods: int | None = None  # history each agent starts with (default: all of it)
     seed: int = 7
     model_name: str = "demand"
     horizon: int = 4
@@ -99,11 +101,11 @@ class SimulationOptions:
     engine_interval_seconds: float = 0.5  # own server: how often the rollout engine decides
     engine_wait_seconds: float | None = None  # after each period (default: 3 engine intervals)
     agent_processes: int = 0  # the first N agents run as `shelfcast agent run` processes
-    poll_interval_seconds: float = 1.0
-    heartbeat_interval_seconds: float = 1.0
+    poll_interval_seconds: float = 2.0
+    heartbeat_interval_seconds: float = 3.0  # also how often an agent delivers its queued reports
     converge_timeout_seconds: float = 30.0
     period_timeout_seconds: float = 120.0
-    keep_runs: int = 3
+    keep_runs: int = 1  # scoring runs an agent keeps (each reports its accuracy as actuals arrive)
     keep_server: bool = False  # leave the own server running (the caller stops `Simulation.server`)
 
 
@@ -123,6 +125,7 @@ class RolloutResult:
     decisions: list[dict[str, Any]]
     wape_ratios: dict[str, float | None]
     halt_reason: str = ""
+    server_kills: int = 0
 
 
 @dataclass
@@ -230,9 +233,16 @@ def load_walmart(
 
 
 def synthetic_fleet(
-    *, stores: int, items: int, freq: Literal["D", "W"], history_periods: int, periods: int, seed: int
+    *,
+    stores: int,
+    items: int,
+    freq: Literal["D", "W"],
+    history_periods: int,
+    periods: int,
+    seed: int,
+    category_groups: dict[str, str] | None = None,
 ) -> FleetData:
-    """Seeded synthetic stores (``forecasting.synthetic``) ending before today; two types x two regions."""
+    """Seeded synthetic stores (``forecasting.synthetic``) ending before today; type by size, two regions."""
     import polars as pl
 
     from forecasting.synthetic import generate
@@ -243,17 +253,21 @@ def synthetic_fleet(
     start = today - timedelta(days=step * (n + 2))
     frame = generate(stores=stores, items=items, days=n * step, freq=freq, seed=seed, start=start)
     frame = frame.select("store_id", "item_id", "category", "ds", "y").sort("store_id", "item_id", "ds")
-    ids = sorted(frame["store_id"].unique().to_list())
+    if category_groups:  # e.g. departments made of several categories: more series per reported group
+        frame = frame.with_columns(pl.col("category").replace(category_groups))
+    # Store type by size (like a retailer's formats): the larger half of the stores by mean sales are
+    # supercenters, the others markets; regions alternate. Controls of the same type are then alike.
+    volume = frame.group_by("store_id").agg(pl.col("y").mean().alias("v")).sort("v", descending=True)
+    ranked = volume["store_id"].to_list()
     attributes = {
         sid: {
-            "type": ("supercenter", "market")[i % 2],
-            "region": ("north", "south")[(i // 2) % 2],
-            "size": ("large", "small")[i % 2],
+            "type": "supercenter" if rank < (len(ranked) + 1) // 2 else "market",
+            "region": ("north", "south")[int(sid.lstrip("S")) % 2],
+            "size": "large" if rank < (len(ranked) + 1) // 2 else "small",
         }
-        for i, sid in enumerate(ids)
+        for rank, sid in enumerate(ranked)
     }
     dates = sorted(frame["ds"].unique().to_list())
-    _ = pl  # polars is the frame library here
     return FleetData(frame, attributes, dates[-periods:], freq, 52 if freq == "W" else 7)
 
 
@@ -390,6 +404,7 @@ class Simulation:
         self.admin_token = options.admin_token or secrets.token_urlsafe(24)
         self.agents: dict[str, Agent] = {}
         self.timings: dict[str, float] = {}
+        self.agent_seconds: dict[str, float] = {}  # summed over agents: waiting for ingest, score, delivery
         self.keys: dict[str, tuple[Path, Path]] = {}
         self.period_index = 0
         self.champion = 1
@@ -419,7 +434,7 @@ class Simulation:
         else:
             data = synthetic_fleet(
                 stores=o.stores or 12, items=o.items, freq=o.freq, history_periods=o.history_periods,
-                periods=o.periods, seed=o.seed,
+                periods=o.periods, seed=o.seed, category_groups=o.category_groups,
             )  # fmt: skip
         self.data = data
         self._timed("load_data", started)
@@ -564,6 +579,11 @@ class Simulation:
         started = time.monotonic()
         distrusting = {s for c in self.options.candidates for s in c.untrusted_by}
         history = self.data.history
+        if self.options.agent_history_periods:
+            import polars as pl
+
+            dates = sorted(history["ds"].unique().to_list())[-self.options.agent_history_periods :]
+            history = history.filter(pl.col("ds") >= dates[0])
         from forecasting.frames import write_frame
 
         with self.admin() as client:
@@ -596,7 +616,7 @@ class Simulation:
         o = self.options
         scoring: dict[str, Any] = {"horizon": o.horizon, "threads": 1, "keep_runs": o.keep_runs}
         if "isolation" in ScoringSection.__struct_fields__:
-            scoring["isolation"] = "inline" if store_id not in self._process_ids() else "process"
+            scoring["isolation"] = "inline"  # no scoring child per agent: 45 agents share one process
         return {
             "agent": {
                 "store_id": store_id,
@@ -613,37 +633,29 @@ class Simulation:
             "logging": {"level": "warning", "format": "json"},
         }
 
-    def _process_ids(self) -> set[str]:
-        assert self.data is not None
-        return set(self.data.store_ids[: self.options.agent_processes])
-
     # - the replay -
 
-    def each_agent(self, work: Callable[[Agent], Any]) -> list[Any]:
-        with ThreadPoolExecutor(max_workers=min(16, max(1, len(self.agents)))) as pool:
-            return list(pool.map(work, self.agents.values()))
+    def each_agent(self, work: Callable[[Agent], Any], agents: list[Agent] | None = None) -> list[Any]:
+        chosen = list(self.agents.values()) if agents is None else agents
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(chosen)))) as pool:
+            return list(pool.map(work, chosen))
 
-    def assignments(self) -> dict[str, int]:
-        """Which version each store should serve now (asked with the store's own credential)."""
+    def assignment(self, agent: Agent) -> int | None:
+        """The version the store should serve now (asked with the store's own credential)."""
         import httpx
 
-        def one(agent: Agent) -> tuple[str, int | None]:
-            token = agent.credential()
-            if not token:
-                return agent.store_id, None
-            try:
-                response = httpx.get(
-                    f"{self.server_url}/v1/stores/{agent.store_id}/assignment",
-                    headers={"Authorization": f"Bearer {token}"},
-                    timeout=10,
-                )
-            except httpx.HTTPError:
-                return agent.store_id, None
-            if response.status_code != 200:
-                return agent.store_id, None
-            return agent.store_id, int(response.json()["version"])
-
-        return {sid: v for sid, v in self.each_agent(one) if v is not None}
+        token = agent.credential()
+        if not token:
+            return None
+        try:
+            response = httpx.get(
+                f"{self.server_url}/v1/stores/{agent.store_id}/assignment",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            )
+        except httpx.HTTPError:
+            return None
+        return int(response.json()["version"]) if response.status_code == 200 else None
 
     def converge(self, timeout_seconds: float) -> list[str]:
         """Wait until every agent serves its assigned version; the stores that did not (after the timeout)."""
@@ -651,24 +663,24 @@ class Simulation:
 
         started = time.monotonic()
         deadline = started + timeout_seconds
-        pending = set(self.agents)
+        pending = list(self.agents.values())
         while pending:
-            wanted = self.assignments()
-            for store_id in sorted(pending):
-                agent = self.agents[store_id]
+
+            def behind(agent: Agent) -> bool:
                 agent.wake()
                 try:
                     served = agent.status().get("served_version")
                 except (OSError, ValueError, httpx.HTTPError):  # an agent process still starting
-                    served = None
-                if store_id in wanted and served == wanted[store_id]:
-                    pending.discard(store_id)
+                    return True
+                return served is None or served != self.assignment(agent)
+
+            pending = [a for a, late in zip(pending, self.each_agent(behind, pending), strict=True) if late]
             self._check_processes()
             if not pending or time.monotonic() > deadline:
                 break
-            time.sleep(0.2)
+            time.sleep(0.5)
         self._timed("converge", started)
-        return sorted(pending)
+        return sorted(a.store_id for a in pending)
 
     def _check_processes(self) -> None:
         if self.server is not None and not self.server.running():
@@ -693,13 +705,19 @@ class Simulation:
             name = f"sales-{day.isoformat()}.parquet"
             write_frame(sales.filter(sales["store_id"] == agent.store_id), agent.inbox / name)
             agent.wake()
+            t0 = time.monotonic()
             _wait(lambda: not (agent.inbox / name).exists(), timeout, f"{agent.store_id} to ingest {name}")
+            t1 = time.monotonic()
             agent.score(timeout)
+            t2 = time.monotonic()
             _wait(
                 lambda: agent.status().get("outbox_size") == 0,
                 timeout,
                 f"{agent.store_id} to deliver reports",
             )
+            t3 = time.monotonic()
+            for key, seconds in (("ingest", t1 - t0), ("score", t2 - t1), ("deliver", t3 - t2)):
+                self.agent_seconds[key] = self.agent_seconds.get(key, 0.0) + seconds
 
         started = time.monotonic()
         self.each_agent(one)
@@ -777,6 +795,9 @@ class Simulation:
             body = self.rollout_status(rollout_id)
         self._timed(f"rollout_v{version}", started)
         result = _result(body, version, candidate, periods)
+        result.server_kills = int(
+            candidate.kill_server_after_periods is not None and periods >= candidate.kill_server_after_periods
+        )
         if result.outcome == "promoted":
             self.champion = version
         return result
@@ -828,7 +849,8 @@ class Simulation:
             rollouts=rollouts,
             served={sid: a.served for sid, a in sorted(self.agents.items())},
             reported={sid: a.reported_versions() for sid, a in sorted(self.agents.items())},
-            timings_seconds=self.timings,
+            timings_seconds=self.timings
+            | {f"agents_{k}": round(v, 3) for k, v in self.agent_seconds.items()},
             state_dir=str(self.state_dir),
         )
 
@@ -921,7 +943,7 @@ def _wait(check: Callable[[], bool], timeout_seconds: float, what: str) -> None:
     while not check():
         if time.monotonic() > deadline:
             raise SimulationError(f"timed out after {timeout_seconds:.0f} s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(0.2)
 
 
 def _toml(sections: dict[str, dict[str, Any]]) -> str:
@@ -956,6 +978,31 @@ def _free_port() -> int:
 # -- command line ------------------------------------------------------------------------------------
 
 
+def log_to_file(path: Path, level: str = "info") -> None:
+    """Send this process's structlog lines (the in-process agents' too) to ``path`` as JSON lines.
+
+    For the commands that run many agents in one process: their logs would drown the summary on stdout.
+    """
+    import logging
+
+    import structlog
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stream = path.open("a", encoding="utf-8")  # stays open for the rest of the process
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
 def _candidate(value: str) -> Candidate:
     """``1.3`` or ``1.3:LABEL``: a candidate whose forecasts are the champion's times the factor."""
     factor, _, label = value.partition(":")
@@ -982,6 +1029,12 @@ def _candidate(value: str) -> Candidate:
 )
 @click.option("--periods", type=int, default=12, show_default=True, help="Periods replayed at most.")
 @click.option("--horizon", type=int, default=4, show_default=True, help="Periods each scoring forecasts.")
+@click.option(
+    "--agent-history",
+    type=int,
+    default=None,
+    help="Periods of history each agent starts with (default: all).",
+)
 @click.option("--seed", type=int, default=7, show_default=True, help="synthetic: seed of the data.")
 @click.option("--model-name", default="demand", show_default=True)
 @click.option(
@@ -1024,6 +1077,7 @@ def simulate(
     freq: str,
     periods: int,
     horizon: int,
+    agent_history: int | None,
     seed: int,
     model_name: str,
     candidates: tuple[str, ...],
@@ -1045,6 +1099,7 @@ def simulate(
     if state_dir.exists():
         shutil.rmtree(state_dir)
     state_dir.mkdir(parents=True)
+    log_to_file(state_dir / "logs" / "simulate.log")
     options = SimulationOptions(
         state_dir=state_dir,
         source=source,  # type: ignore[arg-type]
@@ -1055,6 +1110,7 @@ def simulate(
         freq=freq,  # type: ignore[arg-type]
         periods=periods,
         horizon=horizon,
+        agent_history_periods=agent_history,
         seed=seed,
         model_name=model_name,
         candidates=[_candidate(c) for c in candidates],

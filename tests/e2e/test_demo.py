@@ -1,4 +1,4 @@
-"""The demo end to end: real server and agent processes on loopback, forecasts pulled over HTTP."""
+"""The demo end to end: a real server and agents on loopback, two canary rollouts, forecasts over HTTP."""
 
 from __future__ import annotations
 
@@ -22,30 +22,37 @@ def _demo_args(state_dir: Path, *extra: str) -> list[str]:
         "demo",
         "--state-dir",
         str(state_dir),
-        "--items",
-        "20",
-        "--days",
-        "200",
+        "--replay-weeks",
+        "12",
         *extra,
     ]
 
 
-def test_demo_serves_forecasts_and_stops_everything(tmp_path: Path) -> None:
-    """`shelfcast demo -o json` ends with forecasts pulled from an agent and no service left listening."""
+def test_demo_rolls_out_promotes_rolls_back_and_stops_everything(tmp_path: Path) -> None:
+    """`shelfcast demo -o json`: a good candidate promoted through 3 waves, x1.3 rolled back, all stopped."""
     state_dir = tmp_path / "demo"
     result = subprocess.run(
         _demo_args(state_dir, "-o", "json"), capture_output=True, text=True, timeout=600, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["version"] == 1
-    assert len(summary["stores"]) == 3
-    assert all(store["active_version"] == 1 for store in summary["stores"])
-    assert all(store["forecast_rows_pulled"] == 20 * 28 for store in summary["stores"])
+    good, bad = summary["rollouts"]
+    assert (good["outcome"], good["waves_completed"], good["waves"]) == ("promoted", 3, 3), good
+    assert (bad["outcome"], bad["waves_completed"]) == ("rolled_back", 0), bad
+    assert bad["forecasts_multiplied_by"] == 1.3
+    assert "accuracy gate failed" in bad["halt_reason"]
+    assert summary["version"] == good["version"]
+    assert summary["dashboard_url"] == summary["server_url"] + "/dashboard/"
+    assert any(f"rollouts status {bad['rollout_id']}" in c for c in summary["commands"])
+    assert len(summary["stores"]) == 8
+    assert all(store["served_version"] == good["version"] for store in summary["stores"])
+    with_api = [store for store in summary["stores"] if store["url"]]
+    assert len(with_api) == 2
+    assert all(store["forecast_rows_pulled"] == 120 * 4 for store in with_api)
     assert summary["sample_forecast"], "no forecast for the sampled item"
     for key in ("forecast", "forecast-lo-80", "forecast-hi-95", "ds", "item_id"):
         assert key in summary["sample_forecast"][0]
-    for url in [summary["server_url"], *(store["url"] for store in summary["stores"])]:
+    for url in [summary["server_url"], *(store["url"] for store in with_api)]:
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/livez", timeout=2)
 
