@@ -61,7 +61,7 @@ def test_demo_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     """Ctrl-C during `--keep-running` stops the server and the agents and exits 130."""
     state_dir = tmp_path / "demo"
     proc = subprocess.Popen(
-        _demo_args(state_dir, "--keep-running"),
+        _demo_args(state_dir, "--keep-running", "--items", "40", "--replay-weeks", "2"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
