@@ -85,7 +85,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
 def _retried_or_xfail(net: Net, version: int, what: str) -> None:
     """Wait for ``version``; a download that failed once and is never tried again is the known bug."""
     try:
-        net.agent.wait_serving(version, timeout=12)
+        wait_until(lambda: net.agent.status()["active_version"] == version, 8, what=f"v{version} active")
     except AssertionError:
         if net.agent.status()["state"] == "idle" and net.agent.status()["active_version"] < version:
             pytest.xfail(
@@ -93,6 +93,7 @@ def _retried_or_xfail(net: Net, version: int, what: str) -> None:
                 "failed download, so every later poll answers 304 until the assignment changes)"
             )
         raise
+    net.agent.wait_serving(version, timeout=60)
 
 
 def test_server_down_during_poll_keeps_serving_and_updates_when_back(net: Net) -> None:
@@ -239,4 +240,3 @@ def test_every_report_is_stored_exactly_once(net: Net) -> None:
     assert sent - {None} <= set(keys)
     # Every report queued up to the drain arrived; the one or two of the last second may follow.
     assert queued <= len(keys) <= queued + 3
-    net.server.start()  # the fixture's teardown stops it again
