@@ -324,6 +324,14 @@ def _run_view(run: Any) -> dict[str, Any]:
                 metric_rows.append({"category": cat, **values})
                 metric_names.extend(k for k in values if k not in metric_names)
     candidates = metrics.get("candidates") if isinstance(metrics, dict) else None
+    candidate_rows = (
+        [{"model": m, **v} for m, v in sorted(candidates.items()) if isinstance(v, dict)]
+        if isinstance(candidates, dict)
+        else []
+    )
+    candidate_names: list[str] = []
+    for row in candidate_rows:
+        candidate_names.extend(k for k in row if k != "model" and k not in candidate_names)
     return {
         "selection": categories if isinstance(categories, dict) else {},
         "selection_meta": {k: v for k, v in selection.items() if k != "categories"}
@@ -331,7 +339,8 @@ def _run_view(run: Any) -> dict[str, Any]:
         else {},
         "metric_rows": metric_rows,
         "metric_names": metric_names,
-        "candidates": candidates if isinstance(candidates, dict | list) else None,
+        "candidate_rows": candidate_rows,
+        "candidate_names": candidate_names,
         "metrics_flat": _flat(metrics) if not metric_rows else {},
     }
 

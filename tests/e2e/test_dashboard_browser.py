@@ -21,14 +21,12 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.server.conftest import launch
-from tests.server.test_dashboard import CHART_PAGES, ENGINE_ENV, PAGES, Filled, fill
+from tests.server.test_dashboard import CHART_PAGES, PAGES, Filled, shared_fleet
 
 COMMAND_TIMEOUT_SECONDS = 30.0
 LOAD_TIMEOUT_SECONDS = 30.0
@@ -253,18 +251,10 @@ def chromium_binary() -> str:
     return binary
 
 
-@pytest.fixture(scope="module")
-def browser_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filled]:
-    """A real server filled with a fleet, versions, runs, a rollout, accuracy, drift, actuals and an alert."""
-    from forecasting.signing import generate_key_files
-
-    base = tmp_path_factory.mktemp("dashboard-browser")
-    signing_key, _, _ = generate_key_files(base / "signing.key")
-    running = launch(base, signing_key.with_name(signing_key.name + ".pub"), ENGINE_ENV)
-    try:
-        yield fill(running, base, signing_key, idle_stores=20)
-    finally:
-        running.process.stop()
+@pytest.fixture(scope="session")
+def browser_fleet(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Filled:
+    """The filled server the dashboard's page tests use too (one per test session)."""
+    return shared_fleet(tmp_path_factory, request)
 
 
 def _artifacts(tmp_path: Path) -> list[Path]:
@@ -277,66 +267,83 @@ def _artifacts(tmp_path: Path) -> list[Path]:
     return folders
 
 
-@pytest.mark.parametrize("role", ["admin", "reader"])
-def test_every_page_in_chromium(
-    chromium_binary: str, browser_fleet: Filled, tmp_path: Path, role: str
-) -> None:
-    """Signed in through the form, every page loads without console errors and draws its charts."""
+def _sign_in(browser: Chromium, base: str, token: str) -> None:
+    events = browser.navigate(f"{base}/dashboard/sign-in")
+    assert problems_in(events) == []
+    events = browser.run_and_wait(
+        f"document.getElementById('token').value = {json.dumps(token)};"
+        "document.querySelector('form[action=\"/dashboard/sign-in\"]').submit()"
+    )
+    assert problems_in(events) == []
+    assert browser.evaluate("location.pathname") == "/dashboard/fleet"
+
+
+def _visit(browser: Chromium, base: str, url: str, chart: str | None) -> tuple[dict[str, Any], list[str]]:
+    """Load one page: what it shows (charts, action buttons) and every problem the browser reported."""
+    events = browser.navigate(base + url)
+    state: dict[str, Any] = json.loads(browser.evaluate(CHARTS_JS))
+    problems = problems_in(events)
+    if chart:
+        drawn = [c for c in state["charts"] if c["kind"] == chart]
+        if not drawn or not all(c["width"] > 0 and c["height"] > 0 and c["marks"] > 0 for c in drawn):
+            problems.append(f"chart {chart} not drawn: {state['charts']}")
+    return state, problems
+
+
+def _shot(browser: Chromium, folders: list[Path], name: str) -> None:
+    for ch in "/?{}&=":
+        name = name.replace(ch, "_")
+    for folder in folders:
+        browser.screenshot(folder / f"{name.strip('_')}.png")
+
+
+def test_every_page_in_chromium(chromium_binary: str, browser_fleet: Filled, tmp_path: Path) -> None:
+    """Admin then reader sign in through the form; every page loads clean and draws its charts."""
     folders = _artifacts(tmp_path)
-    token = browser_fleet.server.admin_token if role == "admin" else browser_fleet.reader_token
     base = browser_fleet.server.url
     browser = Chromium(chromium_binary, tmp_path / "profile", tmp_path / "chromium.log")
     try:
         browser.open_page()
-        events = browser.navigate(f"{base}/dashboard/fleet")
-        assert browser.evaluate("location.pathname") == "/dashboard/fleet"
+        browser.navigate(f"{base}/dashboard/fleet")  # 401: the sign-in form (an expected HTTP error)
         assert browser.evaluate("!!document.querySelector('form[action=\"/dashboard/sign-in\"]')")
-        # the unauthenticated page answers 401 (an expected HTTP error, not a page problem)
-        events = browser.navigate(f"{base}/dashboard/sign-in")
-        assert problems_in(events) == []
-        events = browser.run_and_wait(
-            f"document.getElementById('token').value = {json.dumps(token)};"
-            "document.querySelector('form[action=\"/dashboard/sign-in\"]').submit()"
-        )
-        assert browser.evaluate("location.pathname") == "/dashboard/fleet"
+        _sign_in(browser, base, browser_fleet.server.admin_token)
         failures: dict[str, list[str]] = {}
         timings: dict[str, float] = {}
         for page in PAGES:
-            url = browser_fleet.url(page)
             started = time.monotonic()
-            events = browser.navigate(base + url)
-            timings[page] = time.monotonic() - started
-            state = json.loads(browser.evaluate(CHARTS_JS))
-            problems = problems_in(events)
-            kind = CHART_PAGES.get(page)
-            if kind:
-                drawn = [c for c in state["charts"] if c["kind"] == kind]
-                if not drawn or not all(c["width"] > 0 and c["height"] > 0 and c["marks"] > 0 for c in drawn):
-                    problems.append(f"chart {kind} not drawn: {state['charts']}")
-            if role == "reader" and state["actions"]:
-                problems.append(f"reader sees action buttons {state['actions']}")
+            _, problems = _visit(browser, base, browser_fleet.url(page), CHART_PAGES.get(page))
+            timings[page] = round(time.monotonic() - started, 3)
             if problems:
                 failures[page] = problems
-            name = page.strip("/").replace("/", "_").replace("?", "_").replace("{", "").replace("}", "")
-            for folder in folders:
-                browser.screenshot(folder / f"{role}-{name.replace('&', '_').replace('=', '-')}.png")
+            _shot(browser, folders, f"admin{page}")
         assert failures == {}
         assert max(timings.values()) < 10, timings
-        if role == "admin":
-            rollout = browser_fleet.url("/dashboard/rollouts/{rollout_id}")
-            browser.navigate(base + rollout)
-            events = browser.run_and_wait(
-                "document.querySelector('form[action$=\"/pause\"] input[name=reason]').value = 'by chromium';"
-                "document.querySelector('button.action-pause').click()"
-            )
-            assert problems_in(events) == []
-            assert browser.evaluate("location.pathname") == rollout
-            assert "paused" in browser.evaluate("document.body.innerText")
-            assert "by chromium" in browser.evaluate("document.body.innerText")
-            for folder in folders:
-                browser.screenshot(folder / "admin-rollout-paused.png")
-            browser.run_and_wait("document.querySelector('button.action-resume').click()")
+
+        rollout = browser_fleet.url("/dashboard/rollouts/{rollout_id}")
+        state, _ = _visit(browser, base, rollout, "lines")
+        assert {"Pause", "Promote", "Abort"} <= set(state["actions"])
+        events = browser.run_and_wait(
+            "document.querySelector('form[action$=\"/pause\"] input[name=reason]').value = 'by chromium';"
+            "document.querySelector('button.action-pause').click()"
+        )
+        assert problems_in(events) == []
+        assert browser.evaluate("location.pathname") == rollout
+        text = browser.evaluate("document.body.innerText")
+        assert "paused" in text and "by chromium" in text
+        _shot(browser, folders, "admin-rollout-paused")
+        browser.run_and_wait("document.querySelector('button.action-resume').click()")
+
+        events = browser.run_and_wait(
+            "document.querySelector('form[action=\"/dashboard/sign-out\"] button').click()"
+        )
+        assert problems_in(events) == []
+        assert browser.evaluate("location.pathname") == "/dashboard/sign-in"
+        _sign_in(browser, base, browser_fleet.reader_token)
+        for page in ("/dashboard/fleet", rollout, browser_fleet.url("/dashboard/alerts/{alert_id}")):
+            state, problems = _visit(browser, base, page, None)
+            assert problems == [], page
+            assert state["actions"] == [], f"a reader sees action buttons on {page}"
+            _shot(browser, folders, f"reader{page}")
     finally:
         browser.close()
-    shots = sorted(p.name for p in folders[0].glob("*.png"))
-    assert len(shots) >= len(PAGES)
+    assert len(list(folders[0].glob("*.png"))) >= len(PAGES) + 4

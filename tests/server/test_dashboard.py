@@ -6,9 +6,10 @@ that enroll, heartbeat and post accuracy and drift reports and actuals, and a ro
 
 from __future__ import annotations
 
+import functools
 import re
 import time
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -43,7 +44,8 @@ PLAN = {
         {"name": "canary", "share": 0.34, "bake_periods": 2},
         {"name": "everyone", "share": 1.0, "bake_periods": 1},
     ],
-    "health": {"activation_timeout_seconds": 600},
+    # the shared server lives for the whole test session: the wave must not time out or go stale meanwhile
+    "health": {"activation_timeout_seconds": 86400, "stale_after_seconds": 86400},
     "accuracy": {"max_wape_ratio": 1.1, "min_observations": 40, "min_periods": 1},
 }
 PAGES = [
@@ -102,6 +104,7 @@ def _run_record(run_id: str, version: int, wape: float) -> dict[str, Any]:
             "by_category": {
                 c: {"wape": wape + i / 100, "mase": 0.8 + i / 10} for i, c in enumerate(CATEGORIES)
             },
+            "candidates": {"SeasonalNaive": {"wape": wape + 0.05}, "AutoETS": {"wape": wape + 0.02}},
         },
         "selection": {
             "metric": "wape",
@@ -179,6 +182,22 @@ def _actuals(store_id: str, first: date, days: int) -> ActualsBatch:
     )
 
 
+def _play_week(server: RunningServer, week: int, start: date, i: int, store: tuple[str, str]) -> None:
+    """One store's week as its agent sends it: poll, heartbeat (store 0 with errors), accuracy (and drift)."""
+    store_id, token = store
+    with server.client(token) as agent:
+        assigned = agent.get(f"/v1/stores/{store_id}/assignment").json()
+        running = int(assigned["version"])
+        errors = {"sync": 3 + week, "download": 1} if i == 0 else {}
+        beat = Heartbeat(store_id=store_id, state="idle", model_name=MODEL, active_version=running,
+                         sent_at=datetime.now(UTC), errors=errors,
+                         last_error="server unreachable" if errors else None)  # fmt: skip
+        _post(agent, "/v1/heartbeats", beat)
+        _post(agent, "/v1/accuracy", _accuracy(store_id, running, "served", start, 1.0, i))
+        if i == 0:
+            _post(agent, "/v1/drift", _drift(store_id, start))
+
+
 def fill(server: RunningServer, tmp_path: Path, signing_key: Path, *, idle_stores: int = 0) -> Filled:
     """Publish three versions with runs, enroll 12 stores (+ ``idle_stores`` never seen), play 3 weeks."""
     with server.admin() as admin:
@@ -199,26 +218,18 @@ def fill(server: RunningServer, tmp_path: Path, signing_key: Path, *, idle_store
                 store_id = f"S-{kind[:2]}-{region[:1]}{k}"
                 enrollment = create_store(admin, store_id, MODEL, type=kind, region=region)
                 agents[store_id] = enroll(server.url, store_id, enrollment)
-        for n in range(idle_stores):
-            create_store(admin, f"X-{n:04d}", MODEL, type="discount", region="west")
+        with ThreadPoolExecutor(4) as pool:  # the server serialises writes; this overlaps the round trips
+            list(pool.map(lambda n: create_store(admin, f"X-{n:04d}", MODEL, type="discount", region="west"),
+                          range(idle_stores)))  # fmt: skip
         reader = admin.post("/v1/credentials", json={"role": "reader"}).json()["token"]
         started = admin.post("/v1/rollouts", json={"model_name": MODEL, "version": 3, "plan": PLAN})
         assert started.status_code == 201, started.text
         rollout_id = started.json()["rollout"]["rollout_id"]
     for week in range(3):
         start = FIRST_WEEK + timedelta(days=7 * week)
-        for i, (store_id, token) in enumerate(sorted(agents.items())):
-            with server.client(token) as agent:
-                assigned = agent.get(f"/v1/stores/{store_id}/assignment").json()
-                running = int(assigned["version"])
-                errors = {"sync": 3 + week, "download": 1} if i == 0 else {}
-                beat = Heartbeat(store_id=store_id, state="idle", model_name=MODEL, active_version=running,
-                                 sent_at=datetime.now(UTC), errors=errors,
-                                 last_error="server unreachable" if errors else None)  # fmt: skip
-                _post(agent, "/v1/heartbeats", beat)
-                _post(agent, "/v1/accuracy", _accuracy(store_id, running, "served", start, 1.0, i))
-                if i == 0:
-                    _post(agent, "/v1/drift", _drift(store_id, start))
+        play = functools.partial(_play_week, server, week, start)
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(play, range(len(agents)), sorted(agents.items())))
         time.sleep(0.6)  # the engine decides every 0.2 s
     first = sorted(agents)[0]
     with server.client(agents[first]) as agent:
@@ -250,15 +261,30 @@ def _hidden(html: str, name: str) -> str:
     return found.group(1)
 
 
-@pytest.fixture(scope="module")
-def filled(tmp_path_factory: pytest.TempPathFactory, signing_key: Path) -> Iterator[Filled]:
-    """One server filled once for the module (60 extra stores that never report, for paging)."""
-    base = tmp_path_factory.mktemp("dashboard")
-    running = launch(base, signing_key.with_name(signing_key.name + ".pub"), ENGINE_ENV)
-    try:
-        yield fill(running, base, signing_key, idle_stores=60)
-    finally:
-        running.process.stop()
+_SHARED: dict[str, Filled] = {}
+
+
+def shared_fleet(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Filled:
+    """The session's filled server, started by the first dashboard test that needs it (page or browser).
+
+    60 extra stores that never report make the fleet span two pages. Tests leave the rollout running
+    and unpaused, as they found it.
+    """
+    if "fleet" not in _SHARED:
+        from forecasting.signing import generate_key_files
+
+        base = tmp_path_factory.mktemp("dashboard")
+        key, _, _ = generate_key_files(base / "signing.key")
+        running = launch(base, key.with_name(key.name + ".pub"), ENGINE_ENV)
+        request.addfinalizer(running.process.stop)
+        _SHARED["fleet"] = fill(running, base, key, idle_stores=60)
+    return _SHARED["fleet"]
+
+
+@pytest.fixture(scope="session")
+def filled(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Filled:
+    """The session's filled dashboard server."""
+    return shared_fleet(tmp_path_factory, request)
 
 
 def test_sign_in_sets_a_strict_http_only_cookie_and_never_echoes_the_token(filled: Filled) -> None:
@@ -470,6 +496,7 @@ def test_pages_show_the_data(filled: Filled) -> None:
     client = sign_in(filled.server.url, filled.reader_token)
     version = client.get(f"/dashboard/models/{MODEL}/versions/2").text
     assert "run-dash-2" in version and "d" * 64 in version and "AutoETS" in version
+    assert "Every candidate in the backtest" in client.get("/dashboard/runs/run-dash-2").text
     model = client.get(f"/dashboard/models/{MODEL}").text
     assert "challenger" in model and "champion" in model
     compare = client.get("/dashboard/runs/compare?a=run-dash-1&b=run-dash-2&diff=1").text
