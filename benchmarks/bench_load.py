@@ -67,6 +67,7 @@ class FleetLoad:
     accuracy_sent: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))  # store: [n]
     drift_sent: Counter[str] = field(default_factory=Counter)
     duplicates_acknowledged: int = 0
+    server_cpu_seconds: float | None = None  # CPU time of the server process during the run (Linux)
 
     @property
     def requests(self) -> int:
@@ -224,11 +225,28 @@ async def _enroll_all(url: str, admin_token: str, stores: list[str], region: str
     return tokens
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (``/proc``; None elsewhere)."""
+    import os
+
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def simulate_fleet(
-    url: str, admin_token: str, agents: int, seconds: float, region: str, round_seconds: float = 1.0
+    url: str,
+    admin_token: str,
+    agents: int,
+    seconds: float,
+    region: str,
+    round_seconds: float = 1.0,
+    server_pid: int | None = None,
 ) -> FleetLoad:
     """Enrol ``agents`` stores of ``region``, then run them all for ``seconds``, each doing a round about
-    every ``round_seconds``; what happened."""
+    every ``round_seconds``; what happened (with the server's CPU time when its pid is given)."""
     stores = [f"{region}-{i:04d}" for i in range(agents)]
     tokens = asyncio.run(_enroll_all(url, admin_token, stores, region))
     load = FleetLoad(agents=agents)
@@ -248,6 +266,7 @@ def simulate_fleet(
             )
             for s in stores
         }
+        cpu_before = process_cpu_seconds(server_pid) if server_pid else None
         began = time.perf_counter()
         deadline = began + seconds
         await asyncio.wait_for(
@@ -255,6 +274,9 @@ def simulate_fleet(
             timeout=seconds + 120,
         )
         load.seconds = time.perf_counter() - began
+        cpu_after = process_cpu_seconds(server_pid) if server_pid else None
+        if cpu_before is not None and cpu_after is not None:
+            load.server_cpu_seconds = cpu_after - cpu_before
 
     asyncio.run(run())
     return load
@@ -367,7 +389,7 @@ def test_fleet_polls_and_reports(
     figures.timing(None)
     load: FleetLoad = benchmark.pedantic(
         simulate_fleet,
-        args=(server["url"], ADMIN, agents, seconds, "LOAD", PACES[pace]),
+        args=(server["url"], ADMIN, agents, seconds, "LOAD", PACES[pace], server["process"].proc.pid),
         rounds=1,
         iterations=1,
     )
@@ -388,5 +410,8 @@ def test_fleet_polls_and_reports(
         f"{pace}_reports_miscounted", len(api_problems) + len(db_problems), "stores", target="value <= 0"
     )
     figures.value(f"{pace}_duplicates_acknowledged", load.duplicates_acknowledged, "resends")
+    if load.server_cpu_seconds is not None and load.requests:
+        cpu_ms = 1000 * load.server_cpu_seconds / load.requests
+        figures.value(f"{pace}_server_cpu_per_request", cpu_ms, "cpu-ms")
     assert load.errors == [], load.errors[:10]
     assert api_problems == [] and db_problems == [], (api_problems[:10], db_problems)
