@@ -17,6 +17,7 @@ silently: the log's framing is checked first, and
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
@@ -146,6 +147,13 @@ def _set_aside(wal: Path, suffix: str, *, move: bool) -> Path:
     return dest
 
 
+def _drop(copy: Path) -> None:
+    """Remove a kept copy that turned out not to be needed (and ``wal-recovery/`` if that leaves it empty)."""
+    copy.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        copy.parent.rmdir()
+
+
 def _damaged_message(path: Path, wal: Path, reason: str) -> str:
     return (
         f"the write-ahead log {wal} of the server database cannot be replayed ({reason}); nothing was "
@@ -207,7 +215,7 @@ class Database:
             con = cls._connect(path)
         except DamagedWalError as exc:
             if evidence is not None:
-                evidence.unlink(missing_ok=True)
+                _drop(evidence)
             if not discard_damaged_wal:
                 raise
             discarded = (_set_aside(wal, "damaged", move=True), str(exc.__cause__ or exc))
@@ -215,7 +223,7 @@ class Database:
             con = cls._connect(path)
         except BaseException:
             if evidence is not None:
-                evidence.unlink(missing_ok=True)
+                _drop(evidence)
             raise
         db = cls(path, con)
         if discarded is not None:
@@ -268,7 +276,7 @@ class Database:
             )
             return
         if evidence is not None:
-            evidence.unlink(missing_ok=True)
+            _drop(evidence)
         log.warning(
             "db_wal_replayed",
             path=str(self.path),

@@ -122,7 +122,7 @@ def test_intact_wal_after_a_crash_is_replayed_whole(crashed_state: tuple[Path, P
     replayed = _log_events(server, "db_wal_replayed")
     assert replayed and replayed[0]["level"] == "warning"
     assert not (state / "registry.duckdb.wal").exists()
-    assert not list((state / "wal-recovery").glob("*"))
+    assert not (state / "wal-recovery").exists()
 
 
 def test_truncated_wal_starts_from_the_last_complete_entry_loudly(
