@@ -125,6 +125,7 @@ class RolloutResult:
     decisions: list[dict[str, Any]]
     wape_ratios: dict[str, float | None]
     halt_reason: str = ""
+    halt_numbers: dict[str, Any] = field(default_factory=dict)  # the gate values that drove the halt
     server_kills: int = 0
 
 
@@ -611,12 +612,9 @@ class Simulation:
         self._timed("start_agents", started)
 
     def _agent_config(self, store_id: str, root: Path, enrollment: str, keys: list[str]) -> dict[str, Any]:
-        from agent.config import ScoringSection
-
         o = self.options
-        scoring: dict[str, Any] = {"horizon": o.horizon, "threads": 1, "keep_runs": o.keep_runs}
-        if "isolation" in ScoringSection.__struct_fields__:
-            scoring["isolation"] = "inline"  # no scoring child per agent: 45 agents share one process
+        # Inline scoring: no scoring child per agent (45 agents share one process, one GIL).
+        scoring = {"horizon": o.horizon, "threads": 1, "keep_runs": o.keep_runs, "isolation": "inline"}
         return {
             "agent": {
                 "store_id": store_id,
@@ -898,12 +896,13 @@ def _result(body: dict[str, Any], version: int, candidate: Candidate, periods: i
     ]
     ratios: dict[str, float | None] = {}
     halt = ""
+    halt_numbers: dict[str, Any] = {}
     for d in body["decisions"]:
         categories = (d.get("numbers") or {}).get("accuracy", {}).get("categories") or {}
         if categories:
             ratios = {c: v.get("wape_ratio") for c, v in sorted(categories.items())}
         if d["action"] == "halt":
-            halt = d["reason"]
+            halt, halt_numbers = d["reason"], d.get("numbers") or {}
     return RolloutResult(
         rollout_id=body["rollout"]["rollout_id"],
         version=version,
@@ -920,6 +919,7 @@ def _result(body: dict[str, Any], version: int, candidate: Candidate, periods: i
         decisions=decisions,
         wape_ratios=ratios,
         halt_reason=halt,
+        halt_numbers=halt_numbers,
     )
 
 

@@ -42,7 +42,7 @@ pytestmark = pytest.mark.timeout(1500)  # a type A store that does not trust the
 def _faulty_plan() -> dict[str, Any]:
     plan = copy.deepcopy(PLAN)
     plan["waves"][0]["stores"] = [FAULTY]
-    plan["health"]["activation_timeout_seconds"] = 8.0
+    plan["health"]["activation_timeout_seconds"] = 90.0  # the refused bundle's error count halts sooner
     return plan
 
 
@@ -143,6 +143,8 @@ def test_agent_that_cannot_activate_fails_the_health_gate(fleet: tuple[Simulatio
     untrusted = report.rollouts[2]
     assert untrusted.outcome == "rolled_back", untrusted.decisions
     assert "health gate failed" in untrusted.halt_reason
+    health = untrusted.halt_numbers["health"]
+    assert FAULTY in health["error_stores"] or FAULTY in health["not_activated"], health
     assert FAULTY in untrusted.waves[0]["stores"]
     assert untrusted.version not in report.served[FAULTY]
     assert report.champion_end == report.rollouts[0].version
