@@ -349,6 +349,22 @@ class Agent:
             self.served.append(int(served))
         return status
 
+    def served_version(self) -> int | None:
+        """The version whose forecasts the agent serves now (cheap in process: no store query)."""
+        if self.runtime is None:
+            served = self.status().get("served_version")
+            return None if served is None else int(served)
+        view = self.runtime.view
+        version = None if view is None else view.pointer.version
+        if version is not None and (not self.served or self.served[-1] != version):
+            self.served.append(version)
+        return version
+
+    def outbox_empty(self) -> bool:
+        if self.runtime is None or self.runtime.store is None:
+            return bool(self.status().get("outbox_size") == 0)
+        return self.runtime.store.outbox_size() == 0
+
     def wake(self) -> None:
         if self.runtime is not None:
             self.runtime.wake.set()
@@ -667,7 +683,7 @@ class Simulation:
             def behind(agent: Agent) -> bool:
                 agent.wake()
                 try:
-                    served = agent.status().get("served_version")
+                    served = agent.served_version()
                 except (OSError, ValueError, httpx.HTTPError):  # an agent process still starting
                     return True
                 return served is None or served != self.assignment(agent)
@@ -708,11 +724,7 @@ class Simulation:
             t1 = time.monotonic()
             agent.score(timeout)
             t2 = time.monotonic()
-            _wait(
-                lambda: agent.status().get("outbox_size") == 0,
-                timeout,
-                f"{agent.store_id} to deliver reports",
-            )
+            _wait(agent.outbox_empty, timeout, f"{agent.store_id} to deliver reports", interval=0.5)
             t3 = time.monotonic()
             for key, seconds in (("ingest", t1 - t0), ("score", t2 - t1), ("deliver", t3 - t2)):
                 self.agent_seconds[key] = self.agent_seconds.get(key, 0.0) + seconds
@@ -938,12 +950,12 @@ def _check(response: httpx.Response, what: str) -> None:
         raise SimulationError(f"could not {what}: HTTP {response.status_code} {response.text[:300]}")
 
 
-def _wait(check: Callable[[], bool], timeout_seconds: float, what: str) -> None:
+def _wait(check: Callable[[], bool], timeout_seconds: float, what: str, interval: float = 0.25) -> None:
     deadline = time.monotonic() + timeout_seconds
     while not check():
         if time.monotonic() > deadline:
             raise SimulationError(f"timed out after {timeout_seconds:.0f} s waiting for {what}")
-        time.sleep(0.2)
+        time.sleep(interval)
 
 
 def _toml(sections: dict[str, dict[str, Any]]) -> str:

@@ -29,15 +29,12 @@ activation_timeout_seconds = 120.0
 stale_after_seconds = 600.0
 
 [accuracy]
-max_wape_ratio = 1.5
-min_observations = 20
-min_stores = 1
-min_periods = 1
+enabled = false   # three stores of 20 items are too few to compare accuracy (the fleet tests do)
 """
 
 
 def test_simulate_with_three_agent_processes_promotes_a_good_candidate(tmp_path: Path) -> None:
-    """Three agent processes replay daily sales; x1.0 passes both waves and becomes the champion."""
+    """Three agent processes replay daily sales; the candidate passes both waves and becomes the champion."""
     plan = tmp_path / "plan.toml"
     plan.write_text(PLAN)
     state_dir = tmp_path / "sim"
