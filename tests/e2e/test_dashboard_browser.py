@@ -38,17 +38,17 @@ class Chromium:
     def __init__(self, binary: str, profile: Path, log_path: Path) -> None:
         to_browser_r, to_browser_w = os.pipe()
         from_browser_r, from_browser_w = os.pipe()
-        # move the child's ends above 10 so dup2 onto 3 and 4 never meets one of them
+        # the browser reads commands on fd 3 and writes answers on fd 4: bash puts the pipe ends there
+        # and execs it (no Python code runs between fork and exec)
         child_r = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD_CLOEXEC, 10)
         child_w = fcntl.fcntl(from_browser_w, fcntl.F_DUPFD_CLOEXEC, 10)
         os.close(to_browser_r)
         os.close(from_browser_w)
-
-        def child_fds() -> None:
-            os.dup2(child_r, 3)
-            os.dup2(child_w, 4)
-
+        redirect = f'exec "$0" "$@" 3<&{child_r} 4>&{child_w} {child_r}<&- {child_w}>&-'
         args = [
+            "/bin/bash",  # dash takes only one-digit descriptors in redirections
+            "-c",
+            redirect,
             binary,
             "--headless=new",
             "--no-sandbox",  # tests run as root in containers
@@ -73,8 +73,7 @@ class Chromium:
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            pass_fds=(3, 4),
-            preexec_fn=child_fds,  # noqa: PLW1509 - only dup2 of two descriptors before exec
+            pass_fds=(child_r, child_w),
         )
         os.close(child_r)
         os.close(child_w)
