@@ -309,9 +309,15 @@ class PagesController(Controller):
 
     @get("/accuracy", opt=READER, sync_to_thread=True)
     def accuracy(
-        self, request: Request[Any, Any, Any], model: Opt = None, since: Opt = None, page: PageNumber = 1
+        self,
+        request: Request[Any, Any, Any],
+        model: Opt = None,
+        since: Opt = None,
+        category: Opt = None,
+        page: PageNumber = 1,
     ) -> Response[str]:
-        return render(request, "accuracy.html", _service(request).accuracy(model or None, _date(since), page))
+        context = _service(request).accuracy(model or None, _date(since), page, category or None)
+        return render(request, "accuracy.html", context)
 
     @get("/alerts", opt=READER, sync_to_thread=True)
     def alerts(self, request: Request[Any, Any, Any], status: Opt = "firing") -> Response[str]:

@@ -151,7 +151,9 @@ class DashboardService:
 
     # --- accuracy ---------------------------------------------------------------------------------
 
-    def accuracy(self, model_name: str | None, since: date | None, page: int) -> dict[str, Any]:
+    def accuracy(
+        self, model_name: str | None, since: date | None, page: int, category: str | None = None
+    ) -> dict[str, Any]:
         models = self.repo.model_names()
         model = model_name or (models[0] if models else "")
         _, total = self.repo.accuracy_stores(model, since, 0, 0)
@@ -172,14 +174,16 @@ class DashboardService:
             "heatmap": heat,
             "categories_shown": len(categories),
             "categories_total": n_categories,
-            "over_time": self._wape_over_time(model, since),
+            "categories": categories,
+            "category": category or "",
+            "over_time": self._wape_over_time(model, since, category),
         }
 
-    def _wape_over_time(self, model: str, since: date | None) -> Any:
+    def _wape_over_time(self, model: str, since: date | None, category: str | None) -> Any:
         if not model:
             return svg.line_chart([], [], label="WAPE over time")
         groups = self.quality.accuracy(
-            Filters(model_name=model, since=since), ["version", "role", "period"], "week"
+            Filters(model_name=model, since=since, category=category), ["version", "role", "period"], "week"
         )
         roles = self._version_roles(model)
         periods = sorted({g.period for g in groups if g.period is not None})
@@ -196,7 +200,8 @@ class DashboardService:
             )
             for (version, role), values in sorted(keyed.items())
         ]
-        return svg.line_chart(x, series, label=f"Weekly WAPE by version, {model}", y_label="WAPE")
+        scope = f"{model}, {category}" if category else f"{model}, every category"
+        return svg.line_chart(x, series, label=f"Weekly WAPE by version, {scope}", y_label="WAPE")
 
     def _version_roles(self, model: str) -> dict[int, str]:
         """Which part each version plays now: champion, challenger (alias) or rollout candidate."""

@@ -507,6 +507,8 @@ def test_pages_show_the_data(filled: Filled) -> None:
     assert "same weeks a year earlier" in alert or "the 8 weeks before" in alert
     accuracy = client.get("/dashboard/accuracy").text
     assert "v1 champion (served)" in accuracy
+    dairy = client.get("/dashboard/accuracy?category=dairy").text
+    assert "Weekly WAPE by version, demand, dairy" in dairy
     client.close()
 
 
