@@ -1060,7 +1060,7 @@ def _candidate(value: str) -> Candidate:
     "plan_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="Rollout plan (TOML); default: three waves 20/50/100 %% with short bakes.",
+    help="Rollout plan (TOML); default: three waves 20/50/100 % with short bakes.",
 )
 @click.option("--agent-processes", type=int, default=0, show_default=True, help="Agents run as processes.")
 @click.option("--engine-interval", type=float, default=0.5, show_default=True, help="Own server: seconds.")
