@@ -209,8 +209,12 @@ class SignInController(Controller):
         token, sent = data.get("token"), data.get("csrf_token")
         if token is None or sent is None:
             raise InvalidInputError("the sign-in form needs a token and its csrf_token")
-        check_csrf(cookie_value(request.scope, SIGNIN_COOKIE), sent)
         target = _safe_next(data.get("next", "/dashboard/"))
+        try:
+            check_csrf(cookie_value(request.scope, SIGNIN_COOKIE), sent)
+        except PermissionDeniedError:
+            message = "the sign-in form expired or did not come from this site; sign in again"
+            return sign_in_page(request, status_code=403, message=message, next_path=target)
         try:
             session_id, principal, _ = _sessions(request).create(token)
         except (UnauthorizedError, PermissionDeniedError) as exc:

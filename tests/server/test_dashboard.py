@@ -337,13 +337,15 @@ def test_agent_token_cannot_sign_in(filled: Filled) -> None:
 
 
 def test_sign_in_without_its_csrf_cookie_is_refused(filled: Filled) -> None:
-    """A sign-in form posted from elsewhere (no matching CSRF cookie) is refused with 403."""
+    """A sign-in form posted from elsewhere (no matching CSRF cookie) is refused with 403 and a fresh form."""
     answer = httpx.post(
         f"{filled.server.url}/dashboard/sign-in",
         data={"token": filled.reader_token, "csrf_token": "forged"},
         timeout=30,
     )
     assert answer.status_code == 403
+    assert "shelfcast_session=" not in answer.headers.get("set-cookie", "")
+    assert "sign in again" in answer.text and 'name="csrf_token"' in answer.text
 
 
 def test_pages_without_a_session_show_the_sign_in_form(filled: Filled) -> None:
