@@ -208,6 +208,12 @@ def rollback_cmd(
 )
 @click.option("--executable", type=click.Path(path_type=Path), help="shelfcast executable the unit runs.")
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
+@click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CA bundle that signed the server's certificate (copied to /etc/shelfcast/ca.pem).",
+)
+@click.option("--insecure", is_flag=True, help="Allow plain http:// to a server off loopback (warned).")
 def install_cmd(
     server_url: str,
     store_id: str,
@@ -218,6 +224,8 @@ def install_cmd(
     root: Path,
     executable: Path | None,
     force: bool,
+    ca_file: Path | None,
+    insecure: bool,
 ) -> None:
     """Write /etc/shelfcast/agent.toml (0600) and the systemd unit; then `systemctl enable --now`."""
     from agent.install import install
@@ -232,6 +240,8 @@ def install_cmd(
         api_port=api_port,
         executable=executable,
         force=force,
+        ca_file=ca_file,
+        insecure=insecure,
     )
     for path in written:
         click.echo(f"wrote {path}")

@@ -39,8 +39,12 @@ def render_config(
     trusted_keys: list[str],
     api_host: str,
     api_port: int,
+    ca_file: str = "",
+    insecure: bool = False,
 ) -> str:
     keys = ", ".join(_toml_string(k) for k in trusted_keys)
+    transport = f"ca_file = {_toml_string(ca_file)}\n" if ca_file else ""
+    transport += "insecure = true\n" if insecure else ""
     return (
         "# Written by `shelfcast agent install`. The enrollment token is used once; the store credential\n"
         "# then lives in the state directory (/var/lib/shelfcast-agent/credential, 0600).\n"
@@ -49,6 +53,7 @@ def render_config(
         f"store_id = {_toml_string(store_id)}\n"
         f"enrollment_token = {_toml_string(enrollment_token)}\n"
         f"trusted_keys = [{keys}]\n"
+        f"{transport}"
         'sales_dir = "/var/lib/shelfcast-agent/inbox"\n'
         "\n[api]\n"
         f"host = {_toml_string(api_host)}\n"
@@ -87,34 +92,54 @@ def install(
     api_port: int,
     executable: Path | None = None,
     force: bool = False,
+    ca_file: Path | None = None,
+    insecure: bool = False,
 ) -> list[Path]:
-    """Write config, keys and unit under ``root``; returns the files written."""
+    """Write config, keys (and the CA bundle) and unit under ``root``; returns the files written.
+
+    The config is checked like the agent checks it at start before anything is written, so a plain
+    ``http://`` server off loopback without ``--insecure`` fails here, naming the setting.
+    """
+    import msgspec
+
+    from agent.config import AgentConfig
+
     if not server_url.startswith(("http://", "https://")):
         raise AgentError(f"--server must be an http(s) URL, got {server_url!r}")
     etc = root / "etc" / "shelfcast"
     config_path = etc / "agent.toml"
     if config_path.exists() and not force:
         raise AgentError(f"{config_path} exists; pass --force to overwrite it")
-    _ensure_user(root)
-    keys_dir = etc / "keys"
-    keys_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    key_paths: list[str] = []
     for key in trusted_keys:
         if not key.is_file():
             raise AgentError(f"trusted key {key} not found")
-        target = keys_dir / key.name
-        atomic_write_bytes(target, key.read_bytes(), mode=0o644)
-        written.append(target)
-        key_paths.append(str(Path("/etc/shelfcast/keys") / key.name))
+    if ca_file is not None and not ca_file.is_file():
+        raise AgentError(f"CA bundle {ca_file} not found")
     text = render_config(
         server_url=server_url,
         store_id=store_id,
         enrollment_token=enrollment_token,
-        trusted_keys=key_paths,
+        trusted_keys=[str(Path("/etc/shelfcast/keys") / key.name) for key in trusted_keys],
         api_host=api_host,
         api_port=api_port,
+        ca_file="/etc/shelfcast/ca.pem" if ca_file is not None else "",
+        insecure=insecure,
     )
+    try:
+        msgspec.toml.decode(text.encode(), type=AgentConfig)
+    except msgspec.ValidationError as exc:
+        raise AgentError(f"the agent would refuse this config: {exc}") from None
+    _ensure_user(root)
+    keys_dir = etc / "keys"
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for key in trusted_keys:
+        target = keys_dir / key.name
+        atomic_write_bytes(target, key.read_bytes(), mode=0o644)
+        written.append(target)
+    if ca_file is not None:
+        atomic_write_bytes(etc / "ca.pem", ca_file.read_bytes(), mode=0o644)
+        written.append(etc / "ca.pem")
     atomic_write_bytes(config_path, text.encode(), mode=0o600)
     _chown(config_path, root)
     written.append(config_path)

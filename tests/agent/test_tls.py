@@ -297,3 +297,30 @@ def test_insecure_allows_plain_http_off_loopback_with_a_warning(tmp_path: Path) 
             assert '"level": "warning"' in line and '"plain_http_off_loopback": true' in line
         finally:
             assert proc.stop() == 0
+
+
+def test_install_checks_transport_and_copies_the_ca(tmp_path: Path) -> None:
+    """`agent install` refuses a plain http:// server off loopback without --insecure (naming the setting,
+    writing nothing) and installs a CA bundle given with --ca-file as the config's ca_file."""
+    ca = Authority(tmp_path / "pki", "install")
+    common = ["agent", "install", "--store-id", "S1", "--enrollment-token", "sce_x", "--root"]
+    refused = CliRunner().invoke(
+        cli, [*common, str(tmp_path / "a"), "--server", "http://10.20.30.40:8470"], env={}
+    )
+    assert refused.exit_code == 1
+    assert "server_url" in refused.stderr and "insecure" in refused.stderr
+    assert not (tmp_path / "a" / "etc").exists()
+    root = tmp_path / "b"
+    args = [*common, str(root), "--server", "https://central.example:8470", "--ca-file", str(ca.ca_file)]
+    installed = CliRunner().invoke(cli, [*args, "--executable", "/usr/bin/shelfcast"], env={})
+    assert installed.exit_code == 0, installed.output
+    assert (root / "etc" / "shelfcast" / "ca.pem").read_bytes() == ca.ca_file.read_bytes()
+    text = (root / "etc" / "shelfcast" / "agent.toml").read_text()
+    assert 'ca_file = "/etc/shelfcast/ca.pem"' in text and "insecure" not in text
+    allowed = CliRunner().invoke(
+        cli,
+        [*common, str(tmp_path / "c"), "--server", "http://10.20.30.40:8470", "--insecure"],
+        env={},
+    )
+    assert allowed.exit_code == 0, allowed.output
+    assert "insecure = true" in (tmp_path / "c" / "etc" / "shelfcast" / "agent.toml").read_text()
