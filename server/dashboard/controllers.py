@@ -277,8 +277,8 @@ class PagesController(Controller):
         return render(request, "models.html", _service(request).models())
 
     @get("/models/{name:str}", opt=READER, sync_to_thread=True)
-    def model(self, request: Request[Any, Any, Any], name: str, page: PageNumber = 1) -> Response[str]:
-        return render(request, "model.html", _service(request).model(name, page))
+    def model(self, request: Request[Any, Any, Any], name: str, cursor: Opt = None) -> Response[str]:
+        return render(request, "model.html", _service(request).model(name, cursor or None))
 
     @get("/models/{name:str}/versions/{version:int}", opt=READER, sync_to_thread=True)
     def version(self, request: Request[Any, Any, Any], name: str, version: int) -> Response[str]:

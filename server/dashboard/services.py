@@ -99,21 +99,22 @@ class DashboardService:
     def models(self) -> dict[str, Any]:
         return {"models": self.state.registry.list_models(200, None).items}
 
-    def model(self, name: str, page: int) -> dict[str, Any]:
+    def model(self, name: str, cursor: str | None) -> dict[str, Any]:
+        """One model: aliases, the newest alias moves and runs, and its versions 50 a page (newest first)."""
         registry = self.state.registry
         info = registry.get_model(name)
-        versions = registry.list_versions(name, 200, None).items
+        versions = registry.list_versions(name, PAGE_SIZE, cursor)
         aliases = registry.list_aliases(name)
         history = registry.alias_history(name, None, 100, None).items
         runs = registry.list_runs(name, 50, None).items
         return {
             "model": info,
-            "versions": sorted(versions, key=lambda v: -v.version),
+            "versions": versions.items,
+            "older_versions": versions.next_cursor,
             "aliases": aliases,
             "history": history,
             "runs": runs,
             "known_runs": {r.run_id for r in runs},
-            "page": page,
         }
 
     def version(self, name: str, version: int) -> dict[str, Any]:

@@ -506,6 +506,8 @@ def test_pages_show_the_data(filled: Filled) -> None:
     assert "Every candidate in the backtest" in client.get("/dashboard/runs/run-dash-2").text
     model = client.get(f"/dashboard/models/{MODEL}").text
     assert "challenger" in model and "champion" in model
+    assert "older versions" not in model
+    assert client.get(f"/dashboard/models/{MODEL}?cursor=bogus").status_code == 422
     compare = client.get("/dashboard/runs/compare?a=run-dash-1&b=run-dash-2&diff=1").text
     assert "metrics.selected.wape" in compare
     rollout = client.get(filled.url("/dashboard/rollouts/{rollout_id}")).text
