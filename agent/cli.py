@@ -155,6 +155,9 @@ def _offline_status(config: AgentConfig) -> dict[str, Any]:
         "last_scored_at": pointer.scored_at if pointer else None,
         "state": record.state.value,
         "last_error": record.last_error,
+        "shadow_version": record.shadow.version if record.shadow else None,
+        "errors": dict(record.error_counts),
+        "last_counted_error": record.counted_error,
     }
 
 
