@@ -173,7 +173,8 @@ class SyncClient:
                     fh.seek(have)
                     fh.truncate()
                     written = have
-                    for chunk in response.iter_bytes(CHUNK_BYTES):
+                    # As they arrive (no re-chunking): what was received before a cut is on disk to resume.
+                    for chunk in response.iter_bytes():
                         written += len(chunk)
                         if written > limit:
                             raise UpdateRejectedError(
