@@ -167,6 +167,19 @@ def gate_rows(gates: dict[str, Any]) -> list[dict[str, Any]]:
                 "detail": "",
             }
         )
+        new_errors: dict[str, dict[str, int]] = health.get("new_errors") or {}
+        if "max_errors_per_store" in health:
+            worst = max((sum(kinds.values()) for kinds in new_errors.values()), default=0)
+            rows.append(
+                {
+                    "gate": "health",
+                    "item": "new errors per store (max)",
+                    "outcome": health.get("outcome"),
+                    "value": worst,
+                    "threshold": health.get("max_errors_per_store"),
+                    "detail": ", ".join(health.get("error_stores") or []),
+                }
+            )
     accuracy = gates.get("accuracy", {})
     for category, c in sorted(accuracy.get("categories", {}).items()):
         rows.append(

@@ -365,7 +365,7 @@ def test_cli_starts_shows_pauses_resumes_and_promotes(
     assert [w["name"] for w in started["waves"]] == ["canary", "half", "everyone"]
     table = cli_run(rollout_server, "rollouts", "status", rollout_id)
     assert "waves" in table and "gates" in table and "decisions" in table
-    assert "activated share" in table
+    assert "activated share" in table and "new errors per store" in table
     paused = msgspec.json.decode(cli_run(rollout_server, "rollouts", "pause", rollout_id, "-o", "json"))
     assert paused["rollout"]["status"] == "paused"
     resumed = msgspec.json.decode(cli_run(rollout_server, "rollouts", "resume", rollout_id, "-o", "json"))
