@@ -572,10 +572,16 @@ class Lifecycle:
             self._drop_shadow(have, "no longer assigned" if have != wanted else "now served")
         if want is None or wanted is None or wanted == self.record.active:
             return False
-        if self.record.shadow == wanted and self.paths.shadow_dir(want.model_name, want.version).is_dir():
+        ready = self.record.shadow == wanted and self.paths.shadow_dir(want.model_name, want.version).is_dir()
+        if ready or want.bundle_sha256 in self.record.rejected or not self._try_fetch_shadow(want):
             return False
-        if want.bundle_sha256 in self.record.rejected:
-            return False
+        self.record.shadow = wanted
+        save_record(self.paths, self.record)
+        log.info("shadow_ready", model_name=want.model_name, model_version=want.version)
+        return True
+
+    def _try_fetch_shadow(self, want: Target) -> bool:
+        """Fetch the shadow; False (counted, logged, recorded) when that failed."""
         try:
             self._fetch_shadow(want)
         except UpdateRejectedError as exc:
@@ -589,20 +595,19 @@ class Lifecycle:
                 bundle_sha256=want.bundle_sha256,
                 reason=reason,
             )
-            save_record(self.paths, self.record)
-            return False
         except SyncError as exc:
             count_error(self.record, "download", f"shadow v{want.version}: {exc}")
             log.warning("shadow_download_failed", model_version=want.version, reason=str(exc))
-            save_record(self.paths, self.record)
-            return False
+        except Exception as exc:  # e.g. a full disk: never let the shadow stop the work loop; retried
+            count_error(self.record, "shadow", f"v{want.version}: {type(exc).__name__}: {exc}")
+            log.exception("shadow_fetch_failed", model_version=want.version)
+        else:
+            return True
         finally:
             remove_tree(self.paths.staging / f"shadow-{want.bundle_sha256}")
             (self.paths.downloads / want.bundle_sha256).unlink(missing_ok=True)
-        self.record.shadow = wanted
         save_record(self.paths, self.record)
-        log.info("shadow_ready", model_name=want.model_name, model_version=want.version)
-        return True
+        return False
 
     def _fetch_shadow(self, want: Target) -> None:
         """Download, unpack, verify (hash, size, signature, trusted key, expiry, version) into ``shadow/``."""
