@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = get_logger("agent.runtime")
 
 TICK_SECONDS = 1.0
+TRANSPORT_ERRORS = frozenset({"sync", "download", "report"})  # no use reporting these at once
 STALL_SECONDS = 120.0
 
 
@@ -275,6 +276,7 @@ class AgentRuntime:
 
     def _run_lifecycle(self) -> None:
         assert self.lifecycle is not None
+        errors_before = dict(self.lifecycle.record.error_counts)
         self.busy_until = time.monotonic() + self.config.scoring.timeout_seconds + 600
         try:
             outcome = self.lifecycle.run()
@@ -309,6 +311,9 @@ class AgentRuntime:
             # Score both now, on the same history: the shadow is compared from its first day.
             self._queue_heartbeat()
             self._score("shadow_ready")
+        counts = self.lifecycle.record.error_counts
+        if any(counts.get(k, 0) > errors_before.get(k, 0) for k in counts if k not in TRANSPORT_ERRORS):
+            self._queue_heartbeat()  # a refused update is reported now, not at the next heartbeat
 
     def _maybe_score_missing(self) -> None:
         active = self.record.active
@@ -369,6 +374,7 @@ class AgentRuntime:
             log.error(  # noqa: TRY400 - expected failure, no traceback
                 "scoring_failed", trigger=trigger, model_version=active.version, reason=str(exc)
             )
+            self._queue_heartbeat()
             return False
         finally:
             self.busy_until = 0.0
@@ -385,6 +391,7 @@ class AgentRuntime:
                     model_version=shadow.version,
                     reason=result.shadow_error,
                 )
+                self._queue_heartbeat()
         return True
 
     def _shadow_model(self) -> ShadowModel | None:
