@@ -847,7 +847,7 @@ class Simulation:
                 self.play_period()
         self.converge(self.options.converge_timeout_seconds)
         self._timed("total", started)
-        return SimulationReport(
+        report = SimulationReport(
             server_url=self.server_url,
             dashboard_url=f"{self.server_url}/dashboard/",
             model_name=self.options.model_name,
@@ -863,6 +863,8 @@ class Simulation:
             | {f"agents_{k}": round(v, 3) for k, v in self.agent_seconds.items()},
             state_dir=str(self.state_dir),
         )
+        (self.state_dir / "report.json").write_bytes(msgspec.json.encode(report))
+        return report
 
     def close(self) -> None:
         """Stop every agent, then the server (unless ``keep_server``)."""
