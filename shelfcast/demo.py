@@ -38,19 +38,20 @@ DEPARTMENTS = {
     **dict.fromkeys(["household", "personal_care", "pet"], "non_food"),
 }
 # Three cumulative waves by store type (stores are typed by size); two weeks of actuals bake each wave.
-# The accuracy gate compares the wave's stores with the other stores of the same type (matched controls):
-# with 8 stores x 120 items, an identical model's worst department ratio over two weeks stays under about
-# 1.3 (99th percentile), while forecasts x1.3 push it above about 1.55.
+# The accuracy gate compares the wave's stores with the other stores of the same type (matched controls),
+# which differ from store to store: an identical model's worst department ratio has reached 1.59 with a
+# canary of 2 stores out of 8; with 4 out of 12 that spread shrinks by a quarter, while forecasts x1.3 put
+# the worst department at 2 to 2.5.
 DEMO_PLAN: dict[str, Any] = {
     "name": "demo canary",
     "stratify_by": ["type"],
     "waves": [
-        {"name": "canary", "share": 0.25, "bake_periods": 2},
-        {"name": "half", "share": 0.5, "bake_periods": 2},
+        {"name": "canary", "share": 0.34, "bake_periods": 2},
+        {"name": "half", "share": 0.67, "bake_periods": 2},
         {"name": "everyone", "share": 1.0, "bake_periods": 1},
     ],
     "health": {"activation_timeout_seconds": 120.0, "stale_after_seconds": 600.0},
-    "accuracy": {"max_wape_ratio": 1.5, "min_observations": 50, "min_stores": 2, "min_periods": 2},
+    "accuracy": {"max_wape_ratio": 1.6, "min_observations": 50, "min_stores": 2, "min_periods": 2},
 }
 
 
@@ -233,7 +234,7 @@ def _print_summary(summary: DemoSummary, kept: bool) -> None:
     show_default=True,
     help="Folder for the demo's data, models, server and agent state (emptied first).",
 )
-@click.option("--stores", default=8, show_default=True, help="Number of stores (one agent each).")
+@click.option("--stores", default=12, show_default=True, help="Number of stores (one agent each).")
 @click.option(
     "--agent-processes",
     default=2,

@@ -44,7 +44,7 @@ def test_demo_rolls_out_promotes_rolls_back_and_stops_everything(tmp_path: Path)
     assert summary["version"] == good["version"]
     assert summary["dashboard_url"] == summary["server_url"] + "/dashboard/"
     assert any(f"rollouts status {bad['rollout_id']}" in c for c in summary["commands"])
-    assert len(summary["stores"]) == 8
+    assert len(summary["stores"]) == 12
     assert all(store["served_version"] == good["version"] for store in summary["stores"])
     with_api = [store for store in summary["stores"] if store["url"]]
     assert len(with_api) == 2
