@@ -313,7 +313,7 @@ class AgentRuntime:
             self._score("shadow_ready")
         counts = self.lifecycle.record.error_counts
         if any(counts.get(k, 0) > errors_before.get(k, 0) for k in counts if k not in TRANSPORT_ERRORS):
-            self._queue_heartbeat()  # a refused update is reported now, not at the next heartbeat
+            self._report_errors_now()  # a refused update is reported now, not at the next heartbeat
 
     def _maybe_score_missing(self) -> None:
         active = self.record.active
@@ -374,7 +374,7 @@ class AgentRuntime:
             log.error(  # noqa: TRY400 - expected failure, no traceback
                 "scoring_failed", trigger=trigger, model_version=active.version, reason=str(exc)
             )
-            self._queue_heartbeat()
+            self._report_errors_now()
             return False
         finally:
             self.busy_until = 0.0
@@ -391,7 +391,7 @@ class AgentRuntime:
                     model_version=shadow.version,
                     reason=result.shadow_error,
                 )
-                self._queue_heartbeat()
+                self._report_errors_now()
         return True
 
     def _shadow_model(self) -> ShadowModel | None:
@@ -453,6 +453,11 @@ class AgentRuntime:
             f"hb-{self.config.agent.store_id}-{uuid.uuid4().hex}",
             max_rows=self.config.agent.outbox_max_rows,
         )
+
+    def _report_errors_now(self) -> None:
+        """Queue a heartbeat with the new error counts and deliver it on this tick (not at the next flush)."""
+        self._queue_heartbeat()
+        self._next_flush = 0.0
 
     def _flush_outbox(self) -> None:
         """Deliver queued reports in order; stop at the first transport or server error (retry later)."""
