@@ -294,6 +294,10 @@ class Lifecycle:
                 self.record.last_error = f"{state.value}: {type(exc).__name__}: {exc}"
                 count_error(self.record, STATE_ERROR_KIND[state], self.record.last_error)
                 event = Event.FAILURE
+            if event == Event.FAILURE and state != State.CHECK:
+                # Ask for the full assignment on the next poll, so a failed update is tried again there
+                # (bounded by max_update_attempts; a refused bundle stays refused).
+                self.record.assignment_etag = None
             nxt = TRANSITIONS[(state, event)]
             log.debug("lifecycle_transition", state=state.value, lifecycle_event=event.value, next=nxt.value)
             self._enter(nxt)
@@ -447,6 +451,8 @@ class Lifecycle:
             self.outcome.failed = True
             count_error(self.record, "download", f"v{target.version}: {exc}")
             log.warning("download_failed", model_version=target.version, reason=str(exc))
+            # A network or disk failure is not the update's fault: it does not use up an attempt.
+            self.record.attempts[target.bundle_sha256] = self.record.attempts.get(target.bundle_sha256, 1) - 1
             return Event.FAILURE
         return Event.SUCCESS
 

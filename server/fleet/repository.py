@@ -177,7 +177,11 @@ class FleetRepository:
         self.db.execute("DELETE FROM report_keys WHERE received_at < ?", [older_than])
 
     def upsert_agent_status(self, row: dict[str, Any]) -> None:
-        """Insert or replace the store's reported state, unless what is stored was sent later."""
+        """Insert or replace the store's reported state, unless what is stored was sent later.
+
+        A stored ``sent_at`` ahead of the server's clock (an agent whose clock ran ahead and was set back)
+        does not order anything: the new report replaces it.
+        """
         self.db.execute(
             "INSERT INTO agent_status (store_id, state, model_name, active_version, last_scored_at, "
             "agent_version, sent_at, last_contact_at, errors, last_error, last_error_at, shadow_version) "
@@ -188,7 +192,8 @@ class FleetRepository:
             "last_contact_at = excluded.last_contact_at, errors = excluded.errors, "
             "last_error = excluded.last_error, last_error_at = excluded.last_error_at, "
             "shadow_version = excluded.shadow_version "
-            "WHERE excluded.sent_at >= agent_status.sent_at",
+            "WHERE excluded.sent_at >= agent_status.sent_at "
+            "OR agent_status.sent_at > excluded.last_contact_at",
             [
                 row["store_id"],
                 row["state"],

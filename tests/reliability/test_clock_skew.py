@@ -109,22 +109,13 @@ def test_agent_clock_a_day_ahead_then_a_day_behind(
         agent.wait_serving(3, timeout=120)
         assert_one_whole_verified_version(agent, public, {3})
         assert not agent.status()["stale"]
-        try:
-            wait_until(
-                lambda: (_store_status(server) or {}).get("active_version") == 3, 10, what="server sees v3"
-            )
-            server_follows = True
-        except AssertionError:
-            server_follows = False
+        wait_until(
+            lambda: (_store_status(server) or {}).get("active_version") == 3, 30, what="server sees v3"
+        )
         ledger.close_run(agent)
     finally:
         agent.close()
     ledger.check(server)
-    if not server_follows:
-        pytest.xfail(
-            "after the agent's clock went back, the server ignores its heartbeats (sent_at older than the "
-            "one stored from the skewed run) until the clock passes it: the fleet view shows the old version"
-        )
 
 
 def test_server_clock_a_day_ahead_then_a_day_behind(
