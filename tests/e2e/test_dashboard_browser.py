@@ -1,4 +1,4 @@
-"""The dashboard in a real headless Chromium against a real, filled server.
+"""The dashboard in a real headless Chromium against real servers: one filled over HTTP, one by a simulation.
 
 Chromium (Debian's ``chromium`` package) is driven over the DevTools protocol on a pipe
 (``--remote-debugging-pipe``: JSON messages ending in NUL on file descriptors 3 and 4), so no websocket
@@ -346,3 +346,57 @@ def test_every_page_in_chromium(chromium_binary: str, browser_fleet: Filled, tmp
     finally:
         browser.close()
     assert len(list(folders[0].glob("*.png"))) >= len(PAGES) + 4
+
+
+def test_pages_of_a_simulated_fleet_in_chromium(chromium_binary: str, tmp_path: Path) -> None:
+    """A short fleet simulation (real agents, a rollout promoted) fills a server; its pages load clean."""
+    from shelfcast.simulate import Candidate, SimulationOptions, simulation
+
+    options = SimulationOptions(
+        state_dir=tmp_path / "simulation",
+        stores=4,
+        items=6,
+        history_periods=60,
+        periods=4,
+        candidates=[Candidate(multiply=1.0, label="good")],
+        plan={
+            "waves": [
+                {"name": "canary", "share": 0.5, "bake_periods": 1},
+                {"name": "everyone", "share": 1.0},
+            ],
+            "health": {"activation_timeout_seconds": 120.0, "stale_after_seconds": 600.0},
+            "accuracy": {"max_wape_ratio": 3.0, "min_observations": 4, "min_stores": 1, "min_periods": 1},
+        },
+    )
+    folders = _artifacts(tmp_path)
+    with simulation(options) as sim:
+        report = sim.run()
+        assert report.rollouts and report.rollouts[0].rollout_id
+        rollout_id = report.rollouts[0].rollout_id
+        pages = {
+            "/dashboard/fleet": "bars",
+            f"/dashboard/models/{report.model_name}": None,
+            "/dashboard/rollouts": None,
+            f"/dashboard/rollouts/{rollout_id}": "lines",
+            f"/dashboard/accuracy?model={report.model_name}": "heatmap",
+            "/dashboard/alerts": None,
+        }
+        browser = Chromium(chromium_binary, tmp_path / "profile", tmp_path / "chromium.log")
+        try:
+            browser.open_page()
+            _sign_in(browser, sim.server_url, sim.admin_token)
+            failures = {}
+            for page, chart in pages.items():
+                state, problems = _visit(browser, sim.server_url, page, None)
+                # a gate without values yet (no control stores in the last wave) shows "no data yet"
+                if chart and not any(c["kind"] == chart and c["marks"] > 0 for c in state["charts"]):
+                    problems.append(f"no {chart} chart drawn: {state['charts']}")
+                if problems:
+                    failures[page] = problems
+                _shot(browser, folders, f"simulated{page}")
+            assert failures == {}
+            _visit(browser, sim.server_url, "/dashboard/fleet", None)
+            fleet_text = browser.evaluate("document.body.innerText")
+            assert all(store["store_id"] in fleet_text for store in report.stores), fleet_text
+        finally:
+            browser.close()
