@@ -294,7 +294,8 @@ class FleetService:
             if idempotency_key and not self.repo.claim_report_key(beat.store_id, idempotency_key):
                 return schemas.Accepted(duplicate=True)
             previous = self.repo.reported_errors(beat.store_id)
-            if previous is None or sent_at is None or sent_at >= previous[0]:
+            # ordered by sent_at, unless the stored one lies ahead of our clock (see upsert_agent_status)
+            if previous is None or sent_at is None or sent_at >= previous[0] or previous[0] > now:
                 increases = error_increases(previous[1] if previous else {}, beat.errors)
                 if increases:
                     self.repo.insert_error_increases(beat.store_id, increases, last_error, now)
