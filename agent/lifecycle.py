@@ -460,7 +460,7 @@ class Lifecycle:
         return [Path(p) for p in self.config.agent.trusted_keys]
 
     def on_verify(self) -> Event:
-        from forecasting.bundle import unpack_archive, verify
+        from forecasting.bundle import verify
 
         target = self._target()
         vdir = self.paths.version_dir(target.model_name, target.version)
@@ -477,6 +477,19 @@ class Lifecycle:
         if not archive.is_file():
             return self._reject("downloaded archive is missing")
         try:
+            self._unpack_verified(archive, staging, target)
+        except UpdateRejectedError as exc:
+            return self._reject(str(exc))
+        return Event.SUCCESS
+
+    def _unpack_verified(self, archive: Path, staging: Path, want: Target) -> Path:
+        """Unpack ``archive`` into ``staging`` and verify it as ``want``, newer than any trusted version.
+
+        The unpacked folder; UpdateRejectedError naming the check that failed.
+        """
+        from forecasting.bundle import unpack_archive, verify
+
+        try:
             unpacked = unpack_archive(archive, staging, max_bytes=self.config.agent.max_bundle_bytes)
             manifest = verify(
                 unpacked,
@@ -485,13 +498,13 @@ class Lifecycle:
                 max_file_bytes=self.config.agent.max_bundle_bytes,
             )
         except BundleError as exc:
-            return self._reject(f"{type(exc).__name__}: {exc}")
-        if (manifest.model_name, manifest.version) != (target.model_name, target.version):
-            return self._reject(
+            raise UpdateRejectedError(f"{type(exc).__name__}: {exc}") from exc
+        if (manifest.model_name, manifest.version) != (want.model_name, want.version):
+            raise UpdateRejectedError(
                 f"bundle is {manifest.model_name} v{manifest.version}, assignment said "
-                f"{target.model_name} v{target.version}"
+                f"{want.model_name} v{want.version}"
             )
-        return Event.SUCCESS
+        return unpacked
 
     def on_stage(self) -> Event:
         target = self._target()
@@ -617,8 +630,6 @@ class Lifecycle:
 
     def _fetch_shadow(self, want: Target) -> None:
         """Download, unpack, verify (hash, size, signature, trusted key, expiry, version) into ``shadow/``."""
-        from forecasting.bundle import unpack_archive, verify
-
         self.ensure_credential()
         archive = self.client.download_bundle(
             want.bundle_sha256,
@@ -628,21 +639,7 @@ class Lifecycle:
         )
         staging = self.paths.staging / f"shadow-{want.bundle_sha256}"
         remove_tree(staging)
-        try:
-            unpacked = unpack_archive(archive, staging, max_bytes=self.config.agent.max_bundle_bytes)
-            manifest = verify(
-                unpacked,
-                self._trusted_keys(),
-                min_version=self.record.highest_version + 1,
-                max_file_bytes=self.config.agent.max_bundle_bytes,
-            )
-        except BundleError as exc:
-            raise UpdateRejectedError(f"{type(exc).__name__}: {exc}") from exc
-        if (manifest.model_name, manifest.version) != (want.model_name, want.version):
-            raise UpdateRejectedError(
-                f"bundle is {manifest.model_name} v{manifest.version}, assignment said "
-                f"{want.model_name} v{want.version}"
-            )
+        unpacked = self._unpack_verified(archive, staging, want)
         target = self.paths.shadow_dir(want.model_name, want.version)
         remove_tree(self.paths.shadow)
         self.paths.shadow.mkdir(parents=True, exist_ok=True)

@@ -49,15 +49,23 @@ def make_keys(folder: Path) -> tuple[Path, Path]:
 
 
 def make_bundle(
-    folder: Path, private_key: Path, version: int, *, model_name: str = "demand"
+    folder: Path,
+    private_key: Path,
+    version: int,
+    *,
+    model_name: str = "demand",
+    family: str = "SeasonalNaive",
 ) -> tuple[Path, str]:
-    """A signed bundle (SeasonalNaive for every series, refit at the edge) and its archive; (archive, sha)."""
+    """A signed bundle (``family`` for every series, refit at the edge) and its archive; (archive, sha).
+
+    A ``family`` that is no model (e.g. ``"Bogus"``) makes a correctly signed bundle that cannot score.
+    """
     import io
 
     from forecasting.bundle import Manifest, ModelEntry, pack_archive, write_bundle
 
     series = sales_frame().select("store_id", "item_id", "category").unique().sort("item_id")
-    series = series.with_columns(model=pl.lit("SeasonalNaive"))
+    series = series.with_columns(model=pl.lit(family))
     buffer = io.BytesIO()
     series.write_parquet(buffer)
     manifest = Manifest(
@@ -68,12 +76,11 @@ def make_bundle(
         season_length=7,
         models={"SeasonalNaive": ModelEntry(state="refit-at-edge", family="SeasonalNaive")},
         selection={"food": "SeasonalNaive", "drinks": "SeasonalNaive"},
-        fallback_model="SeasonalNaive",
+        fallback_model=family,
     )
-    bundle_dir = write_bundle(
-        folder / f"{model_name}-v{version}", manifest, {"series.parquet": buffer.getvalue()}, private_key
-    )
-    archive = folder / f"{model_name}-v{version}.tar"
+    name = f"{model_name}-v{version}" if family == "SeasonalNaive" else f"{model_name}-{family}-v{version}"
+    bundle_dir = write_bundle(folder / name, manifest, {"series.parquet": buffer.getvalue()}, private_key)
+    archive = folder / f"{name}.tar"
     sha = pack_archive(bundle_dir, archive)
     return archive, sha
 

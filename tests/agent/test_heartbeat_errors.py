@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import pytest
 
 from tests.agent.support import (
@@ -26,30 +23,6 @@ ENGINE_ENV = {
     "SHELFCAST_ROLLOUTS__ENGINE_INTERVAL_SECONDS": "0.2",
     "SHELFCAST_ROLLOUTS__LEASE_SECONDS": "2",
 }
-
-
-def make_broken_bundle(folder: Path, private_key: Path, version: int) -> tuple[Path, str]:
-    """A correctly signed bundle that cannot score anything (its series name a model family that is none)."""
-    from forecasting.bundle import Manifest, ModelEntry, pack_archive, write_bundle
-
-    series = sales_frame().select("store_id", "item_id", "category").unique().sort("item_id")
-    buffer = io.BytesIO()
-    series.with_columns(model=pl.lit("Bogus")).write_parquet(buffer)
-    manifest = Manifest(
-        model_name="demand",
-        version=version,
-        created_at=datetime.now(UTC),
-        horizon=14,
-        season_length=7,
-        models={"SeasonalNaive": ModelEntry(state="refit-at-edge", family="SeasonalNaive")},
-        selection={"food": "SeasonalNaive", "drinks": "SeasonalNaive"},
-        fallback_model="Bogus",
-    )
-    bundle_dir = write_bundle(
-        folder / f"broken-v{version}", manifest, {"series.parquet": buffer.getvalue()}, private_key
-    )
-    archive = folder / f"broken-v{version}.tar"
-    return archive, pack_archive(bundle_dir, archive)
 
 
 class Setup:
@@ -101,7 +74,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 def test_failed_health_check_fails_the_rollout_health_gate(setup: Setup) -> None:
     """A candidate failing its health check is counted, reported, halts the rollout; the store keeps v1."""
     server, agent = setup.server, setup.agent
-    archive, _sha = make_broken_bundle(setup.root, setup.keys["trusted"], 2)
+    archive, _sha = make_bundle(setup.root, setup.keys["trusted"], 2, family="Bogus")
     server.publish(archive)
     plan = {
         "waves": [{"name": "canary", "stores": ["S001"], "bake_periods": 1}],

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.agent.support import AgentHandle, ServerHandle, make_bundle, make_keys, sales_frame, wait_until
-from tests.agent.test_heartbeat_errors import ENGINE_ENV, make_broken_bundle
+from tests.agent.test_heartbeat_errors import ENGINE_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +131,7 @@ def test_shadow_is_scored_reported_as_shadow_and_never_served(setup: Setup) -> N
 def test_failing_shadow_never_disturbs_serving_and_fails_the_gate(setup: Setup) -> None:
     """A shadow that cannot score is counted (kind shadow), serving goes on with v1, the rollout halts."""
     agent, server = setup.agent, setup.server
-    server.publish(make_broken_bundle(setup.root, setup.private, 3)[0])
+    server.publish(make_bundle(setup.root, setup.private, 3, family="Bogus")[0])
     rollout_id = setup.start_shadow_rollout(3)
     status = setup.wait_agent(lambda s: s["errors"].get("shadow", 0) >= 1, "a counted shadow failure")
     assert status["served_version"] == 1
