@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
 
-from forecasting.cli import output_option
+from forecasting.cli import _load_config, config_option, output_option
 from forecasting.tables import OutputFormat, render, render_table
+
+if TYPE_CHECKING:
+    from forecasting.config import DataConfig
 
 _PATH = click.Path(path_type=Path)
 _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -227,9 +231,42 @@ def bundle_adjust(
     ))  # fmt: skip
 
 
+def history_mapping(recorded: dict[str, Any], freq: str, config_files: tuple[Path, ...] = ()) -> DataConfig:
+    """The ``[data]`` mapping ``score`` reads a history with.
+
+    Without ``config_files``: the mapping recorded in the bundle (its ``freq`` when the record has none)
+    under ``SHELFCAST_DATA__*`` overrides. With them: the ``[data]`` that ``train`` builds from the same
+    files (defaults < files < environment), in place of the recorded one. Its frequency must be the
+    bundle's.
+    """
+    from forecasting.config import DataConfig
+    from forecasting.errors import ConfigError, DataError
+    from forecasting.settings import deep_merge, env_overrides
+
+    if config_files:
+        cfg: DataConfig = _load_config(config_files).data
+    else:
+        env = env_overrides(os.environ).get("data", {})
+        try:
+            cfg = msgspec.convert(deep_merge({"freq": freq, **recorded}, env), DataConfig)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(
+                f"the bundle's [data] mapping with SHELFCAST_DATA__* overrides: {exc}"
+            ) from None
+    if cfg.freq != freq:
+        raise DataError(f"[data] freq {cfg.freq!r} is not the bundle's freq {freq!r}")
+    return cfg
+
+
 @click.command("score")
+@config_option
 @click.option("--bundle", "bundle_dir", type=_EXISTING_DIR, required=True, help="Bundle directory.")
-@click.option("--history", type=_EXISTING_FILE, required=True, help="Sales history (Parquet or CSV).")
+@click.option(
+    "--history",
+    type=_EXISTING_FILE,
+    required=True,
+    help="Sales history (CSV, CSV.gz or Parquet): a raw extract mapped by [data], or the canonical frame.",
+)
 @click.option("--out", "out", type=_PATH, required=True, help="Forecast file (.parquet or .csv).")
 @click.option(
     "--key",
@@ -243,7 +280,16 @@ def bundle_adjust(
     "--level", "levels", type=int, multiple=True, help="Interval level (repeatable; default: bundle's)."
 )
 @click.option("--threads", type=int, default=2, show_default=True, help="Worker threads/processes.")
+@click.option(
+    "--validation-out",
+    "validation_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for validation.json, validation.txt and quarantine.csv of HISTORY [default: none].",
+)
+@click.option("--strict", is_flag=True, help="Refuse a history with quarantined rows.")
 def score_cmd(
+    config_files: tuple[Path, ...],
     bundle_dir: Path,
     history: Path,
     out: Path,
@@ -251,23 +297,35 @@ def score_cmd(
     horizon: int | None,
     levels: tuple[int, ...],
     threads: int,
+    validation_dir: Path | None,
+    strict: bool,
 ) -> None:
-    """Forecast every series of HISTORY with a bundle and write the forecasts."""
-    import polars as pl
+    """Forecast every series of HISTORY with a bundle and write the forecasts.
 
-    from forecasting.bundle import verify
-    from forecasting.errors import DataError
+    HISTORY is read like `train --data`: mapped to the canonical frame by the [data] mapping recorded in
+    the bundle (or by the [data] of --config files), validated by the same rules, bad rows quarantined.
+    Side files (stores.csv, calendar.csv) are found next to HISTORY. A history already in canonical
+    columns (store_id, item_id, category, ds, y) is read as it is.
+    """
+    from forecasting.bundle import read_manifest, verify
+    from forecasting.loading import mapping_for
     from forecasting.scoring import score
+    from forecasting.validation import load_canonical, require_usable, write_reports
 
-    if key_files:
-        verify(bundle_dir, list(key_files))
-    suffix = history.suffix.lower()
-    if suffix in {".parquet", ".pq"}:
-        frame = pl.read_parquet(history)
-    elif suffix == ".csv":
-        frame = pl.read_csv(history, try_parse_dates=True)
-    else:
-        raise DataError(f"{history}: unknown format (use .parquet or .csv)")
-    result = score(bundle_dir, frame, horizon=horizon, levels=levels or None, out=out, threads=threads)
-    n_series = result.select("store_id", "item_id").n_unique()
-    click.echo(f"{n_series} series, {result.height} rows -> {out}")
+    manifest = verify(bundle_dir, list(key_files)) if key_files else read_manifest(bundle_dir)
+    cfg = mapping_for(history, history_mapping(manifest.data, manifest.freq, config_files))
+    result = load_canonical(history, cfg)
+    if validation_dir is not None:
+        write_reports(result, validation_dir)
+    report = result.report
+    if report.rows_quarantined:
+        rules = ", ".join(f"{r.rule} x{r.count}" for r in report.rules if r.action == "quarantined")
+        click.echo(
+            f"warning: {history.name}: {report.rows_quarantined} row(s) quarantined ({rules})", err=True
+        )
+    require_usable(result, strict=strict)
+    forecasts = score(
+        bundle_dir, result.frame, horizon=horizon, levels=levels or None, out=out, threads=threads
+    )
+    n_series = forecasts.select("store_id", "item_id").n_unique()
+    click.echo(f"{n_series} series, {forecasts.height} rows -> {out}")
