@@ -251,3 +251,13 @@ def test_score_quarantines_bad_rows_like_train(trained: Trained, tmp_path: Path)
     )
     assert strict.exit_code == 1
     assert "quarantined (--strict)" in strict.output
+
+
+def test_environment_overrides_the_recorded_mapping(trained: Trained, tmp_path: Path) -> None:
+    """SHELFCAST_DATA__STORE_ID overrides one key of the recorded mapping, the rest of it still applies."""
+    history = _without_shop(trained, tmp_path / "renamed")
+    out = tmp_path / "f.parquet"
+    args = ["score", "--bundle", str(trained.bundle), "--history", str(history), "--out", str(out)]
+    result = CliRunner().invoke(cli, args, env={"SHELFCAST_DATA__STORE_ID": "Branch"})
+    assert result.exit_code == 0, result.output
+    assert_frame_equal(pl.read_parquet(out), _train_forecasts(trained))
