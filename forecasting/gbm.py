@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from forecasting.config import TrainSection
@@ -109,25 +110,193 @@ def make_spec(frame: pl.DataFrame, cfg: TrainSection, freq: str, horizon: int) -
     )
 
 
-def _prepare(history: pl.DataFrame, spec: FeatureSpec) -> pl.DataFrame:
-    """Per-series index, scale and window means at every date of the history."""
-    keys = ["store_id", "item_id"]
+KEYS = ["store_id", "item_id"]
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class SeriesIndex:
+    """A history sorted by series and date: one contiguous block of rows per series.
+
+    ``t`` (an origin's index into its series) is a row's position inside its block, so a gap in the
+    dates counts as nothing: the row before is one period back.
+    """
+
+    frame: pl.DataFrame  # the history's rows, sorted by store_id, item_id, ds
+    offsets: IntArray  # first row of each series, then the number of rows (n_series + 1 values)
+    y: FloatArray  # frame["y"] as float64, NaN where missing
+
+    @property
+    def n_series(self) -> int:
+        """Number of series."""
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> IntArray:
+        """Rows of each series."""
+        return np.diff(self.offsets)
+
+    def keys(self) -> pl.DataFrame:
+        """``store_id, item_id`` of each series, in order."""
+        return self.frame.select(KEYS).gather(pl.Series(self.offsets[:-1]))
+
+
+def index_series(history: pl.DataFrame) -> SeriesIndex:
+    """Index ``history`` by series; a frame already sorted by series and date is used as it is."""
+    frame = history
+    offsets = _sorted_offsets(frame)
+    if offsets is None:
+        frame = history.sort([*KEYS, "ds"], maintain_order=True)
+        offsets = _run_offsets(frame)
+    y = frame.get_column("y").cast(pl.Float64).to_numpy()
+    return SeriesIndex(frame=frame, offsets=offsets, y=np.asarray(y, dtype=np.float64))
+
+
+def _run_offsets(frame: pl.DataFrame) -> IntArray:
+    """Rows where a new run of equal keys begins, plus the row count."""
+    if frame.height == 0:
+        return np.zeros(1, dtype=np.int64)
+    runs = frame.select(pl.col(k).rle_id() for k in KEYS)
+    changed = np.zeros(frame.height, dtype=bool)
+    changed[0] = True
+    for k in KEYS:
+        ids = runs.get_column(k).to_numpy()
+        changed[1:] |= ids[1:] != ids[:-1]
+    return np.append(np.flatnonzero(changed), frame.height).astype(np.int64)
+
+
+def _sorted_offsets(frame: pl.DataFrame) -> IntArray | None:
+    """The series offsets of ``frame`` when it is sorted by series and date (None otherwise)."""
+    if any(frame.get_column(c).null_count() for c in (*KEYS, "ds")):
+        return None
+    offsets = _run_offsets(frame)
+    keys = frame.select(KEYS).gather(pl.Series(offsets[:-1]))
+    if keys.height > 1:
+        prev, cur = keys.slice(0, keys.height - 1), keys.slice(1)
+        s_prev, s_cur = prev.get_column("store_id"), cur.get_column("store_id")
+        i_prev, i_cur = prev.get_column("item_id"), cur.get_column("item_id")
+        if not bool(((s_cur > s_prev) | ((s_cur == s_prev) & (i_cur > i_prev))).all()):
+            return None
+    ds = frame.get_column("ds").to_physical().to_numpy()
+    backwards = np.flatnonzero(ds[1:] < ds[:-1]) + 1
+    if len(backwards) and not np.isin(backwards, offsets[:-1]).all():
+        return None
+    return offsets
+
+
+@dataclass(frozen=True)
+class FeatureBlock:
+    """Feature rows of some origins: one row per (origin, horizon), origin-major, horizon ascending."""
+
+    x: npt.NDArray[np.float32]  # model inputs, columns of ``FeatureSpec.feature_names``, NaN = missing
+    origin: IntArray  # row of the sorted history at each row's origin
+    horizon: IntArray
+    scale: FloatArray
+    target_ds: pl.Series  # date each row forecasts
+    target: IntArray | None  # row of the sorted history holding the target (``with_target`` only)
+
+
+def _range_mean(values: FloatArray, first: IntArray, last: IntArray, width: int) -> FloatArray:
+    """Mean of ``values[first..last]`` (inclusive, at most ``width`` values) ignoring NaN; NaN if none."""
+    total = np.zeros(len(first))
+    count = np.zeros(len(first))
+    for k in range(width):
+        i = first + k
+        ok = i <= last
+        v = values[np.where(ok, i, first)]
+        good = ok & ~np.isnan(v)
+        total += np.where(good, v, 0.0)
+        count += good
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
+def feature_block(
+    index: SeriesIndex,
+    spec: FeatureSpec,
+    series: IntArray,
+    t: IntArray,
+    horizon: int,
+    *,
+    with_target: bool = False,
+) -> FeatureBlock:
+    """Feature rows for origins ``(series[i], t[i])`` and horizons ``1..horizon``.
+
+    Every value is read back from the origin (lags, window means, scale, the year-earlier window) or is
+    the calendar of the target date, so only the last ``lookback(spec)`` periods before an origin matter.
+    With ``with_target``, rows whose target lies beyond the series are left out.
+    """
+    y = index.y
+    start = index.offsets[:-1][series]
+    last = index.offsets[1:][series] - 1
+    pos = start + t
     s = spec.season_length
-    df = history.sort([*keys, "ds"]).with_columns(
-        pl.concat_str(keys, separator="/").alias(ID),
-        pl.int_range(pl.len()).over(keys).alias("t"),
+    steps = np.arange(1, horizon + 1, dtype=np.int64)
+    row_origin = np.repeat(np.arange(len(pos), dtype=np.int64), horizon)
+    h = np.tile(steps, len(pos))
+    target: IntArray | None = None
+    if with_target:
+        keep = pos[row_origin] + h <= last[row_origin]
+        row_origin, h = row_origin[keep], h[keep]
+        target = pos[row_origin] + h
+    scale_o = _range_mean(np.abs(y), np.maximum(start, pos - s + 1), pos, s) + 1.0
+    p, first, scale = pos[row_origin], start[row_origin], scale_o[row_origin]
+    names = spec.feature_names
+    x = np.empty((len(h), len(names)), dtype=np.float32)
+    col = iter(range(len(names)))
+    x[:, next(col)] = h
+    for lag in spec.lags:
+        i = p + h - lag
+        ok = (h <= lag) & (i >= first)
+        x[:, next(col)] = np.where(ok, y[np.where(ok, i, p)], np.nan) / scale
+    for w in spec.windows:
+        x[:, next(col)] = (_range_mean(y, np.maximum(start, pos - w + 1), pos, w) / scale_o)[row_origin]
+    j = p + h - s
+    year = np.full(len(h), np.nan)
+    has = np.flatnonzero((h + 2 <= s) & (j >= first))
+    if len(has):
+        jj = j[has]
+        year[has] = _range_mean(
+            y, np.maximum(first[has], jj - 2), np.minimum(last[row_origin][has], jj + 2), 5
+        )
+    x[:, next(col)] = year / scale
+    origin_ds = index.frame.get_column("ds").gather(pl.Series(p))
+    step = {"D": pl.duration(days=1), "W": pl.duration(weeks=1), "H": pl.duration(hours=1)}[spec.freq]
+    dates = pl.DataFrame({"o": origin_ds, "h": h}).select(ds=pl.col("o") + step * pl.col("h"))
+    if spec.freq == "W":
+        calendar = [pl.col("ds").dt.week(), pl.col("ds").dt.month()]
+    elif spec.freq == "H":
+        calendar = [pl.col("ds").dt.hour(), pl.col("ds").dt.weekday()]
+    else:
+        calendar = [pl.col("ds").dt.weekday(), pl.col("ds").dt.ordinal_day()]
+    cal = dates.select(c.cast(pl.Float32).alias(f"c{k}") for k, c in enumerate(calendar))
+    for k in range(len(calendar)):
+        x[:, next(col)] = cal.get_column(f"c{k}").to_numpy()
+    at_origin = index.frame.select(_category(index.frame), *spec.static_columns).gather(pl.Series(pos))
+    codes = at_origin.get_column("category").replace_strict(
+        spec.categories, default=-1, return_dtype=pl.Float32
     )
-    absy = pl.col("y").abs()
-    exprs = [
-        (absy.rolling_mean(window_size=s, min_samples=1).over(keys) + 1.0).alias("scale"),
-        *[
-            pl.col("y").rolling_mean(window_size=w, min_samples=1).over(keys).alias(f"_m{w}")
-            for w in spec.windows
-        ],
-        # Centered 5-period mean around each date, looked up one season before the target.
-        pl.col("y").rolling_mean(window_size=5, min_samples=1, center=True).over(keys).alias("_c5"),
-    ]
-    return df.with_columns(exprs)
+    x[:, next(col)] = codes.to_numpy()[row_origin]
+    x[:, next(col)] = np.log(scale)
+    for c in spec.static_columns:
+        x[:, next(col)] = at_origin.get_column(c).cast(pl.Float64).to_numpy()[row_origin]
+    return FeatureBlock(
+        x=x, origin=p, horizon=h, scale=scale, target_ds=dates.get_column("ds"), target=target
+    )
+
+
+def _category(frame: pl.DataFrame) -> pl.Expr:
+    if "category" in frame.columns:
+        return pl.col("category").cast(pl.Utf8)
+    return pl.lit(None, dtype=pl.Utf8).alias("category")
+
+
+def lookback(spec: FeatureSpec) -> int:
+    """Periods before (and including) an origin that its features read: lags, windows, the scale and the
+    centered year-earlier window."""
+    return max([*spec.lags, *spec.windows, spec.season_length + 2, 1])
 
 
 def make_features(
@@ -137,76 +306,64 @@ def make_features(
     origins: pl.DataFrame | None = None,
     with_target: bool = False,
 ) -> pl.DataFrame:
-    """Feature rows for every (series, origin, horizon 1..H).
+    """Feature rows for every (series, origin, horizon 1..H), computed by :func:`feature_block`.
 
     ``origins``: ``store_id, item_id, t`` (0-based index into the series' sorted history); default the last
     date of every series (what the edge scores). Output: ``store_id, item_id, category, origin_ds, ds, h,
-    scale``, the feature columns of ``spec.feature_names`` (Float32) and, with ``with_target``, ``y_scaled``
-    and ``weight`` (rows whose target lies beyond the history are dropped then).
+    scale``, the feature columns of ``spec.feature_names`` (Float32, null where missing) and, with
+    ``with_target``, ``y_scaled`` and ``weight`` (rows whose target lies beyond the history are dropped then).
     """
-    df = _prepare(history, spec)
-    keys = ["store_id", "item_id"]
-    if origins is None:
-        origins = df.group_by(keys).agg(pl.col("t").max())
-    base = origins.join(df, on=[*keys, "t"], how="inner")
-    hs = pl.DataFrame({"h": np.arange(1, spec.horizon + 1, dtype=np.int64)})
-    rows = base.join(hs, how="cross").with_columns((pl.col("t") + pl.col("h")).alias("tt"))
-    lookup = df.select(*keys, "t", "y", "_c5")
-    for lag in spec.lags:
-        src = lookup.select(*keys, (pl.col("t") + lag).alias("tt"), pl.col("y").alias(f"_lag_{lag}"))
-        rows = rows.join(src, on=[*keys, "tt"], how="left").with_columns(
-            pl.when(pl.col("h") <= lag).then(pl.col(f"_lag_{lag}")).otherwise(None).alias(f"_lag_{lag}")
+    index = index_series(history)
+    series, t = _origin_positions(index, origins)
+    block = feature_block(index, spec, series, t, spec.horizon, with_target=with_target)
+    frame = index.frame
+    at_origin = pl.Series(block.origin)
+    rows = (
+        frame.select(*KEYS, _category(frame))
+        .gather(at_origin)
+        .with_columns(
+            frame.get_column("ds").gather(at_origin).alias("origin_ds"),
+            block.target_ds.alias("ds"),
+            pl.Series("horizon", block.horizon, dtype=pl.Int64),
+            pl.Series("scale", block.scale, dtype=pl.Float64),
         )
-    s = spec.season_length
-    year = lookup.select(*keys, (pl.col("t") + s).alias("tt"), pl.col("_c5").alias("_year"))
-    rows = rows.join(year, on=[*keys, "tt"], how="left").with_columns(
-        pl.when(pl.col("h") + 2 <= s).then(pl.col("_year")).otherwise(None).alias("_year")
     )
-    step = {"D": pl.duration(days=1), "W": pl.duration(weeks=1), "H": pl.duration(hours=1)}[spec.freq]
-    target_ds = pl.col("ds") + step * pl.col("h")
-    rows = rows.with_columns(pl.col("ds").alias("origin_ds"), target_ds.alias("ds"))
-    if spec.freq == "W":
-        cal1, cal2 = pl.col("ds").dt.week(), pl.col("ds").dt.month()
-    elif spec.freq == "H":
-        cal1, cal2 = pl.col("ds").dt.hour(), pl.col("ds").dt.weekday()
-    else:
-        cal1, cal2 = pl.col("ds").dt.weekday(), pl.col("ds").dt.ordinal_day()
-    scale = pl.col("scale")
-    features = [
-        pl.col("h").cast(pl.Float32).alias("h"),
-        *[(pl.col(f"_lag_{lag}") / scale).cast(pl.Float32).alias(f"lag_{lag}") for lag in spec.lags],
-        *[(pl.col(f"_m{w}") / scale).cast(pl.Float32).alias(f"mean_{w}") for w in spec.windows],
-        (pl.col("_year") / scale).cast(pl.Float32).alias("year_mean"),
-        cal1.cast(pl.Float32).alias("calendar"),
-        cal2.cast(pl.Float32).alias("calendar2"),
-        pl.col("category")
-        .replace_strict(spec.categories, default=-1)
-        .cast(pl.Float32)
-        .alias("category_code"),
-        scale.log().cast(pl.Float32).alias("log_scale"),
-        *[pl.col(c).cast(pl.Float32).alias(f"static_{c}") for c in spec.static_columns],
-    ]
-    out_cols: list[pl.Expr] = [
-        *(pl.col(c) for c in ("store_id", "item_id", "category", "origin_ds", "ds")),
-        pl.col("h").alias("horizon"),
-        pl.col("scale"),
-    ]
-    if with_target:
-        target = df.select(*keys, pl.col("t").alias("tt"), pl.col("y").alias("_target"), *_holiday(df))
-        rows = rows.join(target, on=[*keys, "tt"], how="inner")
-        extra = [
-            (pl.col("_target") / scale).alias("y_scaled"),
-            (scale * pl.when(pl.col("_hol")).then(HOLIDAY_WEIGHT).otherwise(1.0)).alias("weight"),
-            pl.col("_target").alias("y"),
-        ]
-        return rows.select(*out_cols, *features, *extra).sort("store_id", "item_id", "origin_ds", "horizon")
-    return rows.select(*out_cols, *features).sort("store_id", "item_id", "origin_ds", "horizon")
+    feats = pl.from_numpy(block.x, schema=dict.fromkeys(spec.feature_names, pl.Float32)).fill_nan(None)
+    out = pl.concat([rows, feats], how="horizontal")
+    if block.target is None:
+        return out
+    at = pl.Series(block.target)
+    target = frame.get_column("y").gather(at)
+    holiday = (
+        frame.get_column("is_holiday").gather(at).fill_null(value=False).to_numpy()
+        if "is_holiday" in frame.columns
+        else np.zeros(len(at), dtype=bool)
+    )
+    scale = out.get_column("scale")
+    return out.with_columns(
+        (target.cast(pl.Float64) / scale).fill_nan(None).alias("y_scaled"),
+        (scale * pl.Series(np.where(holiday, HOLIDAY_WEIGHT, 1.0))).alias("weight"),
+        target.alias("y"),
+    )
 
 
-def _holiday(df: pl.DataFrame) -> list[pl.Expr]:
-    if "is_holiday" in df.columns:
-        return [pl.col("is_holiday").fill_null(value=False).alias("_hol")]
-    return [pl.lit(value=False).alias("_hol")]
+def _origin_positions(index: SeriesIndex, origins: pl.DataFrame | None) -> tuple[IntArray, IntArray]:
+    """Series number and index ``t`` of each origin inside its series, ordered by series and ``t``."""
+    lengths = index.lengths
+    if origins is None:
+        keep = np.flatnonzero(lengths > 0).astype(np.int64)
+        return keep, (lengths[keep] - 1).astype(np.int64)
+    found = (
+        origins.select(*KEYS, pl.col("t").cast(pl.Int64))
+        .drop_nulls()
+        .join(index.keys().with_row_index("_series"), on=KEYS, how="inner")
+    )
+    series = found.get_column("_series").to_numpy().astype(np.int64)
+    t = found.get_column("t").to_numpy().astype(np.int64)
+    inside = (t >= 0) & (t < lengths[series])
+    series, t = series[inside], t[inside]
+    order = np.lexsort((t, series))
+    return series[order], t[order]
 
 
 def training_origins(

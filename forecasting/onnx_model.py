@@ -32,7 +32,7 @@ from forecasting.bundle import ModelEntry
 from forecasting.errors import BundleError
 
 if TYPE_CHECKING:
-    from forecasting.gbm import FeatureSpec, GlobalModel
+    from forecasting.gbm import GlobalModel
 
 GLOBAL_FAMILY = "LightGBM"
 ONNX_PAYLOAD = "models/LightGBM.onnx"
@@ -152,11 +152,6 @@ def export_global(
     return {ONNX_PAYLOAD: onnx_bytes}, entry
 
 
-def history_needed(spec: FeatureSpec) -> int:
-    """Periods of history ``make_features`` reads back from a series' end (lags, windows, scale)."""
-    return max([*spec.lags, *spec.windows, 2 * spec.season_length, 5]) + spec.horizon + 3
-
-
 def forecast_global(
     entry: ModelEntry,
     model_bytes: bytes,
@@ -170,26 +165,25 @@ def forecast_global(
     Returns ``store_id, item_id, horizon, forecast, lo-<lv>, hi-<lv>`` sorted by series and horizon;
     ``h`` may not exceed the horizon the model was trained for.
     """
-    from forecasting.gbm import FeatureSpec, make_features
+    from forecasting.gbm import FeatureSpec, feature_block, index_series
 
     started = time.perf_counter()
     spec = FeatureSpec.from_params(entry.params["features"])
     if h > spec.horizon:
         raise BundleError(f"global model forecasts {spec.horizon} steps; {h} asked")
-    keep = history_needed(spec)
-    recent = history.sort("store_id", "item_id", "ds").filter(
-        pl.int_range(pl.len(), 0, -1).over("store_id", "item_id") <= keep
-    )
-    feats = make_features(recent, spec).filter(pl.col("horizon") <= h)
-    x = feats.select(spec.feature_names).to_numpy()
+    index = index_series(history)
+    lengths = index.lengths
+    series = np.flatnonzero(lengths > 0).astype(np.int64)
+    block = feature_block(index, spec, series, lengths[series] - 1, h)
     scorer = OnnxScorer.load(model_bytes, threads=threads)
-    scale = feats["scale"].to_numpy().astype(np.float64)
-    mean = scorer.predict(x) * scale
-    horizon = feats["horizon"].to_numpy().astype(np.int64)
+    scale = block.scale
+    mean = scorer.predict(block.x) * scale
+    horizon = block.horizon
+    keys = index.keys().gather(pl.Series(np.repeat(series, h)))
     cols: dict[str, Any] = {
-        "store_id": feats["store_id"],
-        "item_id": feats["item_id"],
-        "horizon": feats["horizon"],
+        "store_id": keys.get_column("store_id"),
+        "item_id": keys.get_column("item_id"),
+        "horizon": pl.Series(horizon, dtype=pl.Int64),
         "forecast": mean,
     }
     quantiles = entry.params.get("interval_scaled_quantiles", {})
@@ -198,7 +192,7 @@ def forecast_global(
         width = q[horizon - 1] * scale
         cols[f"lo-{lv}"] = mean - width
         cols[f"hi-{lv}"] = mean + width
-    result = pl.DataFrame(cols).sort("store_id", "item_id", "horizon")
+    result = pl.DataFrame(cols)  # series-major, horizon ascending: sorted by series and horizon
     log = structlog.get_logger().bind(logger=__name__)
     log.debug("onnx_scored", rows=result.height, duration_seconds=round(time.perf_counter() - started, 3))
     return result
