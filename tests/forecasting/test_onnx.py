@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,13 @@ from forecasting.bundle import Manifest, utcnow, write_bundle
 from forecasting.config import TrainSection
 from forecasting.errors import BundleError
 from forecasting.fitted import SERIES_PAYLOAD
-from forecasting.gbm import GlobalModel, make_features, make_spec, training_origins
+from forecasting.gbm import GlobalModel, lookback, make_features, make_spec, training_origins
 from forecasting.onnx_model import (
     ONNX_PAYLOAD,
     OnnxScorer,
     export_global,
     export_lightgbm,
+    forecast_global,
 )
 from forecasting.scoring import score
 from forecasting.synthetic import generate
@@ -33,7 +35,8 @@ MAX_OUTLIER_SHARE = 0.01
 
 
 def _rel(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    return np.abs(a - b) / np.maximum(np.abs(b), 1e-3)
+    rel: np.ndarray[Any, Any] = np.abs(a - b) / np.maximum(np.abs(b), 1e-3)
+    return rel
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +122,38 @@ def test_score_bundle_with_global_model(model: GlobalModel, frame: pl.DataFrame,
     native = model.predict(frame).sort("store_id", "item_id", "ds")
     rel = _rel(out["forecast"].to_numpy(), native["forecast"].to_numpy())
     assert (rel > REL).sum() <= MAX_OUTLIER_SHARE * len(rel)
+
+
+def test_edge_features_read_only_the_lookback(model: GlobalModel, frame: pl.DataFrame) -> None:
+    """Features at the end of each series are the same from the last ``lookback`` periods as from all
+    (and differ from one period fewer: the longest lag reaches exactly that far)."""
+    spec = dataclasses.replace(model.spec, lags=[1, 7, 14])
+    assert lookback(spec) == 14
+    keep = lookback(spec)
+    recent = frame.sort("store_id", "item_id", "ds").filter(
+        pl.int_range(pl.len(), 0, -1).over("store_id", "item_id") <= keep
+    )
+    full = make_features(frame, spec)
+    trimmed = make_features(recent, spec)
+    assert trimmed.height == full.height == frame.select("store_id", "item_id").n_unique() * H
+    assert trimmed.select(spec.feature_names).equals(full.select(spec.feature_names))
+    shorter = make_features(
+        frame.sort("store_id", "item_id", "ds").filter(
+            pl.int_range(pl.len(), 0, -1).over("store_id", "item_id") <= keep - 1
+        ),
+        spec,
+    )
+    assert not shorter.select(spec.feature_names).equals(full.select(spec.feature_names))
+
+
+def test_forecast_global_uses_the_training_features(model: GlobalModel, frame: pl.DataFrame) -> None:
+    """The edge path scores the rows ``make_features`` builds, whatever the order of the history rows."""
+    payloads, entry = export_global(model, frame, [80])
+    shuffled = frame.sample(fraction=1.0, shuffle=True, seed=7)
+    out = forecast_global(entry, payloads[ONNX_PAYLOAD], shuffled, H - 2, [80], threads=1)
+    feats = make_features(frame, model.spec).filter(pl.col("horizon") <= H - 2)
+    x = feats.select(model.spec.feature_names).to_numpy().astype(np.float32)
+    expected = OnnxScorer.load(payloads[ONNX_PAYLOAD], threads=1).predict(x) * feats["scale"].to_numpy()
+    assert out.select("store_id", "item_id", "horizon").equals(feats.select("store_id", "item_id", "horizon"))
+    np.testing.assert_allclose(out["forecast"].to_numpy(), expected, rtol=1e-12)
+    assert (out["lo-80"] <= out["forecast"]).all()
