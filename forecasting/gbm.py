@@ -262,29 +262,52 @@ def feature_block(
             y, np.maximum(first[has], jj - 2), np.minimum(last[row_origin][has], jj + 2), 5
         )
     x[:, next(col)] = year / scale
-    origin_ds = index.frame.get_column("ds").gather(pl.Series(p))
-    step = {"D": pl.duration(days=1), "W": pl.duration(weeks=1), "H": pl.duration(hours=1)}[spec.freq]
-    dates = pl.DataFrame({"o": origin_ds, "h": h}).select(ds=pl.col("o") + step * pl.col("h"))
-    if spec.freq == "W":
-        calendar = [pl.col("ds").dt.week(), pl.col("ds").dt.month()]
-    elif spec.freq == "H":
-        calendar = [pl.col("ds").dt.hour(), pl.col("ds").dt.weekday()]
-    else:
-        calendar = [pl.col("ds").dt.weekday(), pl.col("ds").dt.ordinal_day()]
-    cal = dates.select(c.cast(pl.Float32).alias(f"c{k}") for k, c in enumerate(calendar))
-    for k in range(len(calendar)):
-        x[:, next(col)] = cal.get_column(f"c{k}").to_numpy()
+    dates, cal = _target_calendar(index.frame.get_column("ds").gather(pl.Series(pos)), spec, row_origin, h)
+    for values in cal:
+        x[:, next(col)] = values
     at_origin = index.frame.select(_category(index.frame), *spec.static_columns).gather(pl.Series(pos))
     codes = at_origin.get_column("category").replace_strict(
         spec.categories, default=-1, return_dtype=pl.Float32
     )
     x[:, next(col)] = codes.to_numpy()[row_origin]
-    x[:, next(col)] = np.log(scale)
+    x[:, next(col)] = np.log(scale_o)[row_origin]
     for c in spec.static_columns:
         x[:, next(col)] = at_origin.get_column(c).cast(pl.Float64).to_numpy()[row_origin]
-    return FeatureBlock(
-        x=x, origin=p, horizon=h, scale=scale, target_ds=dates.get_column("ds"), target=target
+    return FeatureBlock(x=x, origin=p, horizon=h, scale=scale, target_ds=dates, target=target)
+
+
+def _target_calendar(
+    origin_ds: pl.Series, spec: FeatureSpec, row_origin: IntArray, h: IntArray
+) -> tuple[pl.Series, list[npt.NDArray[np.float32]]]:
+    """Target date of each row and its two calendar features, computed once per (origin date, h)."""
+    missing = origin_ds.is_null().to_numpy()[row_origin]
+    unique, inverse = np.unique(origin_ds.to_physical().fill_null(0).to_numpy(), return_inverse=True)
+    horizon = int(h.max()) if len(h) else 1
+    grid = pl.DataFrame(
+        {
+            "o": pl.Series(np.repeat(unique, horizon)).cast(origin_ds.dtype),
+            "h": np.tile(np.arange(1, horizon + 1, dtype=np.int64), len(unique)),
+        }
     )
+    step = {"D": pl.duration(days=1), "W": pl.duration(weeks=1), "H": pl.duration(hours=1)}[spec.freq]
+    ds = pl.col("ds")
+    if spec.freq == "W":
+        calendar = [ds.dt.week(), ds.dt.month()]
+    elif spec.freq == "H":
+        calendar = [ds.dt.hour(), ds.dt.weekday()]
+    else:
+        calendar = [ds.dt.weekday(), ds.dt.ordinal_day()]
+    table = grid.select(ds=pl.col("o") + step * pl.col("h")).with_columns(
+        c.cast(pl.Float32).alias(f"_c{k}") for k, c in enumerate(calendar)
+    )
+    at = inverse.reshape(-1)[row_origin] * horizon + h - 1
+    target_ds = table.get_column("ds").gather(pl.Series(at))
+    values = [table.get_column(f"_c{k}").to_numpy()[at] for k in range(len(calendar))]
+    if missing.any():
+        target_ds = pl.select(pl.when(pl.Series(missing)).then(None).otherwise(target_ds)).to_series()
+        for v in values:
+            v[missing] = np.nan
+    return target_ds.alias("ds"), values
 
 
 def _category(frame: pl.DataFrame) -> pl.Expr:

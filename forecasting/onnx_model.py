@@ -97,6 +97,9 @@ class OnnxScorer:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        # Idle intra-op threads sleep instead of spin-waiting: at a store the cores are shared with the
+        # agent and the inventory API, and spinning threads collapse on busy cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
         return cls(session=session, input_name=session.get_inputs()[0].name)
 
