@@ -7,8 +7,12 @@ the year-earlier window mean around the target date, calendar of the target date
 series/store attributes — all scaled. The loss is L1 (MAE) weighted by ``scale`` and by 5 on holiday
 targets, so it minimises WMAE in original units.
 
-``make_features`` is shared by training and the edge: given a history it builds the rows for the
-origins asked for (by default the last date of every series), with the same columns in the same order.
+One function computes the features for training and for the edge: :func:`feature_block` reads, for each
+origin, only the values its features need (at most the last :func:`lookback` periods of the series: the
+longest lag, window, or the season plus the centred year-earlier window) and the calendar of the target
+dates, by array lookups into the series' rows (no joins over the history). ``make_features`` wraps it
+in a frame for training and backtests (the origins asked for; by default the last date of every
+series); the edge (:func:`forecasting.onnx_model.forecast_global`) scores its matrix directly.
 """
 
 from __future__ import annotations
@@ -198,14 +202,19 @@ class FeatureBlock:
     target: IntArray | None  # row of the sorted history holding the target (``with_target`` only)
 
 
-def _range_mean(values: FloatArray, first: IntArray, last: IntArray, width: int) -> FloatArray:
-    """Mean of ``values[first..last]`` (inclusive, at most ``width`` values) ignoring NaN; NaN if none."""
+def _range_mean(
+    values: FloatArray, first: IntArray, last: IntArray, width: int, *, absolute: bool = False
+) -> FloatArray:
+    """Mean of ``values[first..last]`` (inclusive, at most ``width`` values; of their absolute values with
+    ``absolute``) ignoring NaN; NaN if none. Reads only those values, never the whole array."""
     total = np.zeros(len(first))
     count = np.zeros(len(first))
     for k in range(width):
         i = first + k
         ok = i <= last
         v = values[np.where(ok, i, first)]
+        if absolute:
+            v = np.abs(v)
         good = ok & ~np.isnan(v)
         total += np.where(good, v, 0.0)
         count += good
@@ -241,7 +250,7 @@ def feature_block(
         keep = pos[row_origin] + h <= last[row_origin]
         row_origin, h = row_origin[keep], h[keep]
         target = pos[row_origin] + h
-    scale_o = _range_mean(np.abs(y), np.maximum(start, pos - s + 1), pos, s) + 1.0
+    scale_o = _range_mean(y, np.maximum(start, pos - s + 1), pos, s, absolute=True) + 1.0
     p, first, scale = pos[row_origin], start[row_origin], scale_o[row_origin]
     names = spec.feature_names
     x = np.empty((len(h), len(names)), dtype=np.float32)

@@ -9,7 +9,8 @@ canonical objective name (``regression_l1``). Nothing else changes: the trees ar
 Scoring: onnxruntime on the CPU provider with ``threads`` intra-op threads, no custom-op library
 registered, and every node checked to belong to the standard domains (``ai.onnx``, ``ai.onnx.ml``)
 before a session is created, so a bundle cannot smuggle in custom operators. Features come from
-:func:`forecasting.gbm.make_features`, the very function training uses.
+:func:`forecasting.gbm.feature_block`, the very function training uses (through ``make_features``),
+read at the last date of each series from its last ``lookback`` periods.
 
 Intervals: the booster predicts a point per horizon. The exporter calibrates split-conformal intervals on
 the last ``h`` periods of the training history (the model forecasts them from the origin ``h`` periods
