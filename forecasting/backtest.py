@@ -18,7 +18,7 @@ from forecasting import metrics
 from forecasting.config import TrainSection
 from forecasting.errors import DataError
 from forecasting.logs import get_logger
-from forecasting.models import GLOBAL_MODELS, build_models, min_length
+from forecasting.models import GLOBAL_MODELS, build_models, calibrate_backtest, min_length
 
 log = get_logger(__name__)
 ID = "unique_id"
@@ -115,6 +115,7 @@ def run_backtest(
         gcv = gbm.cross_validation(frame, eligible[ID], cfg, freq, h=h, n_windows=n_windows, step=step_size)
         cv = gcv if cv is None else cv.join(gcv.drop("y"), on=[ID, "ds", "cutoff"], how="left")
     assert cv is not None
+    cv = calibrate_backtest(cv, data, names, cfg, frame)
     cv = cv.join(series.select(ID, *SERIES_KEYS), on=ID, how="left")
     extra = [c for c in ("is_holiday",) if c in frame.columns]
     if extra:

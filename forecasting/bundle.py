@@ -124,6 +124,23 @@ class Adjustments(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
         return self.categories.get(category, self.multiply)
 
 
+class IntervalSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """How the edge (and the training's backtests, with the same code) make prediction intervals.
+
+    ``method`` ``statsforecast``: statsforecast's own intervals (conformal ones from
+    ``conformal_windows`` windows, the behaviour of bundles without this field). ``calibrated``:
+    conformal intervals from up to ``conformal_windows`` windows of the horizon (as many as each
+    series' history holds, neighbouring steps pooled when they are few) for the families without
+    native intervals, and negative binomial quantiles for the intermittent families on unit sales.
+    ``nonnegative``: the training history had no negative value (unit sales): forecasts and bounds
+    are floored at 0 when scoring.
+    """
+
+    method: Literal["statsforecast", "calibrated"] = "statsforecast"
+    conformal_windows: int = 2
+    nonnegative: bool = False
+
+
 class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """The signed description of a bundle (``manifest.json``).
 
@@ -133,7 +150,8 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     summaries of the training data used for drift checks. ``files`` is filled in by
     :func:`write_bundle`. ``adjustments`` (optional, signed like the rest) scales the forecasts after
     scoring; a manifest without it carries no such key at all, so bundles that never use it are
-    unchanged.
+    unchanged. ``intervals`` (optional) says how intervals are made (:class:`IntervalSettings`); without
+    it, statsforecast's intervals from two conformal windows and no floor at 0.
     """
 
     format_version: int = FORMAT_VERSION
@@ -153,7 +171,12 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     reference: dict[str, dict[str, float]] = msgspec.field(default_factory=dict)
     lineage: Lineage = msgspec.field(default_factory=Lineage)
     adjustments: Adjustments | msgspec.UnsetType = msgspec.UNSET
+    intervals: IntervalSettings | msgspec.UnsetType = msgspec.UNSET
     files: list[PayloadFile] = msgspec.field(default_factory=list)
+
+    def interval_settings(self) -> IntervalSettings:
+        """The bundle's interval settings (the defaults when the manifest has none)."""
+        return IntervalSettings() if isinstance(self.intervals, msgspec.UnsetType) else self.intervals
 
     def file(self, path: str) -> PayloadFile:
         """The listed payload at ``path``; BundleError when the manifest does not list it."""

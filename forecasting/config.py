@@ -83,15 +83,21 @@ class TrainSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     window_size: int = 4
     season_windows: int = 2
     mstl_season_lengths: list[int] = msgspec.field(default_factory=list)
-    tsb_alpha_d: float = 0.2
-    tsb_alpha_p: float = 0.2
+    # TSB smoothing constants; unset: fitted per series by in-sample MSE (at the edge too).
+    tsb_alpha_d: float | None = None
+    tsb_alpha_p: float | None = None
     windows: int = 1
     step: int = 0
     metric: Literal["mae", "wape", "smape", "mase", "rmsse", "wmae"] = "mae"
     select_by: Literal["category", "series", "all"] = "category"
     fallback: str = "Naive"
     ensemble_top_k: int = 0
-    conformal_windows: int = 2
+    # Conformal calibration: up to this many windows of the horizon per series (fewer when its history is
+    # shorter), recorded in the bundle so the edge uses the same; "statsforecast" keeps its own intervals.
+    conformal_windows: int = 10
+    interval_method: Literal["calibrated", "statsforecast"] = "calibrated"
+    # Floor forecasts and bounds at 0: "auto" when the training history has no negative value.
+    nonnegative: bool | Literal["auto"] = "auto"
     engine: Literal["local", "dask"] = "local"
     dask_address: str = ""
     dask_workers: int = 2

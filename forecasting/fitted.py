@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from forecasting.bundle import Manifest, ModelEntry, ModelState, read_payload
+from forecasting.bundle import IntervalSettings, Manifest, ModelEntry, ModelState, read_payload
 from forecasting.errors import BundleError, DataError
 
 SERIES_PAYLOAD = "series.parquet"
@@ -165,6 +165,11 @@ CONFORMAL_ONLY = frozenset(
     }
 )
 CONFORMAL_WINDOWS = 2
+# Intermittent-demand families (``CandidateSpec.intermittent``): with calibrated intervals, their bounds on
+# unit sales are count quantiles (:func:`forecasting.kernels.count_intervals`) that can include zero.
+INTERMITTENT_FAMILIES = frozenset(
+    {"CrostonClassic", "CrostonOptimized", "CrostonSBA", "ADIDA", "IMAPA", "TSB"}
+)
 
 
 def _supports_native_intervals(family: str) -> bool:
@@ -351,6 +356,7 @@ def forecast_batch(
     h: int,
     levels: Sequence[int],
     states: pl.DataFrame | None = None,
+    intervals: IntervalSettings | None = None,
 ) -> dict[str, FloatArray]:
     """Forecast ``h`` steps for each row of ``y`` with one model; arrays of shape ``(rows, h)``.
 
@@ -359,9 +365,14 @@ def forecast_batch(
     ``hi-<level>``. For ``fitted-state`` models ``states`` holds one row per series (same order) and the
     stored parameters are applied to the fresh history without re-estimation. AutoETS and the simple
     models run as vectorised numpy kernels (no statsforecast import); the other families call
-    statsforecast's own ``forward``/``forecast`` series by series.
+    statsforecast's own ``forward``/``forecast`` series by series. ``intervals`` (the bundle's
+    :class:`~forecasting.bundle.IntervalSettings`; default: statsforecast's) chooses how the families
+    without native intervals get theirs (:func:`calibrated_forecast`).
     """
     lv = sorted(levels)
+    settings = intervals or IntervalSettings()
+    if settings.method == "calibrated" and entry.state == "refit-at-edge" and entry.family in CONFORMAL_ONLY:
+        return calibrated_forecast(entry, season_length, y, lengths, h, lv, settings.conformal_windows)
     if entry.state == "fitted-state":
         if states is None or states.height != y.shape[1]:
             raise BundleError("forecast_batch: fitted state rows do not match the histories")
@@ -463,11 +474,89 @@ def _conformal_point(family: str, params: Mapping[str, Any], season_length: int)
             "mean"
         ]
     if family == "TSB":
+        if params.get("alpha_d") is None or params.get("alpha_p") is None:
+            return _tsb_optimized_point
         alpha_d, alpha_p = float(params["alpha_d"]), float(params["alpha_p"])
         return lambda y, lengths, h: kernels.tsb_mean(y, lengths, h, alpha_d, alpha_p)
     if family == "CrostonClassic":
         return kernels.croston_classic_mean
     return None
+
+
+def _tsb_optimized_point(y: FloatArray, lengths: IntArray, h: int) -> FloatArray:
+    """TSB with ``alpha_d``/``alpha_p`` fitted per series (:func:`forecasting.kernels.tsb_fit`)."""
+    from forecasting import kernels
+
+    alpha_d, alpha_p = kernels.tsb_fit(y, lengths)
+    return kernels.tsb_mean(y, lengths, h, alpha_d, alpha_p)
+
+
+def point_forecaster(
+    entry: ModelEntry, season_length: int
+) -> Callable[[FloatArray, IntArray, int], FloatArray]:
+    """``point(y, lengths, h) -> (n, h)`` point forecasts of a refit-at-edge family over a matrix of series.
+
+    A numpy kernel where there is one; otherwise statsforecast's ``forecast`` series by series (NaN for a
+    history it cannot fit, e.g. a single value).
+    """
+    m = int(entry.params.get("season_length", season_length))
+    kernel = _conformal_point(entry.family, entry.params, m)
+    if kernel is not None:
+        fast: Callable[[FloatArray, IntArray, int], FloatArray] = kernel
+        return fast
+    params = {k: v for k, v in entry.params.items() if k != "prediction_intervals"}
+
+    def point(y: FloatArray, lengths: IntArray, h: int) -> FloatArray:
+        width, n = y.shape
+        out = np.full((n, h), np.nan)
+        model = make_model(entry.family, season_length, params)
+        for i in range(n):
+            if lengths[i] < 2:
+                continue
+            try:
+                res = model.forecast(y=y[width - lengths[i] :, i], h=h)
+            except (ValueError, ZeroDivisionError, FloatingPointError, np.linalg.LinAlgError):
+                continue
+            out[i] = res["mean"]
+        return out
+
+    return point
+
+
+def calibrated_forecast(
+    entry: ModelEntry,
+    season_length: int,
+    y: FloatArray,
+    lengths: IntArray,
+    h: int,
+    levels: Sequence[int],
+    conformal_windows: int,
+) -> dict[str, FloatArray]:
+    """Forecasts of a family without native intervals, with calibrated intervals.
+
+    Intermittent families on unit sales (histories of whole numbers >= 0) get negative binomial
+    quantiles around the forecast rate (:func:`forecasting.kernels.count_intervals`), which include 0
+    when zero days are likely; every other series gets conformal intervals from up to
+    ``conformal_windows`` windows (:func:`forecasting.kernels.calibrated_conformal`). The edge and the
+    training's backtests both call this, so the two cannot disagree for the same history.
+    """
+    from forecasting import kernels
+
+    lv = sorted(levels)
+    point = point_forecaster(entry, season_length)
+    counts = kernels.count_series(y, lengths) if entry.family in INTERMITTENT_FAMILIES and lv else None
+    if counts is None or not counts.any():
+        return kernels.calibrated_conformal(point, y, lengths, h, lv, conformal_windows)
+    out = kernels.count_intervals(point(y, lengths, h), y, lengths, lv)
+    if not counts.all():
+        rest = np.flatnonzero(~counts)
+        width = int(lengths[rest].max())
+        other = kernels.calibrated_conformal(
+            point, y[y.shape[0] - width :, rest], lengths[rest], h, lv, conformal_windows
+        )
+        for c, arr in other.items():
+            out[c][rest] = arr
+    return out
 
 
 def _statsforecast_batch(

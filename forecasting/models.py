@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from forecasting.bundle import IntervalSettings
 from forecasting.config import TrainSection
 from forecasting.errors import ConfigError
 
@@ -132,8 +133,12 @@ def _spec_table() -> dict[str, CandidateSpec]:
             lambda c, pi: _sf_models().IMAPA(alias="IMAPA", prediction_intervals=pi)
         ),
         mk("TSB", False, lambda c: 2, intermittent=True)(
-            lambda c, pi: _sf_models().TSB(
-                alpha_d=c.tsb_alpha_d, alpha_p=c.tsb_alpha_p, alias="TSB", prediction_intervals=pi
+            lambda c, pi: (
+                tsb_optimized_class()(alias="TSB", prediction_intervals=pi)
+                if c.tsb_alpha_d is None or c.tsb_alpha_p is None
+                else _sf_models().TSB(
+                    alpha_d=c.tsb_alpha_d, alpha_p=c.tsb_alpha_p, alias="TSB", prediction_intervals=pi
+                )
             )
         ),
     ]
@@ -164,12 +169,109 @@ def build_models(names: list[str], cfg: TrainSection, horizon: int, *, intervals
     if intervals:
         from statsforecast.utils import ConformalIntervals
 
-        conformal = ConformalIntervals(h=horizon, n_windows=cfg.conformal_windows)
+        conformal = ConformalIntervals(h=horizon, n_windows=statsforecast_windows(cfg))
     models = []
     for name in names:
         spec = specs[name]
         models.append(spec.build(cfg, None if spec.native_intervals else conformal))
     return models
+
+
+# Windows a series needs for calibrated intervals; it uses up to ``[train] conformal_windows`` when longer.
+MIN_CONFORMAL_WINDOWS = 2
+
+
+def statsforecast_windows(cfg: TrainSection) -> int:
+    """Conformal windows statsforecast calibrates with in backtests.
+
+    With ``interval_method = "calibrated"`` its intervals are replaced by :func:`calibrate_backtest`, which
+    takes up to ``conformal_windows`` windows per series as its history allows; statsforecast then only
+    needs the minimum, so that series of every length still get a cross-validation row.
+    """
+    if cfg.interval_method == "statsforecast":
+        return cfg.conformal_windows
+    return min(cfg.conformal_windows, MIN_CONFORMAL_WINDOWS)
+
+
+def interval_settings(cfg: TrainSection, frame: Any) -> IntervalSettings:
+    """The bundle's interval settings for the training history ``frame`` (a frame with column ``y``).
+
+    ``[train] nonnegative = "auto"`` floors at 0 when no training value is negative (unit sales).
+    """
+    nonnegative = cfg.nonnegative
+    if nonnegative == "auto":
+        low = frame["y"].min()
+        nonnegative = low is None or float(low) >= 0.0
+    return IntervalSettings(
+        method=cfg.interval_method, conformal_windows=cfg.conformal_windows, nonnegative=bool(nonnegative)
+    )
+
+
+def calibrate_backtest(cv: Any, data: Any, names: list[str], cfg: TrainSection, frame: Any) -> Any:
+    """Cross-validation forecasts with the edge's intervals, floored at 0 for unit sales.
+
+    ``cv``: Nixtla layout (``unique_id, ds, cutoff, y`` and per model its forecast and bounds); ``data``:
+    the ``unique_id, ds, y`` histories. For each cutoff, the interval columns of the local candidates
+    without native intervals are recomputed from the history up to the cutoff with
+    :func:`forecasting.fitted.calibrated_forecast`, the very function the edge scores with; then, when
+    :func:`interval_settings` says so, every forecast and bound below 0 becomes 0.
+    """
+    import polars as pl
+
+    from forecasting.fitted import CONFORMAL_ONLY, calibrated_forecast
+    from forecasting.kernels import pad_right_aligned
+    from forecasting.training import model_families
+
+    settings = interval_settings(cfg, frame)
+    levels = sorted({int(c.rsplit("-", 1)[1]) for c in cv.columns if "-lo-" in c})
+    families, params = model_families(cfg)
+    recalibrate = (
+        [
+            name
+            for name in names
+            if settings.method == "calibrated"
+            and families.get(name, name) in CONFORMAL_ONLY
+            and f"{name}-lo-{levels[0]}" in cv.columns
+        ]
+        if levels
+        else []
+    )
+    if recalibrate:
+        from forecasting.bundle import ModelEntry
+
+        origins = cv.select("unique_id", "cutoff").unique().sort("unique_id", "cutoff").with_row_index("_o")
+        hist = data.join(origins, on="unique_id").filter(pl.col("ds") <= pl.col("cutoff")).sort("_o", "ds")
+        counts = hist.group_by("_o", maintain_order=True).len()["len"].to_numpy()
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        y, lengths = pad_right_aligned(
+            hist["y"].to_numpy().astype(np.float64), offsets, np.arange(len(counts))
+        )
+        h = int(cv.group_by("unique_id", "cutoff").len()["len"].max())
+        rows = cv.join(origins, on=["unique_id", "cutoff"]).with_columns(
+            _step=pl.col("ds").rank("ordinal").over("_o").cast(pl.Int64) - 1
+        )
+        o_idx, s_idx = rows["_o"].to_numpy(), rows["_step"].to_numpy()
+        new: dict[str, Any] = {}
+        for name in recalibrate:
+            family = families.get(name, name)
+            entry = ModelEntry(state="refit-at-edge", family=family, params=params.get(name, {}))
+            out = calibrated_forecast(
+                entry, cfg.season_length, y, lengths, h, levels, settings.conformal_windows
+            )
+            for lv in levels:
+                for side in ("lo", "hi"):
+                    new[f"{name}-{side}-{lv}"] = out[f"{side}-{lv}"][o_idx, s_idx]
+        cv = rows.with_columns(pl.Series(k, v) for k, v in new.items()).drop("_o", "_step")
+    if settings.nonnegative:
+        value_cols = [
+            c
+            for c in cv.columns
+            if c in names or any(c.startswith(f"{n}-lo-") or c.startswith(f"{n}-hi-") for n in names)
+        ]
+        cv = cv.with_columns(
+            pl.when(pl.col(c) < 0).then(0.0).otherwise(pl.col(c)).alias(c) for c in value_cols
+        )
+    return cv
 
 
 def min_length(names: list[str], cfg: TrainSection, horizon: int, *, intervals: bool = True) -> int:
@@ -180,7 +282,7 @@ def min_length(names: list[str], cfg: TrainSection, horizon: int, *, intervals: 
         spec = specs[name]
         n = spec.min_length(cfg)
         if intervals and not spec.native_intervals:
-            n = max(n, cfg.conformal_windows * horizon + 1)
+            n = max(n, statsforecast_windows(cfg) * horizon + 1)
         need = max(need, n)
     return need
 
@@ -261,6 +363,50 @@ def theta_deseasonalised_forecast(y: FloatArray, season_length: int, horizon: in
     ses_out = np.asarray(forecast_ets(fit, h=horizon)["mean"], dtype=np.float64)  # type: ignore[no-untyped-call]
     result: FloatArray = (0.5 * ses_out + 0.5 * line_out) * idx_out
     return result
+
+
+@functools.cache
+def tsb_optimized_class() -> Any:
+    """statsforecast's TSB with ``alpha_d``/``alpha_p`` fitted per series by in-sample MSE.
+
+    The constants come from :func:`forecasting.kernels.tsb_fit` on the series being forecast, the same
+    function the edge runs over a whole store, so backtests and the edge pick the same pair.
+    """
+    from statsforecast.models import TSB
+
+    from forecasting import kernels
+
+    class TSBOptimized(TSB):
+        """TSB whose smoothing constants are refitted on every history it is given."""
+
+        def __init__(self, alias: str = "TSB", prediction_intervals: Any = None) -> None:
+            super().__init__(alpha_d=0.1, alpha_p=0.1, alias=alias, prediction_intervals=prediction_intervals)
+
+        def _fit_alphas(self, y: FloatArray) -> None:
+            col = np.asarray(y, dtype=np.float64)[:, None]
+            alpha_d, alpha_p = kernels.tsb_fit(col, np.array([col.shape[0]], dtype=np.int64))
+            self.alpha_d, self.alpha_p = float(alpha_d[0]), float(alpha_p[0])
+
+        def fit(self, y: FloatArray, X: Any = None) -> Any:  # noqa: N803 - statsforecast's signature
+            self._fit_alphas(y)
+            return super().fit(y, X)
+
+        def forecast(
+            self,
+            y: FloatArray,
+            h: int,
+            X: Any = None,  # noqa: N803
+            X_future: Any = None,  # noqa: N803
+            level: list[int] | None = None,
+            fitted: bool = False,
+        ) -> dict[str, Any]:
+            self._fit_alphas(y)
+            out: dict[str, Any] = super().forecast(
+                y=y, h=h, X=X, X_future=X_future, level=level, fitted=fitted
+            )
+            return out
+
+    return TSBOptimized
 
 
 @functools.cache

@@ -228,7 +228,8 @@ def score(
     bounds = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
 
     def run(bound: tuple[int, int]) -> pl.DataFrame:
-        return apply_adjustments(_score_chunk(plan, hist, bound[0], bound[1], h, lv, manifest), manifest)
+        scored = floor_at_zero(_score_chunk(plan, hist, bound[0], bound[1], h, lv, manifest), manifest)
+        return apply_adjustments(scored, manifest)
 
     sink = _Sink(out, output_columns(lv))
     frames: list[pl.DataFrame] = []
@@ -258,6 +259,14 @@ def score(
         duration_seconds=round(time.perf_counter() - started, 3),
     )
     return result
+
+
+def floor_at_zero(frame: pl.DataFrame, manifest: Manifest) -> pl.DataFrame:
+    """Unit-sales bundles (``intervals.nonnegative``): forecasts and bounds below 0 become 0, every model."""
+    if not manifest.interval_settings().nonnegative:
+        return frame
+    columns = [c for c in frame.columns if c == "forecast" or c.startswith("forecast-")]
+    return frame.with_columns(pl.when(pl.col(c) < 0).then(0.0).otherwise(pl.col(c)).alias(c) for c in columns)
 
 
 def apply_adjustments(frame: pl.DataFrame, manifest: Manifest) -> pl.DataFrame:
@@ -377,7 +386,16 @@ def _score_chunk(
         if order is not None and states is not None:
             local, idx, states = local[order], idx[order], states[order]
         y, lengths = pad_right_aligned(hist.y, hist.offsets, idx)
-        res = forecast_batch(plan.entries[label], manifest.season_length, y, lengths, h, levels, states)
+        res = forecast_batch(
+            plan.entries[label],
+            manifest.season_length,
+            y,
+            lengths,
+            h,
+            levels,
+            states,
+            manifest.interval_settings(),
+        )
         for c in cols:
             result[c][local] = res[c]
     keys = hist.keys.slice(a, n)

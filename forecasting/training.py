@@ -291,6 +291,7 @@ def write_run(
     from forecasting.bundle import Lineage as BundleLineage
     from forecasting.bundle import Manifest, write_bundle
     from forecasting.fitted import fit_models
+    from forecasting.models import interval_settings
     from forecasting.scoring import score
 
     cfg = result.config.train
@@ -337,6 +338,7 @@ def write_run(
         selection=selection_map,
         models=fitted.models,
         fallback_model=cfg.fallback,
+        intervals=interval_settings(cfg, result.frame),
         metrics=manifest_metrics(result.backtest, result.assignment),
         reference=drift.reference_summary(result.frame, cfg.season_length),
         lineage=BundleLineage(
