@@ -126,7 +126,7 @@ def run_backtest(
         cv,
         names,
         train,
-        season_length=cfg.season_length,
+        season_length=cfg.scale_seasonality,
         levels=levels,
         holiday_col="is_holiday" if extra else None,
     )

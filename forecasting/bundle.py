@@ -65,7 +65,7 @@ _CHUNK = 1 << 20
 _SAFE_SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 _SAFE_PATH = re.compile(rf"{_SAFE_SEGMENT}(/{_SAFE_SEGMENT}){{0,3}}")
 
-ModelState = Literal["fitted-state", "refit-at-edge", "global"]
+ModelState = Literal["fitted-state", "refit-at-edge", "global", "ensemble"]
 
 
 class PayloadFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -94,7 +94,9 @@ class ModelEntry(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
 
     ``state`` is ``fitted-state`` (parameters in ``payload``, applied to fresh data without
     re-estimation), ``refit-at-edge`` (cheap model, re-estimated on the store's history; ``payload``
-    empty) or ``global`` (one model for every series it covers, e.g. ONNX).
+    empty), ``global`` (one model for every series it covers, e.g. ONNX) or ``ensemble`` (family
+    ``Ensemble``: the weighted mean of the forecasts and bounds of ``params["members"]``, each an entry of
+    its own, with ``params["weights"]``).
     """
 
     state: ModelState
@@ -240,7 +242,7 @@ def _staging_dir(final: Path) -> Iterator[Path]:
         raise
 
 
-def _require_empty(path: Path) -> None:
+def require_empty(path: Path) -> None:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise BundleExistsError(f"{path}: already exists and is not an empty directory")
 
@@ -259,7 +261,7 @@ def write_bundle(
     be empty (BundleExistsError otherwise: bundles are immutable).
     """
     key = load_private_key(signing_key) if isinstance(signing_key, Path) else signing_key
-    _require_empty(out_dir)
+    require_empty(out_dir)
     files = [
         PayloadFile(path=check_safe_path(name), size=len(data), sha256=hashlib.sha256(data).hexdigest())
         for name, data in sorted(payloads.items())
@@ -423,7 +425,7 @@ def unpack_archive(archive: Path, dest_dir: Path, *, max_bytes: int) -> Path:
     """
     if archive.stat().st_size > max_bytes:
         raise OversizeError(f"{archive}: {archive.stat().st_size} bytes exceeds the limit {max_bytes}")
-    _require_empty(dest_dir)
+    require_empty(dest_dir)
     try:
         tar = tarfile.open(archive, "r:")  # noqa: SIM115 - closed by the with-block below
     except tarfile.TarError as exc:

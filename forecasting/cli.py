@@ -187,7 +187,9 @@ def backtest_cmd(
         by=cfg.train.select_by,
         fallback=cfg.train.fallback,
         top_k=cfg.train.ensemble_top_k,
-        season_length=cfg.train.season_length,
+        season_length=cfg.train.scale_seasonality,
+        min_improvement=cfg.train.series_min_improvement,
+        min_windows=cfg.train.series_min_windows,
     )
     write_tables(result, selection, out_dir)
     plots.plot_series(result, selection, with_unique_id(frame), out_dir / "forecasts.png")
@@ -249,8 +251,26 @@ def train_cmd(
         signing_key, _, _ = generate_key_files(run_dir / "signing.key", overwrite=True)
         click.echo(f"warning: no --signing-key; signed with a new key {signing_key}", err=True)
     result = train(frame, cfg)
+    _echo_selection(result.selection)
     record = write_run(result, out_dir, signing_key=signing_key, model_name=model_name, version=version)
     models = ", ".join(f"{k} x{v}" for k, v in record["selection"]["models"].items())
     click.echo(f"bundle {out_dir} ({record['model_name']} v{record['version']}, run {record['run_id']})")
     click.echo(f"series per model: {models}")
     click.echo(f"run record {run_dir / 'run.json'}")
+
+
+def _echo_selection(selection: Any) -> None:
+    """Per group: the winner, the runner-up and the winner's margin over it (the evidence of the choice)."""
+    from forecasting.selection import summary_rows
+    from forecasting.tables import render
+
+    rows = summary_rows(selection)
+    per = "category" if selection.categories is not None else selection.by
+    click.echo(f"selection per {per} by backtest {selection.metric} (margin: winner better than runner-up):")
+    click.echo(render(rows, "table"))
+    if selection.categories is not None:
+        own = int((selection.assignment["reason"] == "series").sum())
+        click.echo(
+            f"{own} of {selection.assignment.height} series keep their own winner "
+            "(the rest take their category's choice: thin evidence)"
+        )

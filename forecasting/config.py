@@ -89,7 +89,14 @@ class TrainSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     windows: int = 1
     step: int = 0
     metric: Literal["mae", "wape", "smape", "mase", "rmsse", "wmae"] = "mae"
+    # Seasonal period of the naive scale of MASE and RMSSE (0: season_length). The M4 rules use 1 for
+    # weekly data while the models still see a 52-week season.
+    mase_seasonality: int = 0
     select_by: Literal["category", "series", "all"] = "category"
+    # select_by = "series": a series keeps its own winner only with at least this many backtest windows
+    # and a winner this much better (relative) than its category's choice; else the category's choice.
+    series_min_windows: int = 3
+    series_min_improvement: float = 0.1
     fallback: str = "Naive"
     ensemble_top_k: int = 0
     # Conformal calibration: up to this many windows of the horizon per series (fewer when its history is
@@ -110,6 +117,11 @@ class TrainSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     gbm_leaves: int = 31
     gbm_objective: Literal["regression", "regression_l1", "huber", "tweedie", "poisson"] = "regression_l1"
     bundle_expiry_days: int = 90
+
+    @property
+    def scale_seasonality(self) -> int:
+        """The seasonal period that scales MASE and RMSSE."""
+        return self.mase_seasonality or self.season_length
 
 
 class TrainConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -30,6 +30,7 @@ import polars as pl
 
 from forecasting.bundle import IntervalSettings, Manifest, ModelEntry, ModelState, read_payload
 from forecasting.errors import BundleError, DataError
+from forecasting.models import ENSEMBLE_FAMILY, ensemble_members
 
 SERIES_PAYLOAD = "series.parquet"
 SERIES_SCHEMA = {"store_id": pl.Utf8, "item_id": pl.Utf8, "category": pl.Utf8, "model": pl.Utf8}
@@ -138,6 +139,12 @@ def make_model(family: str, season_length: int, params: Mapping[str, Any] | None
     """A statsforecast model object of class ``family`` (``season_length`` passed when it takes one)."""
     from statsforecast import models as sf_models
 
+    from forecasting.models import M4_METHODS, m4_model_class
+
+    if family in M4_METHODS:  # the M4 organisers' benchmarks: deseasonalise, forecast, reseasonalise
+        m4_kwargs = dict(params or {})
+        m4_kwargs.setdefault("season_length", season_length)
+        return m4_model_class()(M4_METHODS[family], alias=family, **m4_kwargs)
     cls = getattr(sf_models, family, None)
     if cls is None or not isinstance(cls, type):
         raise BundleError(f"unknown model family {family!r} (expected a statsforecast model class name)")
@@ -162,6 +169,9 @@ CONFORMAL_ONLY = frozenset(
         "ADIDA",
         "IMAPA",
         "TSB",
+        "Naive2",
+        "SESD",
+        "ThetaM4",
     }
 )
 CONFORMAL_WINDOWS = 2
@@ -245,7 +255,15 @@ def fit_models(
     out = FittedModels(series=series)
     params_by_label = dict(model_params or {})
     family_of = dict(families or {})
-    for label in sorted(series["model"].unique().to_list()):
+    users = member_series(series)
+    for label in sorted(set(series["model"].unique().to_list()) - set(users)):
+        members = ensemble_members(label)
+        out.models[label] = ModelEntry(
+            state="ensemble",
+            family=ENSEMBLE_FAMILY,
+            params={"members": members, "weights": [1.0 / len(members)] * len(members)},
+        )
+    for label, chosen in sorted(users.items()):
         family = family_of.get(label, label)
         params = dict(params_by_label.get(label, {}))
         if family == "LightGBM":
@@ -262,13 +280,23 @@ def fit_models(
         if state == "refit-at-edge":
             out.models[label] = ModelEntry(state=state, family=family, params=params)
             continue
-        chosen = series.filter(pl.col("model") == label).select("store_id", "item_id")
         keys, fitted = _fit_statsforecast(frame, chosen, family, params, season_length, freq, n_jobs)
         path = fitted_payload_path(label)
         out.payloads[path] = export_fitted(family, keys, fitted)
         out.models[label] = ModelEntry(state=state, family=family, params=params, payload=path)
     out.payloads[SERIES_PAYLOAD] = _parquet_bytes(series)
     return out
+
+
+def member_series(series: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """Each single model label and the series (``store_id, item_id``) it forecasts, alone or in ensembles."""
+    exploded = series.select(
+        "store_id", "item_id", pl.col("model").map_elements(ensemble_members, return_dtype=pl.List(pl.Utf8))
+    ).explode("model")
+    return {
+        str(label): group.select("store_id", "item_id").unique(maintain_order=True)
+        for (label,), group in exploded.group_by("model", maintain_order=True)
+    }
 
 
 def _series_table(frame: pl.DataFrame, assignments: pl.DataFrame | Mapping[str, str] | str) -> pl.DataFrame:
@@ -426,8 +454,10 @@ def _kernel_forecast(
     from forecasting import kernels
 
     params = entry.params
-    m = int(params.get("season_length", season_length))
     family = entry.family
+    if family not in _KERNEL_FAMILIES:
+        return None  # e.g. MSTL, whose season_length is a list of seasons
+    m = int(params.get("season_length", season_length))
     if family == "SeasonalNaive":
         return _seasonal_naive(y, lengths, h, levels, m)
     simple: dict[str, Any] = {
@@ -442,6 +472,20 @@ def _kernel_forecast(
     if conformal_point is not None:
         return kernels.conformal(conformal_point, y, lengths, h, levels, CONFORMAL_WINDOWS)
     return None
+
+
+_KERNEL_FAMILIES = frozenset(
+    {
+        "SeasonalNaive",
+        "Naive",
+        "HistoricAverage",
+        "RandomWalkWithDrift",
+        "WindowAverage",
+        "SeasonalWindowAverage",
+        "TSB",
+        "CrostonClassic",
+    }
+)
 
 
 def _seasonal_naive(

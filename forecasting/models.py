@@ -20,6 +20,25 @@ from forecasting.errors import ConfigError
 
 FloatArray = npt.NDArray[np.float64]
 GLOBAL_MODELS = frozenset({"LightGBM"})
+# A mean of candidates is a candidate of its own, named ``Ensemble(A+B)``: selected like any model and
+# carried in bundles as an entry of family ``Ensemble`` whose members are entries of their own.
+ENSEMBLE_FAMILY = "Ensemble"
+
+
+def ensemble_name(members: list[str]) -> str:
+    """``Ensemble(A+B)`` for members A and B (in candidate order)."""
+    return f"{ENSEMBLE_FAMILY}({'+'.join(members)})"
+
+
+def ensemble_members(name: str) -> list[str]:
+    """Members of an ensemble name, or ``[name]`` for a single model."""
+    if name.startswith(f"{ENSEMBLE_FAMILY}(") and name.endswith(")"):
+        return name[len(ENSEMBLE_FAMILY) + 1 : -1].split("+")
+    return [name]
+
+
+# The M4 organisers' deseasonalised benchmarks (classical multiplicative decomposition), by candidate name.
+M4_METHODS = {"Naive2": "naive", "SESD": "ses", "ThetaM4": "theta"}
 
 
 @dataclass(frozen=True)
@@ -109,15 +128,17 @@ def _spec_table() -> dict[str, CandidateSpec]:
         ),
         mk("Naive2", False, lambda c: 1)(
             lambda c, pi: m4_model_class()(
-                "naive", season_length=s(c), alias="Naive2", prediction_intervals=pi
+                M4_METHODS["Naive2"], season_length=s(c), alias="Naive2", prediction_intervals=pi
             )
         ),
         mk("SESD", False, lambda c: 2)(
-            lambda c, pi: m4_model_class()("ses", season_length=s(c), alias="SESD", prediction_intervals=pi)
+            lambda c, pi: m4_model_class()(
+                M4_METHODS["SESD"], season_length=s(c), alias="SESD", prediction_intervals=pi
+            )
         ),
         mk("ThetaM4", False, lambda c: 3)(
             lambda c, pi: m4_model_class()(
-                "theta", season_length=s(c), alias="ThetaM4", prediction_intervals=pi
+                M4_METHODS["ThetaM4"], season_length=s(c), alias="ThetaM4", prediction_intervals=pi
             )
         ),
         mk("CrostonOptimized", False, lambda c: 2, intermittent=True)(

@@ -292,13 +292,19 @@ def _empty(levels: Sequence[int]) -> pl.DataFrame:
 
 @dataclass
 class _Plan:
-    """Which model each series uses, and the fitted state rows aligned to the series."""
+    """Which model each series uses; for every single model, the series it forecasts (alone or as an
+    ensemble member), its fitted state rows and, for a global model, its forecasts, in that series order."""
 
     labels: np.ndarray[Any, Any]  # label per series (object array)
     entries: dict[str, ModelEntry]
-    states: dict[str, pl.DataFrame]  # label -> state rows, one per series of that label, series order
-    position: np.ndarray[Any, np.dtype[np.int64]]  # series -> row in its label's state table
-    global_results: dict[str, dict[str, FloatArray]]  # label -> (series of label, h) arrays
+    series_of: dict[str, np.ndarray[Any, np.dtype[np.int64]]]  # single label -> sorted series indices
+    states: dict[str, pl.DataFrame]  # single label -> state rows aligned with series_of[label]
+    global_results: dict[str, dict[str, FloatArray]]  # single label -> (len(series_of), h) arrays
+
+    def rows(self, label: str, idx: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Positions of the series ``idx`` in ``label``'s own series order."""
+        found: np.ndarray[Any, np.dtype[np.int64]] = np.searchsorted(self.series_of[label], idx)
+        return found
 
 
 def _plan(
@@ -313,25 +319,45 @@ def _plan(
     fitted = _load_models(bundle_dir, manifest)
     labels = _assign_labels(hist, fitted, manifest)
     label_arr = labels.to_numpy()
-    position = np.zeros(len(label_arr), dtype=np.int64)
     entries: dict[str, ModelEntry] = {}
-    states: dict[str, pl.DataFrame] = {}
-    global_results: dict[str, dict[str, FloatArray]] = {}
+    users: dict[str, list[np.ndarray[Any, Any]]] = {}
     for label in sorted(set(labels.to_list())):
         idx = np.flatnonzero(label_arr == label)
-        position[idx] = np.arange(len(idx))
-        entry, table = _entry_and_states(label, fitted, manifest, hist, idx)
+        entry = _entry(label, manifest)
         entries[label] = entry
-        if table is not None:
-            states[label] = table
-        if entry.state == "global":
+        for member in _members(label, entry, manifest):
+            entries.setdefault(member, _entry(member, manifest))
+            users.setdefault(member, []).append(idx)
+    series_of = {label: np.sort(np.concatenate(parts)) for label, parts in users.items()}
+    states: dict[str, pl.DataFrame] = {}
+    global_results: dict[str, dict[str, FloatArray]] = {}
+    for label, idx in series_of.items():
+        entry = entries[label]
+        if entry.state == "fitted-state":
+            states[label] = _states(label, fitted, hist, idx)
+        elif entry.state == "global":
             only_label = len(idx) == len(label_arr)
             global_results[label] = _global_forecasts(
                 bundle_dir, manifest, entry, hist, idx, history, h, levels, threads, only_label=only_label
             )
     return _Plan(
-        labels=label_arr, entries=entries, states=states, position=position, global_results=global_results
+        labels=label_arr, entries=entries, series_of=series_of, states=states, global_results=global_results
     )
+
+
+def _members(label: str, entry: ModelEntry, manifest: Manifest) -> list[str]:
+    """The single models behind ``label``: its ensemble members, or itself."""
+    if entry.state != "ensemble":
+        return [label]
+    members = [str(m) for m in entry.params.get("members", [])]
+    weights = entry.params.get("weights", [])
+    if not members or len(weights) != len(members):
+        raise BundleError(f"ensemble {label!r}: members and weights must be non-empty and of equal length")
+    for member in members:
+        inner = manifest.models.get(member)
+        if inner is not None and inner.state == "ensemble":
+            raise BundleError(f"ensemble {label!r}: member {member!r} is itself an ensemble")
+    return members
 
 
 def _global_forecasts(
@@ -367,8 +393,6 @@ def _global_forecasts(
 def _score_chunk(
     plan: _Plan, hist: History, a: int, b: int, h: int, levels: list[int], manifest: Manifest
 ) -> pl.DataFrame:
-    from forecasting.kernels import pad_right_aligned
-
     n = b - a
     cols = ["mean", *level_columns(levels)]
     result = {c: np.full((n, h), np.nan) for c in cols}
@@ -376,30 +400,69 @@ def _score_chunk(
     for label in sorted(set(chunk_labels.tolist())):
         local = np.flatnonzero(chunk_labels == label)
         idx = local + a
-        if label in plan.global_results:
+        entry = plan.entries[label]
+        if entry.state == "ensemble":
+            acc = {c: np.zeros((len(idx), h)) for c in cols}
+            for member, weight in zip(entry.params["members"], entry.params["weights"], strict=True):
+                part = _forecast_single(plan, hist, str(member), idx, h, levels, manifest)
+                for c in cols:
+                    acc[c] += float(weight) * part[c]
             for c in cols:
-                result[c][local] = plan.global_results[label][c][plan.position[idx]]
+                result[c][local] = acc[c]
             continue
-        table = plan.states.get(label)
-        states = table[plan.position[idx]] if table is not None else None
-        order = order_for_batch(plan.entries[label], states)
-        if order is not None and states is not None:
-            local, idx, states = local[order], idx[order], states[order]
-        y, lengths = pad_right_aligned(hist.y, hist.offsets, idx)
-        res = forecast_batch(
-            plan.entries[label],
-            manifest.season_length,
-            y,
-            lengths,
-            h,
-            levels,
-            states,
-            manifest.interval_settings(),
-        )
+        part = _forecast_single(plan, hist, label, idx, h, levels, manifest)
         for c in cols:
-            result[c][local] = res[c]
+            result[c][local] = part[c]
     keys = hist.keys.slice(a, n)
     return _assemble(keys, pl.Series("model", chunk_labels, dtype=pl.Utf8), result, h, levels, manifest.freq)
+
+
+def _forecast_single(
+    plan: _Plan,
+    hist: History,
+    label: str,
+    idx: np.ndarray[Any, Any],
+    h: int,
+    levels: list[int],
+    manifest: Manifest,
+) -> dict[str, FloatArray]:
+    """Forecasts of the series ``idx`` (in that order) with the single model ``label``."""
+    from forecasting.kernels import pad_right_aligned
+
+    rows = plan.rows(label, idx)
+    if label in plan.global_results:
+        return {c: arr[rows] for c, arr in plan.global_results[label].items()}
+    entry = plan.entries[label]
+    table = plan.states.get(label)
+    states = table[rows] if table is not None else None
+    order = order_for_batch(entry, states)
+    position = np.arange(len(idx))
+    if order is not None and states is not None:
+        position, idx, states = position[order], idx[order], states[order]
+    y, lengths = pad_right_aligned(hist.y, hist.offsets, idx)
+    try:
+        res = forecast_batch(
+            entry, manifest.season_length, y, lengths, h, levels, states, manifest.interval_settings()
+        )
+    except Exception as exc:  # any failure of a model family: say which model and which series
+        raise _model_failure(entry, label, hist.keys[idx], exc) from exc
+    out: dict[str, FloatArray] = {}
+    for c, arr in res.items():
+        ordered = np.empty_like(arr)
+        ordered[position] = arr
+        out[c] = ordered
+    return out
+
+
+def _model_failure(entry: ModelEntry, label: str, keys: pl.DataFrame, exc: Exception) -> BundleError:
+    """A scoring failure naming the model, its family, the categories and a first series it failed on."""
+    categories = sorted(set(keys["category"].to_list()))
+    shown = ", ".join(categories[:5]) + (f" (+{len(categories) - 5} more)" if len(categories) > 5 else "")
+    first = keys.row(0, named=True)
+    return BundleError(
+        f"model {label!r} ({entry.family}) failed on {keys.height} series of category {shown}, "
+        f"e.g. store {first['store_id']} item {first['item_id']}: {type(exc).__name__}: {exc}"
+    )
 
 
 class _Sink:
@@ -463,22 +526,23 @@ def _assign_labels(hist: History, fitted: FittedSet, manifest: Manifest) -> pl.S
     return joined["model"].fill_null(manifest.fallback_model)
 
 
-def _entry_and_states(
-    label: str, fitted: FittedSet, manifest: Manifest, hist: History, idx: np.ndarray[Any, Any]
-) -> tuple[ModelEntry, pl.DataFrame | None]:
+def _entry(label: str, manifest: Manifest) -> ModelEntry:
     entry = manifest.models.get(label)
     if entry is None:
         if label != manifest.fallback_model or model_state(label) != "refit-at-edge":
             raise BundleError(f"series assigned to model {label!r}, which the manifest does not describe")
         entry = ModelEntry(state="refit-at-edge", family=label)
-    if entry.state != "fitted-state":
-        return entry, None
+    return entry
+
+
+def _states(label: str, fitted: FittedSet, hist: History, idx: np.ndarray[Any, Any]) -> pl.DataFrame:
+    """The fitted state rows of ``label`` for the series ``idx``, in that order."""
     keys = hist.keys[idx].select(KEYS)
     table = fitted.states[label].with_columns(_present=pl.lit(value=True))
     states = keys.join(table, on=KEYS, how="left", maintain_order="left")
     if states["_present"].null_count():
         raise BundleError(f"model {label!r}: fitted state missing for some series")
-    return entry, states.drop(*KEYS, "_present")
+    return states.drop(*KEYS, "_present")
 
 
 def _assemble(

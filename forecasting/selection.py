@@ -13,33 +13,23 @@ import polars as pl
 
 from forecasting import metrics
 from forecasting.backtest import ID, BacktestResult
+from forecasting.models import ensemble_name
 
-ENSEMBLE_PREFIX = "Ensemble("
 SCOPE = "scope"
 LOWER_IS_BETTER = {"mae", "wape", "smape", "mase", "rmsse", "wmae"}
 
 
-def ensemble_name(members: list[str]) -> str:
-    """``Ensemble(A+B)`` for members A and B (in rank order)."""
-    return f"{ENSEMBLE_PREFIX}{'+'.join(members)})"
-
-
-def ensemble_members(name: str) -> list[str]:
-    """Members of an ensemble name, or ``[name]`` for a single model."""
-    if name.startswith(ENSEMBLE_PREFIX) and name.endswith(")"):
-        return name[len(ENSEMBLE_PREFIX) : -1].split("+")
-    return [name]
-
-
 @dataclass(frozen=True)
 class Selection:
-    """The selection table (group -> model, metric of every candidate) and the per-series choice."""
+    """The selection table (group -> model, metric of every candidate, runner-up and margin), the
+    per-series choice and, for a per-series selection, the per-category table it shrinks towards."""
 
     table: pl.DataFrame
     assignment: pl.DataFrame
     metric: str
     by: str
     fallback: str
+    categories: pl.DataFrame | None = None
 
 
 def _score(series_metrics: pl.DataFrame, group: str, metric: str) -> pl.DataFrame:
@@ -48,13 +38,55 @@ def _score(series_metrics: pl.DataFrame, group: str, metric: str) -> pl.DataFram
     return agg.select(group, "model", pl.col(metric).alias("score"), "series")
 
 
-def _pick(scores: pl.DataFrame, group: str, order: list[str]) -> pl.DataFrame:
-    """Best model per group; ties and missing scores resolved by candidate order."""
+def _ranked(scores: pl.DataFrame, group: str, order: list[str]) -> pl.DataFrame:
+    """Scores sorted best first within each group; ties and missing scores resolved by candidate order."""
     rank = {name: i for i, name in enumerate(order)}
     ranked = scores.filter(pl.col("score").is_not_null() & pl.col("score").is_finite()).with_columns(
         pl.col("model").replace_strict(rank, default=len(rank)).alias("_rank")
     )
-    return ranked.sort(group, "score", "_rank").group_by(group, maintain_order=True).first().drop("_rank")
+    return ranked.sort(group, "score", "_rank").drop("_rank")
+
+
+def _pick(scores: pl.DataFrame, group: str, order: list[str]) -> pl.DataFrame:
+    """Best model per group, with the runner-up and the winner's margin over it (relative, 0.05 = 5 %)."""
+    ranked = _ranked(scores, group, order)
+    return (
+        ranked.group_by(group, maintain_order=True)
+        .agg(
+            pl.col("model").first(),
+            pl.col("score").first(),
+            pl.col("series").first(),
+            pl.col("model").get(1, null_on_oob=True).alias("runner_up"),
+            pl.col("score").get(1, null_on_oob=True).alias("runner_up_score"),
+        )
+        .with_columns((1.0 - pl.col("score") / pl.col("runner_up_score")).alias("margin"))
+    )
+
+
+def _choose(
+    result: BacktestResult, group: str, metric: str, top_k: int, season_length: int
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """``(best per group, selection table, per-series metrics incl. ensembles)`` for one grouping."""
+    sm = result.series_metrics
+    candidates = list(result.models)
+    scores = _score(sm, group, metric)
+    if top_k >= 2:
+        sm, candidates, scores = _add_ensembles(result, scores, group, metric, top_k, season_length)
+    best = _pick(scores, group, candidates)
+    wide = scores.pivot(on="model", index=group, values="score").sort(group)
+    table = (
+        best.select(
+            group,
+            pl.col("model").alias("selected"),
+            pl.col("score").alias(metric),
+            "runner_up",
+            "margin",
+            "series",
+        )
+        .join(wide, on=group, how="left")
+        .sort(group)
+    )
+    return best, table, sm
 
 
 def select_models(
@@ -65,8 +97,16 @@ def select_models(
     fallback: str = "Naive",
     top_k: int = 0,
     season_length: int = 1,
+    min_improvement: float = 0.1,
+    min_windows: int = 3,
 ) -> Selection:
-    """Per ``by`` group (``category``, ``series`` or ``all``): the candidate with the best ``metric``."""
+    """Per ``by`` group (``category``, ``series`` or ``all``): the candidate with the best ``metric``.
+
+    Per series, the evidence of one series is thin: a series keeps its own winner only when the backtest
+    has at least ``min_windows`` windows and that winner beats its category's choice on the series by at
+    least ``min_improvement`` (relative); otherwise it takes the category's choice (shrinkage towards
+    the group, reason ``category``).
+    """
     group = {"category": "category", "series": ID}.get(by, SCOPE)
     if group == SCOPE:
         scope = pl.lit("all").alias(SCOPE)
@@ -75,33 +115,77 @@ def select_models(
             series_metrics=result.series_metrics.with_columns(scope),
             series=result.series.with_columns(scope),
         )
-    sm = result.series_metrics
-    if metric == "wmae" and "wmae" not in sm.columns:
+    if metric == "wmae" and "wmae" not in result.series_metrics.columns:
         metric = "mae"
-    candidates = list(result.models)
-    scores = _score(sm, group, metric)
-    if top_k >= 2:
-        sm, candidates, scores = _add_ensembles(result, scores, group, metric, top_k, season_length)
-    best = _pick(scores, group, candidates)
-    wide = scores.pivot(on="model", index=group, values="score").sort(group)
-    table = (
-        best.select(group, pl.col("model").alias("selected"), pl.col("score").alias(metric), "series")
-        .join(wide, on=group, how="left")
-        .sort(group)
-    )
+    best, table, _ = _choose(result, group, metric, top_k, season_length)
     series = result.series
     short = series.filter(pl.col(ID).is_in(result.short_series))
     tested = series.filter(~pl.col(ID).is_in(result.short_series))
-    chosen = tested.join(
-        best.select(group, pl.col("model").alias("model")), on=group, how="left"
-    ).with_columns(pl.col("model").fill_null(fallback), pl.lit("backtest").alias("reason"))
+    chosen = tested.join(best.select(group, "model", pl.col("score").alias("_own")), on=group, how="left")
+    chosen = chosen.with_columns(pl.lit("backtest").alias("reason"))
+    categories = None
+    if group == ID:
+        cat_best, categories, cat_sm = _choose(result, "category", metric, top_k, season_length)
+        on_series = _score(cat_sm, ID, metric).select(
+            ID, pl.col("model").alias("_cat"), pl.col("score").alias("_cs")
+        )
+        chosen = (
+            chosen.join(cat_best.select("category", pl.col("model").alias("_cat")), on="category", how="left")
+            .join(on_series, on=[ID, "_cat"], how="left")
+            .with_columns(
+                (
+                    (result.windows >= min_windows)
+                    & (pl.col("_own") <= (1.0 - min_improvement) * pl.col("_cs"))
+                )
+                .fill_null(value=False)
+                .alias("_keep")
+            )
+            .with_columns(
+                pl.when(pl.col("_keep") | pl.col("_cat").is_null())
+                .then(pl.col("model"))
+                .otherwise(pl.col("_cat")),
+                pl.when(pl.col("_keep") | pl.col("_cat").is_null())
+                .then(pl.lit("series"))
+                .otherwise(pl.lit("category"))
+                .alias("reason"),
+            )
+        )
+    chosen = chosen.with_columns(pl.col("model").fill_null(fallback))
     fallback_rows = short.with_columns(pl.lit(fallback).alias("model"), pl.lit("too_short").alias("reason"))
     assignment = (
-        pl.concat([chosen, fallback_rows], how="vertical_relaxed")
+        pl.concat([chosen.select(*short.columns, "model", "reason"), fallback_rows], how="vertical_relaxed")
         .select(ID, "store_id", "item_id", "category", "model", "reason")
         .sort(ID)
     )
-    return Selection(table=table, assignment=assignment, metric=metric, by=by, fallback=fallback)
+    return Selection(
+        table=table, assignment=assignment, metric=metric, by=by, fallback=fallback, categories=categories
+    )
+
+
+def summary_rows(selection: Selection) -> list[dict[str, object]]:
+    """Per group (per category for a per-series selection): winner, runner-up and margin, for people."""
+    table = selection.categories if selection.categories is not None else selection.table
+    group = next(c for c in table.columns if c not in {"selected"})
+    rows: list[dict[str, object]] = []
+    kept = None
+    if selection.categories is not None:
+        kept = dict(
+            selection.assignment.group_by("category")
+            .agg((pl.col("reason") == "series").sum().alias("n"))
+            .iter_rows()
+        )
+    for r in table.iter_rows(named=True):
+        row: dict[str, object] = {
+            group: r[group],
+            "winner": r["selected"],
+            selection.metric: r[selection.metric],
+            "runner_up": r["runner_up"],
+            "margin_pct": None if r["margin"] is None else round(100.0 * r["margin"], 2),
+        }
+        if kept is not None:
+            row["series_own_choice"] = kept.get(r[group], 0)
+        rows.append(row)
+    return rows
 
 
 def _add_ensembles(

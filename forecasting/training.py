@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,10 +26,9 @@ import polars as pl
 from forecasting import drift, metrics
 from forecasting.backtest import ID, BacktestResult, run_backtest, series_table
 from forecasting.config import TrainConfig, TrainSection
-from forecasting.errors import ConfigError
 from forecasting.logs import get_logger
-from forecasting.models import GLOBAL_MODELS, check_candidates
-from forecasting.selection import Selection, ensemble_members, select_models
+from forecasting.models import GLOBAL_MODELS, check_candidates, ensemble_members
+from forecasting.selection import Selection, select_models
 
 log = get_logger(__name__)
 PACKAGES = (
@@ -42,9 +42,6 @@ PACKAGES = (
     "lightgbm",
     "msgspec",
 )
-# Candidates the bundle format can carry (a statsforecast class + JSON params). The M4 benchmarks
-# (Naive2, SESD, ThetaM4) run in backtests only.
-NOT_DEPLOYABLE = frozenset({"Naive2", "SESD", "ThetaM4"})
 
 
 @dataclass(frozen=True)
@@ -125,40 +122,12 @@ def make_lineage(frame: pl.DataFrame, config: TrainConfig) -> Lineage:
     )
 
 
-def deployable_assignment(selection: Selection, result: BacktestResult, fallback: str) -> pl.DataFrame:
-    """Per-series model the bundle carries: the selected one, or the best deployable one of its group."""
-    group = {"category": "category", "series": ID}.get(selection.by, "scope")
-    sm = result.series_metrics.with_columns(pl.lit("all").alias("scope"))
-    scores = metrics.aggregate(sm, [group]).select(group, "model", selection.metric)
-    is_ok = ~pl.col("model").is_in(list(NOT_DEPLOYABLE)) & ~pl.col("model").str.starts_with("Ensemble(")
-    ok = scores.filter(is_ok & pl.col(selection.metric).is_not_null())
-    order = {m: i for i, m in enumerate(result.models)}
-    best = (
-        ok.with_columns(pl.col("model").replace_strict(order, default=len(order)).alias("_r"))
-        .sort(group, selection.metric, "_r")
-        .group_by(group, maintain_order=True)
-        .first()
-        .select(group, pl.col("model").alias("_best"))
-    )
-    assignment = (
-        selection.assignment.with_columns(pl.lit("all").alias("scope"))
-        .join(best, on=group, how="left")
-        .drop("scope")
-    )
-
-    return assignment.with_columns(
-        pl.when(is_ok).then(pl.col("model")).otherwise(pl.col("_best").fill_null(fallback)).alias("model")
-    ).drop("_best")
-
-
 def train(frame: pl.DataFrame, config: TrainConfig) -> TrainResult:
     """Backtest, select and decide the final per-series models for ``frame`` (a validated canonical frame)."""
     started_at = datetime.now().astimezone()
     t0 = time.perf_counter()
     cfg = config.train
     check_candidates(cfg)
-    if cfg.fallback in NOT_DEPLOYABLE:
-        raise ConfigError(f"[train] fallback: {cfg.fallback} cannot be bundled")
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)  # statsforecast draws from the global generator
     lineage = make_lineage(frame, config)
@@ -170,9 +139,11 @@ def train(frame: pl.DataFrame, config: TrainConfig) -> TrainResult:
         by=cfg.select_by,
         fallback=cfg.fallback,
         top_k=cfg.ensemble_top_k,
-        season_length=cfg.season_length,
+        season_length=cfg.scale_seasonality,
+        min_improvement=cfg.series_min_improvement,
+        min_windows=cfg.series_min_windows,
     )
-    assignment = deployable_assignment(selection, result, cfg.fallback)
+    assignment = selection.assignment
     duration = time.perf_counter() - t0
     log.info(
         "training_selected",
@@ -289,7 +260,7 @@ def write_run(
 ) -> dict[str, Any]:
     """Fit the final models, write the signed bundle at ``out_dir`` and the run directory beside it."""
     from forecasting.bundle import Lineage as BundleLineage
-    from forecasting.bundle import Manifest, write_bundle
+    from forecasting.bundle import Manifest, require_empty, write_bundle
     from forecasting.fitted import fit_models
     from forecasting.models import interval_settings
     from forecasting.scoring import score
@@ -299,8 +270,9 @@ def write_run(
     t0 = time.perf_counter()
     families, params = model_families(cfg)
     keyed = result.assignment.select("store_id", "item_id", "model")
+    labels = sorted({m for label in keyed["model"].unique().to_list() for m in ensemble_members(label)})
     global_model = None
-    if keyed["model"].is_in(list(GLOBAL_MODELS)).any():
+    if any(label in GLOBAL_MODELS for label in labels):
         from forecasting import gbm
 
         spec = gbm.make_spec(result.frame, cfg, result.config.data.freq, cfg.horizon)
@@ -310,8 +282,8 @@ def write_run(
         keyed,
         season_length=cfg.season_length,
         freq=result.config.data.freq,
-        model_params={label: params.get(label, {}) for label in keyed["model"].unique().to_list()},
-        families={label: families.get(label, label) for label in keyed["model"].unique().to_list()},
+        model_params={label: params.get(label, {}) for label in labels},
+        families={label: families.get(label, label) for label in labels},
         n_jobs=cfg.n_jobs,
         global_model=global_model,
         levels=list(cfg.levels),
@@ -349,10 +321,21 @@ def write_run(
             packages=lineage.packages,
         ),
     )
-    bundle_dir = write_bundle(out_dir, manifest, fitted.payloads, signing_key)
+    # The bundle is scored once, from its own files, before it takes its place: a model that cannot
+    # forecast leaves no bundle behind, and the error names the model and the series it failed on.
+    require_empty(out_dir)
+    candidate = out_dir.parent / f".{out_dir.name}.candidate"
+    shutil.rmtree(candidate, ignore_errors=True)
+    write_bundle(candidate, manifest, fitted.payloads, signing_key)
+    try:
+        forecasts = score(candidate, result.frame, horizon=cfg.horizon, levels=cfg.levels)
+        candidate.replace(out_dir)
+    except BaseException:
+        shutil.rmtree(candidate, ignore_errors=True)
+        raise
+    bundle_dir = out_dir
     run_dir = out_dir.parent / f"{out_dir.name}.run"
     run_dir.mkdir(parents=True, exist_ok=True)
-    forecasts = score(bundle_dir, result.frame, horizon=cfg.horizon, levels=cfg.levels)
     forecasts.write_parquet(run_dir / "forecasts.parquet", statistics=False)
     artifacts = write_tables(result.backtest, result.selection, run_dir)
     artifacts["forecasts"] = str(run_dir / "forecasts.parquet")
