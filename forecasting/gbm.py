@@ -115,6 +115,7 @@ def make_spec(frame: pl.DataFrame, cfg: TrainSection, freq: str, horizon: int) -
 
 
 KEYS = ["store_id", "item_id"]
+_SLICE_ROWS = 1 << 20
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -159,16 +160,19 @@ def index_series(history: pl.DataFrame) -> SeriesIndex:
 
 
 def _run_offsets(frame: pl.DataFrame) -> IntArray:
-    """Rows where a new run of equal keys begins, plus the row count."""
-    if frame.height == 0:
-        return np.zeros(1, dtype=np.int64)
-    runs = frame.select(pl.col(k).rle_id() for k in KEYS)
-    changed = np.zeros(frame.height, dtype=bool)
-    changed[0] = True
-    for k in KEYS:
-        ids = runs.get_column(k).to_numpy()
-        changed[1:] |= ids[1:] != ids[:-1]
-    return np.append(np.flatnonzero(changed), frame.height).astype(np.int64)
+    """Rows where a new run of equal keys begins, plus the row count (compared slice by slice, which keeps
+    the work in cache)."""
+    n = frame.height
+    starts = [np.zeros(min(n, 1), dtype=np.int64)]
+    for a in range(0, n, _SLICE_ROWS):
+        lead = 1 if a else 0  # the slice's first row is compared with the row before it
+        part = frame.slice(a - lead, _SLICE_ROWS + lead)
+        changed = np.zeros(part.height - 1, dtype=bool)
+        for k in KEYS:
+            col = part.get_column(k)
+            changed |= col.slice(1).ne_missing(col.slice(0, part.height - 1)).to_numpy()
+        starts.append(np.flatnonzero(changed).astype(np.int64) + a + 1 - lead)
+    return np.concatenate([*starts, np.array([n], dtype=np.int64)])
 
 
 def _sorted_offsets(frame: pl.DataFrame) -> IntArray | None:
