@@ -15,7 +15,14 @@ from forecasting.bundle import Manifest, utcnow, write_bundle
 from forecasting.config import TrainSection
 from forecasting.errors import BundleError
 from forecasting.fitted import SERIES_PAYLOAD
-from forecasting.gbm import GlobalModel, lookback, make_features, make_spec, training_origins
+from forecasting.gbm import (
+    GlobalModel,
+    index_series,
+    lookback,
+    make_features,
+    make_spec,
+    training_origins,
+)
 from forecasting.onnx_model import (
     ONNX_PAYLOAD,
     OnnxScorer,
@@ -157,3 +164,21 @@ def test_forecast_global_uses_the_training_features(model: GlobalModel, frame: p
     assert out.select("store_id", "item_id", "horizon").equals(feats.select("store_id", "item_id", "horizon"))
     np.testing.assert_allclose(out["forecast"].to_numpy(), expected, rtol=1e-12)
     assert (out["lo-80"] <= out["forecast"]).all()
+
+
+def test_series_index_uses_sorted_frames_as_they_are_and_sorts_others(frame: pl.DataFrame) -> None:
+    """A sorted history is indexed in place; a series split in two runs, or dates out of order, sort it."""
+    ordered = frame.sort("store_id", "item_id", "ds")
+    index = index_series(ordered)
+    assert index.frame is ordered
+    assert index.n_series == ordered.select("store_id", "item_id").n_unique()
+    assert (index.lengths == 300).all()
+    split = pl.concat(
+        [ordered.filter(pl.col("ds").dt.day() <= 15), ordered.filter(pl.col("ds").dt.day() > 15)]
+    )
+    backwards = ordered.reverse()
+    for messy in (split, backwards):
+        again = index_series(messy)
+        assert again.frame is not messy
+        assert again.frame.equals(ordered)
+        np.testing.assert_array_equal(again.offsets, index.offsets)
