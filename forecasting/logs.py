@@ -6,9 +6,13 @@ every line logged in that context. Each unit of work logs one canonical line (``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from typing import Literal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import msgspec
 import structlog
@@ -54,3 +58,27 @@ class LoggingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: LogFormat = "auto"
+
+
+@contextlib.contextmanager
+def progress(event: str, *, interval_seconds: float = 30.0, **context: Any) -> Iterator[None]:
+    """Log ``event`` with ``elapsed_seconds`` every ``interval_seconds`` while the block runs.
+
+    Long steps (a backtest, a model fit) then show they are alive in a log that is not a terminal, where
+    statsforecast's progress bar is off.
+    """
+    log = get_logger("forecasting.progress")
+    began = time.perf_counter()
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(interval_seconds):
+            log.info(event, elapsed_seconds=round(time.perf_counter() - began, 1), **context)
+
+    thread = threading.Thread(target=beat, name=f"progress-{event}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()

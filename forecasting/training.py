@@ -26,7 +26,7 @@ import polars as pl
 from forecasting import drift, metrics
 from forecasting.backtest import ID, BacktestResult, run_backtest, series_table
 from forecasting.config import TrainConfig, TrainSection
-from forecasting.logs import get_logger
+from forecasting.logs import get_logger, progress
 from forecasting.models import GLOBAL_MODELS, check_candidates, ensemble_members
 from forecasting.selection import Selection, select_models
 
@@ -132,7 +132,8 @@ def train(frame: pl.DataFrame, config: TrainConfig) -> TrainResult:
     np.random.seed(cfg.seed)  # statsforecast draws from the global generator
     lineage = make_lineage(frame, config)
     log.info("training_started", run_id=lineage.run_id, rows=frame.height, models=cfg.models)
-    result = run_backtest(frame, cfg, config.data.freq)
+    with progress("training_progress", stage="backtest", run_id=lineage.run_id):
+        result = run_backtest(frame, cfg, config.data.freq)
     selection = select_models(
         result,
         metric=cfg.metric,
@@ -271,23 +272,24 @@ def write_run(
     families, params = model_families(cfg)
     keyed = result.assignment.select("store_id", "item_id", "model")
     labels = sorted({m for label in keyed["model"].unique().to_list() for m in ensemble_members(label)})
-    global_model = None
-    if any(label in GLOBAL_MODELS for label in labels):
-        from forecasting import gbm
+    with progress("training_progress", stage="final_fit", run_id=result.lineage.run_id):
+        global_model = None
+        if any(label in GLOBAL_MODELS for label in labels):
+            from forecasting import gbm
 
-        spec = gbm.make_spec(result.frame, cfg, result.config.data.freq, cfg.horizon)
-        global_model = gbm.fit(result.frame, spec, cfg)
-    fitted = fit_models(
-        result.frame,
-        keyed,
-        season_length=cfg.season_length,
-        freq=result.config.data.freq,
-        model_params={label: params.get(label, {}) for label in labels},
-        families={label: families.get(label, label) for label in labels},
-        n_jobs=cfg.n_jobs,
-        global_model=global_model,
-        levels=list(cfg.levels),
-    )
+            spec = gbm.make_spec(result.frame, cfg, result.config.data.freq, cfg.horizon)
+            global_model = gbm.fit(result.frame, spec, cfg)
+        fitted = fit_models(
+            result.frame,
+            keyed,
+            season_length=cfg.season_length,
+            freq=result.config.data.freq,
+            model_params={label: params.get(label, {}) for label in labels},
+            families={label: families.get(label, label) for label in labels},
+            n_jobs=cfg.n_jobs,
+            global_model=global_model,
+            levels=list(cfg.levels),
+        )
     lineage = result.lineage
     now = datetime.now().astimezone()
     selection_map = {
@@ -328,7 +330,8 @@ def write_run(
     shutil.rmtree(candidate, ignore_errors=True)
     write_bundle(candidate, manifest, fitted.payloads, signing_key)
     try:
-        forecasts = score(candidate, result.frame, horizon=cfg.horizon, levels=cfg.levels)
+        with progress("training_progress", stage="bundle_scoring", run_id=result.lineage.run_id):
+            forecasts = score(candidate, result.frame, horizon=cfg.horizon, levels=cfg.levels)
         candidate.replace(out_dir)
     except BaseException:
         shutil.rmtree(candidate, ignore_errors=True)
