@@ -180,6 +180,13 @@ CONFORMAL_WINDOWS = 2
 INTERMITTENT_FAMILIES = frozenset(
     {"CrostonClassic", "CrostonOptimized", "CrostonSBA", "ADIDA", "IMAPA", "TSB"}
 )
+# Families with native intervals whose point forecasts on cut histories are cheap (numpy kernels, or the
+# stored state run forward): with calibrated intervals their bounds are conformal too (native ones are
+# kept for series too short for any window). Native intervals of Theta cover 89 % for a nominal 95 % on
+# M4 Weekly, those of Naive 95 % for a nominal 80 % on Walmart.
+RECALIBRATED_NATIVE = frozenset(
+    {"Naive", "SeasonalNaive", "HistoricAverage", "RandomWalkWithDrift", *FITTED_STATE_CODECS}
+)
 
 
 def _supports_native_intervals(family: str) -> bool:
@@ -401,6 +408,10 @@ def forecast_batch(
     settings = intervals or IntervalSettings()
     if settings.method == "calibrated" and entry.state == "refit-at-edge" and entry.family in CONFORMAL_ONLY:
         return calibrated_forecast(entry, season_length, y, lengths, h, lv, settings.conformal_windows)
+    if settings.method == "calibrated" and entry.family in RECALIBRATED_NATIVE and lv:
+        return _recalibrated_native(
+            entry, season_length, y, lengths, h, lv, states, settings.conformal_windows
+        )
     if entry.state == "fitted-state":
         if states is None or states.height != y.shape[1]:
             raise BundleError("forecast_batch: fitted state rows do not match the histories")
@@ -601,6 +612,137 @@ def calibrated_forecast(
         for c, arr in other.items():
             out[c][rest] = arr
     return out
+
+
+def _recalibrated_native(
+    entry: ModelEntry,
+    season_length: int,
+    y: FloatArray,
+    lengths: IntArray,
+    h: int,
+    levels: list[int],
+    states: pl.DataFrame | None,
+    conformal_windows: int,
+) -> dict[str, FloatArray]:
+    """Native forecasts with conformal bounds (:func:`forecasting.kernels.calibrated_conformal`'s rule).
+
+    A fitted-state model is run forward with its stored state over each cut history, as on the full one.
+    """
+    from forecasting import kernels
+
+    out = forecast_batch(entry, season_length, y, lengths, h, levels, states)
+
+    def select(cols: IntArray) -> Callable[[FloatArray, IntArray, int], FloatArray]:
+        sub = states[cols] if states is not None else None
+
+        def point(yy: FloatArray, ll: IntArray, hh: int) -> FloatArray:
+            if sub is None:
+                return forecast_batch(entry, season_length, yy, ll, hh, [])["mean"]
+            return _fitted_mean(entry, season_length, yy, ll, hh, sub)
+
+        return point
+
+    scores = kernels.conformal_scores(None, y, lengths, h, conformal_windows, select)
+    quantiles = kernels.conformal_quantiles(scores, levels, kernels.CONFORMAL_MIN_SCORES)
+    mean = out["mean"]
+    for lv in levels:
+        q = quantiles[lv]
+        ok = np.isfinite(q) & np.isfinite(mean)
+        out[f"lo-{lv}"] = np.where(ok, mean - q, out[f"lo-{lv}"])
+        out[f"hi-{lv}"] = np.where(ok, mean + q, out[f"hi-{lv}"])
+    return out
+
+
+def _fitted_mean(
+    entry: ModelEntry, season_length: int, y: FloatArray, lengths: IntArray, h: int, states: pl.DataFrame
+) -> FloatArray:
+    """Point forecasts of a fitted-state model over (cut) histories; NaN where statsforecast cannot run."""
+    if entry.family == "AutoETS":
+        return _ets_batch(y, lengths, states, h, [])["mean"]
+    width, n = y.shape
+    out = np.full((n, h), np.nan)
+    codec = FITTED_STATE_CODECS[entry.family]
+    model = make_model(entry.family, season_length, entry.params)
+    for i, row in enumerate(states.iter_rows(named=True)):
+        if lengths[i] < 2:
+            continue
+        model.model_ = codec.decode(row)
+        try:
+            out[i] = model.forward(y=y[width - lengths[i] :, i], h=h)["mean"]
+        except (ValueError, ZeroDivisionError, FloatingPointError, np.linalg.LinAlgError):
+            continue
+    return out
+
+
+def ensemble_forecast(
+    members: Sequence[tuple[ModelEntry, pl.DataFrame | None]],
+    weights: Sequence[float],
+    season_length: int,
+    y: FloatArray,
+    lengths: IntArray,
+    h: int,
+    levels: Sequence[int],
+    conformal_windows: int,
+) -> dict[str, FloatArray]:
+    """The weighted mean of local models' forecasts, with intervals calibrated on that mean's own errors.
+
+    The mean of the members' bounds is not an interval for the mean forecast (on m5_mini the mean of
+    SES, IMAPA and TSB bounds covered 64 % for 80 %). Count series with an intermittent member get
+    negative binomial quantiles around the mean forecast; other series conformal bounds from the
+    errors of the mean forecast on up to ``conformal_windows`` cut histories, each member refitted (or
+    run forward with its stored state) on each cut; ``members`` pairs each entry with its state rows.
+    """
+    from forecasting import kernels
+
+    lv = sorted(levels)
+
+    def select(cols: IntArray | None) -> Callable[[FloatArray, IntArray, int], FloatArray]:
+        def point(yy: FloatArray, ll: IntArray, hh: int) -> FloatArray:
+            total = np.zeros((yy.shape[1], hh))
+            for (entry, states), weight in zip(members, weights, strict=True):
+                sub = states if states is None or cols is None else states[cols]
+                if sub is not None:
+                    part = _fitted_mean(entry, season_length, yy, ll, hh, sub)
+                else:
+                    part = forecast_batch(entry, season_length, yy, ll, hh, [])["mean"]
+                total += float(weight) * part
+            return total
+
+        return point
+
+    mean = select(None)(y, lengths, h)
+    out: dict[str, FloatArray] = {"mean": mean}
+    if not lv:
+        return out
+    intermittent = any(entry.family in INTERMITTENT_FAMILIES for entry, _ in members)
+    counts = kernels.count_series(y, lengths) if intermittent else np.zeros(y.shape[1], dtype=bool)
+    scores = kernels.conformal_scores(None, y, lengths, h, conformal_windows, select)
+    quantiles = kernels.conformal_quantiles(scores, lv, kernels.CONFORMAL_MIN_SCORES)
+    for level in lv:
+        out[f"lo-{level}"] = mean - quantiles[level]
+        out[f"hi-{level}"] = mean + quantiles[level]
+    if counts.any():
+        rows = np.flatnonzero(counts)
+        width = int(lengths[rows].max())
+        count = kernels.count_intervals(mean[rows], y[y.shape[0] - width :, rows], lengths[rows], lv)
+        for c in count:
+            if c != "mean":
+                out[c][rows] = count[c]
+    return out
+
+
+def fit_states(entry: ModelEntry, season_length: int, y: FloatArray, lengths: IntArray) -> pl.DataFrame:
+    """The fitted state of a fitted-state family on each history (a column of ``y``), as Arrow columns.
+
+    Training's backtests use it to score the model of each cutoff through the edge's own code.
+    """
+    codec = FITTED_STATE_CODECS[entry.family]
+    width = y.shape[0]
+    rows = []
+    for i in range(y.shape[1]):
+        model = make_model(entry.family, season_length, entry.params).fit(y[width - lengths[i] :, i])
+        rows.append(codec.encode(model.model_))
+    return pl.DataFrame({c: [r[c] for r in rows] for c in codec.schema}, schema=codec.schema)
 
 
 def _statsforecast_batch(

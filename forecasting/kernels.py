@@ -641,11 +641,15 @@ DISPERSION_WINDOW = 182
 TSB_ALPHA_GRID = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 
 
-def conformal_scores(point: Any, y: FloatArray, lengths: IntArray, h: int, n_windows: int) -> FloatArray:
+def conformal_scores(
+    point: Any, y: FloatArray, lengths: IntArray, h: int, n_windows: int, select: Any = None
+) -> FloatArray:
     """Absolute errors ``(n_windows, n, h)`` of ``point`` on the last ``n_windows`` windows of ``h`` periods.
 
     Window ``k`` (1-based) forecasts from the history cut ``k*h`` periods short and compares with the cut
     periods. A window the history is too short for (or on which ``point`` gives NaN) is NaN.
+    ``select(columns)``, when given, returns the point forecaster of that subset of the series (for
+    forecasters that hold per-series state).
     """
     width, n = y.shape
     scores = np.full((n_windows, n, h), np.nan)
@@ -657,7 +661,8 @@ def conformal_scores(point: Any, y: FloatArray, lengths: IntArray, h: int, n_win
             break
         sub_len = train_len[cols]
         train = y[width - cut - int(sub_len.max()) : width - cut, cols]
-        forecast = np.asarray(point(train, sub_len, h), dtype=np.float64)
+        forecaster = point if select is None else select(cols)
+        forecast = np.asarray(forecaster(train, sub_len, h), dtype=np.float64)
         scores[k - 1, cols] = np.abs(forecast - y[width - cut : width - cut + h, cols].T)
     return scores
 

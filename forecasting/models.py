@@ -233,13 +233,22 @@ def calibrate_backtest(cv: Any, data: Any, names: list[str], cfg: TrainSection, 
 
     ``cv``: Nixtla layout (``unique_id, ds, cutoff, y`` and per model its forecast and bounds); ``data``:
     the ``unique_id, ds, y`` histories. For each cutoff, the interval columns of the local candidates
-    without native intervals are recomputed from the history up to the cutoff with
-    :func:`forecasting.fitted.calibrated_forecast`, the very function the edge scores with; then, when
-    :func:`interval_settings` says so, every forecast and bound below 0 becomes 0.
+    whose intervals are calibrated (those without native intervals, and the cheap native ones of
+    ``RECALIBRATED_NATIVE``) are recomputed from the history up to the cutoff with
+    :func:`forecasting.fitted.forecast_batch`, the very function the edge scores with (a fitted-state
+    model is fitted on that history first); then, when :func:`interval_settings` says so, every
+    forecast and bound below 0 becomes 0.
     """
     import polars as pl
 
-    from forecasting.fitted import CONFORMAL_ONLY, calibrated_forecast
+    from forecasting.fitted import (
+        CONFORMAL_ONLY,
+        RECALIBRATED_NATIVE,
+        calibrated_forecast,
+        fit_states,
+        forecast_batch,
+        model_state,
+    )
     from forecasting.kernels import pad_right_aligned
     from forecasting.training import model_families
 
@@ -251,7 +260,7 @@ def calibrate_backtest(cv: Any, data: Any, names: list[str], cfg: TrainSection, 
             name
             for name in names
             if settings.method == "calibrated"
-            and families.get(name, name) in CONFORMAL_ONLY
+            and families.get(name, name) in CONFORMAL_ONLY | RECALIBRATED_NATIVE
             and f"{name}-lo-{levels[0]}" in cv.columns
         ]
         if levels
@@ -268,17 +277,25 @@ def calibrate_backtest(cv: Any, data: Any, names: list[str], cfg: TrainSection, 
             hist["y"].to_numpy().astype(np.float64), offsets, np.arange(len(counts))
         )
         h = int(cv.group_by("unique_id", "cutoff").len()["len"].max())
-        rows = cv.join(origins, on=["unique_id", "cutoff"]).with_columns(
+        rows = cv.join(origins, on=["unique_id", "cutoff"], maintain_order="left").with_columns(
             _step=pl.col("ds").rank("ordinal").over("_o").cast(pl.Int64) - 1
         )
         o_idx, s_idx = rows["_o"].to_numpy(), rows["_step"].to_numpy()
         new: dict[str, Any] = {}
         for name in recalibrate:
             family = families.get(name, name)
-            entry = ModelEntry(state="refit-at-edge", family=family, params=params.get(name, {}))
-            out = calibrated_forecast(
-                entry, cfg.season_length, y, lengths, h, levels, settings.conformal_windows
-            )
+            entry = ModelEntry(state=model_state(family), family=family, params=params.get(name, {}))
+            if family in CONFORMAL_ONLY:
+                out = calibrated_forecast(
+                    entry, cfg.season_length, y, lengths, h, levels, settings.conformal_windows
+                )
+            else:
+                states = (
+                    fit_states(entry, cfg.season_length, y, lengths)
+                    if entry.state == "fitted-state"
+                    else None
+                )
+                out = forecast_batch(entry, cfg.season_length, y, lengths, h, levels, states, settings)
             for lv in levels:
                 for side in ("lo", "hi"):
                     new[f"{name}-{side}-{lv}"] = out[f"{side}-{lv}"][o_idx, s_idx]

@@ -27,6 +27,7 @@ from forecasting.fitted import (
     SERIES_PAYLOAD,
     FittedSet,
     FloatArray,
+    ensemble_forecast,
     forecast_batch,
     level_columns,
     load_fitted,
@@ -407,6 +408,8 @@ def _score_chunk(
                 part = _forecast_single(plan, hist, str(member), idx, h, levels, manifest)
                 for c in cols:
                     acc[c] += float(weight) * part[c]
+            if manifest.interval_settings().method == "calibrated":
+                acc = _calibrated_ensemble(plan, hist, entry, idx, h, levels, manifest, acc)
             for c in cols:
                 result[c][local] = acc[c]
             continue
@@ -415,6 +418,39 @@ def _score_chunk(
             result[c][local] = part[c]
     keys = hist.keys.slice(a, n)
     return _assemble(keys, pl.Series("model", chunk_labels, dtype=pl.Utf8), result, h, levels, manifest.freq)
+
+
+def _calibrated_ensemble(
+    plan: _Plan,
+    hist: History,
+    entry: ModelEntry,
+    idx: np.ndarray[Any, Any],
+    h: int,
+    levels: list[int],
+    manifest: Manifest,
+    averaged: dict[str, FloatArray],
+) -> dict[str, FloatArray]:
+    """An ensemble of local models with intervals calibrated on its own mean (global members: averaged)."""
+    from forecasting.kernels import pad_right_aligned
+
+    members = [str(m) for m in entry.params["members"]]
+    if any(m in plan.global_results for m in members):
+        return averaged
+    states = [plan.states[m][plan.rows(m, idx)] if m in plan.states else None for m in members]
+    y, lengths = pad_right_aligned(hist.y, hist.offsets, idx)
+    settings = manifest.interval_settings()
+    out = ensemble_forecast(
+        [(plan.entries[m], s) for m, s in zip(members, states, strict=True)],
+        [float(w) for w in entry.params["weights"]],
+        manifest.season_length,
+        y,
+        lengths,
+        h,
+        levels,
+        settings.conformal_windows,
+    )
+    out["mean"] = averaged["mean"]
+    return out
 
 
 def _forecast_single(

@@ -23,7 +23,13 @@ from forecasting.bundle import (
     write_bundle,
 )
 from forecasting.config import TrainConfig, TrainSection, load_train_config
-from forecasting.fitted import INTERMITTENT_FAMILIES, calibrated_forecast, fit_models, forecast_batch
+from forecasting.fitted import (
+    INTERMITTENT_FAMILIES,
+    calibrated_forecast,
+    ensemble_forecast,
+    fit_models,
+    forecast_batch,
+)
 from forecasting.models import candidate_specs, interval_settings, tsb_optimized_class
 from forecasting.scoring import score
 from forecasting.synthetic import generate
@@ -163,14 +169,23 @@ def _tsb_mse(series: np.ndarray[Any, Any], alpha_d: float, alpha_p: float) -> fl
 def test_edge_and_backtest_give_the_same_intervals(tmp_path: Path) -> None:
     """For the same history, a bundle scored at the edge and the backtest's last window have equal bounds."""
     frame = generate(stores=1, items=8, days=220, seed=5)
-    names = ["WindowAverage", "SES", "TSB", "CrostonOptimized"]
+    names = [
+        "WindowAverage",
+        "SES",
+        "TSB",
+        "CrostonOptimized",
+        "Naive",
+        "SeasonalNaive",
+        "AutoETS",
+        "AutoTheta",
+    ]
     cfg = TrainSection(horizon=14, season_length=7, models=names, windows=1, conformal_windows=6)
     result = run_backtest(frame, cfg, "D")
     cutoff = result.cv["cutoff"].min()
     history = frame.filter(pl.col("ds") <= cutoff)
     private, _ = key_pair(tmp_path)
     for name in names:
-        edge = score(_bundle(tmp_path, frame, name, cfg, private, name), history, horizon=14)
+        edge = score(_bundle(tmp_path, history, name, cfg, private, name), history, horizon=14)
         joined = edge.with_columns(unique_id=pl.concat_str("store_id", "item_id", separator="/")).join(
             result.cv, on=["unique_id", "ds"]
         )
@@ -224,3 +239,21 @@ def test_interval_method_is_recorded_in_the_manifest(method: str) -> None:
     cfg = TrainSection(interval_method=method, conformal_windows=7)  # type: ignore[arg-type]
     settings = interval_settings(cfg, pl.DataFrame({"y": [0.0, 3.0]}))
     assert settings == IntervalSettings(method=method, conformal_windows=7, nonnegative=True)  # type: ignore[arg-type]
+
+
+def test_ensemble_intervals_are_calibrated_on_the_ensemble_mean() -> None:
+    """An ensemble's bounds come from its own mean: count quantiles on unit sales, conformal otherwise."""
+    rng = np.random.default_rng(8)
+    counts = [np.where(rng.random(240) < 0.3, rng.poisson(3, 240) + 1, 0) for _ in range(3)]
+    dollars = [rng.normal(50, 8, 240).round(2) for _ in range(3)]
+    y, lengths = _matrix([*counts, *dollars])
+    members = [
+        (ModelEntry(state="refit-at-edge", family="SimpleExponentialSmoothingOptimized"), None),
+        (ModelEntry(state="refit-at-edge", family="TSB", params={"alpha_d": None, "alpha_p": None}), None),
+    ]
+    out = ensemble_forecast(members, [0.5, 0.5], 7, y, lengths, 14, LEVELS, 6)
+    single = [forecast_batch(e, 7, y, lengths, 14, [])["mean"] for e, _ in members]
+    np.testing.assert_allclose(out["mean"], 0.5 * single[0] + 0.5 * single[1])
+    assert (out["lo-80"][:3] == 0).all() and np.array_equal(out["hi-95"][:3], np.round(out["hi-95"][:3]))
+    np.testing.assert_allclose(out["hi-80"][3:] - out["mean"][3:], out["mean"][3:] - out["lo-80"][3:])
+    assert (out["hi-95"][3:] > out["hi-80"][3:]).all()
