@@ -538,6 +538,10 @@ def _conformal_point(family: str, params: Mapping[str, Any], season_length: int)
     return None
 
 
+# What statsforecast raises on a (cut) history it cannot fit or run on, e.g. Theta's "tiny datasets".
+_UNFITTABLE = (ValueError, ZeroDivisionError, FloatingPointError, NotImplementedError, np.linalg.LinAlgError)
+
+
 def _tsb_optimized_point(y: FloatArray, lengths: IntArray, h: int) -> FloatArray:
     """TSB with ``alpha_d``/``alpha_p`` fitted per series (:func:`forecasting.kernels.tsb_fit`)."""
     from forecasting import kernels
@@ -570,7 +574,7 @@ def point_forecaster(
                 continue
             try:
                 res = model.forecast(y=y[width - lengths[i] :, i], h=h)
-            except (ValueError, ZeroDivisionError, FloatingPointError, np.linalg.LinAlgError):
+            except _UNFITTABLE:
                 continue
             out[i] = res["mean"]
         return out
@@ -669,7 +673,7 @@ def _fitted_mean(
         model.model_ = codec.decode(row)
         try:
             out[i] = model.forward(y=y[width - lengths[i] :, i], h=h)["mean"]
-        except (ValueError, ZeroDivisionError, FloatingPointError, np.linalg.LinAlgError):
+        except _UNFITTABLE:
             continue
     return out
 

@@ -244,7 +244,6 @@ def calibrate_backtest(cv: Any, data: Any, names: list[str], cfg: TrainSection, 
     from forecasting.fitted import (
         CONFORMAL_ONLY,
         RECALIBRATED_NATIVE,
-        calibrated_forecast,
         fit_states,
         forecast_batch,
         model_state,
@@ -285,17 +284,9 @@ def calibrate_backtest(cv: Any, data: Any, names: list[str], cfg: TrainSection, 
         for name in recalibrate:
             family = families.get(name, name)
             entry = ModelEntry(state=model_state(family), family=family, params=params.get(name, {}))
-            if family in CONFORMAL_ONLY:
-                out = calibrated_forecast(
-                    entry, cfg.season_length, y, lengths, h, levels, settings.conformal_windows
-                )
-            else:
-                states = (
-                    fit_states(entry, cfg.season_length, y, lengths)
-                    if entry.state == "fitted-state"
-                    else None
-                )
-                out = forecast_batch(entry, cfg.season_length, y, lengths, h, levels, states, settings)
+            fitted = entry.state == "fitted-state"
+            states = fit_states(entry, cfg.season_length, y, lengths) if fitted else None
+            out = forecast_batch(entry, cfg.season_length, y, lengths, h, levels, states, settings)
             for lv in levels:
                 for side in ("lo", "hi"):
                     new[f"{name}-{side}-{lv}"] = out[f"{side}-{lv}"][o_idx, s_idx]
