@@ -647,7 +647,7 @@ def conformal_scores(
     """Absolute errors ``(n_windows, n, h)`` of ``point`` on the last ``n_windows`` windows of ``h`` periods.
 
     Window ``k`` (1-based) forecasts from the history cut ``k*h`` periods short and compares with the cut
-    periods. A window the history is too short for (or on which ``point`` gives NaN) is NaN.
+    periods. A window that leaves fewer than two periods to fit on (or on which ``point`` gives NaN) is NaN.
     ``select(columns)``, when given, returns the point forecaster of that subset of the series (for
     forecasters that hold per-series state).
     """
@@ -656,7 +656,7 @@ def conformal_scores(
     for k in range(1, n_windows + 1):
         cut = k * h
         train_len = lengths - cut
-        cols = np.flatnonzero(train_len >= 1)
+        cols = np.flatnonzero(train_len >= 2)
         if width <= cut or len(cols) == 0:
             break
         sub_len = train_len[cols]
