@@ -113,6 +113,9 @@ class TrainSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Global gradient-boosting model (candidate name "LightGBM").
     gbm_lags: list[int] = msgspec.field(default_factory=list)
     gbm_rounds: int = 300
+    # LightGBM threads: 1 by default (OpenMP spin-waits collapse on shared, oversubscribed cores); a
+    # training machine of its own can use its cores.
+    gbm_threads: int = 1
     gbm_learning_rate: float = 0.05
     gbm_leaves: int = 31
     gbm_objective: Literal["regression", "regression_l1", "huber", "tweedie", "poisson"] = "regression_l1"

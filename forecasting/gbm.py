@@ -466,7 +466,7 @@ def fit(
         "seed": cfg.seed,
         "deterministic": True,
         "force_row_wise": True,
-        "num_threads": 1,  # OpenMP spin-waits collapse on shared, oversubscribed cores
+        "num_threads": cfg.gbm_threads,
         "verbosity": -1,
     }
     data = lgb.Dataset(

@@ -98,7 +98,13 @@ def evaluate(
     levels: Sequence[int] = (80, 95),
 ) -> dict[str, dict[str, float]]:
     """Metrics of every run on the held-out actuals (per label: mae, wape, wmae, smape, mase, rmsse,
-    coverage_<level>, negative_bound_share, points). Every run must forecast every held-out point."""
+    coverage_<level>, negative_bound_share, points, new_series_points). Every run must forecast every
+    held-out point of every series that has a history."""
+    # A series that first sells inside the held-out periods has no history to forecast from: it is left
+    # out of every run's score alike (``new_series_points`` says how many points that was).
+    known = actuals.join(history.select(KEYS).unique(), on=KEYS, how="semi")
+    new_points = actuals.height - known.height
+    actuals = known
     holiday = "is_holiday" if "is_holiday" in actuals.columns else None
     cv = with_unique_id(actuals).select(ID, "ds", "y", *([holiday] if holiday else []))
     cutoff = with_unique_id(history).group_by(ID).agg(pl.col("ds").max().alias("cutoff"))
@@ -132,6 +138,7 @@ def evaluate(
         values = {k: float(v) for k, v in row.items() if k not in {"model"} and v is not None}
         values["negative_bound_share"] = negative[label]
         values["points"] = float(actuals.height)
+        values["new_series_points"] = float(new_points)
         out[label] = values
     return out
 
