@@ -10,7 +10,10 @@ statsforecast to score.
 Covered: ``AutoETS`` ``forward`` (error A/M, trend N/A/Ad, season N/A/M: every model AutoETS selects
 by default) with its analytic prediction intervals (classes 1-3), and the simple models that refit at
 the edge: ``Naive``, ``SeasonalNaive``, ``HistoricAverage``, ``WindowAverage``,
-``SeasonalWindowAverage``, ``RandomWalkWithDrift``.
+``SeasonalWindowAverage``, ``RandomWalkWithDrift``. Beyond statsforecast: calibrated intervals
+(conformal from many windows with horizon pooling, :func:`calibrated_conformal`; negative binomial
+quantiles for intermittent unit sales, :func:`count_intervals`) and TSB with per-series constants
+(:func:`tsb_fit`); these need scipy for the count law.
 """
 
 from __future__ import annotations
