@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from forecasting.bundle import verify
-from forecasting.config import TrainConfig
+from forecasting.config import TrainConfig, TrainSection
 from forecasting.signing import generate_key_files
 from forecasting.synthetic import generate
 from forecasting.training import config_hash, dataset_fingerprint
@@ -116,3 +116,30 @@ def test_forecast_selected_averages_ensemble_members_including_the_global_model(
     expected = (single["SeasonalNaive"]["forecast"] + single["LightGBM"]["forecast"]) / 2
     assert ensemble["forecast"].to_list() == pytest.approx(expected.to_list())
     assert (ensemble["ds"] == single["LightGBM"]["ds"]).all()
+
+
+def test_a_model_that_cannot_forecast_leaves_no_bundle_and_is_named(
+    workspace: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bundle is scored once before it takes its place: when its model family fails there (a fault
+    injected into SeasonalNaive's kernel after training), no bundle is left and the error names the
+    model, the category and a series."""
+    import forecasting.fitted as fitted_module
+    from forecasting.errors import BundleError
+    from forecasting.training import train, write_run
+
+    data, key, _ = workspace
+    cfg = TrainConfig(train=TrainSection(models=["SeasonalNaive"], fallback="SeasonalNaive"))
+    result = train(pl.read_parquet(data), cfg)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise FloatingPointError("injected fault")
+
+    monkeypatch.setattr(fitted_module, "_seasonal_naive", broken)
+    out = tmp_path / "b"
+    with pytest.raises(
+        BundleError, match=r"model 'SeasonalNaive' \(SeasonalNaive\) failed on \d+ series of category"
+    ):
+        write_run(result, out, signing_key=key)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
