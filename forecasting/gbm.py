@@ -3,14 +3,19 @@
 Each training row is (series, origin t, horizon k): the target is ``y[t+k] / scale`` where ``scale`` is the
 series' mean absolute level over the last season before ``t``; features are the horizon, lags taken from
 the target date (``y[t+k-L]`` for each lag ``L >= k``, so only known history is used), recent window means,
-the year-earlier window mean around the target date, calendar of the target date and static
-series/store attributes — all scaled. The loss is L1 (MAE) weighted by ``scale`` and by 5 on holiday
+the year-earlier window mean around the target date, calendar of the target date, static
+series/store attributes and the dynamic drivers of the target date (its holiday flag and those of the
+periods either side, the per-period covariates such as promotions, prices or markdowns) — sales features
+scaled. The loss is L1 (MAE) weighted by ``scale`` and by 5 on holiday
 targets, so it minimises WMAE in original units.
 
 One function computes the features for training and for the edge: :func:`feature_block` reads, for each
 origin, only the values its features need (at most the last :func:`lookback` periods of the series: the
 longest lag, window, or the season plus the centred year-earlier window) and the calendar of the target
-dates, by array lookups into the series' rows (no joins over the history). ``make_features`` wraps it
+dates, by array lookups into the series' rows (no joins over the history). A dynamic driver of a target
+date is read from the series' row of that date when the frame has one (in training always; at the edge
+when the store fed rows for future dates, with ``y`` missing); otherwise a covariate carries the series'
+last known value (its last row) forward and a holiday flag is 0. ``make_features`` wraps it
 in a frame for training and backtests (the origins asked for; by default the last date of every
 series); the edge (:func:`forecasting.onnx_model.forecast_global`) scores its matrix directly.
 """
@@ -35,6 +40,8 @@ HOLIDAY_WEIGHT = 5.0
 STEP = {"D": "1d", "W": "1w", "H": "1h"}
 DEFAULT_LAGS = {"W": [1, 2, 4, 13, 26, 51, 52, 53, 104], "D": [1, 7, 14, 28, 364], "H": [1, 24, 48, 168]}
 DEFAULT_SEASON = {"W": 52, "D": 7, "H": 24}
+HOLIDAY_FEATURES = ["holiday", "holiday_prev", "holiday_next"]
+FLAGS = ("is_holiday", "on_promo")
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,8 @@ class FeatureSpec:
     windows: list[int]
     static_columns: list[str] = field(default_factory=list)
     categories: dict[str, int] = field(default_factory=dict)
+    holiday: bool = False  # holiday flags of the target period and of the periods either side
+    dynamic_columns: list[str] = field(default_factory=list)  # per-period covariates of the target date
 
     @property
     def feature_names(self) -> list[str]:
@@ -62,6 +71,8 @@ class FeatureSpec:
             "category_code",
             "log_scale",
             *[f"static_{c}" for c in self.static_columns],
+            *(HOLIDAY_FEATURES if self.holiday else []),
+            *[f"exog_{c}" for c in self.dynamic_columns],
         ]
 
     def to_params(self) -> dict[str, Any]:
@@ -74,6 +85,8 @@ class FeatureSpec:
             "windows": self.windows,
             "static_columns": self.static_columns,
             "categories": self.categories,
+            "holiday": self.holiday,
+            "dynamic_columns": self.dynamic_columns,
             "feature_names": self.feature_names,
         }
 
@@ -88,19 +101,27 @@ class FeatureSpec:
             windows=[int(v) for v in params["windows"]],
             static_columns=[str(c) for c in params.get("static_columns", [])],
             categories={str(k): int(v) for k, v in params.get("categories", {}).items()},
+            holiday=bool(params.get("holiday", False)),
+            dynamic_columns=[str(c) for c in params.get("dynamic_columns", [])],
         )
 
 
 def make_spec(frame: pl.DataFrame, cfg: TrainSection, freq: str, horizon: int) -> FeatureSpec:
-    """Feature spec for ``frame`` from config (lags default per frequency; numeric static columns)."""
+    """Feature spec for ``frame`` from config (lags default per frequency). A numeric column constant in
+    every series is static; any other numeric column (``[data] exogenous``, ``features_columns``) and the
+    promotion flag are dynamic covariates of the target date; ``is_holiday`` adds the holiday flags."""
     season = cfg.season_length if cfg.season_length > 1 else DEFAULT_SEASON.get(freq, 1)
     lags = sorted(set(cfg.gbm_lags or DEFAULT_LAGS.get(freq, [1, season])))
-    static = [
+    numeric = [
         c
         for c, t in frame.schema.items()
-        if c not in {"store_id", "item_id", "category", "ds", "y", "is_holiday", "on_promo"}
-        and t.is_numeric()
-        and frame.group_by("store_id", "item_id").agg(pl.col(c).n_unique()).get_column(c).max() == 1
+        if c not in {"store_id", "item_id", "category", "ds", "y", *FLAGS} and t.is_numeric()
+    ]
+    distinct = frame.group_by("store_id", "item_id").agg(pl.col(numeric).n_unique()) if numeric else None
+    static = [c for c in numeric if distinct is not None and distinct.get_column(c).max() == 1]
+    dynamic = [
+        *(["on_promo"] if "on_promo" in frame.columns else []),
+        *(c for c in numeric if c not in static),
     ]
     cats = sorted(frame["category"].unique().to_list())
     return FeatureSpec(
@@ -111,6 +132,8 @@ def make_spec(frame: pl.DataFrame, cfg: TrainSection, freq: str, horizon: int) -
         windows=sorted({4, season} if season > 4 else {season, 2 * season}),
         static_columns=static,
         categories={c: i for i, c in enumerate(cats)},
+        holiday="is_holiday" in frame.columns,
+        dynamic_columns=dynamic,
     )
 
 
@@ -286,6 +309,8 @@ def feature_block(
     x[:, next(col)] = np.log(scale_o)[row_origin]
     for c in spec.static_columns:
         x[:, next(col)] = at_origin.get_column(c).cast(pl.Float64).to_numpy()[row_origin]
+    for driver in _dynamic_features(index, spec, p, h, last[row_origin], dates):
+        x[:, next(col)] = driver
     return FeatureBlock(x=x, origin=p, horizon=h, scale=scale, target_ds=dates, target=target)
 
 
@@ -321,6 +346,56 @@ def _target_calendar(
         for v in values:
             v[missing] = np.nan
     return target_ds.alias("ds"), values
+
+
+def _dynamic_features(
+    index: SeriesIndex, spec: FeatureSpec, p: IntArray, h: IntArray, last: IntArray, dates: pl.Series
+) -> list[FloatArray]:
+    """Holiday flags (target period, the one before, the one after) and covariates of each row's target date.
+
+    A value comes from the series' row of that date when there is one; otherwise a holiday flag is 0 and a
+    covariate takes the series' last row when the date lies beyond it (the last known value carried
+    forward), or the origin's row when the date falls in a gap of the series. Missing values are NaN.
+    """
+    if not spec.holiday and not spec.dynamic_columns:
+        return []
+    frame = index.frame
+    ds = frame.get_column("ds").to_physical().to_numpy()
+    step = {"D": pl.duration(days=1), "W": pl.duration(weeks=1), "H": pl.duration(hours=1)}[spec.freq]
+
+    def find(offset: int) -> tuple[IntArray, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """Row of the date ``offset`` periods from the target, whether the row holds it, whether the date
+        lies beyond the series."""
+        want_s = dates.to_frame("ds").select(pl.col("ds") + step * offset).to_series()
+        null = want_s.is_null().to_numpy()
+        want = want_s.to_physical().fill_null(0).to_numpy()
+        r = p + h + offset
+        inside = r <= last
+        row = np.where(inside, r, last)
+        found = inside & (ds[row] == want) & ~null
+        return row, found, ~null & (want > ds[last])
+
+    out: list[FloatArray] = []
+    if spec.holiday:
+        has = "is_holiday" in frame.columns
+        for offset in (0, -1, 1):
+            row, found, _ = find(offset)
+            flag = np.zeros(len(row))
+            if has and found.any():
+                got = frame.get_column("is_holiday").gather(pl.Series(row[found])).cast(pl.Float64)
+                flag[found] = got.fill_null(0.0).to_numpy()
+            out.append(flag)
+    if spec.dynamic_columns:
+        row, found, beyond = find(0)
+        source = np.where(found, row, np.where(beyond, last, p))
+        at = pl.Series(source)
+        for c in spec.dynamic_columns:
+            if c in frame.columns:
+                values = frame.get_column(c).gather(at).cast(pl.Float64).fill_null(np.nan)
+                out.append(values.to_numpy().astype(np.float64))
+            else:
+                out.append(np.full(len(source), np.nan))
+    return out
 
 
 def _category(frame: pl.DataFrame) -> pl.Expr:
@@ -383,12 +458,22 @@ def make_features(
     )
 
 
+def last_observed(index: SeriesIndex) -> IntArray:
+    """Index ``t`` of each series' last row with a known ``y`` (the forecast origin); rows after it (``y``
+    missing) only carry the drivers of future dates. A series without any known ``y`` ends at its last row."""
+    rows = np.where(np.isnan(index.y), -1, np.arange(len(index.y), dtype=np.int64))
+    upto = np.maximum.accumulate(rows) if len(rows) else rows
+    start, end = index.offsets[:-1], index.offsets[1:] - 1
+    at = upto[np.maximum(end, 0)] if len(upto) else np.zeros(len(start), dtype=np.int64)
+    return np.where(at >= start, at - start, end - start).astype(np.int64)
+
+
 def _origin_positions(index: SeriesIndex, origins: pl.DataFrame | None) -> tuple[IntArray, IntArray]:
     """Series number and index ``t`` of each origin inside its series, ordered by series and ``t``."""
     lengths = index.lengths
     if origins is None:
         keep = np.flatnonzero(lengths > 0).astype(np.int64)
-        return keep, (lengths[keep] - 1).astype(np.int64)
+        return keep, last_observed(index)[keep]
     found = (
         origins.select(*KEYS, pl.col("t").cast(pl.Int64))
         .drop_nulls()

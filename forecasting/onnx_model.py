@@ -10,7 +10,9 @@ Scoring: onnxruntime on the CPU provider with ``threads`` intra-op threads, no c
 registered, and every node checked to belong to the standard domains (``ai.onnx``, ``ai.onnx.ml``)
 before a session is created, so a bundle cannot smuggle in custom operators. Features come from
 :func:`forecasting.gbm.feature_block`, the very function training uses (through ``make_features``),
-read at the last date of each series from its last ``lookback`` periods.
+read at the last date of each series with known sales from its last ``lookback`` periods; rows after
+that date (``y`` missing) feed the dynamic drivers of the forecast dates (see :mod:`forecasting.gbm`).
+Missing feature values are NaN, which the exported trees route as LightGBM does.
 
 Intervals: the booster predicts a point per horizon. The exporter calibrates split-conformal intervals on
 the last ``h`` periods of the training history (the model forecasts them from the origin ``h`` periods
@@ -169,7 +171,7 @@ def forecast_global(
     Returns ``store_id, item_id, horizon, forecast, lo-<lv>, hi-<lv>`` sorted by series and horizon;
     ``h`` may not exceed the horizon the model was trained for.
     """
-    from forecasting.gbm import FeatureSpec, feature_block, index_series
+    from forecasting.gbm import FeatureSpec, feature_block, index_series, last_observed
 
     started = time.perf_counter()
     spec = FeatureSpec.from_params(entry.params["features"])
@@ -178,7 +180,7 @@ def forecast_global(
     index = index_series(history)
     lengths = index.lengths
     series = np.flatnonzero(lengths > 0).astype(np.int64)
-    block = feature_block(index, spec, series, lengths[series] - 1, h)
+    block = feature_block(index, spec, series, last_observed(index)[series], h)
     scorer = OnnxScorer.load(model_bytes, threads=threads)
     scale = block.scale
     mean = scorer.predict(block.x) * scale
