@@ -538,8 +538,16 @@ def _conformal_point(family: str, params: Mapping[str, Any], season_length: int)
     return None
 
 
-# What statsforecast raises on a (cut) history it cannot fit or run on, e.g. Theta's "tiny datasets".
-_UNFITTABLE = (ValueError, ZeroDivisionError, FloatingPointError, NotImplementedError, np.linalg.LinAlgError)
+# What statsforecast raises on a (cut) history it cannot fit or run on: "tiny datasets" (Theta, ETS), an
+# IndexError from ETS forecasting a two-point fit, ...
+_UNFITTABLE = (
+    ValueError,
+    ZeroDivisionError,
+    FloatingPointError,
+    NotImplementedError,
+    IndexError,
+    np.linalg.LinAlgError,
+)
 
 
 def _tsb_optimized_point(y: FloatArray, lengths: IntArray, h: int) -> FloatArray:
