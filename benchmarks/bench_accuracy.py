@@ -34,6 +34,8 @@ from forecasting.config import TrainConfig, load_train_config
 from forecasting.holdout import HoldoutRun, evaluate, forecast_holdout, owa, single_model, split_holdout
 from forecasting.validation import load_canonical
 
+# Whole-data-set trainings run for many minutes on a shared two-core machine (the suite default is 10).
+pytestmark = pytest.mark.timeout(3 * 3600)
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SHELFCAST_TEST_DATA", ROOT.parent / "shared" / "data"))
 

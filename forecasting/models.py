@@ -368,28 +368,36 @@ def naive2_forecast(y: FloatArray, season_length: int, horizon: int) -> FloatArr
     return np.full(horizon, adj[-1]) * idx_out
 
 
-def ses_deseasonalised_forecast(y: FloatArray, season_length: int, horizon: int) -> FloatArray:
-    """M4 SES: exponential smoothing (ETS(A,N,N), alpha and level fitted by MSE) on deseasonalised data."""
+# statsforecast's ets_f refuses an ETS(A,N,N) fit on this many points or fewer ("tiny datasets").
+_ETS_TINY = 6
+
+
+def _ses_path(x: FloatArray, horizon: int) -> FloatArray:
+    """SES (ETS(A,N,N) fitted by MSE) forecasts of ``x``; on a tiny history, the mean of its values."""
+    if len(x) <= _ETS_TINY:
+        return np.full(horizon, float(np.mean(x)))
     from statsforecast.ets import ets_f, forecast_ets
 
+    fit = ets_f(x, m=1, model="ANN", opt_crit="mse")  # type: ignore[no-untyped-call]
+    return np.asarray(forecast_ets(fit, h=horizon)["mean"], dtype=np.float64)  # type: ignore[no-untyped-call]
+
+
+def ses_deseasonalised_forecast(y: FloatArray, season_length: int, horizon: int) -> FloatArray:
+    """M4 SES: exponential smoothing (ETS(A,N,N), alpha and level fitted by MSE) on deseasonalised data."""
     adj, _, idx_out = deseasonalise(y, season_length, horizon)
-    fit = ets_f(adj, m=1, model="ANN", opt_crit="mse")  # type: ignore[no-untyped-call]
-    mean = forecast_ets(fit, h=horizon)["mean"]  # type: ignore[no-untyped-call]
-    return np.asarray(mean, dtype=np.float64) * idx_out
+    result: FloatArray = _ses_path(adj, horizon) * idx_out
+    return result
 
 
 def theta_deseasonalised_forecast(y: FloatArray, season_length: int, horizon: int) -> FloatArray:
     """M4 Theta (classic): mean of the linear trend (theta 0) and SES on the theta-2 line, deseasonalised."""
-    from statsforecast.ets import ets_f, forecast_ets
-
     adj, _, idx_out = deseasonalise(y, season_length, horizon)
     n = len(adj)
     t_in = np.arange(1, n + 1, dtype=np.float64)
     t_out = np.arange(n + 1, n + horizon + 1, dtype=np.float64)
     slope, intercept = np.polyfit(t_in, adj, 1)
     line_in, line_out = intercept + slope * t_in, intercept + slope * t_out
-    fit = ets_f(2.0 * adj - line_in, m=1, model="ANN", opt_crit="mse")  # type: ignore[no-untyped-call]
-    ses_out = np.asarray(forecast_ets(fit, h=horizon)["mean"], dtype=np.float64)  # type: ignore[no-untyped-call]
+    ses_out = _ses_path(2.0 * adj - line_in, horizon)
     result: FloatArray = (0.5 * ses_out + 0.5 * line_out) * idx_out
     return result
 

@@ -71,14 +71,15 @@ def test_m5_config_at_or_below_ses_with_calibrated_count_intervals(shared_data: 
 
 
 def test_m4_weekly_config_beats_naive2(shared_data: Path) -> None:
-    """The first M4 Weekly series, their last 13 points hidden: OWA against Naive2 below 1 (M4 rules)."""
+    """Every ninth M4 Weekly series (40), their last 13 points hidden: OWA against Naive2 below 0.95 (M4
+    rules; 0.87 when measured)."""
     cfg = _config("m4-weekly.toml")
     frame = load_canonical(shared_data / "m4" / "Weekly-train.csv", cfg.data).frame
-    first = frame["item_id"].unique().sort()[:40]
+    first = frame["item_id"].unique().sort()[::9]
     history, actuals = split_holdout(frame.filter(pl.col("item_id").is_in(first.implode())), 13, by="series")
     runs = [
         forecast_holdout(history, cfg, "shipped", horizon=13),
         forecast_holdout(history, single_model(cfg, "Naive2"), "naive2", horizon=13),
     ]
     scores = evaluate(runs, history, actuals, scale_seasonality=cfg.train.scale_seasonality)
-    assert owa(scores["shipped"], scores["naive2"]) < 1.0, scores
+    assert owa(scores["shipped"], scores["naive2"]) < 0.95, scores
