@@ -24,12 +24,13 @@ CONFIGS = PROJECT / "configs"
 
 
 def _walmart(data: Path, out: Path) -> Path:
-    """Two stores of the Walmart extract (gzip CSV, as published) and its stores.csv beside it."""
+    """Two stores of the Walmart extract (gzip CSV, as published), with stores.csv and features.csv.gz."""
     raw = pl.read_csv(data / "walmart" / "train.csv.gz")
     target = out / "train.csv.gz"
     with gzip.open(target, "wb") as fh:
         raw.filter(pl.col("Store").is_in([1, 20])).write_csv(fh)
-    shutil.copy(data / "walmart" / "stores.csv", out / "stores.csv")
+    for side_file in ("stores.csv", "features.csv.gz"):
+        shutil.copy(data / "walmart" / side_file, out / side_file)
     return target
 
 
