@@ -715,8 +715,10 @@ def ensemble_forecast(
                 sub = states if states is None or cols is None else states[cols]
                 if sub is not None:
                     part = _fitted_mean(entry, season_length, yy, ll, hh, sub)
-                else:
+                elif entry.family in _KERNEL_FAMILIES:
                     part = forecast_batch(entry, season_length, yy, ll, hh, [])["mean"]
+                else:
+                    part = point_forecaster(entry, season_length)(yy, ll, hh)
                 total += float(weight) * part
             return total
 
