@@ -482,10 +482,11 @@ class Lifecycle:
             return self._reject(str(exc))
         return Event.SUCCESS
 
-    def _unpack_verified(self, archive: Path, staging: Path, want: Target) -> Path:
+    def _unpack_verified(self, archive: Path, staging: Path, want: Target, *, shadow: bool = False) -> Path:
         """Unpack ``archive`` into ``staging`` and verify it as ``want``, newer than any trusted version.
 
-        The unpacked folder; UpdateRejectedError naming the check that failed.
+        A ``shadow`` may be older (it is scored, never served: serving an older version needs it kept
+        locally, see ``on_sync``). The unpacked folder; UpdateRejectedError naming the check that failed.
         """
         from forecasting.bundle import unpack_archive, verify
 
@@ -494,7 +495,7 @@ class Lifecycle:
             manifest = verify(
                 unpacked,
                 self._trusted_keys(),
-                min_version=self.record.highest_version + 1,
+                min_version=0 if shadow else self.record.highest_version + 1,
                 max_file_bytes=self.config.agent.max_bundle_bytes,
             )
         except BundleError as exc:
@@ -591,8 +592,12 @@ class Lifecycle:
             self._drop_shadow(have, "no longer assigned" if have != wanted else "now served")
         if want is None or wanted is None or wanted == self.record.active:
             return False
-        ready = self.record.shadow == wanted and self.paths.shadow_dir(want.model_name, want.version).is_dir()
-        if ready or want.bundle_sha256 in self.record.rejected or not self._try_fetch_shadow(want):
+        if self.record.shadow == wanted and self.paths.bundle_dir(want.model_name, want.version) is not None:
+            return False
+        # A version kept on disk (the champion while its candidate serves) was verified when it arrived:
+        # it is scored from there, never fetched again.
+        kept = self.paths.version_dir(want.model_name, want.version).is_dir()
+        if not kept and (want.bundle_sha256 in self.record.rejected or not self._try_fetch_shadow(want)):
             return False
         self.record.shadow = wanted
         save_record(self.paths, self.record)
@@ -639,7 +644,7 @@ class Lifecycle:
         )
         staging = self.paths.staging / f"shadow-{want.bundle_sha256}"
         remove_tree(staging)
-        unpacked = self._unpack_verified(archive, staging, want)
+        unpacked = self._unpack_verified(archive, staging, want, shadow=True)
         target = self.paths.shadow_dir(want.model_name, want.version)
         remove_tree(self.paths.shadow)
         self.paths.shadow.mkdir(parents=True, exist_ok=True)
@@ -705,11 +710,15 @@ def kept_versions(paths: StatePaths, model_name: str) -> list[int]:
 
 
 def prune_versions(paths: StatePaths, record: Record, *, keep: int) -> None:
-    """Keep the active version and the ``keep`` newest others; remove the rest."""
+    """Keep the active version, the shadow one and the ``keep`` newest others; remove the rest."""
     if record.active is None:
         return
     versions = kept_versions(paths, record.active.model_name)
-    others = [v for v in versions if v != record.active.version]
+    protected = {record.active.version}
+    for ref in (record.shadow, record.shadow_target):
+        if ref is not None and ref.model_name == record.active.model_name:
+            protected.add(ref.version)
+    others = [v for v in versions if v not in protected]
     for version in others[: max(0, len(others) - keep)]:
         remove_tree(paths.version_dir(record.active.model_name, version))
         log.info("version_pruned", model_version=version)

@@ -195,6 +195,7 @@ def _accuracy_report(
         model_name=run["model_name"],
         version=int(run["version"]),
         role=role,
+        scoring_id=run.get("scoring_id") or run["run_id"],
         period_start=period_start,
         period_end=period_end,
         created_at=datetime.now(UTC),

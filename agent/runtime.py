@@ -399,8 +399,8 @@ class AgentRuntime:
         ref = record.shadow
         if ref is None or ref == record.active:
             return None
-        folder = self.paths.shadow_dir(ref.model_name, ref.version)
-        if not folder.is_dir():
+        folder = self.paths.bundle_dir(ref.model_name, ref.version)
+        if folder is None:
             return None
         return ShadowModel(folder, ref.model_name, ref.version)
 

@@ -319,6 +319,7 @@ def score_store(
             "history_rows": history_rows,
             "path": pointer.path,
             "role": "served",
+            "scoring_id": run_id,
         }
     )
     atomic_write_bytes(paths.serving, msgspec.json.encode(pointer))
@@ -338,8 +339,9 @@ def score_store(
     if shadow is not None:
         try:
             result.shadow_run_id = _score_shadow(
-                paths, store, shadow, history, scorer=scorer, trigger=trigger, history_rows=history_rows
-            )
+                paths, store, shadow, history, scorer=scorer, trigger=trigger, history_rows=history_rows,
+                scoring_id=run_id,
+            )  # fmt: skip
         except Exception as exc:  # a failing shadow never disturbs serving
             result.shadow_error = (
                 str(exc) if isinstance(exc, ScoringError) else f"{type(exc).__name__}: {exc}"
@@ -358,6 +360,7 @@ def _score_shadow(
     scorer: Scorer,
     trigger: str,
     history_rows: int,
+    scoring_id: str,
 ) -> str:
     started_at = datetime.now(UTC)
     started = time.monotonic()
@@ -383,6 +386,7 @@ def _score_shadow(
             "history_rows": history_rows,
             "path": str(out.relative_to(paths.root)),
             "role": "shadow",
+            "scoring_id": scoring_id,
         }
     )
     log.info(

@@ -70,6 +70,8 @@ CREATE TABLE IF NOT EXISTS scoring_runs (
     path VARCHAR NOT NULL
 );
 ALTER TABLE scoring_runs ADD COLUMN IF NOT EXISTS role VARCHAR;  -- served | shadow (NULL: before roles)
+-- the served run's id for every run of one scoring (served and shadow): pairs their accuracy reports
+ALTER TABLE scoring_runs ADD COLUMN IF NOT EXISTS scoring_id VARCHAR;
 """
 
 
@@ -244,8 +246,8 @@ class LocalStore:
         with self._lock:
             self._exec(
                 "INSERT OR REPLACE INTO scoring_runs (run_id, model_name, version, trigger, started_at, "
-                "finished_at, n_series, n_rows, history_rows, path, role) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "finished_at, n_series, n_rows, history_rows, path, role, scoring_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     run["run_id"],
                     run["model_name"],
@@ -258,18 +260,19 @@ class LocalStore:
                     run["history_rows"],
                     run["path"],
                     run.get("role"),
+                    run.get("scoring_id"),
                 ],
             )
 
     def runs(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = self._fetch(
             "SELECT run_id, model_name, version, trigger, started_at, finished_at, n_series, n_rows, "
-            "history_rows, path, role FROM scoring_runs ORDER BY started_at DESC LIMIT ?",
+            "history_rows, path, role, scoring_id FROM scoring_runs ORDER BY started_at DESC LIMIT ?",
             [limit],
         )
         keys = [
             *("run_id", "model_name", "version", "trigger", "started_at", "finished_at"),
-            *("n_series", "n_rows", "history_rows", "path", "role"),
+            *("n_series", "n_rows", "history_rows", "path", "role", "scoring_id"),
         ]
         return [dict(zip(keys, r, strict=True)) for r in rows]
 

@@ -39,12 +39,12 @@ import pytest
 SIZE_ENV = "SHELFCAST_BENCH_SIZE"
 SIZES = ("full", "tiny")
 TARGET_RE = re.compile(r"\s*(value|ratio)\s*(<=|>=|<|>)\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*")
-_NAME_RE = re.compile(r"[a-z0-9_]+")
+_NAME_RE = re.compile(r"[a-z0-9_.]+")
 
 
 def _check(name: str, baseline: str | None, target: str | None) -> None:
     if not _NAME_RE.fullmatch(name):
-        raise ValueError(f"figure name {name!r}: use lower-case letters, digits and underscores")
+        raise ValueError(f"figure name {name!r}: use lower-case letters, digits, dots and underscores")
     if baseline is not None and not _NAME_RE.fullmatch(baseline):
         raise ValueError(f"baseline {baseline!r} of figure {name!r} is not a figure name")
     if target is not None and not TARGET_RE.fullmatch(target):

@@ -87,13 +87,18 @@ class AccuracyRow(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
 
 
 class AccuracyReport(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """A store's live accuracy per category x horizon bucket for one model version (``POST /v1/accuracy``)."""
+    """A store's live accuracy per category x horizon bucket for one model version (``POST /v1/accuracy``).
+
+    ``scoring_id`` is shared by the reports of the runs one scoring made (the served version and the shadow
+    scored on the very same history): the server pairs the two versions' errors on it, series for series.
+    """
 
     report_id: str
     store_id: str
     model_name: str
     version: int
     role: str = "served"
+    scoring_id: str | None = None
     period_start: date
     period_end: date
     created_at: datetime

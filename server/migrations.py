@@ -347,4 +347,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX agent_errors_store ON agent_errors (store_id, received_at);
         """,
     ),
+    Migration(
+        7,
+        "paired accuracy evidence",
+        """
+        ALTER TABLE accuracy_rows ADD COLUMN scoring_id VARCHAR;
+        """,
+    ),
 )

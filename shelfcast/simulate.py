@@ -55,10 +55,13 @@ class SimulationError(ForecastingError):
 
 @dataclass
 class Candidate:
-    """A version to roll out: the champion's bundle re-signed with forecast adjustments.
+    """A version to roll out: a bundle (the champion's by default) re-signed with forecast adjustments.
 
     ``multiply`` scales every forecast (1.0: a new version that forecasts like the champion; 1.3: a
-    deliberately bad one). ``plan`` (a plan as a dict) or ``plan_file`` (TOML) overrides the simulation's
+    deliberately bad one). ``bundle``: any trained bundle instead of the champion's (trained on the
+    history before the replay, like the champion, for a fair comparison). ``models``: the simulation
+    trains the candidate itself, on the champion's history and settings with these models. ``plan``
+    (a plan as a dict) or ``plan_file`` (TOML) overrides the simulation's
     plan. ``untrusted_by`` lists stores whose agents do not trust the key that signs this candidate (the
     candidate is signed with a second key the server trusts), so they cannot activate it.
     ``kill_server_after_periods``: SIGKILL the (own) server after this many periods of the rollout and
@@ -67,6 +70,8 @@ class Candidate:
 
     multiply: float = 1.0
     label: str = ""
+    bundle: Path | None = None
+    models: list[str] = field(default_factory=list)
     plan: dict[str, Any] | None = None
     plan_file: Path | None = None
     untrusted_by: list[str] = field(default_factory=list)
@@ -88,7 +93,8 @@ class SimulationOptions:
     category_groups: dict[str, str] | None = None  # synthetic: report by these groups of categories
     periods: int = 12  # periods replayed at most (walmart: the last N weeks of the file)
     agent_history_periods: int | None = None  # history each agent starts with (default: all of it)
-    seed: int = 7
+    seed: int = 7  # synthetic data, the waves each rollout draws, the replay noise
+    replay_noise: float = 0.0  # replayed sales times lognormal noise of this coefficient of variation
     model_name: str = "demand"
     horizon: int = 4
     train_models: list[str] = field(default_factory=lambda: ["Naive", "SeasonalNaive"])
@@ -273,7 +279,8 @@ def synthetic_fleet(
 
 
 def default_plan() -> dict[str, Any]:
-    """Three waves (20 %, 50 %, all), one or two periods of bake, gates sized for a small replay."""
+    """Three waves (20 %, 50 %, all), one or two periods of bake, the paired gate's defaults (5 % false
+    rollbacks, 5 % degradation worth stopping for, ceiling 1.3) on evidence sized for a small replay."""
     return {
         "name": "simulated canary",
         "stratify_by": ["type", "region"],
@@ -283,7 +290,7 @@ def default_plan() -> dict[str, Any]:
             {"name": "everyone", "share": 1.0, "bake_periods": 1},
         ],
         "health": {"activation_timeout_seconds": 120.0, "stale_after_seconds": 600.0},
-        "accuracy": {"max_wape_ratio": 1.15, "min_observations": 10, "min_stores": 2, "min_periods": 1},
+        "accuracy": {"min_observations": 10, "min_stores": 2, "min_periods": 1},
     }
 
 
@@ -448,11 +455,13 @@ class Simulation:
             if o.data_path is None:
                 raise SimulationError("the walmart source needs data_path (the folder with train.csv.gz)")
             data = load_walmart(o.data_path, stores=o.stores, departments=o.departments, periods=o.periods)
+            data = with_replay_noise(data, o.replay_noise, o.seed)
         else:
             data = synthetic_fleet(
                 stores=o.stores or 12, items=o.items, freq=o.freq, history_periods=o.history_periods,
                 periods=o.periods, seed=o.seed, category_groups=o.category_groups,
             )  # fmt: skip
+            data = with_replay_noise(data, o.replay_noise, o.seed)
         self.data = data
         self._timed("load_data", started)
         return data
@@ -513,15 +522,27 @@ class Simulation:
         self._launch_server()
 
     def train(self) -> Path:
+        """Train and sign the first champion on the history before the replay."""
+        started = time.monotonic()
+        self.next_version = self._first_free_version()
+        version = self.next_version
+        out = self._train(list(self.options.train_models), version)
+        self.next_version = version + 1
+        self.champion_bundle = out
+        self._timed("train", started)
+        return out
+
+    def _train(self, models: list[str], version: int) -> Path:
+        """``shelfcast train`` of ``models`` on the history before the replay, signed as ``version``."""
         assert self.data is not None
         from forecasting.frames import write_frame
 
-        started = time.monotonic()
         data_dir = self.state_dir / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
         history = data_dir / "history.parquet"
-        write_frame(self.data.history, history)
-        config = data_dir / "train.toml"
+        if not history.exists():
+            write_frame(self.data.history, history)
+        config = data_dir / f"train-v{version}.toml"
         config.write_text(
             _toml(
                 {
@@ -530,7 +551,7 @@ class Simulation:
                         "model_name": self.options.model_name,
                         "horizon": self.options.horizon,
                         "season_length": self.data.season_length,
-                        "models": list(self.options.train_models),
+                        "models": models,
                         "fallback": "Naive",
                         "windows": 1,
                         "metric": "mae",
@@ -539,8 +560,6 @@ class Simulation:
                 }
             )
         )
-        self.next_version = self._first_free_version()
-        version = self.next_version
         out = self.state_dir / "models" / f"{self.options.model_name}-v{version}"
         log_path = self.logs / "train.log"
         with log_path.open("ab") as fh:
@@ -555,9 +574,6 @@ class Simulation:
             )  # fmt: skip
         if result.returncode != 0:
             raise SimulationError(f"training failed (exit {result.returncode}); see {log_path}")
-        self.next_version = version + 1
-        self.champion_bundle = out
-        self._timed("train", started)
         return out
 
     def _first_free_version(self) -> int:
@@ -741,28 +757,45 @@ class Simulation:
         body: dict[str, Any] = response.json()
         return body
 
-    def start_rollout(self, candidate: Candidate) -> tuple[str, int]:
+    def candidate_bundle(self, candidate: Candidate) -> tuple[Path, int]:
+        """The candidate's signed bundle and version: trained, or a given bundle / the champion re-signed."""
         assert self.champion_bundle is not None
+        from forecasting.bundle import read_manifest
         from forecasting.bundle_cli import adjust_bundle
 
-        version = self.next_version
-        self.next_version += 1
+        if candidate.models and candidate.bundle is None and not candidate.untrusted_by:
+            version = self.next_version
+            self.next_version += 1
+            started = time.monotonic()
+            trained = self._train(candidate.models, version)
+            self._timed("train_candidates", started)
+            if candidate.multiply == 1.0:
+                return trained, version
+            source = trained
+        else:
+            source = candidate.bundle or self.champion_bundle
+        version = max(self.next_version, read_manifest(source).version + 1)
+        self.next_version = version + 1
         key = self.keys["second" if candidate.untrusted_by else "main"][0]
         bundle = adjust_bundle(
-            self.champion_bundle,
+            source,
             self.state_dir / "models" / f"{self.options.model_name}-v{version}",
             version=version,
             signing_key=key,
             multiply=candidate.multiply,
-            reason=candidate.label or f"simulated candidate x{candidate.multiply}",
+            reason=_describe(candidate),
         )
+        return bundle, version
+
+    def start_rollout(self, candidate: Candidate) -> tuple[str, int]:
+        bundle, version = self.candidate_bundle(candidate)
         self.publish(bundle, champion=False, reason="")
         plan = self._plan(candidate)
         with self.admin() as client:
             response = client.post(
                 "/v1/rollouts",
                 json={"model_name": self.options.model_name, "version": version, "plan": plan,
-                      "reason": candidate.label or f"simulated candidate x{candidate.multiply}"},
+                      "reason": _describe(candidate)},
             )  # fmt: skip
         _check(response, f"start the rollout of v{version}")
         rollout_id: str = response.json()["rollout"]["rollout_id"]
@@ -772,15 +805,20 @@ class Simulation:
         return rollout_id, version
 
     def _plan(self, candidate: Candidate) -> dict[str, Any]:
+        """The candidate's plan; its waves are drawn from the simulation's seed unless the plan seeds them."""
         if candidate.plan is not None:
-            return dict(candidate.plan)
-        if candidate.plan_file is not None:
-            return _read_plan(candidate.plan_file)
-        if self.options.plan is not None:
-            return dict(self.options.plan)
-        if self.options.plan_file is not None:
-            return _read_plan(self.options.plan_file)
-        return default_plan()
+            plan = dict(candidate.plan)
+        elif candidate.plan_file is not None:
+            plan = _read_plan(candidate.plan_file)
+        elif self.options.plan is not None:
+            plan = dict(self.options.plan)
+        elif self.options.plan_file is not None:
+            plan = _read_plan(self.options.plan_file)
+        else:
+            plan = default_plan()
+        index = self.options.candidates.index(candidate) if candidate in self.options.candidates else 0
+        plan.setdefault("seed", f"{self.options.seed}-{index}")
+        return plan
 
     def roll(self, candidate: Candidate) -> RolloutResult:
         assert self.data is not None
@@ -937,6 +975,35 @@ def _result(body: dict[str, Any], version: int, candidate: Candidate, periods: i
     )
 
 
+def _describe(candidate: Candidate) -> str:
+    if candidate.label:
+        return candidate.label
+    if candidate.models:
+        return f"simulated candidate trained with {', '.join(candidate.models)}"
+    if candidate.bundle is not None:
+        return f"simulated candidate from bundle {candidate.bundle.name} x{candidate.multiply}"
+    return f"simulated candidate x{candidate.multiply}"
+
+
+def with_replay_noise(data: FleetData, noise: float, seed: int) -> FleetData:
+    """The fleet's replayed periods times lognormal noise (mean 1, coefficient of variation ``noise``).
+
+    Each seed gives the same history and another draw of the weeks the rollouts see, so seeded replays
+    differ the way one season differs from another; 0 keeps the data as it is.
+    """
+    if noise <= 0:
+        return data
+    import numpy as np
+    import polars as pl
+
+    sigma = float(np.sqrt(np.log1p(noise**2)))
+    replayed = data.frame.select((pl.col("ds") >= data.periods[0]).alias("r"))["r"].to_numpy()
+    rng = np.random.default_rng(seed)
+    factor = np.where(replayed, np.exp(rng.normal(-(sigma**2) / 2, sigma, data.frame.height)), 1.0)
+    frame = data.frame.with_columns(pl.col("y") * pl.Series(factor))
+    return FleetData(frame, data.attributes, data.periods, data.freq, data.season_length)
+
+
 def _read_plan(path: Path) -> dict[str, Any]:
     try:
         plan = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -1026,6 +1093,24 @@ def _candidate(value: str) -> Candidate:
         raise click.BadParameter(f"expected FACTOR[:LABEL], e.g. 1.0 or 1.3:bad, got {value!r}") from None
 
 
+def _candidate_bundle(value: str) -> Candidate:
+    """``DIR`` or ``DIR:LABEL``: a trained bundle rolled out as it forecasts."""
+    folder, _, label = value.partition(":")
+    path = Path(folder)
+    if not (path / "manifest.json").is_file():
+        raise click.BadParameter(f"{folder!r} is not a bundle folder (no manifest.json)")
+    return Candidate(bundle=path, label=label)
+
+
+def _candidate_models(value: str) -> Candidate:
+    """``MODEL[,MODEL...][:LABEL]``: a candidate the simulation trains on the champion's history."""
+    models, _, label = value.partition(":")
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        raise click.BadParameter(f"expected MODEL[,MODEL...][:LABEL], e.g. Naive:worse, got {value!r}")
+    return Candidate(models=names, label=label)
+
+
 @click.command("simulate")
 @click.option("--source", type=click.Choice(["synthetic", "walmart"]), default="synthetic", show_default=True)
 @click.option(
@@ -1049,13 +1134,39 @@ def _candidate(value: str) -> Candidate:
     default=None,
     help="Periods of history each agent starts with (default: all).",
 )
-@click.option("--seed", type=int, default=7, show_default=True, help="synthetic: seed of the data.")
+@click.option(
+    "--seed",
+    type=int,
+    default=7,
+    show_default=True,
+    help="Seed of the synthetic data, of each rollout's wave draw and of the replay noise.",
+)
+@click.option(
+    "--replay-noise",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Replayed sales times seeded lognormal noise of this coefficient of variation (0: as they are).",
+)
 @click.option("--model-name", default="demand", show_default=True)
 @click.option(
     "--candidate",
     "candidates",
     multiple=True,
     help="FACTOR[:LABEL]: roll out the champion re-signed with forecasts x FACTOR (repeatable, in order).",
+)
+@click.option(
+    "--candidate-bundle",
+    "candidate_bundles",
+    multiple=True,
+    help="DIR[:LABEL]: roll out a trained bundle (repeatable; after the --candidate ones).",
+)
+@click.option(
+    "--candidate-models",
+    "candidate_models",
+    multiple=True,
+    help="MODEL[,MODEL...][:LABEL]: roll out a candidate trained like the champion with these models "
+    "(repeatable; after the --candidate-bundle ones).",
 )
 @click.option(
     "--plan",
@@ -1093,8 +1204,11 @@ def simulate(
     horizon: int,
     agent_history: int | None,
     seed: int,
+    replay_noise: float,
     model_name: str,
     candidates: tuple[str, ...],
+    candidate_bundles: tuple[str, ...],
+    candidate_models: tuple[str, ...],
     plan_file: Path | None,
     agent_processes: int,
     engine_interval: float,
@@ -1126,8 +1240,13 @@ def simulate(
         horizon=horizon,
         agent_history_periods=agent_history,
         seed=seed,
+        replay_noise=replay_noise,
         model_name=model_name,
-        candidates=[_candidate(c) for c in candidates],
+        candidates=[
+            *(_candidate(c) for c in candidates),
+            *(_candidate_bundle(c) for c in candidate_bundles),
+            *(_candidate_models(c) for c in candidate_models),
+        ],
         plan_file=plan_file,
         agent_processes=agent_processes,
         engine_interval_seconds=engine_interval,
@@ -1151,7 +1270,7 @@ def simulate(
                 [
                     {
                         "version": r.version,
-                        "forecasts": f"x{r.multiply}",
+                        "forecasts": r.label or f"x{r.multiply}",
                         "outcome": r.outcome,
                         "waves_completed": f"{r.waves_completed}/{len(r.waves)}",
                         "periods": r.periods,

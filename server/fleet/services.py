@@ -399,6 +399,13 @@ class FleetService:
                     bundle_size=int(candidate["bundle_size"]),
                     rollout_id=override.rollout_id,
                 )
+                if override.champion_shadow:  # paired evidence: the champion keeps being scored
+                    assignment = msgspec.structs.replace(
+                        assignment,
+                        shadow_version=int(version["version"]),
+                        shadow_bundle_sha256=version["bundle_sha256"],
+                        shadow_bundle_size=int(version["bundle_size"]),
+                    )
         body = msgspec.json.encode(assignment)
         return CachedAssignment(etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"', body=body)
 

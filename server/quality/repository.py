@@ -74,10 +74,10 @@ class QualityRepository:
                 report.period_start, report.period_end]  # fmt: skip
         for r in report.rows:
             self.db.execute(
-                f"INSERT INTO accuracy_rows VALUES ({', '.join(['?'] * 20)})",  # noqa: S608 - placeholders
+                f"INSERT INTO accuracy_rows VALUES ({', '.join(['?'] * 21)})",  # noqa: S608 - placeholders
                 [*head, r.category, r.horizon_bucket, r.n, r.abs_err_sum, r.abs_y_sum, r.err_sum,
                  r.scaled_abs_err_sum, r.scaled_n, r.covered.get("80"), r.covered.get("95"),
-                 msgspec.json.encode(r.covered).decode(), r.backtest_wape, now],
+                 msgspec.json.encode(r.covered).decode(), r.backtest_wape, now, report.scoring_id],
             )  # fmt: skip
 
     def insert_drift(self, report: DriftReport, now: datetime) -> None:

@@ -189,8 +189,13 @@ def gate_rows(gates: dict[str, Any]) -> list[dict[str, Any]]:
                 "outcome": c["outcome"],
                 "value": c["wape_ratio"],
                 "threshold": accuracy.get("max_wape_ratio"),
-                "detail": f"WAPE {c['candidate_wape']} vs {c['champion_wape']}, n {c['candidate_n']}/"
-                f"{c['champion_n']}, {c['periods']} periods",
+                "detail": f"WAPE {c['candidate_wape']} vs {c['champion_wape']}, n {c['candidate_n']}, "
+                f"{c['stores']} stores, {c['periods']} periods"
+                + (
+                    f", interval {c['test']['ratio_lower']}-{c['test']['ratio_upper']}"
+                    if c.get("test")
+                    else ""
+                ),
             }
         )
     if accuracy:

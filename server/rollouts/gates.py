@@ -5,9 +5,10 @@ version after it, or one that reports the ``rollback`` state, fails the gate), n
 none reports more than ``max_errors_per_store`` new errors of the update and scoring kinds
 (``GATED_ERROR_KINDS``: a refused bundle, a failed health check or activation, failed scoring of the
 served or the shadow version) in heartbeats received since the step started.
-Accuracy: per category, the candidate's pooled WAPE against the champion's — on the same stores in a
-shadow step, on matched control stores (same stratum, not in the wave) when serving — as a ratio held
-against ``max_wape_ratio``; thin evidence is ``inconclusive`` and the step keeps baking.
+Accuracy: the paired sequential test of :mod:`server.rollouts.evidence` on every store of the rollout
+that scored both versions in one scoring (the candidate in shadow before it serves, the champion in
+shadow while the candidate serves), over every period since the rollout started; the step bakes for
+its own periods of that evidence. Thin evidence is ``inconclusive`` and the step keeps baking.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from server.fleet.repository import FleetRepository
-from server.rollouts.plan import RolloutPlan, Step, stratum_of
+from server.rollouts.evidence import NOT_WORSE, WORSE, TestResult, log_ratio, look_alpha, paired_test
+from server.rollouts.plan import AccuracyGate, RolloutPlan, Step
 from server.rollouts.repository import RolloutRepository
 
 PASS, FAIL, INCONCLUSIVE, WAITING = "pass", "fail", "inconclusive", "waiting"
@@ -124,114 +126,181 @@ def health_gate(
 def accuracy_gate(
     repo: RolloutRepository,
     plan: RolloutPlan,
-    step: Step,
     rollout: dict[str, Any],
-    wave_stores: list[dict[str, Any]],
-    fleet: list[dict[str, Any]],
-    strata: dict[str, str],
+    stores: list[str],
+    step_stores: list[str],
 ) -> dict[str, Any]:
-    """Per-category candidate vs champion WAPE; also how many periods of actuals the step has baked."""
-    gate = plan.accuracy
-    model, candidate, champion = (
-        rollout["model_name"],
-        rollout["candidate_version"],
-        rollout["champion_version"],
+    """The paired sequential test on every period of evidence since the rollout started."""
+    rows = repo.paired_accuracy(
+        model_name=rollout["model_name"],
+        candidate=int(rollout["candidate_version"]),
+        champion=int(rollout["champion_version"]),
+        stores=stores,
+        received_since=rollout["created_at"],
     )
-    since = rollout["step_started_at"]
-    in_wave = {s["store_id"] for s in wave_stores}
-    if step.kind == "shadow":
-        cand_stores = sorted(in_wave)
-        base_stores = cand_stores
-        cand_role, comparison = "shadow", "same stores (shadow)"
-    else:
-        wave_strata = {strata.get(sid, "") for sid in in_wave}
-        controls = sorted(
-            s["store_id"]
-            for s in fleet
-            if s["store_id"] not in in_wave and strata.get(s["store_id"], "") in wave_strata
-        )
-        matched = {strata.get(sid, "") for sid in controls}
-        cand_stores = sorted(sid for sid in in_wave if strata.get(sid, "") in matched)
-        base_stores = controls
-        cand_role, comparison = "served", "matched control stores"
+    return judge_accuracy(plan.accuracy, rows, rollout["step_started_at"], step_stores)
+
+
+def judge_accuracy(
+    gate: AccuracyGate,
+    rows: list[dict[str, Any]],
+    step_started: datetime,
+    step_stores: list[str] | None = None,
+) -> dict[str, Any]:
+    """The gate's verdict from paired rows (store, category, period: both versions' error sums).
+
+    Fails on evidence that the candidate is worse (pooled or in a category, see
+    :mod:`server.rollouts.evidence`) or on a category's paired WAPE ratio above the hard ceiling;
+    passes on evidence that it is less than ``min_degradation`` worse once ``min_reporting_share`` of
+    ``step_stores`` (default: every store with evidence) reported in the step; otherwise keeps baking.
+    """
+    periods = sorted({r["period_end"] for r in rows})
+    in_step = [r for r in rows if r["received_at"] >= step_started]
+    step_periods = len({r["period_end"] for r in in_step})
+    reporting = {r["store_id"] for r in in_step}
+    expected = set(step_stores) if step_stores is not None else reporting
+    reporting_share = len(reporting & expected) / len(expected) if expected else 1.0
+    units: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        sums = units.setdefault((r["store_id"], r["category"]), [0.0, 0.0, 0.0, 0.0])
+        for k, key in enumerate(("candidate_errors", "champion_errors", "actuals", "n")):
+            sums[k] += float(r[key])
+    look = len(periods)
+    alpha = look_alpha(gate.max_false_rollback, look)
+    by_category: dict[str, list[list[float]]] = {}
+    category_periods: dict[str, set[Any]] = {}
+    for r in rows:
+        category_periods.setdefault(r["category"], set()).add(r["period_end"])
+    for (_, category), sums in units.items():
+        by_category.setdefault(category, []).append(sums)
+    category_alpha = alpha / 2 / max(1, len(by_category))
+    n_total = int(sum(u[3] for u in units.values()))
+    stores = len({store for store, _ in units})
     numbers: dict[str, Any] = {
-        "comparison": comparison,
+        "comparison": "paired: both versions on the same stores, series and periods",
+        "max_false_rollback": gate.max_false_rollback,
+        "min_degradation": gate.min_degradation,
         "max_wape_ratio": gate.max_wape_ratio,
         "min_observations": gate.min_observations,
         "min_stores": gate.min_stores,
         "min_periods": gate.min_periods,
-        "candidate_stores": len(cand_stores),
-        "baseline_stores": len(base_stores),
+        "look": look,
+        "look_alpha": float(f"{alpha:.3g}"),
+        "periods": look,
+        "step_periods": step_periods,
+        "stores": stores,
+        "units": len(units),
+        "observations": n_total,
+        "step_stores": len(expected),
+        "step_stores_reporting": len(reporting & expected),
+        "min_reporting_share": gate.min_reporting_share,
     }
-    if step.kind == "serve" and not base_stores:
-        cand = repo.accuracy_by_category(
-            model_name=model, version=candidate, role="served", stores=sorted(in_wave), received_since=since
+    categories: dict[str, Any] = {}
+    ceiling: list[str] = []
+    worse: list[str] = []
+    for category, members in sorted(by_category.items()):
+        cand, champ, actuals = (sum(m[k] for m in members) for k in range(3))
+        n = int(sum(m[3] for m in members))
+        ratio = cand / champ if champ > 0 else None
+        test = paired_test(
+            [log_ratio(m[0], m[1], m[2]) for m in members],
+            alpha=category_alpha,
+            min_degradation=gate.min_degradation,
         )
-        periods = {p for r in cand for p in r["periods"]}
+        if ratio is not None and n >= gate.min_observations and ratio > gate.max_wape_ratio:
+            ceiling.append(category)
+            outcome = FAIL
+        elif test is not None and test.verdict == WORSE:
+            worse.append(category)
+            outcome = FAIL
+        elif test is not None and test.verdict == NOT_WORSE:
+            outcome = PASS
+        else:
+            outcome = INCONCLUSIVE
+        categories[category] = {
+            "outcome": outcome,
+            "wape_ratio": None if ratio is None else round(ratio, 4),
+            "candidate_wape": round(cand / actuals, 5) if actuals > 0 else None,
+            "champion_wape": round(champ / actuals, 5) if actuals > 0 else None,
+            "candidate_n": n,
+            "champion_n": n,
+            "stores": len(members),
+            "periods": len(category_periods[category]),
+            **({"test": test.as_dict()} if test is not None else {}),
+        }
+    pooled = paired_test(
+        [log_ratio(u[0], u[1], u[2]) for u in units.values()],
+        alpha=alpha / 2,
+        min_degradation=gate.min_degradation,
+    )
+    cand_all = sum(u[0] for u in units.values())
+    champ_all = sum(u[1] for u in units.values())
+    numbers["wape_ratio"] = round(cand_all / champ_all, 4) if champ_all > 0 else None
+    numbers["pooled"] = pooled.as_dict() if pooled is not None else None
+    verdict = _accuracy_verdict(gate, pooled, ceiling, worse, categories, n_total, stores, look)
+    if verdict["outcome"] == PASS and gate.enabled and reporting_share < gate.min_reporting_share:
+        verdict = {
+            "outcome": INCONCLUSIVE,
+            "reason": f"inconclusive, keep baking: {len(reporting & expected)} of {len(expected)} stores "
+            f"reported paired evidence in this step (needs {gate.min_reporting_share:.0%})",
+        }
+    return {**verdict, "categories": categories, **numbers}
+
+
+def _accuracy_verdict(  # noqa: PLR0911 - one return per verdict
+    gate: AccuracyGate,
+    pooled: TestResult | None,
+    ceiling: list[str],
+    worse: list[str],
+    categories: dict[str, Any],
+    observations: int,
+    stores: int,
+    periods: int,
+) -> dict[str, str]:
+    """Outcome and reason, in words and numbers."""
+    if not gate.enabled:
+        return {"outcome": PASS, "reason": "accuracy gate disabled"}
+    if ceiling:
+        detail = ", ".join(f"{c} {categories[c]['wape_ratio']}" for c in ceiling)
+        return {
+            "outcome": FAIL,
+            "reason": f"paired WAPE ratio above the ceiling {gate.max_wape_ratio} in {detail}",
+        }
+    if pooled is None:
+        what = "no paired evidence yet" if not categories else "one store x category is too few for the test"
+        return {"outcome": INCONCLUSIVE, "reason": f"inconclusive, keep baking: {what}"}
+    if observations < gate.min_observations or stores < gate.min_stores or periods < gate.min_periods:
+        return {
+            "outcome": INCONCLUSIVE,
+            "reason": f"inconclusive, keep baking: {observations} forecasts, {stores} stores, {periods} "
+            f"periods (needs {gate.min_observations}, {gate.min_stores}, {gate.min_periods})",
+        }
+    if pooled.verdict == WORSE:
+        return {"outcome": FAIL, "reason": "candidate worse than the champion: " + _describe(pooled, periods)}
+    if worse:
+        first = categories[worse[0]]["test"]
+        return {
+            "outcome": FAIL,
+            "reason": f"candidate worse in {', '.join(worse)}: {worse[0]} WAPE ratio "
+            f"{first['wape_ratio_effect']} (interval {first['ratio_lower']}-{first['ratio_upper']}, "
+            f"alpha {first['alpha']}, n={first['n']} stores)",
+        }
+    if pooled.verdict == NOT_WORSE:
         return {
             "outcome": PASS,
-            "reason": "no control stores left (the wave covers its strata); accuracy gated in earlier waves",
-            "periods": len(periods),
-            "categories": {},
-            **numbers,
+            "reason": f"not {gate.min_degradation:.0%} worse: " + _describe(pooled, periods),
         }
-    cand_rows = repo.accuracy_by_category(
-        model_name=model, version=candidate, role=cand_role, stores=cand_stores, received_since=since
-    )
-    cand_periods = sorted({p for r in cand_rows for p in r["periods"]})
-    base_rows = repo.accuracy_by_category(
-        model_name=model, version=champion, role="served", stores=base_stores, periods=cand_periods
-    )
-    base_by = {r["category"]: r for r in base_rows}
-    categories: dict[str, Any] = {}
-    all_periods: set[Any] = set()
-    for row in cand_rows:
-        base = base_by.get(row["category"])
-        periods = set(row["periods"]) & set(base["periods"] if base else [])
-        all_periods |= periods
-        cw, bw = _wape(row), _wape(base)
-        ratio = None if cw is None or bw is None or bw == 0 else cw / bw
-        n_base = int(base["n"]) if base else 0
-        thin = (
-            ratio is None
-            or int(row["n"]) < gate.min_observations
-            or n_base < gate.min_observations
-            or int(row["stores"]) < gate.min_stores
-            or len(periods) < gate.min_periods
-        )
-        outcome = (
-            INCONCLUSIVE if thin else (FAIL if ratio is not None and ratio > gate.max_wape_ratio else PASS)
-        )
-        categories[row["category"]] = {
-            "outcome": outcome,
-            "candidate_wape": None if cw is None else round(cw, 5),
-            "champion_wape": None if bw is None else round(bw, 5),
-            "wape_ratio": None if ratio is None else round(ratio, 4),
-            "candidate_n": int(row["n"]),
-            "champion_n": n_base,
-            "candidate_stores": int(row["stores"]),
-            "periods": len(periods),
-        }
-    outcomes = {c["outcome"] for c in categories.values()}
-    if not gate.enabled:
-        outcome, reason = PASS, "accuracy gate disabled"
-    elif FAIL in outcomes:
-        bad = sorted(k for k, c in categories.items() if c["outcome"] == FAIL)
-        outcome, reason = FAIL, f"WAPE ratio above {gate.max_wape_ratio} in {', '.join(bad)}"
-    elif outcomes == {PASS}:
-        outcome, reason = PASS, ""
-    else:
-        outcome = INCONCLUSIVE
-        reason = "inconclusive, keep baking: " + (
-            "no evidence yet" if not categories else "too few observations, stores or periods"
-        )
     return {
-        "outcome": outcome,
-        "reason": reason,
-        "periods": len(all_periods),
-        "categories": categories,
-        **numbers,
+        "outcome": INCONCLUSIVE,
+        "reason": "inconclusive, keep baking: " + _describe(pooled, periods),
     }
+
+
+def _describe(test: TestResult, periods: int) -> str:
+    return (
+        f"WAPE ratio {test.effect:.3f} (one-sided interval {test.lower:.3f}-{test.upper:.3f} at alpha "
+        f"{test.alpha:.3g}; n={test.n} store x category over {periods} period(s))"
+    )
 
 
 def evaluate(
@@ -245,12 +314,9 @@ def evaluate(
     step = steps[int(rollout["step"])]
     fleet = repo.fleet_stores(rollout["model_name"])
     members = {s["store_id"]: s for s in repo.stores(rollout["rollout_id"])}
-    strata = {sid: s["stratum"] for sid, s in members.items()}
     by_id = {s["store_id"]: s for s in fleet}
     wave_stores = [by_id[sid] for sid, s in members.items() if s["wave"] <= step.wave and sid in by_id]
     started = rollout["step_started_at"]
-    for s in fleet:
-        strata.setdefault(s["store_id"], stratum_of(s, plan.stratify_by))
     fleet_repo = FleetRepository(repo.db)
     wave_ids = sorted(s["store_id"] for s in wave_stores)
     errors = fleet_repo.errors_since(wave_ids, started, list(GATED_ERROR_KINDS))
@@ -258,9 +324,9 @@ def evaluate(
     health = health_gate(
         plan, step, rollout["candidate_version"], wave_stores, started, now, errors, last_errors
     )
-    accuracy = accuracy_gate(repo, plan, step, rollout, wave_stores, fleet, strata)
+    accuracy = accuracy_gate(repo, plan, rollout, sorted(members), wave_ids)
     elapsed = (now - started).total_seconds()
-    baked = accuracy["periods"] >= step.bake_periods and elapsed >= step.bake_min_seconds
+    baked = accuracy["step_periods"] >= step.bake_periods and elapsed >= step.bake_min_seconds
     return {
         "step": int(rollout["step"]),
         "step_name": step.name,
@@ -268,7 +334,7 @@ def evaluate(
         "health": health,
         "accuracy": accuracy,
         "bake": {
-            "periods": accuracy["periods"],
+            "periods": accuracy["step_periods"],
             "bake_periods": step.bake_periods,
             "elapsed_seconds": round(elapsed, 1),
             "bake_min_seconds": step.bake_min_seconds,

@@ -2,8 +2,9 @@
 
 A plan's waves are cumulative: wave ``k`` serves the candidate to every store of waves ``0..k``. A wave
 takes a ``share`` of the fleet (cumulative, 0-1], explicit ``groups`` and ``stores``, or both. Stores are
-drawn per stratum (store type and region) in the order of ``sha256(rollout_id:store_id)``, so every wave
-is representative of the fleet and the same rollout always picks the same stores.
+drawn per stratum (store type and region) in the order of ``sha256(seed:store_id)`` (the plan's ``seed``,
+by default the rollout id), so every wave is representative of the fleet and the same rollout always
+picks the same stores.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from server.errors import InvalidInputError
 
 
 class WavePlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """One wave: which stores join it, how long it bakes, whether a person must approve what follows."""
+    """One wave: which stores join it, how long it bakes, whether a person must approve what follows.
+
+    ``shadow_periods``: before the wave's new stores serve the candidate, they score it in shadow beside
+    the champion for this many periods (0: they serve it at once). ``champion_shadow``: while the wave's
+    stores serve the candidate they score the champion in shadow, so every period gives paired evidence.
+    """
 
     name: str = ""
     share: float | None = None
@@ -29,6 +35,8 @@ class WavePlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     bake_periods: int = 2
     bake_min_seconds: float = 0.0
     manual_approval: bool = False
+    shadow_periods: int = 0
+    champion_shadow: bool = True
 
 
 class HealthGate(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -45,17 +53,32 @@ class HealthGate(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
 
 
 class AccuracyGate(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """Candidate vs champion WAPE ratio per category; fails above ``max_wape_ratio`` on enough evidence."""
+    """The paired sequential test of the candidate against the champion (see :mod:`server.rollouts.evidence`).
+
+    ``max_false_rollback``: the chance of rolling back a candidate no worse than the champion, over the
+    whole rollout however often it looks. ``min_degradation``: the relative WAPE increase worth stopping
+    for; a wave passes once the candidate is shown to be less than that much worse. ``max_wape_ratio``:
+    a hard ceiling on a category's paired WAPE ratio, applied on ``min_observations`` forecasts without
+    waiting for the test. ``min_reporting_share``: the share of the step's stores whose paired evidence
+    of the step must be in before it passes (reports of one period arrive store by store).
+    """
 
     enabled: bool = True
-    max_wape_ratio: float = 1.05
+    max_false_rollback: float = 0.05
+    min_degradation: float = 0.05
+    max_wape_ratio: float = 1.3
+    min_reporting_share: float = 0.8
     min_observations: int = 100
     min_stores: int = 1
     min_periods: int = 1
 
 
 class ShadowPhase(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """Before serving: the first wave's stores score the candidate beside the champion they serve."""
+    """Before serving: the first wave's stores score the candidate beside the champion they serve.
+
+    Turned on by the server for a rollout whose first wave covers every store (there is then no later
+    wave to learn from before the whole fleet serves the candidate).
+    """
 
     enabled: bool = False
     bake_periods: int = 2
@@ -68,6 +91,7 @@ class RolloutPlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     name: str = ""
     model_name: str = ""
     version: int | None = None
+    seed: str = ""  # draws the waves (default: the rollout id, a new draw per rollout)
     stratify_by: list[str] = msgspec.field(default_factory=lambda: ["type", "region"])
     waves: list[WavePlan] = msgspec.field(default_factory=list)
     shadow: ShadowPhase = msgspec.field(default_factory=ShadowPhase)
@@ -84,6 +108,7 @@ class Step(msgspec.Struct, frozen=True, kw_only=True):
     bake_periods: int
     bake_min_seconds: float
     manual_approval: bool
+    champion_shadow: bool = True
 
 
 STRATUM_FIELDS = ("type", "region", "size")
@@ -104,13 +129,23 @@ def check_plan(plan: RolloutPlan) -> RolloutPlan:
             if wave.share < last:
                 raise InvalidInputError(f"{where}.share: shares are cumulative and must not decrease")
             last = wave.share
-        if wave.bake_periods < 0 or wave.bake_min_seconds < 0:
-            raise InvalidInputError(f"{where}: bake must not be negative")
+        if wave.bake_periods < 0 or wave.bake_min_seconds < 0 or wave.shadow_periods < 0:
+            raise InvalidInputError(f"{where}: bake and shadow periods must not be negative")
     for name in plan.stratify_by:
         if name not in STRATUM_FIELDS:
             raise InvalidInputError(f"plan: stratify_by: unknown store attribute {name!r}")
-    if plan.accuracy.max_wape_ratio <= 0:
-        raise InvalidInputError("plan: accuracy.max_wape_ratio: must be positive")
+    return _check_gates(plan)
+
+
+def _check_gates(plan: RolloutPlan) -> RolloutPlan:
+    if plan.accuracy.max_wape_ratio <= 1:
+        raise InvalidInputError("plan: accuracy.max_wape_ratio: must be above 1 (a hard ceiling)")
+    if not 0 < plan.accuracy.max_false_rollback < 0.5:
+        raise InvalidInputError("plan: accuracy.max_false_rollback: must be in (0, 0.5)")
+    if not 0 <= plan.accuracy.min_reporting_share <= 1:
+        raise InvalidInputError("plan: accuracy.min_reporting_share: must be in [0, 1]")
+    if not 0 < plan.accuracy.min_degradation < 1:
+        raise InvalidInputError("plan: accuracy.min_degradation: must be in (0, 1)")
     if plan.health.max_errors_per_store < 0:
         raise InvalidInputError("plan: health.max_errors_per_store: must not be negative")
     if not 0 <= plan.health.min_activated_share <= 1:
@@ -139,30 +174,51 @@ def load_plan(path: Path) -> RolloutPlan:
 
 
 def steps_of(plan: RolloutPlan) -> list[Step]:
+    """Each wave's steps: its shadow step (the plan's ``shadow`` or ``shadow_periods``), then serving."""
     steps: list[Step] = []
-    if plan.shadow.enabled:
-        steps.append(
-            Step(
-                kind="shadow",
-                wave=0,
-                name="shadow",
-                bake_periods=plan.shadow.bake_periods,
-                bake_min_seconds=plan.shadow.bake_min_seconds,
-                manual_approval=False,
-            )
-        )
     for i, wave in enumerate(plan.waves):
+        name = wave.name or f"wave-{i + 1}"
+        if i == 0 and plan.shadow.enabled:
+            shadow_bake, shadow_seconds = plan.shadow.bake_periods, plan.shadow.bake_min_seconds
+        else:
+            shadow_bake, shadow_seconds = wave.shadow_periods, 0.0
+        if shadow_bake > 0 or (i == 0 and plan.shadow.enabled):
+            steps.append(
+                Step(
+                    kind="shadow",
+                    wave=i,
+                    name="shadow" if i == 0 else f"{name}-shadow",
+                    bake_periods=shadow_bake,
+                    bake_min_seconds=shadow_seconds,
+                    manual_approval=False,
+                    champion_shadow=wave.champion_shadow,
+                )
+            )
         steps.append(
             Step(
                 kind="serve",
                 wave=i,
-                name=wave.name or f"wave-{i + 1}",
+                name=name,
                 bake_periods=wave.bake_periods,
                 bake_min_seconds=wave.bake_min_seconds,
                 manual_approval=wave.manual_approval,
+                champion_shadow=wave.champion_shadow,
             )
         )
     return steps
+
+
+def shadow_first(plan: RolloutPlan, chosen: dict[str, tuple[int, str]], fleet_size: int) -> RolloutPlan:
+    """The plan with a shadow phase when its first wave covers every store of the fleet.
+
+    Serving the candidate everywhere at once would leave no store to learn from first, so those stores
+    score it in shadow (for the first wave's bake) before they serve it.
+    """
+    first_wave = sum(1 for wave, _ in chosen.values() if wave == 0)
+    if plan.shadow.enabled or fleet_size == 0 or first_wave < fleet_size:
+        return plan
+    bake = max(1, plan.waves[0].bake_periods)
+    return msgspec.structs.replace(plan, shadow=ShadowPhase(enabled=True, bake_periods=bake))
 
 
 def store_hash(rollout_id: str, store_id: str) -> float:
@@ -190,8 +246,9 @@ def assign_waves(
         by_stratum.setdefault(stratum_of(store, plan.stratify_by), []).append(store)
     quantile: dict[str, float] = {}
     strata: dict[str, str] = {}
+    seed = plan.seed or rollout_id
     for stratum, members in by_stratum.items():
-        ranked = sorted(members, key=lambda s: (store_hash(rollout_id, s["store_id"]), s["store_id"]))
+        ranked = sorted(members, key=lambda s: (store_hash(seed, s["store_id"]), s["store_id"]))
         for rank, store in enumerate(ranked):
             quantile[store["store_id"]] = (rank + 0.5) / len(ranked)
             strata[store["store_id"]] = stratum
@@ -207,7 +264,7 @@ def assign_waves(
         if len(chosen) == before and wave.share is not None:
             left = sorted(
                 (sid for sid in quantile if sid not in chosen),
-                key=lambda sid: (quantile[sid], store_hash(rollout_id, sid)),
+                key=lambda sid: (quantile[sid], store_hash(seed, sid)),
             )
             if left:
                 chosen[left[0]] = i

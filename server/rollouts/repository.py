@@ -138,30 +138,33 @@ class RolloutRepository:
 
     # --- gate evidence ----------------------------------------------------------------------------
 
-    def accuracy_by_category(
+    def paired_accuracy(
         self,
         *,
         model_name: str,
-        version: int,
-        role: str,
+        candidate: int,
+        champion: int,
         stores: Sequence[str],
-        received_since: datetime | None = None,
-        periods: Sequence[Any] | None = None,
+        received_since: datetime,
     ) -> list[dict[str, Any]]:
-        """Pooled accuracy sums per category (and the periods seen) of one version on some stores."""
-        if not stores or (periods is not None and not periods):
+        """Both versions' error sums per store x category x period, joined on the scoring that made both.
+
+        Only reports of one scoring pair (the served and the shadow run on one history), so the two sums
+        are over the same series, horizons and actuals. ``received_at``: the later of the two reports.
+        """
+        if not stores:
             return []
-        clauses = ["model_name = ?", "version = ?", "role = ?", f"store_id IN ({_in(stores)})"]
-        params: list[Any] = [model_name, version, role, *stores]
-        if received_since is not None:
-            clauses.append("received_at >= ?")
-            params.append(received_since)
-        if periods is not None:
-            clauses.append(f"period_end IN ({_in(periods)})")
-            params.extend(periods)
         return self.db.fetch_all(
-            "SELECT category, sum(n) AS n, sum(abs_err_sum) AS abs_err_sum, sum(abs_y_sum) AS abs_y_sum, "  # noqa: S608
-            "count(DISTINCT store_id) AS stores, list(DISTINCT period_end ORDER BY period_end) AS periods "
-            f"FROM accuracy_rows WHERE {' AND '.join(clauses)} GROUP BY category ORDER BY category",
-            params,
+            "SELECT c.store_id, c.category, c.period_end, sum(c.n) AS n, "  # noqa: S608 - placeholders
+            "sum(c.abs_err_sum) AS candidate_errors, sum(b.abs_err_sum) AS champion_errors, "
+            "sum(c.abs_y_sum) AS actuals, max(greatest(c.received_at, b.received_at)) AS received_at "
+            "FROM accuracy_rows c JOIN accuracy_rows b ON b.store_id = c.store_id "
+            "AND b.scoring_id = c.scoring_id AND b.category = c.category "
+            "AND b.horizon_bucket = c.horizon_bucket AND b.period_start = c.period_start "
+            "AND b.period_end = c.period_end "
+            "WHERE c.model_name = ? AND b.model_name = ? AND c.version = ? AND b.version = ? "
+            f"AND c.store_id IN ({_in(stores)}) AND c.received_at >= ? AND b.received_at >= ? "
+            "GROUP BY c.store_id, c.category, c.period_end "
+            "ORDER BY c.store_id, c.category, c.period_end",
+            [model_name, model_name, candidate, champion, *stores, received_since, received_since],
         )

@@ -87,4 +87,5 @@ class StoreOverride(msgspec.Struct, frozen=True, kw_only=True):
 
     rollout_id: str
     version: int
-    shadow: bool
+    shadow: bool  # the candidate in shadow beside the champion (else the candidate serves)
+    champion_shadow: bool = False  # serving the candidate: the champion in shadow beside it

@@ -25,7 +25,7 @@ from server.registry.schemas import AliasSet
 from server.registry.services import RegistryService, check_name
 from server.rollouts import schemas
 from server.rollouts.gates import FAIL, PASS, evaluate
-from server.rollouts.plan import RolloutPlan, Step, assign_waves, parse_plan, steps_of
+from server.rollouts.plan import RolloutPlan, Step, assign_waves, parse_plan, shadow_first, steps_of
 from server.rollouts.repository import ACTIVE_STATUSES, RolloutRepository
 
 log = get_logger("server.rollouts")
@@ -155,12 +155,18 @@ class RolloutService:
             _, steps = self._plan(row)
             step = steps[int(row["step"])]
             wave = self.repo.store_wave(row["rollout_id"], store_id)
-            if wave is not None and wave <= step.wave:
+            if wave is None or wave > step.wave:
+                continue
+            if wave == step.wave and step.kind == "shadow":  # the champion serves, the candidate in shadow
                 return schemas.StoreOverride(
-                    rollout_id=row["rollout_id"],
-                    version=int(row["candidate_version"]),
-                    shadow=step.kind == "shadow",
+                    rollout_id=row["rollout_id"], version=int(row["candidate_version"]), shadow=True
                 )
+            return schemas.StoreOverride(
+                rollout_id=row["rollout_id"],
+                version=int(row["candidate_version"]),
+                shadow=False,
+                champion_shadow=step.champion_shadow,
+            )
         return None
 
     # --- starting ---------------------------------------------------------------------------------
@@ -188,6 +194,9 @@ class RolloutService:
             chosen = assign_waves(rollout_id, plan, fleet)
             if not chosen:
                 raise InvalidInputError("the plan reaches no store")
+            planned = plan
+            plan = shadow_first(plan, chosen, len(fleet))
+            steps = steps_of(plan)
             now = utcnow()
             numbers = {
                 "fleet_stores": len(fleet),
@@ -195,6 +204,11 @@ class RolloutService:
                 "champion_version": int(champion["version"]),
                 "candidate_version": body.version,
             }
+            if plan is not planned:
+                numbers["shadow_first"] = (
+                    f"the first wave covers every store ({len(fleet)}): it scores the candidate in shadow "
+                    f"for {plan.shadow.bake_periods} period(s) before serving it"
+                )
             with self.repo.db.transaction():
                 self.repo.insert_rollout(
                     {

@@ -5,11 +5,8 @@ re-signed copy of the champion: a good one (forecasts x1.0) while the server is 
 after its first week, a bad one (forecasts x1.3), and a good one that one wave store cannot activate
 (signed with a key that store does not trust). The tests read the simulation's report and the server.
 
-The accuracy gate compares wave stores against matched control stores (same Walmart store type), which
-are other stores. A seasonal naive model's WAPE on a department is 5 to 10 % a week, and it differs so
-much between stores that the ratio of an identical model on a random 25 % wave against the rest reaches
-about 2 in one week out of a hundred (2.1 to 2.7 at the 99th percentile, depending on the department);
-forecasts x1.3 raise the WAPE four- to sevenfold. Hence two pooled weeks per wave and a threshold of 2.5.
+The accuracy gate compares both versions on the same stores (the champion in shadow beside the serving
+candidate) with the paired sequential test at its defaults: forecasts x1.3 are caught in the canary.
 """
 
 from __future__ import annotations
@@ -32,7 +29,7 @@ PLAN: dict[str, Any] = {
         {"name": "everyone", "share": 1.0, "bake_periods": 1},
     ],
     "health": {"activation_timeout_seconds": 120.0, "stale_after_seconds": 600.0},
-    "accuracy": {"max_wape_ratio": 2.5, "min_observations": 10, "min_stores": 2, "min_periods": 2},
+    "accuracy": {"min_observations": 10, "min_stores": 2, "min_periods": 2},
 }
 FAULTY = "W07"
 # One simulation serves the whole module: the first test's set-up runs it (minutes on a busy machine).
@@ -124,7 +121,7 @@ def test_bad_candidate_is_halted_in_the_first_wave(fleet: tuple[Simulation, Simu
     assert bad.waves_completed == 0
     assert "accuracy gate failed" in bad.halt_reason
     ratios = [r for r in bad.wape_ratios.values() if r is not None]
-    assert ratios and max(ratios) > 2.5, bad.wape_ratios
+    assert ratios and max(ratios) > 1.3, bad.wape_ratios  # the paired ceiling
     first_wave = set(bad.waves[0]["stores"])
     assert 0 < len(first_wave) < 45
     for store_id in set(report.served) - first_wave:

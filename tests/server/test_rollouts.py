@@ -115,6 +115,7 @@ class Fleet:
             model_name=self.model,
             version=version,
             role=role,
+            scoring_id=f"{store_id}-{start}",  # both versions scored on one history: paired evidence
             period_start=start,
             period_end=start + timedelta(days=6),
             created_at=datetime.now(UTC),
@@ -227,7 +228,7 @@ def test_good_candidate_is_promoted_through_every_wave(
 def test_bad_candidate_is_halted_in_the_first_wave_and_rolled_back(
     rollout_server: RunningServer, tmp_path: Path, signing_key: Path
 ) -> None:
-    """WAPE x1.3 against matched control stores halts wave 1; no other store ever gets it; champion stays."""
+    """WAPE x1.3 against the champion on the same stores halts wave 1; no other store gets it."""
     fleet = make_fleet(rollout_server, tmp_path, signing_key)
     rollout_id = start(fleet, base_plan())
     first = wave_stores(status(rollout_server, rollout_id), 0)
@@ -308,7 +309,7 @@ def test_shadow_phase_serves_the_champion_and_compares_on_the_same_stores(
     body = drive(fleet, rollout_id, weeks=1)
     assert body["rollout"]["step_kind"] == "serve", body["decisions"]
     passed = next(d for d in body["decisions"] if d["action"] == "next_wave")
-    assert passed["numbers"]["accuracy"]["comparison"] == "same stores (shadow)"
+    assert passed["numbers"]["accuracy"]["comparison"].startswith("paired")
     assert {c["outcome"] for c in passed["numbers"]["accuracy"]["categories"].values()} == {"pass"}
     assert all(fleet.assignment(s)["version"] == 2 for s in first)
 

@@ -1,0 +1,115 @@
+"""The rollout gates' power and error rates on the 45 Walmart stores, over seeded fleet replays.
+
+Each replay is ``shelfcast simulate`` on the real Walmart weeks (real server, one real agent per store,
+the default plan: canary 20 %, half, everyone), seeded: the seed draws each rollout's waves and the
+replay noise on the replayed weeks' sales (``REPLAY_NOISE``). In every replay the same candidates are
+rolled out one after the other against the trained champion (Naive or SeasonalNaive per department):
+
+- ``x1.05`` and ``x0.95``: the champion's forecasts 5 % too high / too low;
+- ``worse_model``: a model trained on the same history with Naive only;
+- ``x1.00``: the champion re-signed (forecasts identical);
+- ``better_model``: a model trained on the same history with ``BETTER_MODELS``.
+
+Figures (suite ``gates``), each the share of replays:
+
+- ``promote_rate_x1.00`` (target >= 0.95), ``promote_rate_better_model`` (>= 0.80);
+- ``rollback_rate_x1.05`` / ``rollback_rate_x0.95`` (>= 0.90): rolled back within two bake periods of
+  the first wave; ``rollback_rate_worse_model`` (>= 0.95).
+
+``SHELFCAST_GATES_SEEDS`` sets the number of replays (default 20; the tiny size runs one on 12 stores).
+The power curve (rollback rate against the forecast factor) is drawn to ``benchmarks/gates_power.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shelfcast.simulate import Candidate, SimulationOptions, run_simulation
+
+pytestmark = pytest.mark.timeout(6 * 3600)
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("SHELFCAST_TEST_DATA", ROOT.parent / "shared" / "data"))
+REPLAY_NOISE = 0.05
+BETTER_MODELS = ["SeasonalNaive", "AutoETS", "AutoTheta"]
+CANDIDATES = (
+    ("x1.05", Candidate(multiply=1.05, label="x1.05")),
+    ("x0.95", Candidate(multiply=0.95, label="x0.95")),
+    ("worse_model", Candidate(models=["Naive"], label="worse_model")),
+    ("x1.00", Candidate(multiply=1.0, label="x1.00")),
+    ("better_model", Candidate(models=BETTER_MODELS, label="better_model")),
+)
+
+
+def _replay(seed: int, size: str, work: Path) -> dict[str, dict[str, Any]]:
+    """One seeded replay; per candidate label: outcome, periods, the step it ended in, halt reason."""
+    options = SimulationOptions(
+        state_dir=work / f"seed-{seed}",
+        source="walmart",
+        data_path=DATA / "walmart",
+        stores=12 if size == "tiny" else None,
+        periods=24,
+        seed=seed,
+        replay_noise=REPLAY_NOISE,
+        candidates=[Candidate(**vars(c)) for _, c in CANDIDATES],
+    )
+    report = run_simulation(options)
+    outcomes: dict[str, dict[str, Any]] = {}
+    for result in report.rollouts:
+        halt = next((d for d in result.decisions if d["action"] == "halt"), None)
+        outcomes[result.label] = {
+            "outcome": result.outcome,
+            "periods": result.periods,
+            "halt_step": None if halt is None else halt["step"],
+            "reason": result.halt_reason,
+        }
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def replays(bench_size: str) -> list[dict[str, dict[str, Any]]]:
+    if not (DATA / "walmart" / "train.csv.gz").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"real data missing at {DATA / 'walmart'} (required when CI is set)")
+        pytest.skip(f"real data not found at {DATA / 'walmart'}")
+    seeds = 1 if bench_size == "tiny" else int(os.environ.get("SHELFCAST_GATES_SEEDS", "20"))
+    with tempfile.TemporaryDirectory(prefix="gates-") as tmp:
+        return [_replay(seed, bench_size, Path(tmp)) for seed in range(1, seeds + 1)]
+
+
+def _share(
+    replays: list[dict[str, dict[str, Any]]], label: str, wanted: str, *, max_periods: int = 0
+) -> float:
+    hits = 0
+    for replay in replays:
+        got = replay.get(label)
+        if got is None or got["outcome"] != wanted:
+            continue
+        if max_periods and (got["periods"] > max_periods or (got["halt_step"] or 0) > 0):
+            continue
+        hits += 1
+    return hits / len(replays)
+
+
+def test_gates(benchmark: Any, figures: Any, replays: list[dict[str, dict[str, Any]]]) -> None:
+    figures.timing(None)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    rows = {
+        "promote_rate_x1.00": (_share(replays, "x1.00", "promoted"), 0.95),
+        "rollback_rate_x1.05": (_share(replays, "x1.05", "rolled_back", max_periods=2), 0.90),
+        "rollback_rate_x0.95": (_share(replays, "x0.95", "rolled_back", max_periods=2), 0.90),
+        "rollback_rate_worse_model": (_share(replays, "worse_model", "rolled_back"), 0.95),
+        "promote_rate_better_model": (_share(replays, "better_model", "promoted"), 0.80),
+    }
+    for name, (value, target) in rows.items():
+        figures.value(name, value, "share", target=f"value >= {target}")
+    figures.value("gates_replays", len(replays), "replays")
+    for i, replay in enumerate(replays, start=1):
+        print(
+            f"seed {i}: "
+            + "; ".join(f"{k}: {v['outcome']} ({v['periods']} periods)" for k, v in replay.items())
+        )
