@@ -148,3 +148,40 @@ def test_failing_shadow_never_disturbs_serving_and_fails_the_gate(setup: Setup) 
     assert "shadow x" in body["decisions"][-1]["reason"]
     setup.wait_agent(lambda s: s["shadow_version"] is None, "the agent to drop the failing shadow")
     assert agent.status()["served_version"] == 1
+
+
+def test_serving_candidate_scores_the_kept_champion_in_shadow_for_paired_evidence(setup: Setup) -> None:
+    """Serving v2 in a rollout, the agent scores v1 (kept on disk, never fetched again) in shadow on the
+    same history; both versions' reports pair on the server, store x category by store x category."""
+    agent, server = setup.agent, setup.server
+    plan = {
+        "shadow": {"enabled": True, "bake_periods": 0},
+        "waves": [{"name": "canary", "stores": ["S001"], "bake_periods": 50}],
+        "health": {"activation_timeout_seconds": 600},
+        "accuracy": {"enabled": False},
+    }
+    answer = server.admin.post("/v1/rollouts", json={"model_name": "demand", "version": 2, "plan": plan})
+    assert answer.status_code == 201, answer.text
+    rollout_id = answer.json()["rollout"]["rollout_id"]
+    status = setup.wait_agent(
+        lambda s: s["served_version"] == 2 and s["shadow_version"] == 1, "v2 served with v1 in shadow", 120
+    )
+    state = agent.state_dir
+    assert (state / "versions" / "demand-1" / "manifest.json").is_file()
+    assert not (state / "shadow" / "demand-1").exists()
+    assert status["errors"].get("verify", 0) == 0
+    today = datetime.now().astimezone().date()
+    agent.drop_sales(sales_frame(end=today - timedelta(days=1), days=7), "week2.parquet")
+
+    def paired() -> dict[str, Any] | None:
+        accuracy = setup.rollout(rollout_id)["gates"]["accuracy"]
+        return accuracy if accuracy.get("units") else None
+
+    accuracy = wait_until(paired, 90, 0.5, what="paired evidence of v2 and v1 on the server")
+    assert accuracy["comparison"].startswith("paired")
+    assert accuracy["stores"] == 1
+    assert accuracy["step_stores_reporting"] == 1
+    assert all(c["candidate_n"] > 0 for c in accuracy["categories"].values())
+    aborted = server.admin.post(f"/v1/rollouts/{rollout_id}/abort", json={"reason": "test over"})
+    assert aborted.status_code == 200, aborted.text
+    setup.wait_agent(lambda s: s["served_version"] == 1 and s["shadow_version"] is None, "back on v1")
