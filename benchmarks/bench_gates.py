@@ -5,7 +5,8 @@ the default plan: canary 20 %, half, everyone), seeded: the seed draws each roll
 replay noise on the replayed weeks' sales (``REPLAY_NOISE``). In every replay the same candidates are
 rolled out one after the other against the trained champion (Naive or SeasonalNaive per department):
 
-- ``x1.05`` and ``x0.95``: the champion's forecasts 5 % too high / too low;
+- ``x1.05`` and ``x0.95``: the champion's forecasts 5 % too high / too low (and ``x1.02`` / ``x0.98`` for
+  the power curve);
 - ``worse_model``: a model trained on the same history with Naive only;
 - ``x1.00``: the champion re-signed (forecasts identical);
 - ``better_model``: a model trained on the same history with ``BETTER_MODELS``.
@@ -17,7 +18,8 @@ Figures (suite ``gates``), each the share of replays:
   the first wave; ``rollback_rate_worse_model`` (>= 0.95).
 
 ``SHELFCAST_GATES_SEEDS`` sets the number of replays (default 20; the tiny size runs one on 12 stores).
-The power curve (rollback rate against the forecast factor) is drawn to ``benchmarks/gates_power.png``.
+The power curve (rollback rate, at any wave, against the forecast factor; ``rollback_rate_any_x<f>``) is
+drawn to ``benchmarks/gates_power.png``.
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SHELFCAST_TEST_DATA", ROOT.parent / "shared" / "data"))
 REPLAY_NOISE = 0.05
 BETTER_MODELS = ["SeasonalNaive", "AutoETS", "AutoTheta"]
+FACTORS = (1.05, 0.95, 1.02, 0.98)  # rolled back quickly when the gate has power: first, the periods last
 CANDIDATES = (
-    ("x1.05", Candidate(multiply=1.05, label="x1.05")),
-    ("x0.95", Candidate(multiply=0.95, label="x0.95")),
-    ("worse_model", Candidate(models=["Naive"], label="worse_model")),
-    ("x1.00", Candidate(multiply=1.0, label="x1.00")),
-    ("better_model", Candidate(models=BETTER_MODELS, label="better_model")),
+    *(Candidate(multiply=f, label=f"x{f:.2f}") for f in FACTORS),
+    Candidate(models=["Naive"], label="worse_model"),
+    Candidate(multiply=1.0, label="x1.00"),
+    Candidate(models=BETTER_MODELS, label="better_model"),
 )
+POWER_PNG = ROOT / "benchmarks" / "gates_power.png"
 
 
 def _replay(seed: int, size: str, work: Path) -> dict[str, dict[str, Any]]:
@@ -52,10 +55,10 @@ def _replay(seed: int, size: str, work: Path) -> dict[str, dict[str, Any]]:
         source="walmart",
         data_path=DATA / "walmart",
         stores=12 if size == "tiny" else None,
-        periods=24,
+        periods=32,
         seed=seed,
         replay_noise=REPLAY_NOISE,
-        candidates=[Candidate(**vars(c)) for _, c in CANDIDATES],
+        candidates=[Candidate(**vars(c)) for c in CANDIDATES],
     )
     report = run_simulation(options)
     outcomes: dict[str, dict[str, Any]] = {}
@@ -108,8 +111,33 @@ def test_gates(benchmark: Any, figures: Any, replays: list[dict[str, dict[str, A
     for name, (value, target) in rows.items():
         figures.value(name, value, "share", target=f"value >= {target}")
     figures.value("gates_replays", len(replays), "replays")
+    curve = {f: _share(replays, f"x{f:.2f}", "rolled_back") for f in (*FACTORS, 1.0)}
+    for factor, rate in sorted(curve.items()):
+        figures.value(f"rollback_rate_any_x{factor:.2f}", rate, "share")
+    _plot(curve, len(replays))
     for i, replay in enumerate(replays, start=1):
         print(
             f"seed {i}: "
             + "; ".join(f"{k}: {v['outcome']} ({v['periods']} periods)" for k, v in replay.items())
         )
+
+
+def _plot(curve: dict[float, float], replays: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    factors = sorted(curve)
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    ax.plot(factors, [curve[f] for f in factors], marker="o")
+    ax.axhline(0.05, linestyle=":", color="grey", label="max false rollback 5 %")
+    ax.axhline(0.90, linestyle="--", color="grey", label="target power 90 %")
+    ax.set_xlabel("candidate forecasts = champion x factor")
+    ax.set_ylabel("share of replays rolled back")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"Rollout gate power, 45 Walmart stores, {replays} seeded replays")
+    ax.legend(loc="center right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(POWER_PNG)
+    plt.close(fig)

@@ -428,3 +428,27 @@ def test_error_counts_are_stored_and_new_ones_fail_the_health_gate(
     assert health["error_stores"] == [erring]
     assert health["last_errors"] == {erring: "scoring: v2: boom"}
     assert champion_of(rollout_server, fleet.model) == 1
+
+
+def test_a_first_wave_covering_every_store_scores_in_shadow_first(
+    rollout_server: RunningServer, tmp_path: Path, signing_key: Path
+) -> None:
+    """A 100 % first wave has no later wave to learn from: the server adds a shadow phase and says why."""
+    fleet = make_fleet(rollout_server, tmp_path, signing_key, per_stratum=1)
+    plan = {
+        "waves": [{"name": "everyone", "share": 1.0, "bake_periods": 1}],
+        "accuracy": {"min_observations": 10},
+    }
+    rollout_id = start(fleet, plan)
+    body = status(rollout_server, rollout_id)
+    assert [w["kind"] for w in body["waves"]] == ["shadow", "serve"]
+    assert "covers every store (4)" in body["decisions"][0]["numbers"]["shadow_first"]
+    for store_id in fleet.tokens:
+        assigned = fleet.assignment(store_id)
+        assert (assigned["version"], assigned.get("shadow_version")) == (1, 2)
+    body = drive(fleet, rollout_id, weeks=3)
+    assert body["rollout"]["status"] == "promoted", body["decisions"]
+    assert "accuracy gated in earlier waves" not in str(body["decisions"])
+    serving = next(d for d in body["decisions"] if d["action"] == "next_wave")
+    assert serving["numbers"]["accuracy"]["outcome"] == "pass"
+    assert serving["numbers"]["accuracy"]["stores"] == 4
