@@ -280,7 +280,7 @@ def synthetic_fleet(
 
 def default_plan() -> dict[str, Any]:
     """Three waves (20 %, 50 %, all), one or two periods of bake, the paired gate's defaults (5 % false
-    rollbacks, 5 % degradation worth stopping for, ceiling 1.3) on evidence sized for a small replay."""
+    rollbacks, 5 % degradation worth stopping for, ceiling 2.0) on evidence sized for a small replay."""
     return {
         "name": "simulated canary",
         "stratify_by": ["type", "region"],

@@ -2,12 +2,14 @@
 
 **Paired evidence.** During a rollout every store of a wave scores both versions on one history in one
 scoring (one of them in shadow), and both accuracy reports carry that scoring's id. Joined on it, the
-two versions' absolute errors are over the very same series, periods and actuals, so per store x
-category ``d = ln(candidate abs errors / champion abs errors)`` is the log of the candidate's WAPE ratio,
-free of the differences between stores that made comparisons with other stores useless.
+two versions' absolute errors are over the very same series, periods and actuals, so per unit
+``d = ln(candidate abs errors / champion abs errors)`` is the log of the candidate's WAPE ratio, free of
+the differences between stores that made comparisons with other stores useless. A unit pools every
+paired period since the rollout started: a store (all its categories) for the pooled test, a store's
+category for a category's test. (Single forecasts' error ratios are heavy-tailed; a store's week pools
+enough of them to make the units well-behaved.)
 
-**The test.** Over the units (every store x category for the pooled test, the stores of one category for
-a category's test) a one-sided Student t interval of the mean of ``d``:
+**The test.** Over the units a one-sided Student t interval of the mean of ``d``:
 
 - *worse*: the lower bound is above 0: evidence the candidate's WAPE is higher (roll back);
 - *not worse*: the upper bound is below ``ln(1 + min_degradation)``: evidence the candidate is less than

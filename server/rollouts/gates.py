@@ -231,8 +231,13 @@ def judge_accuracy(
             "periods": len(category_periods[category]),
             **({"test": test.as_dict()} if test is not None else {}),
         }
+    per_store: dict[str, list[float]] = {}
+    for (store, _), sums in units.items():
+        totals = per_store.setdefault(store, [0.0, 0.0, 0.0])
+        for k in range(3):
+            totals[k] += sums[k]
     pooled = paired_test(
-        [log_ratio(u[0], u[1], u[2]) for u in units.values()],
+        [log_ratio(*totals) for totals in per_store.values()],
         alpha=alpha / 2,
         min_degradation=gate.min_degradation,
     )
@@ -270,7 +275,7 @@ def _accuracy_verdict(  # noqa: PLR0911 - one return per verdict
             "reason": f"paired WAPE ratio above the ceiling {gate.max_wape_ratio} in {detail}",
         }
     if pooled is None:
-        what = "no paired evidence yet" if not categories else "one store x category is too few for the test"
+        what = "no paired evidence yet" if not categories else "one store is too few for the test"
         return {"outcome": INCONCLUSIVE, "reason": f"inconclusive, keep baking: {what}"}
     if observations < gate.min_observations or stores < gate.min_stores or periods < gate.min_periods:
         return {
@@ -302,7 +307,7 @@ def _accuracy_verdict(  # noqa: PLR0911 - one return per verdict
 def _describe(test: TestResult, periods: int) -> str:
     return (
         f"WAPE ratio {test.effect:.3f} (one-sided interval {test.lower:.3f}-{test.upper:.3f} at alpha "
-        f"{test.alpha:.3g}; n={test.n} store x category over {periods} period(s))"
+        f"{test.alpha:.3g}; n={test.n} stores over {periods} period(s))"
     )
 
 

@@ -66,7 +66,7 @@ class AccuracyGate(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     enabled: bool = True
     max_false_rollback: float = 0.05
     min_degradation: float = 0.05
-    max_wape_ratio: float = 1.3
+    max_wape_ratio: float = 2.0
     min_reporting_share: float = 0.8
     min_observations: int = 100
     min_stores: int = 1

@@ -83,18 +83,18 @@ def test_identical_candidate_passes_at_the_first_look_and_says_why() -> None:
     verdict = judge_accuracy(AccuracyGate(min_observations=0), rows, STEP_START)
     assert verdict["outcome"] == "pass"
     assert verdict["reason"].startswith("not 5% worse: WAPE ratio 1.000")
-    assert verdict["pooled"]["n"] == 24
+    assert verdict["pooled"]["n"] == 4  # stores
     assert verdict["step_periods"] == 1
     assert verdict["look"] == 1
 
 
 def test_ceiling_fails_at_once_and_thin_evidence_waits() -> None:
     rng = random.Random(4)
-    rows = paired_rows(rng, stores=2, periods=1, effect=math.log(1.5), noise=0.0)[0]
+    rows = paired_rows(rng, stores=2, periods=1, effect=math.log(2.5), noise=0.0)[0]
     verdict = judge_accuracy(AccuracyGate(min_observations=0), rows, STEP_START)
     assert verdict["outcome"] == "fail"
-    assert "above the ceiling 1.3" in verdict["reason"]
-    thin = judge_accuracy(AccuracyGate(min_observations=10_000, max_wape_ratio=2.0), rows, STEP_START)
+    assert "above the ceiling 2.0" in verdict["reason"]
+    thin = judge_accuracy(AccuracyGate(min_observations=10_000, max_wape_ratio=3.0), rows, STEP_START)
     assert thin["outcome"] == "inconclusive"
     assert "needs 10000" in thin["reason"]
     assert judge_accuracy(AccuracyGate(), [], STEP_START)["reason"].endswith("no paired evidence yet")
