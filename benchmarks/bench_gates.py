@@ -3,7 +3,8 @@
 Each replay is ``shelfcast simulate`` on the real Walmart weeks (real server, one real agent per store,
 the default plan: canary 20 %, half, everyone), seeded: the seed draws each rollout's waves and the
 replay noise on the replayed weeks' sales (``REPLAY_NOISE``). In every replay the same candidates are
-rolled out one after the other against the trained champion (Naive or SeasonalNaive per department):
+rolled out one after the other against the trained champion (Naive or SeasonalNaive per department;
+moved back to it after a promotion, so every candidate faces the same model):
 
 - ``x1.05`` and ``x0.95``: the champion's forecasts 5 % too high / too low (and ``x1.02`` / ``x0.98`` for
   the power curve);
@@ -58,6 +59,7 @@ def _replay(seed: int, size: str, work: Path) -> dict[str, dict[str, Any]]:
         periods=32,
         seed=seed,
         replay_noise=REPLAY_NOISE,
+        reset_champion=True,  # every candidate against the same champion
         candidates=[Candidate(**vars(c)) for c in CANDIDATES],
     )
     report = run_simulation(options)

@@ -113,6 +113,9 @@ class SimulationOptions:
     period_timeout_seconds: float = 120.0
     keep_runs: int = 1  # scoring runs an agent keeps (each reports its accuracy as actuals arrive)
     keep_server: bool = False  # leave the own server running (the caller stops `Simulation.server`)
+    # After a promoted rollout, move `champion` back to the first champion: every candidate is then judged
+    # against the same model (the gates benchmark), at the cost of one more activation per store.
+    reset_champion: bool = False
 
 
 @dataclass
@@ -434,6 +437,7 @@ class Simulation:
         self.champion = 1
         self.next_version = 1
         self.champion_bundle: Path | None = None
+        self.first_champion: int | None = None
         self.data: FleetData | None = None
 
     # - setup -
@@ -848,7 +852,19 @@ class Simulation:
         )
         if result.outcome == "promoted":
             self.champion = version
+            if self.options.reset_champion and self.first_champion is not None:
+                self._move_champion(self.first_champion, f"simulation: back to v{self.first_champion}")
         return result
+
+    def _move_champion(self, version: int, reason: str) -> None:
+        with self.admin() as client:
+            response = client.put(
+                f"/v1/models/{self.options.model_name}/aliases/champion",
+                json={"version": version, "reason": reason},
+            )
+        _check(response, f"move the champion back to v{version}")
+        self.champion = version
+        self.converge(self.options.converge_timeout_seconds)
 
     def champion_now(self) -> int | None:
         with self.admin() as client:
@@ -862,7 +878,7 @@ class Simulation:
         self.start_server()
         bundle = self.train()
         self.champion = self.publish(bundle, champion=True, reason="simulation: first champion")
-        champion_start = self.champion
+        champion_start = self.first_champion = self.champion
         self.create_agents()
         stuck = self.converge(max(self.options.converge_timeout_seconds, 120))
         if stuck:
