@@ -204,7 +204,7 @@ def gate_rows(gates: dict[str, Any]) -> list[dict[str, Any]]:
                 "gate": "accuracy",
                 "item": "(all)",
                 "outcome": accuracy.get("outcome"),
-                "value": None,
+                "value": accuracy.get("wape_ratio"),
                 "threshold": accuracy.get("max_wape_ratio"),
                 "detail": accuracy.get("reason") or accuracy.get("comparison", ""),
             }
