@@ -388,7 +388,7 @@ def test_pages_of_a_simulated_fleet_in_chromium(chromium_binary: str, tmp_path: 
             failures = {}
             for page, chart in pages.items():
                 state, problems = _visit(browser, sim.server_url, page, None)
-                # a gate without values yet (no control stores in the last wave) shows "no data yet"
+                # a gate without values yet (no paired evidence in a step) shows "no data yet"
                 if chart and not any(c["kind"] == chart and c["marks"] > 0 for c in state["charts"]):
                     problems.append(f"no {chart} chart drawn: {state['charts']}")
                 if problems:

@@ -542,7 +542,7 @@ def _big_fleet(state_dir: Path, stores: int, categories: int, weeks: int) -> Non
         "INSERT INTO accuracy_rows SELECT printf('r-%d-%d', s, w), printf('B%05d', s), 'big', 1, 'served', "
         "DATE '2024-01-01' + CAST(7 * w AS INTEGER), DATE '2024-01-07' + CAST(7 * w AS INTEGER), "
         "printf('c%02d', c), '1-7', 28, "
-        "100.0 + (s * 7 + c * 3 + w) % 50, 500.0, 10.0, 0.0, 0, NULL, NULL, '{}', NULL, now()::TIMESTAMP "
+        "100.0 + (s * 7 + c * 3 + w) % 50, 500.0, 10.0, 0.0, 0, NULL, NULL, '{}', NULL, now()::TIMESTAMP, NULL "
         "FROM range(?) a(s), range(?) b(c), range(?) d(w)",
         [stores, categories, weeks],
     )
