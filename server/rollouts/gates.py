@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from server.fleet.repository import FleetRepository
-from server.rollouts.evidence import NOT_WORSE, WORSE, TestResult, log_ratio, look_alpha, paired_test
+from server.rollouts.evidence import NOT_WORSE, OPEN, WORSE, TestResult, log_ratio, look_alpha, paired_test
 from server.rollouts.plan import AccuracyGate, RolloutPlan, Step
 from server.rollouts.repository import RolloutRepository
 
@@ -198,6 +198,45 @@ def judge_accuracy(
         "step_stores_reporting": len(reporting & expected),
         "min_reporting_share": gate.min_reporting_share,
     }
+    categories, ceiling, worse = _judge_categories(gate, by_category, category_periods, category_alpha)
+    per_store: dict[str, list[float]] = {}
+    for (store, _), sums in units.items():
+        totals = per_store.setdefault(store, [0.0, 0.0, 0.0])
+        for k in range(3):
+            totals[k] += sums[k]
+    pooled = paired_test(
+        [log_ratio(*totals) for totals in per_store.values()],
+        alpha=alpha / 2,
+        min_degradation=gate.min_degradation,
+    )
+    cand_all = sum(u[0] for u in units.values())
+    champ_all = sum(u[1] for u in units.values())
+    numbers["wape_ratio"] = round(cand_all / champ_all, 4) if champ_all > 0 else None
+    numbers["pooled"] = pooled.as_dict() if pooled is not None else None
+    verdict = _accuracy_verdict(gate, pooled, ceiling, worse, categories, n_total, stores, look)
+    if (
+        verdict["outcome"] == INCONCLUSIVE
+        and pooled is not None
+        and pooled.verdict == OPEN
+        and step_periods >= gate.max_step_periods
+    ):
+        verdict = _truncated(gate, pooled, step_periods)
+    if verdict["outcome"] == PASS and gate.enabled and reporting_share < gate.min_reporting_share:
+        verdict = {
+            "outcome": INCONCLUSIVE,
+            "reason": f"inconclusive, keep baking: {len(reporting & expected)} of {len(expected)} stores "
+            f"reported paired evidence in this step (needs {gate.min_reporting_share:.0%})",
+        }
+    return {**verdict, "categories": categories, **numbers}
+
+
+def _judge_categories(
+    gate: AccuracyGate,
+    by_category: dict[str, list[list[float]]],
+    category_periods: dict[str, set[Any]],
+    alpha: float,
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Per category: its numbers and test; the categories above the ceiling, and those shown worse."""
     categories: dict[str, Any] = {}
     ceiling: list[str] = []
     worse: list[str] = []
@@ -207,7 +246,7 @@ def judge_accuracy(
         ratio = cand / champ if champ > 0 else None
         test = paired_test(
             [log_ratio(m[0], m[1], m[2]) for m in members],
-            alpha=category_alpha,
+            alpha=alpha,
             min_degradation=gate.min_degradation,
         )
         if ratio is not None and n >= gate.min_observations and ratio > gate.max_wape_ratio:
@@ -231,28 +270,7 @@ def judge_accuracy(
             "periods": len(category_periods[category]),
             **({"test": test.as_dict()} if test is not None else {}),
         }
-    per_store: dict[str, list[float]] = {}
-    for (store, _), sums in units.items():
-        totals = per_store.setdefault(store, [0.0, 0.0, 0.0])
-        for k in range(3):
-            totals[k] += sums[k]
-    pooled = paired_test(
-        [log_ratio(*totals) for totals in per_store.values()],
-        alpha=alpha / 2,
-        min_degradation=gate.min_degradation,
-    )
-    cand_all = sum(u[0] for u in units.values())
-    champ_all = sum(u[1] for u in units.values())
-    numbers["wape_ratio"] = round(cand_all / champ_all, 4) if champ_all > 0 else None
-    numbers["pooled"] = pooled.as_dict() if pooled is not None else None
-    verdict = _accuracy_verdict(gate, pooled, ceiling, worse, categories, n_total, stores, look)
-    if verdict["outcome"] == PASS and gate.enabled and reporting_share < gate.min_reporting_share:
-        verdict = {
-            "outcome": INCONCLUSIVE,
-            "reason": f"inconclusive, keep baking: {len(reporting & expected)} of {len(expected)} stores "
-            f"reported paired evidence in this step (needs {gate.min_reporting_share:.0%})",
-        }
-    return {**verdict, "categories": categories, **numbers}
+    return categories, ceiling, worse
 
 
 def _accuracy_verdict(  # noqa: PLR0911 - one return per verdict
@@ -301,6 +319,18 @@ def _accuracy_verdict(  # noqa: PLR0911 - one return per verdict
     return {
         "outcome": INCONCLUSIVE,
         "reason": "inconclusive, keep baking: " + _describe(pooled, periods),
+    }
+
+
+def _truncated(gate: AccuracyGate, pooled: TestResult, step_periods: int) -> dict[str, str]:
+    """The decision of a test still open after ``max_step_periods``: the estimate against the midpoint."""
+    midpoint = 1 + gate.min_degradation / 2
+    worse = pooled.effect > midpoint
+    return {
+        "outcome": FAIL if worse else PASS,
+        "reason": f"still open after {step_periods} periods (max_step_periods), decided by the estimate: "
+        f"WAPE ratio {pooled.effect:.3f} is {'above' if worse else 'at or below'} the midpoint "
+        f"{midpoint:.3f} (interval {pooled.lower:.3f}-{pooled.upper:.3f}, n={pooled.n} stores)",
     }
 
 

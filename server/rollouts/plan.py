@@ -61,6 +61,8 @@ class AccuracyGate(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     a hard ceiling on a category's paired WAPE ratio, applied on ``min_observations`` forecasts without
     waiting for the test. ``min_reporting_share``: the share of the step's stores whose paired evidence
     of the step must be in before it passes (reports of one period arrive store by store).
+    ``max_step_periods``: a step still open after this many periods of its own is decided by the
+    estimate (a truncated test): worse than halfway to ``min_degradation`` fails, else passes.
     """
 
     enabled: bool = True
@@ -68,6 +70,7 @@ class AccuracyGate(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     min_degradation: float = 0.05
     max_wape_ratio: float = 2.0
     min_reporting_share: float = 0.8
+    max_step_periods: int = 6
     min_observations: int = 100
     min_stores: int = 1
     min_periods: int = 1
@@ -142,6 +145,8 @@ def _check_gates(plan: RolloutPlan) -> RolloutPlan:
         raise InvalidInputError("plan: accuracy.max_wape_ratio: must be above 1 (a hard ceiling)")
     if not 0 < plan.accuracy.max_false_rollback < 0.5:
         raise InvalidInputError("plan: accuracy.max_false_rollback: must be in (0, 0.5)")
+    if plan.accuracy.max_step_periods < 1:
+        raise InvalidInputError("plan: accuracy.max_step_periods: must be at least 1")
     if not 0 <= plan.accuracy.min_reporting_share <= 1:
         raise InvalidInputError("plan: accuracy.min_reporting_share: must be in [0, 1]")
     if not 0 < plan.accuracy.min_degradation < 1:

@@ -108,3 +108,25 @@ def test_paired_test_verdicts() -> None:
     assert fine is not None and fine.verdict == NOT_WORSE and fine.upper < 1.05
     unsure = paired_test([0.3, -0.3, 0.2, -0.1], alpha=0.01, min_degradation=0.05)
     assert unsure is not None and unsure.verdict == OPEN
+
+
+def test_a_step_still_open_after_max_step_periods_is_decided_by_the_estimate() -> None:
+    """Three stores disagreeing (x1.22, x0.90, x1.02): open at every look, decided at the sixth period."""
+
+    def rows(factors: list[float], periods: int) -> list[dict[str, Any]]:
+        return [
+            {"store_id": f"s{s}", "category": c, "period_end": date(2024, 1, 7) + timedelta(days=7 * p),
+             "n": 7, "candidate_errors": 100.0 * f, "champion_errors": 100.0, "actuals": 1000.0,
+             "received_at": STEP_START + timedelta(days=7 * p + 1)}
+            for p in range(periods) for s, f in enumerate(factors) for c in CATEGORIES
+        ]  # fmt: skip
+
+    gate = AccuracyGate(min_observations=0)
+    mixed = [1.22, 0.90, 1.02]
+    assert judge_accuracy(gate, rows(mixed, 5), STEP_START)["outcome"] == "inconclusive"
+    decided = judge_accuracy(gate, rows(mixed, 6), STEP_START)
+    assert decided["outcome"] == "fail"
+    assert decided["reason"].startswith("still open after 6 periods")
+    assert "above the midpoint 1.025" in decided["reason"]
+    below = judge_accuracy(gate, rows([1.15, 0.88, 1.0], 6), STEP_START)
+    assert below["outcome"] == "pass", below["reason"]
