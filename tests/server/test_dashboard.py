@@ -133,6 +133,7 @@ def _accuracy(store_id: str, version: int, role: str, start: date, factor: float
         model_name=MODEL,
         version=version,
         role=role,
+        scoring_id=f"{store_id}-{start}",  # the served and the shadow version of one scoring pair up
         period_start=start,
         period_end=start + timedelta(days=6),
         created_at=datetime.now(UTC),
@@ -185,7 +186,8 @@ def _actuals(store_id: str, first: date, days: int) -> ActualsBatch:
 
 
 def _play_week(server: RunningServer, week: int, start: date, i: int, store: tuple[str, str]) -> None:
-    """One store's week as its agent sends it: poll, heartbeat (store 0 with errors), accuracy (and drift)."""
+    """One store's week as its agent sends it: poll, heartbeat (store 0 with errors), accuracy of the
+    served and the shadow version (and drift)."""
     store_id, token = store
     with server.client(token) as agent:
         assigned = agent.get(f"/v1/stores/{store_id}/assignment").json()
@@ -196,6 +198,12 @@ def _play_week(server: RunningServer, week: int, start: date, i: int, store: tup
                          last_error="server unreachable" if errors else None)  # fmt: skip
         _post(agent, "/v1/heartbeats", beat)
         _post(agent, "/v1/accuracy", _accuracy(store_id, running, "served", start, 1.0, i))
+        if assigned.get("shadow_version"):
+            _post(
+                agent,
+                "/v1/accuracy",
+                _accuracy(store_id, assigned["shadow_version"], "shadow", start, 1.0, i),
+            )
         if i == 0:
             _post(agent, "/v1/drift", _drift(store_id, start))
 
@@ -542,7 +550,8 @@ def _big_fleet(state_dir: Path, stores: int, categories: int, weeks: int) -> Non
         "INSERT INTO accuracy_rows SELECT printf('r-%d-%d', s, w), printf('B%05d', s), 'big', 1, 'served', "
         "DATE '2024-01-01' + CAST(7 * w AS INTEGER), DATE '2024-01-07' + CAST(7 * w AS INTEGER), "
         "printf('c%02d', c), '1-7', 28, "
-        "100.0 + (s * 7 + c * 3 + w) % 50, 500.0, 10.0, 0.0, 0, NULL, NULL, '{}', NULL, now()::TIMESTAMP, NULL "
+        "100.0 + (s * 7 + c * 3 + w) % 50, 500.0, 10.0, 0.0, 0, NULL, NULL, '{}', NULL, "
+        "now()::TIMESTAMP, NULL "
         "FROM range(?) a(s), range(?) b(c), range(?) d(w)",
         [stores, categories, weeks],
     )
