@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from forecasting.contracts import Count, Version
 from server.errors import InvalidInputError
 
 
@@ -26,7 +27,7 @@ class WavePlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     share: float | None = None
     groups: list[str] = msgspec.field(default_factory=list)
     stores: list[str] = msgspec.field(default_factory=list)
-    bake_periods: int = 2
+    bake_periods: Count = 2
     bake_min_seconds: float = 0.0
     manual_approval: bool = False
 
@@ -41,7 +42,7 @@ class HealthGate(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     min_activated_share: float = 1.0
     max_stale_share: float = 0.0
     stale_after_seconds: float = 3600.0
-    max_errors_per_store: int = 0
+    max_errors_per_store: Count = 0
 
 
 class AccuracyGate(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -49,16 +50,16 @@ class AccuracyGate(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
 
     enabled: bool = True
     max_wape_ratio: float = 1.05
-    min_observations: int = 100
-    min_stores: int = 1
-    min_periods: int = 1
+    min_observations: Count = 100
+    min_stores: Count = 1
+    min_periods: Count = 1
 
 
 class ShadowPhase(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Before serving: the first wave's stores score the candidate beside the champion they serve."""
 
     enabled: bool = False
-    bake_periods: int = 2
+    bake_periods: Count = 2
     bake_min_seconds: float = 0.0
 
 
@@ -67,7 +68,7 @@ class RolloutPlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
 
     name: str = ""
     model_name: str = ""
-    version: int | None = None
+    version: Version | None = None
     stratify_by: list[str] = msgspec.field(default_factory=lambda: ["type", "region"])
     waves: list[WavePlan] = msgspec.field(default_factory=list)
     shadow: ShadowPhase = msgspec.field(default_factory=ShadowPhase)
@@ -104,15 +105,13 @@ def check_plan(plan: RolloutPlan) -> RolloutPlan:
             if wave.share < last:
                 raise InvalidInputError(f"{where}.share: shares are cumulative and must not decrease")
             last = wave.share
-        if wave.bake_periods < 0 or wave.bake_min_seconds < 0:
+        if wave.bake_min_seconds < 0:
             raise InvalidInputError(f"{where}: bake must not be negative")
     for name in plan.stratify_by:
         if name not in STRATUM_FIELDS:
             raise InvalidInputError(f"plan: stratify_by: unknown store attribute {name!r}")
     if plan.accuracy.max_wape_ratio <= 0:
         raise InvalidInputError("plan: accuracy.max_wape_ratio: must be positive")
-    if plan.health.max_errors_per_store < 0:
-        raise InvalidInputError("plan: health.max_errors_per_store: must not be negative")
     if not 0 <= plan.health.min_activated_share <= 1:
         raise InvalidInputError("plan: health.min_activated_share: must be in [0, 1]")
     return plan

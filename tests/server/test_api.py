@@ -163,8 +163,8 @@ def test_heartbeats_idempotent_and_scoped(server: RunningServer, tmp_path: Path,
         foreign = agent.post("/v1/heartbeats", json={**beat, "store_id": "S-somebody-else"})
         assert foreign.status_code == 403
         bad = agent.post("/v1/heartbeats", json={**beat, "unknown_field": 1})
-        assert bad.status_code == 400
-        late = {**beat, "state": "syncing", "active_version": 0, "sent_at": "2020-01-01T00:00:00Z"}
+        assert bad.status_code == 422
+        late = {**beat, "state": "syncing", "active_version": None, "sent_at": "2020-01-01T00:00:00Z"}
         assert agent.post("/v1/heartbeats", json=late).status_code == 202  # older than what is stored
     with server.admin() as admin:
         status = admin.get(f"/v1/stores/{store}").json()["status"]
@@ -282,7 +282,7 @@ def test_body_limit_and_problem_details(server: RunningServer) -> None:
         assert huge.status_code == 413
         assert huge.headers["content-type"].startswith("application/problem+json")
         invalid = admin.post("/v1/stores", json={"store_id": "S1", "bogus": 1})
-        assert invalid.status_code == 400
+        assert invalid.status_code == 422
         assert "bogus" in invalid.json()["detail"]
         assert admin.get("/v1/nowhere").json()["status"] == 404
 
