@@ -129,6 +129,36 @@ def test_upload_refusals_say_why(
         assert admin.get(f"/v1/models/{model}").json()["latest_version"] == 2
 
 
+def test_upload_of_colliding_or_climbing_members_is_422(
+    server: RunningServer, tmp_path: Path, signing_key: Path
+) -> None:
+    """A signed bundle plus a file ``fitted`` before ``fitted/AutoETS.parquet``, or a ``../../..`` directory
+    member: 422 naming the member, nothing registered."""
+    model = unique("m")
+    signed = make_bundle(tmp_path, signing_key, model, 1)
+    for name, extra in (
+        (
+            "fitted/AutoETS.parquet",
+            [("fitted", tarfile.REGTYPE), ("fitted/AutoETS.parquet", tarfile.REGTYPE)],
+        ),
+        ("../../..", [("../../..", tarfile.DIRTYPE)]),
+    ):
+        out = tmp_path / f"evil-{len(extra)}.tar"
+        with tarfile.open(signed) as src, tarfile.open(out, "w") as dst:
+            for member in src:
+                dst.addfile(member, src.extractfile(member))
+            for member_name, kind in extra:
+                info = tarfile.TarInfo(member_name)
+                info.type = kind
+                info.size = 1 if kind == tarfile.REGTYPE else 0
+                dst.addfile(info, io.BytesIO(b"x") if kind == tarfile.REGTYPE else None)
+        with server.admin() as admin:
+            refused = publish(admin, out, model)
+            assert refused.status_code == 422, refused.text
+            assert name in refused.json()["detail"]
+            assert admin.get(f"/v1/models/{model}").status_code == 404
+
+
 def _tamper(archive: Path, tmp_path: Path) -> Path:
     """The same archive with one payload byte flipped (signature and manifest left as they were)."""
     out = tmp_path / f"tampered-{archive.name}"
