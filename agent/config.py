@@ -42,6 +42,9 @@ class AgentSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_backoff_seconds: float = 300.0
     request_timeout_seconds: float = 30.0
     max_bundle_bytes: int = 512 * 1024 * 1024
+    # Every other answer of the server (enrollment, assignment, report acknowledgements) is read up to
+    # this size and refused beyond it.
+    max_response_bytes: int = 1024 * 1024
     keep_versions: int = 2
     max_update_attempts: int = 3
     outbox_max_rows: int = 10_000
