@@ -45,7 +45,7 @@ class Heartbeat(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     sent_at: datetime
     # Errors counted by the agent since its state folder was created, by kind (``sync``, ``download``,
     # ``verify``, ``health_check``, ``activation``, ``scoring``, ``shadow``, ``report``, ``ingest``,
-    # ``monitoring``): cumulative, so a lost heartbeat loses nothing. ``last_error`` is
+    # ``monitoring``, ``state``): cumulative, so a lost heartbeat loses nothing. ``last_error`` is
     # ``"<kind>: <reason>"`` of the newest one (a refused update names what was wrong with it).
     errors: dict[str, ErrorCount] = msgspec.field(default_factory=dict)
     last_error: str | None = None
