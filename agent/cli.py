@@ -57,7 +57,8 @@ def _api_call(config: AgentConfig, method: str, path: str, timeout: float) -> di
     from agent.config import is_loopback
 
     host = config.api.host if config.api.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
-    headers = {"Authorization": f"Bearer {config.api.token}"} if config.api.token else {}
+    token = config.api.operator_token or config.api.token
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     # Over HTTPS, the agent's own API on this machine is not verified (its certificate names the store's
     # host, not 127.0.0.1); an API on another address is verified against [agent] ca_file or the system.
     verify: Any = True

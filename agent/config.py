@@ -77,7 +77,10 @@ class ApiSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_horizon: int = 366
     max_page_size: int = 10_000
     default_page_size: int = 1_000
+    # Bearer tokens of the /v1 routes: ``token`` reads forecasts and status; ``operator_token`` also
+    # posts sales, scores and rolls back. Neither set: /v1 is open (keep the API on loopback then).
     token: str = ""
+    operator_token: str = ""
     max_upload_bytes: int = 256 * 1024 * 1024
     # HTTPS for the inventory API: a PEM certificate (chain) and its private key, both or neither.
     tls_cert_file: str = ""
