@@ -43,7 +43,9 @@ def run(config_files: tuple[Path, ...], host: str | None, port: int | None, stat
 
     from agent.runtime import AgentRuntime
     from forecasting.logs import configure_logging
+    from forecasting.private import private_files
 
+    private_files()
     config = _load(config_files, host, port, state_dir)
     configure_logging(config.logging.level, config.logging.format)
     structlog.contextvars.bind_contextvars(store_id=config.agent.store_id)
@@ -91,7 +93,9 @@ def _client_context(ca_file: str) -> Any:
 
 def _offline_runtime(config: AgentConfig) -> Any:
     from agent.runtime import AgentRuntime
+    from forecasting.private import private_files
 
+    private_files()
     runtime = AgentRuntime(config)
     try:
         runtime.open_state()

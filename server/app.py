@@ -21,6 +21,7 @@ from litestar.template.config import TemplateConfig
 
 from forecasting.contracts import Problem
 from forecasting.logs import get_logger
+from forecasting.private import private_dir
 from server.auth import SessionStore, TokenIndex, make_auth_middleware
 from server.blobs import BlobStore
 from server.config import ServerConfig
@@ -92,7 +93,7 @@ class ServerState:
         if self.db is not None:
             return
         server = self.config.server
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         db = Database.open(self.root / DB_FILE_NAME)
         blobs = BlobStore(self.root / "blobs", self.root / "tmp")
         for stale in blobs.tmp_dir.glob("upload-*.part"):
