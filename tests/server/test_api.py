@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -157,6 +158,39 @@ def test_upload_of_colliding_or_climbing_members_is_422(
             assert refused.status_code == 422, refused.text
             assert name in refused.json()["detail"]
             assert admin.get(f"/v1/models/{model}").status_code == 404
+
+
+def test_publish_load_checks_payloads_and_aliases_refuse_expired_versions(
+    server: RunningServer, tmp_path: Path, signing_key: Path
+) -> None:
+    """A validly signed bundle whose series.parquet is a pickle is refused (422, nothing registered); an
+    alias move or a rollout to a version that has expired since its upload is refused (409)."""
+    import pickle
+
+    model = unique("m")
+    with server.admin() as admin:
+        hostile = make_bundle(tmp_path, signing_key, model, 1, raw_payload=pickle.dumps({"state": "x"}))
+        refused = publish(admin, hostile, model)
+        assert refused.status_code == 422, refused.text
+        assert "'series.parquet' does not load as Parquet" in refused.json()["detail"]
+        assert admin.get(f"/v1/models/{model}").status_code == 404
+        assert publish(admin, make_bundle(tmp_path, signing_key, model, 1), model).status_code == 201
+        champion = admin.put(f"/v1/models/{model}/aliases/champion", json={"version": 1})
+        assert champion.status_code == 200, champion.text
+        soon = datetime.now(UTC) + timedelta(seconds=2)
+        assert (
+            publish(admin, make_bundle(tmp_path, signing_key, model, 2, expires_at=soon), model).status_code
+            == 201
+        )
+        time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.5)
+        moved = admin.put(f"/v1/models/{model}/aliases/champion", json={"version": 2})
+        assert moved.status_code == 409, moved.text
+        assert "expired" in moved.json()["detail"]
+        rollout = admin.post(
+            "/v1/rollouts", json={"model_name": model, "version": 2, "plan": {"waves": [{"share": 1.0}]}}
+        )
+        assert rollout.status_code == 409, rollout.text
+        assert admin.get(f"/v1/models/{model}/aliases/champion").json()["version"] == 1
 
 
 def _tamper(archive: Path, tmp_path: Path) -> Path:
