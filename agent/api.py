@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 from litestar import Litestar, Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
@@ -35,6 +35,9 @@ JSON_OBJECT = ResponseSpec(
 )
 AS_JSON_OBJECT = {200: JSON_OBJECT}
 PROBLEM = "application/problem+json"
+# Routes that change the agent (sales, scoring, rollback) declare this scope: only the operator token
+# may call them. Every other /v1 route reads.
+OPERATOR = {"scope": "operator"}
 
 
 def problem(status: int, title: str, detail: str = "") -> Response[bytes]:
@@ -257,7 +260,7 @@ SALES_TYPES = {
 }
 
 
-@post("/sales", sync_to_thread=True, status_code=200, responses=AS_JSON_OBJECT)
+@post("/sales", sync_to_thread=True, status_code=200, responses=AS_JSON_OBJECT, opt=OPERATOR)
 def post_sales(request: Request[Any, Any, Any], body: bytes) -> Response[bytes]:
     """Append sales rows (CSV, Parquet or JSON by ``Content-Type``); bad rows are quarantined with reasons."""
     from agent.ingest import ingest_bytes
@@ -300,7 +303,7 @@ def post_sales(request: Request[Any, Any, Any], body: bytes) -> Response[bytes]:
     return Response(msgspec.json.encode(answer), media_type=JSON)
 
 
-@post("/score", sync_to_thread=True, status_code=200, responses=AS_JSON_OBJECT)
+@post("/score", sync_to_thread=True, status_code=200, responses=AS_JSON_OBJECT, opt=OPERATOR)
 def post_score(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Score the active version now (what ``shelfcast agent score`` calls)."""
     runtime = _runtime(request)
@@ -313,7 +316,7 @@ def post_score(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(msgspec.json.encode(result), media_type=JSON)
 
 
-@post("/rollback", sync_to_thread=True, status_code=200, responses=AS_JSON_OBJECT)
+@post("/rollback", sync_to_thread=True, status_code=200, responses=AS_JSON_OBJECT, opt=OPERATOR)
 def post_rollback(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Switch back to the newest kept version older than the active one (``shelfcast agent rollback``)."""
     runtime = _runtime(request)
@@ -324,13 +327,23 @@ def post_rollback(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(msgspec.json.encode(result), media_type=JSON)
 
 
-def _token_guard(token: str) -> Any:
-    expected = f"Bearer {token}".encode()
+def _token_guard(read_token: str, operator_token: str) -> Any:
+    """``[api] token`` reads; ``[api] operator_token`` reads and calls the routes of the operator scope.
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+    No token or an unknown one: 401. The read token on an operator route: 403. With only a read token
+    configured, operator routes are refused to everyone (set ``operator_token`` to use them over HTTP).
+    """
+
+    def matches(given: bytes, token: str) -> bool:
+        return bool(token) and hmac.compare_digest(given, f"Bearer {token}".encode())
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
         given = (connection.headers.get("authorization") or "").encode()
-        if not hmac.compare_digest(given, expected):
+        operator = matches(given, operator_token)
+        if not operator and not matches(given, read_token):
             raise NotAuthorizedException("a valid API token is required (Authorization: Bearer <token>)")
+        if handler.opt.get("scope") == "operator" and not operator:
+            raise PermissionDeniedException("this route needs the operator token ([api] operator_token)")
 
     return guard
 
@@ -344,7 +357,8 @@ def _problem_handler(request: Request[Any, Any, Any], exc: Exception) -> Respons
 
 def create_app(runtime: AgentRuntime) -> Litestar:
     """The agent's Litestar app over a runtime (tests and the benchmark build their own)."""
-    guards = [_token_guard(runtime.config.api.token)] if runtime.config.api.token else []
+    api = runtime.config.api
+    guards = [_token_guard(api.token, api.operator_token)] if api.token or api.operator_token else []
     v1 = Router(
         path="/v1",
         route_handlers=[status, forecast_item, forecast_list, post_sales, post_score, post_rollback],

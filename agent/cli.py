@@ -43,7 +43,9 @@ def run(config_files: tuple[Path, ...], host: str | None, port: int | None, stat
 
     from agent.runtime import AgentRuntime
     from forecasting.logs import configure_logging
+    from forecasting.private import private_files
 
+    private_files()
     config = _load(config_files, host, port, state_dir)
     configure_logging(config.logging.level, config.logging.format)
     structlog.contextvars.bind_contextvars(store_id=config.agent.store_id)
@@ -57,7 +59,8 @@ def _api_call(config: AgentConfig, method: str, path: str, timeout: float) -> di
     from agent.config import is_loopback
 
     host = config.api.host if config.api.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
-    headers = {"Authorization": f"Bearer {config.api.token}"} if config.api.token else {}
+    token = config.api.operator_token or config.api.token
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     # Over HTTPS, the agent's own API on this machine is not verified (its certificate names the store's
     # host, not 127.0.0.1); an API on another address is verified against [agent] ca_file or the system.
     verify: Any = True
@@ -90,7 +93,9 @@ def _client_context(ca_file: str) -> Any:
 
 def _offline_runtime(config: AgentConfig) -> Any:
     from agent.runtime import AgentRuntime
+    from forecasting.private import private_files
 
+    private_files()
     runtime = AgentRuntime(config)
     try:
         runtime.open_state()

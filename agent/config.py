@@ -42,6 +42,9 @@ class AgentSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_backoff_seconds: float = 300.0
     request_timeout_seconds: float = 30.0
     max_bundle_bytes: int = 512 * 1024 * 1024
+    # Every other answer of the server (enrollment, assignment, report acknowledgements) is read up to
+    # this size and refused beyond it.
+    max_response_bytes: int = 1024 * 1024
     keep_versions: int = 2
     max_update_attempts: int = 3
     outbox_max_rows: int = 10_000
@@ -74,7 +77,10 @@ class ApiSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_horizon: int = 366
     max_page_size: int = 10_000
     default_page_size: int = 1_000
+    # Bearer tokens of the /v1 routes: ``token`` reads forecasts and status; ``operator_token`` also
+    # posts sales, scores and rolls back. Neither set: /v1 is open (keep the API on loopback then).
     token: str = ""
+    operator_token: str = ""
     max_upload_bytes: int = 256 * 1024 * 1024
     # HTTPS for the inventory API: a PEM certificate (chain) and its private key, both or neither.
     tls_cert_file: str = ""

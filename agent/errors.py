@@ -9,6 +9,10 @@ class SyncError(AgentError):
     """The server could not be reached or answered something unusable."""
 
 
+class ResponseTooLargeError(SyncError):
+    """An answer of the server is larger than ``[agent] max_response_bytes`` (it is cut off, not read)."""
+
+
 class NoActiveModelError(AgentError):
     """The agent has no verified model version to score or serve yet."""
 

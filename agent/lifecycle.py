@@ -21,7 +21,9 @@ with the same checks into ``shadow/<model>-<version>/``; it is scored, never ser
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,7 +42,7 @@ from agent.paths import (
     remove_tree,
     switch_symlink,
 )
-from agent.scoring import Scorer, health_check
+from agent.scoring import Scorer, health_check, read_serving
 from agent.sync import SyncClient
 from forecasting.contracts import Assignment
 from forecasting.errors import BundleError
@@ -154,6 +156,7 @@ ERROR_KINDS = (
     "report",  # a report could not be delivered (retried) or was refused by the server (dropped)
     "ingest",  # the sales folder could not be read
     "monitoring",  # computing accuracy or drift reports failed
+    "state",  # lifecycle.json was unreadable and was rebuilt from what is on disk
 )
 # State in which an unexpected failure happened -> the error kind it counts as.
 STATE_ERROR_KIND: dict[State, str] = {
@@ -177,10 +180,55 @@ def count_error(record: Record, kind: str, reason: str) -> None:
 
 
 def load_record(paths: StatePaths) -> Record:
+    """``lifecycle.json``; a damaged or unreadable one is rebuilt from disk (:func:`rebuild_record`)."""
     try:
         return msgspec.json.decode(paths.lifecycle.read_bytes(), type=Record)
     except FileNotFoundError:
         return Record()
+    except (OSError, msgspec.DecodeError) as exc:
+        return rebuild_record(paths, f"{type(exc).__name__}: {exc}")
+
+
+def rebuild_record(paths: StatePaths, reason: str) -> Record:
+    """The record as the serving pointer and the versions on disk say, so a damaged state file never
+    stops serving: IDLE; active = the version ``current`` points at (else the one ``serving.json``
+    names, if kept); previous = the newest older kept version; highest_version = the newest kept one.
+    What only the file knew (refused bundles, error counts, the assignment's ETag) starts afresh; the
+    damaged bytes are kept as ``lifecycle.json.damaged``. Counted as a ``state`` error, logged loudly."""
+    kept = sorted(
+        (ref for ref in map(_version_of, paths.versions.glob("*-*")) if ref is not None),
+        key=lambda ref: ref.version,
+    )
+    active = _version_of(read_symlink(paths.current))
+    pointer = read_serving(paths)
+    if active is None and pointer is not None:
+        active = VersionRef(pointer.model_name, pointer.version)
+    if active not in kept:
+        active = None
+    older = [ref for ref in kept if active is not None and ref.version < active.version]
+    record = Record(
+        active=active,
+        previous=older[-1] if older else None,
+        highest_version=kept[-1].version if kept else 0,
+    )
+    count_error(record, "state", f"lifecycle.json unreadable ({reason}); rebuilt from current and versions/")
+    with contextlib.suppress(OSError):
+        shutil.copyfile(paths.lifecycle, paths.lifecycle.with_name("lifecycle.json.damaged"))
+    log.error(
+        "lifecycle_state_rebuilt",
+        reason=reason,
+        model_version=active.version if active else None,
+        highest_version=record.highest_version,
+    )
+    return record
+
+
+def _version_of(folder: Path | None) -> VersionRef | None:
+    """``versions/<model>-<version>`` as a reference; None for anything else."""
+    if folder is None or not folder.is_dir():
+        return None
+    model_name, _, version = folder.name.rpartition("-")
+    return VersionRef(model_name, int(version)) if model_name and version.isdigit() else None
 
 
 def save_record(paths: StatePaths, record: Record) -> None:

@@ -23,6 +23,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from forecasting.private import private_dir
+
 
 @dataclass(frozen=True)
 class StatePaths:
@@ -84,7 +86,9 @@ class StatePaths:
         return None
 
     def ensure(self) -> None:
-        for path in (self.root, self.downloads, self.staging, self.versions, self.runs):
+        """The state folder (0700, also when it existed) and its parts."""
+        private_dir(self.root)
+        for path in (self.downloads, self.staging, self.versions, self.runs):
             path.mkdir(parents=True, exist_ok=True)
 
 
@@ -109,7 +113,7 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync, rename over ``path``, fsync the directory."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)

@@ -175,6 +175,7 @@ class AgentRuntime:
                 self.config.agent.server_url,
                 timeout_seconds=self.config.agent.request_timeout_seconds,
                 ca_file=self.config.agent.ca_file,
+                max_response_bytes=self.config.agent.max_response_bytes,
             )
         return self._client
 

@@ -7,21 +7,24 @@ report; nothing here decides policy (that is the lifecycle's job).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from agent.errors import EnrollmentError, SyncError, UpdateRejectedError
+from agent.errors import EnrollmentError, ResponseTooLargeError, SyncError, UpdateRejectedError
 from forecasting.contracts import Assignment
 
 if TYPE_CHECKING:
     import httpx
 
 CHUNK_BYTES = 1024 * 1024
+DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 
 
 class EnrollResponse(msgspec.Struct, frozen=True):
@@ -40,13 +43,29 @@ class AssignmentPoll:
     not_modified: bool = False
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A server answer read whole, within the client's size cap (bundles are streamed to disk instead)."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+
 def backoff_seconds(failures: int, base: float, cap: float) -> float:
     """Exponential backoff with full jitter: uniform in [base/2, min(cap, base * 2**failures)]."""
     ceiling = min(cap, base * (2 ** min(failures, 30)))
     return random.uniform(min(base / 2, ceiling), ceiling)
 
 
-def _problem_detail(response: httpx.Response) -> str:
+def _problem_detail(response: Answer) -> str:
     try:
         body = response.json()
     except ValueError:
@@ -59,7 +78,14 @@ def _problem_detail(response: httpx.Response) -> str:
 class SyncClient:
     """Blocking HTTP client of the server API, one per agent process (connection pooling)."""
 
-    def __init__(self, base_url: str, *, timeout_seconds: float, ca_file: str = "") -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_seconds: float,
+        ca_file: str = "",
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
         import ssl
 
         import httpx
@@ -72,9 +98,12 @@ class SyncClient:
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 5.0)),
             verify=verify,
-            headers={"User-Agent": "shelfcast-agent"},
+            # Answers are read as sent (no decompression): a small compressed answer cannot unfold into
+            # gigabytes between two checks of the size caps.
+            headers={"User-Agent": "shelfcast-agent", "Accept-Encoding": "identity"},
         )
         self.token = ""
+        self.max_response_bytes = max_response_bytes
 
     def close(self) -> None:
         self._client.close()
@@ -82,11 +111,24 @@ class SyncClient:
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
-    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    def _request(self, method: str, url: str, **kwargs: Any) -> Answer:
+        """Send a request and read its answer, streaming, up to ``max_response_bytes`` (decoded)."""
         import httpx
 
+        cap = self.max_response_bytes
         try:
-            return self._client.request(method, url, **kwargs)
+            with self._client.stream(method, url, **kwargs) as response:
+                announced = response.headers.get("content-length", "")
+                if announced.isdigit() and int(announced) > cap:
+                    raise ResponseTooLargeError(
+                        f"{method} {url}: the answer announces {announced} bytes, over the {cap}-byte cap"
+                    )
+                body = bytearray()
+                for chunk in _raw_chunks(response, f"{method} {url}"):
+                    body += chunk
+                    if len(body) > cap:
+                        raise ResponseTooLargeError(f"{method} {url}: the answer exceeds the {cap}-byte cap")
+                return Answer(response.status_code, response.headers, bytes(body))
         except httpx.HTTPError as exc:
             raise SyncError(f"{method} {url}: {self._describe(exc)}") from exc
 
@@ -129,7 +171,10 @@ class SyncClient:
             assignment = decoder.decode(response.content)
         except msgspec.DecodeError:
             # A newer server may add fields: accept them rather than stop updating.
-            assignment = msgspec.convert(response.json(), Assignment, strict=False, from_attributes=False)
+            try:
+                assignment = msgspec.convert(response.json(), Assignment, strict=False, from_attributes=False)
+            except (ValueError, msgspec.ValidationError) as exc:
+                raise SyncError(f"assignment poll: unusable answer ({exc})") from None
         return AssignmentPoll(assignment, response.headers.get("ETag"))
 
     def download_bundle(self, sha256: str, expected_size: int, dest_dir: Path, *, max_bytes: int) -> Path:
@@ -174,7 +219,7 @@ class SyncClient:
                     fh.truncate()
                     written = have
                     # As they arrive (no re-chunking): what was received before a cut is on disk to resume.
-                    for chunk in response.iter_bytes():
+                    for chunk in _raw_chunks(response, f"bundle {sha256[:12]}"):
                         written += len(chunk)
                         if written > limit:
                             raise UpdateRejectedError(
@@ -203,6 +248,15 @@ class SyncClient:
         headers = {**self._auth(), "Idempotency-Key": idempotency_key, "Content-Type": "application/json"}
         response = self._request("POST", path, content=body, headers=headers)
         return response.status_code
+
+
+def _raw_chunks(response: httpx.Response, what: str) -> Iterator[bytes]:
+    """The answer's bytes as they arrive; an answer in a content encoding the agent did not ask for is
+    refused (``Accept-Encoding: identity``)."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise SyncError(f"{what}: the answer is {encoding}-encoded, which was not asked for")
+    return response.iter_raw()
 
 
 def _sha256_file(path: Path) -> str:

@@ -23,7 +23,7 @@ import tarfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import msgspec
@@ -418,10 +418,11 @@ def pack_archive(bundle_dir: Path, out_file: Path) -> str:
 def unpack_archive(archive: Path, dest_dir: Path, *, max_bytes: int) -> Path:
     """Unpack a bundle archive into ``dest_dir`` (which must not exist or be empty); return it.
 
-    Only regular files with safe relative names are accepted (UnsafePathError for absolute names,
-    ``..``, links, devices); the archive and the sum of member sizes must stay within ``max_bytes``
-    (OversizeError). Extraction happens in a sibling temporary directory renamed into place. The
-    result still has to pass :func:`verify`.
+    Only regular files and directories with safe relative names are accepted; anything else is refused,
+    never skipped (UnsafePathError for absolute names, ``..``, links, devices, a name given twice, a
+    file where a directory is, or a member under a file); the archive and the sum of member sizes must
+    stay within ``max_bytes`` (OversizeError). Extraction happens in a sibling temporary directory
+    renamed into place. The result still has to pass :func:`verify`.
     """
     if archive.stat().st_size > max_bytes:
         raise OversizeError(f"{archive}: {archive.stat().st_size} bytes exceeds the limit {max_bytes}")
@@ -440,20 +441,27 @@ def unpack_archive(archive: Path, dest_dir: Path, *, max_bytes: int) -> Path:
 
 def _extract_members(tar: tarfile.TarFile, tmp: Path, archive: Path, max_bytes: int) -> None:
     total = 0
-    seen: set[str] = set()
+    files: set[str] = set()
+    dirs: set[str] = set()  # directory members
+    holders: set[str] = set()  # directories holding a member
     for count, member in enumerate(tar, start=1):
         if count > MAX_ARCHIVE_MEMBERS:
             raise OversizeError(f"{archive}: more than {MAX_ARCHIVE_MEMBERS} members")
-        if member.isdir():
-            continue
-        name = member.name
-        if not member.isreg():
-            raise UnsafePathError(f"{archive}: member {name!r} is not a regular file")
-        if name not in RESERVED_NAMES:
-            check_safe_path(name)
-        if name in seen:
+        name = _member_name(member, archive)
+        if name in files or name in dirs:
             raise UnsafePathError(f"{archive}: member {name!r} appears twice")
-        seen.add(name)
+        parents = [str(parent) for parent in PurePosixPath(name).parents][:-1]
+        for parent in parents:
+            if parent in files:
+                raise UnsafePathError(f"{archive}: member {name!r} lies under {parent!r}, which is a file")
+        holders.update(parents)
+        if member.isdir():
+            dirs.add(name)
+            (tmp / name).mkdir(parents=True, exist_ok=True)
+            continue
+        if name in holders:
+            raise UnsafePathError(f"{archive}: file member {name!r} is also a directory of other members")
+        files.add(name)
         total += member.size
         if total > max_bytes:
             raise OversizeError(f"{archive}: unpacked size exceeds the limit {max_bytes}")
@@ -462,8 +470,25 @@ def _extract_members(tar: tarfile.TarFile, tmp: Path, archive: Path, max_bytes: 
             raise UnsafePathError(f"{archive}: member {name!r} has no data")
         target = tmp / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        with source, target.open("wb") as fh:
+        with source, target.open("xb") as fh:
             shutil.copyfileobj(source, fh, _CHUNK)
+
+
+def _member_name(member: tarfile.TarInfo, archive: Path) -> str:
+    """The member's checked name: a plain file or directory with a safe relative name, or refused."""
+    name = member.name
+    if not (member.isreg() or member.isdir()):
+        raise UnsafePathError(f"{archive}: member {name!r} is not a regular file or directory")
+    if member.isdir():
+        name = name.rstrip("/")
+        if name in RESERVED_NAMES:
+            raise UnsafePathError(f"{archive}: directory member {name!r} takes a reserved file name")
+    if name not in RESERVED_NAMES:
+        try:
+            check_safe_path(name)
+        except UnsafePathError:
+            raise UnsafePathError(f"{archive}: unsafe member name {name!r}") from None
+    return name
 
 
 def read_payload(bundle_dir: Path, manifest: Manifest, path: str) -> bytes:

@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Annotated
 
 import msgspec
+
+# Bounded integers: every integer that crosses the wire is checked at decoding, so a value the
+# database cannot hold is a 4xx naming the field, never a failed write. Version numbers and error
+# counters are stored as 32-bit INTEGER columns; counts and byte sizes stay within JSON's exact
+# integer range (2**53 - 1), so sums over many reports still fit a 64-bit column.
+INT32_MAX = 2**31 - 1
+JSON_INT_MAX = 2**53 - 1
+Version = Annotated[int, msgspec.Meta(ge=1, le=INT32_MAX, description="a model version number")]
+Count = Annotated[int, msgspec.Meta(ge=0, le=JSON_INT_MAX)]
+ByteSize = Annotated[int, msgspec.Meta(ge=0, le=JSON_INT_MAX, description="a size in bytes")]
+ErrorCount = Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)]
 
 
 class Assignment(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -12,12 +24,12 @@ class Assignment(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
 
     store_id: str
     model_name: str
-    version: int
+    version: Version
     bundle_sha256: str
-    bundle_size: int
-    shadow_version: int | None = None
+    bundle_size: ByteSize
+    shadow_version: Version | None = None
     shadow_bundle_sha256: str | None = None
-    shadow_bundle_size: int | None = None
+    shadow_bundle_size: ByteSize | None = None
     rollout_id: str | None = None
 
 
@@ -27,18 +39,18 @@ class Heartbeat(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     store_id: str
     state: str
     model_name: str | None = None
-    active_version: int | None = None
+    active_version: Version | None = None
     last_scored_at: datetime | None = None
     agent_version: str = ""
     sent_at: datetime
     # Errors counted by the agent since its state folder was created, by kind (``sync``, ``download``,
     # ``verify``, ``health_check``, ``activation``, ``scoring``, ``shadow``, ``report``, ``ingest``,
-    # ``monitoring``): cumulative, so a lost heartbeat loses nothing. ``last_error`` is
+    # ``monitoring``, ``state``): cumulative, so a lost heartbeat loses nothing. ``last_error`` is
     # ``"<kind>: <reason>"`` of the newest one (a refused update names what was wrong with it).
-    errors: dict[str, int] = msgspec.field(default_factory=dict)
+    errors: dict[str, ErrorCount] = msgspec.field(default_factory=dict)
     last_error: str | None = None
     last_error_at: datetime | None = None
-    shadow_version: int | None = None
+    shadow_version: Version | None = None
 
 
 class ModelVersionInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,13 +83,13 @@ class AccuracyRow(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
 
     category: str
     horizon_bucket: str
-    n: int
+    n: Count
     abs_err_sum: float
     abs_y_sum: float
     err_sum: float
     scaled_abs_err_sum: float = 0.0
-    scaled_n: int = 0
-    covered: dict[str, int] = msgspec.field(default_factory=dict)
+    scaled_n: Count = 0
+    covered: dict[str, Count] = msgspec.field(default_factory=dict)
     wape: float | None = None
     mae: float | None = None
     mase: float | None = None
@@ -96,7 +108,7 @@ class AccuracyReport(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     report_id: str
     store_id: str
     model_name: str
-    version: int
+    version: Version
     role: str = "served"
     scoring_id: str | None = None
     period_start: date
@@ -115,8 +127,8 @@ class DriftTest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     statistic: float | None
     threshold: float
     verdict: str
-    n_current: int = 0
-    n_reference: int = 0
+    n_current: Count = 0
+    n_reference: Count = 0
 
 
 class CategoryDrift(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -135,7 +147,7 @@ class DriftReport(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     report_id: str
     store_id: str
     model_name: str
-    version: int
+    version: Version
     role: str = "served"
     period_start: date
     period_end: date

@@ -21,12 +21,13 @@ from litestar.template.config import TemplateConfig
 
 from forecasting.contracts import Problem
 from forecasting.logs import get_logger
+from forecasting.private import private_dir
 from server.auth import SessionStore, TokenIndex, make_auth_middleware
 from server.blobs import BlobStore
 from server.config import ServerConfig
 from server.dashboard.controllers import TEMPLATES, dashboard_router, template_filters
 from server.db import DB_FILE_NAME, Database
-from server.errors import ServerError
+from server.errors import InvalidInputError, ServerError
 from server.fleet.controllers import (
     CredentialController,
     EnrollController,
@@ -92,7 +93,7 @@ class ServerState:
         if self.db is not None:
             return
         server = self.config.server
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         db = Database.open(self.root / DB_FILE_NAME)
         blobs = BlobStore(self.root / "blobs", self.root / "tmp")
         for stale in blobs.tmp_dir.glob("upload-*.part"):
@@ -169,19 +170,31 @@ def server_error_handler(_: Request[Any, Any, Any], exc: ServerError) -> Respons
 
 
 def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    """Problem details for Litestar's own refusals.
+
+    A body that is not JSON at all stays 400; JSON (or a query or path value) that does not fit the
+    route's schema (a wrong type, an unknown field, an integer out of range) is 422, naming the field.
+    """
     detail = exc.detail
-    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
-        reasons = "; ".join(
-            f"{e.get('key') or e.get('source', 'body')}: {e.get('message')}"
-            if isinstance(e, dict)
-            else str(e)
-            for e in exc.extra
-        )
-        detail = f"{detail}: {reasons}" if reasons else detail
-    title = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 413: "Payload too large"}.get(
-        exc.status_code, "HTTP error"
-    )
-    return problem(exc.status_code, title, detail)
+    status = exc.status_code
+    if isinstance(exc, ValidationException):
+        status = InvalidInputError.status_code
+        if isinstance(exc.extra, list):
+            reasons = "; ".join(
+                f"{e.get('key') or e.get('source', 'body')}: {e.get('message')}"
+                if isinstance(e, dict)
+                else str(e)
+                for e in exc.extra
+            )
+            detail = f"{detail}: {reasons}" if reasons else detail
+    title = {
+        400: "Bad request",
+        404: "Not found",
+        405: "Method not allowed",
+        413: "Payload too large",
+        422: InvalidInputError.title,
+    }.get(status, "HTTP error")
+    return problem(status, title, detail)
 
 
 def unexpected_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

@@ -35,6 +35,9 @@ def state_dir_option(func: Any) -> Any:
 @click.group()
 def server() -> None:
     """Run and administer the central server."""
+    from forecasting.private import private_files
+
+    private_files()
 
 
 @server.command("run")

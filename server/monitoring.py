@@ -7,14 +7,26 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException, ValidationException
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from server.errors import InvalidInputError, ServerError
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def status_of(exc: Exception) -> int:
+    """The status the app's exception handlers answer ``exc`` with (``server.app``)."""
+    if isinstance(exc, ValidationException):
+        return InvalidInputError.status_code
+    if isinstance(exc, ServerError | HTTPException):
+        return exc.status_code
+    return 500
 
 
 class FleetCollector(Collector):
@@ -72,6 +84,11 @@ class Metrics:
 
             try:
                 await app(scope, receive, send_wrapper)
+            except Exception as exc:
+                # A refusal raised by a middleware (401, 403, 413) is answered further out, after this
+                # one: count the status its handler sends, not a crash.
+                status[0] = status_of(exc)
+                raise
             finally:
                 route = scope.get("path_template") or "unmatched"
                 histogram.labels(scope.get("method", ""), route, str(status[0])).observe(

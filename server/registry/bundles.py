@@ -25,8 +25,9 @@ def trusted_key_files(configured: Sequence[str], keys_dir: Path) -> list[Path]:
 def inspect_archive(
     archive: Path, work_dir: Path, trusted: Sequence[Path], *, max_bytes: int
 ) -> dict[str, Any]:
-    """Unpack and verify ``archive``; return its manifest as plain data. Refusals say why (422)."""
+    """Unpack, verify and load-check ``archive``; return its manifest as plain data; refusals say why."""
     from forecasting.bundle import unpack_archive, verify
+    from forecasting.payloads import check_payloads_load
 
     if not trusted:
         raise InvalidInputError(
@@ -37,6 +38,7 @@ def inspect_archive(
     try:
         bundle_dir = unpack_archive(archive, scratch / "bundle", max_bytes=max_bytes)
         manifest = verify(bundle_dir, list(trusted))
+        check_payloads_load(bundle_dir, manifest)
     except BundleError as exc:
         raise InvalidInputError(f"bundle refused: {exc}") from None
     finally:

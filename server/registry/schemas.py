@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from forecasting.contracts import ModelVersionInfo
+from forecasting.contracts import Count, ModelVersionInfo, Version
 
 
 class ModelInfo(msgspec.Struct, kw_only=True):
@@ -49,7 +49,7 @@ class VersionPage(msgspec.Struct, kw_only=True):
 
 
 class AliasSet(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    version: int
+    version: Version
     reason: str = ""
 
 
@@ -88,7 +88,7 @@ class DatasetIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     dataset_id: str
     name: str = ""
     schema: dict[str, str] = msgspec.field(default_factory=dict)
-    row_count: int | None = None
+    row_count: Count | None = None
     date_min: str | None = None
     date_max: str | None = None
     stores: list[str] = msgspec.field(default_factory=list)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,22 @@ class RegistryService:
             raise NotFoundError(f"model {name!r} has no version {version}")
         return version_info(row)
 
+    def assignable_version(self, name: str, version: int) -> dict[str, Any]:
+        """The registered version, if stores may be sent to it: 404 when unknown, 409 once it expired
+        (every agent would refuse it). Checked before an alias moves and before a rollout starts."""
+        row = self.repo.get_version(name, version)
+        if row is None:
+            raise NotFoundError(f"model {name!r} has no version {version}; upload it first")
+        expires = (row.get("manifest") or {}).get("expires_at")
+        if expires:
+            at = datetime.fromisoformat(str(expires))
+            if (at if at.tzinfo else at.replace(tzinfo=UTC)) <= datetime.now(UTC):
+                raise ConflictError(
+                    f"model {name!r} version {version} expired at {expires}: agents refuse it, so no alias "
+                    "or rollout may point at it (publish a fresh version)"
+                )
+        return row
+
     def version_detail(self, name: str, version: int) -> schemas.VersionDetail:
         row = self.repo.get_version(name, version)
         if row is None:
@@ -218,8 +234,7 @@ class RegistryService:
     def set_alias(self, name: str, alias: str, body: schemas.AliasSet, who: Principal) -> schemas.AliasInfo:
         check_name(alias, "alias")
         with self.repo.db.transaction():
-            if self.repo.get_version(name, body.version) is None:
-                raise NotFoundError(f"model {name!r} has no version {body.version}; upload it first")
+            self.assignable_version(name, body.version)
             current = self.repo.get_alias(name, alias)
             previous = None if current is None else int(current["version"])
             self.repo.set_alias(name, alias, body.version, who.actor)

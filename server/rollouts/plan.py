@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from forecasting.contracts import Count, Version
 from server.errors import InvalidInputError
 
 
@@ -32,10 +33,10 @@ class WavePlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     share: float | None = None
     groups: list[str] = msgspec.field(default_factory=list)
     stores: list[str] = msgspec.field(default_factory=list)
-    bake_periods: int = 2
+    bake_periods: Count = 2
     bake_min_seconds: float = 0.0
     manual_approval: bool = False
-    shadow_periods: int = 0
+    shadow_periods: Count = 0
     champion_shadow: bool = True
 
 
@@ -49,7 +50,7 @@ class HealthGate(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     min_activated_share: float = 1.0
     max_stale_share: float = 0.0
     stale_after_seconds: float = 3600.0
-    max_errors_per_store: int = 0
+    max_errors_per_store: Count = 0
 
 
 class AccuracyGate(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -70,10 +71,10 @@ class AccuracyGate(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     min_degradation: float = 0.05
     max_wape_ratio: float = 2.0
     min_reporting_share: float = 0.8
-    max_step_periods: int = 6
-    min_observations: int = 100
-    min_stores: int = 1
-    min_periods: int = 1
+    max_step_periods: Count = 6
+    min_observations: Count = 100
+    min_stores: Count = 1
+    min_periods: Count = 1
 
 
 class ShadowPhase(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -84,7 +85,7 @@ class ShadowPhase(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     """
 
     enabled: bool = False
-    bake_periods: int = 2
+    bake_periods: Count = 2
     bake_min_seconds: float = 0.0
 
 

@@ -7,12 +7,14 @@ from typing import Any
 
 import msgspec
 
+from forecasting.contracts import Version
+
 
 class RolloutCreate(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Start a rollout of ``model_name`` version ``version`` with ``plan`` (the TOML plan as a table)."""
 
     model_name: str
-    version: int
+    version: Version
     plan: dict[str, Any] = msgspec.field(default_factory=dict)
     reason: str = ""
 

@@ -179,8 +179,7 @@ class RolloutService:
             champion = self.registry.repo.get_alias(body.model_name, "champion")
             if champion is None:
                 raise ConflictError(f"model {body.model_name!r} has no champion to roll out against")
-            if self.registry.repo.get_version(body.model_name, body.version) is None:
-                raise NotFoundError(f"model {body.model_name!r} has no version {body.version}")
+            self.registry.assignable_version(body.model_name, body.version)
             if int(champion["version"]) == body.version:
                 raise ConflictError(f"version {body.version} is already the champion")
             if self.repo.active(body.model_name):

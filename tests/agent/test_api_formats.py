@@ -17,6 +17,8 @@ from tests.agent.support import AgentHandle, forecast_frame, free_port, prepare_
 
 ITEMS, HORIZON = 30, 14
 API_TOKEN = "store-lan-token"
+OPERATOR_TOKEN = "store-operator-token"
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,10 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentHandle]:
     root = tmp_path_factory.mktemp("agent-api")
     dead_server = f"http://127.0.0.1:{free_port()}"
     handle = AgentHandle(
-        root, dead_server, root / "none.pub", api={"token": API_TOKEN, "default_page_size": 100}
+        root,
+        dead_server,
+        root / "none.pub",
+        api={"token": API_TOKEN, "operator_token": OPERATOR_TOKEN, "default_page_size": 100},
     )
     prepare_served_state(handle.state_dir, ITEMS, HORIZON)
     handle.client.headers["Authorization"] = f"Bearer {API_TOKEN}"
@@ -127,10 +132,15 @@ def test_strong_etag_and_304(agent: AgentHandle) -> None:
 
 
 def test_api_token_guards_v1_but_not_probes(agent: AgentHandle) -> None:
-    """Without the API token /v1 answers 401 as problem details; /livez and /metrics stay open."""
+    """Without the API token /v1 answers 401 as problem details, the read token cannot post sales,
+    score or roll back (403); /livez and /metrics stay open."""
     anonymous = httpx.get(f"{agent.url}/v1/forecasts/I00001", timeout=5)
     assert anonymous.status_code == 401
     assert anonymous.headers["content-type"].startswith("application/problem+json")
+    for path in ("/v1/sales", "/v1/score", "/v1/rollback"):
+        refused = agent.client.post(path, content=b"{}", headers={"Content-Type": "application/json"})
+        assert refused.status_code == 403, (path, refused.text)
+        assert "operator token" in refused.json()["title"] + refused.json().get("detail", "")
     assert httpx.get(f"{agent.url}/livez", timeout=5).status_code == 200
     metrics = httpx.get(f"{agent.url}/metrics", timeout=5)
     assert "shelfcast_agent_http_requests_total" in metrics.text
@@ -153,18 +163,21 @@ def test_not_ready_without_an_active_model_but_schema_served(agent: AgentHandle)
 def test_sales_upload_in_three_formats(agent: AgentHandle, tmp_path: Path) -> None:
     """POST /v1/sales accepts CSV, Parquet and JSON and reports quarantined rows with reasons."""
     csv = b"store_id,item_id,category,ds,y\nS001,I00001,cat0,2025-01-01,4\nS001,I00001,cat0,2025-01-02,oops\n"
-    answer = agent.client.post("/v1/sales", content=csv, headers={"Content-Type": "text/csv"}).json()
+    answer = agent.client.post(
+        "/v1/sales", content=csv, headers={**OPERATOR, "Content-Type": "text/csv"}
+    ).json()
     assert answer["rows_accepted"] == 1 and answer["rows_quarantined"] == 1
     buffer = io.BytesIO()
     pl.DataFrame(
         {"store_id": ["S001"], "item_id": ["I00002"], "category": ["cat0"], "ds": ["2025-01-01"], "y": [2.0]}
     ).write_parquet(buffer)
     answer = agent.client.post(
-        "/v1/sales", content=buffer.getvalue(), headers={"Content-Type": "application/vnd.apache.parquet"}
+        "/v1/sales",
+        content=buffer.getvalue(),
+        headers={**OPERATOR, "Content-Type": "application/vnd.apache.parquet"},
     ).json()
     assert answer["rows_accepted"] == 1
     rows = [{"store_id": "S001", "item_id": "I00003", "category": "cat0", "ds": "2025-01-01", "y": 1}]
-    assert agent.client.post("/v1/sales", json=rows).json()["rows_accepted"] == 1
-    assert (
-        agent.client.post("/v1/sales", content=b"x", headers={"Content-Type": "image/png"}).status_code == 415
-    )
+    assert agent.client.post("/v1/sales", json=rows, headers=OPERATOR).json()["rows_accepted"] == 1
+    png = agent.client.post("/v1/sales", content=b"x", headers={**OPERATOR, "Content-Type": "image/png"})
+    assert png.status_code == 415

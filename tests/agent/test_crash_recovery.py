@@ -80,3 +80,54 @@ def test_sigkill_in_every_lifecycle_state_never_serves_a_mix(tmp_path: Path) -> 
             assert '"event": "lifecycle_resumed"' in log and '"event": "update_rolled_back"' in log
         finally:
             agent.close()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "wrong-types"])
+def test_damaged_lifecycle_file_is_rebuilt_and_the_agent_keeps_serving(tmp_path: Path, damage: str) -> None:
+    """lifecycle.json cut in half, overwritten, or of the wrong shape: the restarted agent rebuilds it from
+    ``current`` and ``versions/`` (error ``lifecycle_state_rebuilt``, a ``state`` error reported to the
+    server), serves v2 throughout, keeps v1 for rollback and still takes the next update."""
+    with fleet(tmp_path) as (server, private, public):
+        token = server.create_store()
+        agent = AgentHandle(tmp_path, server.url, public, enrollment_token=token)
+        agent.drop_sales(sales_frame())
+        try:
+            for version in (1, 2):
+                archive, _ = make_bundle(tmp_path, private, version)
+                server.publish(archive)
+                server.promote(version)
+                if version == 1:
+                    agent.start()
+                agent.wait_serving(version, timeout=120)
+            assert agent.proc is not None
+            agent.proc.kill()
+            state_file = agent.state_dir / "lifecycle.json"
+            whole = state_file.read_bytes()
+            state_file.write_bytes(
+                {
+                    "truncated": whole[: len(whole) // 2],
+                    "garbage": b"\x00" * 64,
+                    "wrong-types": b'{"state": 7}',
+                }[damage]
+            )
+            proc = agent.start()
+            status = agent.wait_serving(2, timeout=60)
+            assert status["active_version"] == 2
+            assert _served_versions(agent) == {2}
+            assert '"event": "lifecycle_state_rebuilt"' in proc.log()
+            assert (agent.state_dir / "lifecycle.json.damaged").read_bytes() != whole
+            record = json.loads(state_file.read_text())
+            assert record["active"] == {"model_name": "demand", "version": 2}
+            assert record["previous"] == {"model_name": "demand", "version": 1}
+            assert record["highest_version"] == 2
+            wait_until(
+                lambda: server.admin.get("/v1/stores/S001").json()["status"]["errors"].get("state") == 1,
+                60,
+                what="the state error reported to the server",
+            )
+            archive, _ = make_bundle(tmp_path, private, 3)
+            server.publish(archive)
+            server.promote(3)
+            agent.wait_serving(3, timeout=120)
+        finally:
+            agent.close()

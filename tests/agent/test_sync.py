@@ -1,11 +1,19 @@
-"""Pieces of the sync client and the notify protocol that need no server."""
+"""Pieces of the sync client (against hostile loopback servers) and the notify protocol."""
 
 from __future__ import annotations
 
+import gzip
 import socket
+import threading
+import tracemalloc
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from agent.sync import backoff_seconds
+import msgspec
+import pytest
+
+from agent.errors import ResponseTooLargeError, SyncError
+from agent.sync import SyncClient, backoff_seconds
 from forecasting.systemd_notify import notify, watchdog_interval_seconds
 
 
@@ -32,3 +40,113 @@ def test_notify_sends_one_datagram_and_is_silent_without_a_socket(tmp_path: Path
     assert watchdog_interval_seconds({"WATCHDOG_USEC": "4000000"}) == 2.0
     assert watchdog_interval_seconds({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}) is None
     assert watchdog_interval_seconds({}) is None
+
+
+class _Hostile(BaseHTTPRequestHandler):
+    """Answers every request with 64 MB: announced, chunked without a length, or as a gzip bomb."""
+
+    mode = "announced"
+    sent = 0
+    bomb = b""
+
+    def log_message(self, *_: object) -> None:
+        return
+
+    def _answer(self) -> None:
+        block = b" " * (1 << 20)
+        kind = type(self)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if kind.mode == "gzip":
+            bomb = kind.bomb
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(bomb)))
+            self.end_headers()
+            self.wfile.write(bomb)
+            kind.sent = len(bomb)
+            return
+        if kind.mode == "announced":
+            self.send_header("Content-Length", str(64 << 20))
+        else:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        try:
+            for _ in range(64):
+                self.wfile.write(block)
+                kind.sent += len(block)
+        except OSError:
+            return
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
+
+
+@pytest.mark.parametrize("mode", ["announced", "unannounced", "gzip"])
+def test_every_answer_is_read_within_the_response_cap(mode: str) -> None:
+    """Assignment, enrollment and report answers over ``max_response_bytes`` raise ResponseTooLargeError
+    naming the cap, a compressed answer is refused undecoded; the 64 MB are never held in memory."""
+    _Hostile.mode, _Hostile.sent = mode, 0
+    if mode == "gzip" and not _Hostile.bomb:
+        _Hostile.bomb = gzip.compress(b"{" + b" " * (64 << 20) + b"}", compresslevel=9)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    client = SyncClient(
+        f"http://127.0.0.1:{httpd.server_address[1]}", timeout_seconds=10, max_response_bytes=65536
+    )
+    try:
+        tracemalloc.start()
+        for call in (
+            lambda: client.poll_assignment("S1", None),
+            lambda: client.enroll("S1", "sce_x"),
+            lambda: client.post_report("/v1/heartbeats", b"{}", "k1"),
+        ):
+            expected = (
+                (SyncError, "gzip-encoded") if mode == "gzip" else (ResponseTooLargeError, "65536-byte cap")
+            )
+            with pytest.raises(expected[0], match=expected[1]):
+                call()
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    finally:
+        client.close()
+        httpd.shutdown()
+        httpd.server_close()
+    assert peak < 8 << 20, peak  # the 64 MB answers were never held whole
+
+
+def test_an_assignment_out_of_range_is_a_sync_error() -> None:
+    """An assignment whose version is beyond the bounds is an unusable answer (SyncError), not a crash."""
+
+    class Answer(BaseHTTPRequestHandler):
+        def log_message(self, *_: object) -> None:
+            return
+
+        def do_GET(self) -> None:
+            body = msgspec.json.encode(
+                {
+                    "store_id": "S1",
+                    "model_name": "m",
+                    "version": 2**63,
+                    "bundle_sha256": "0" * 64,
+                    "bundle_size": 1,
+                }
+            )
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    client = SyncClient(f"http://127.0.0.1:{httpd.server_address[1]}", timeout_seconds=10)
+    try:
+        with pytest.raises(SyncError, match="version"):
+            client.poll_assignment("S1", None)
+    finally:
+        client.close()
+        httpd.shutdown()
+        httpd.server_close()

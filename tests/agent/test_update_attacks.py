@@ -78,14 +78,18 @@ def _signed(folder: Path, key: Path, version: int, *, expires_at: datetime | Non
     return {name: (out / name).read_bytes() for name in ("manifest.json", "manifest.sig", "series.parquet")}
 
 
-def _tar(members: dict[str, bytes]) -> bytes:
-    """A tar archive with exactly these member names (an attacker is free to choose them)."""
+def _tar(members: dict[str, bytes | None]) -> bytes:
+    """A tar archive with exactly these member names (an attacker chooses them); None: a directory."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
-            info.size = len(data)
             info.mode = 0o644
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+                continue
+            info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
@@ -436,6 +440,25 @@ def test_path_traversal_in_archive_members(target: Target) -> None:
     _through_evil(target, Attack(21, _tar(members)), "UnsafePathError")
     state = target.agent.state_dir
     assert not list(state.parent.rglob("escape.parquet"))
+
+
+def test_directory_member_climbing_out_is_refused_not_skipped(target: Target) -> None:
+    """A directory member named ../../.. beside a valid signed bundle: the whole archive is refused."""
+    members: dict[str, bytes | None] = {**_signed(target.root, target.private, 24), "../../..": None}
+    _through_evil(target, Attack(24, _tar(members)), "UnsafePathError")
+
+
+def test_file_member_colliding_with_a_directory_is_a_verify_error(target: Target) -> None:
+    """A file ``fitted`` before ``fitted/AutoETS.parquet``: refused as a verify error, no handler crash."""
+    members: dict[str, bytes | None] = {
+        **_signed(target.root, target.private, 25),
+        "fitted": b"x",
+        "fitted/AutoETS.parquet": b"y",
+    }
+    reason = _through_evil(target, Attack(25, _tar(members)), "UnsafePathError")
+    assert "fitted" in reason
+    assert target.agent.proc is not None
+    assert "lifecycle_handler_crashed" not in target.agent.proc.log()
 
 
 def test_path_traversal_in_a_signed_manifest(target: Target) -> None:

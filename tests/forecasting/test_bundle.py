@@ -289,6 +289,75 @@ def test_unpack_refuses_duplicate_members(tmp_path: Path) -> None:
         unpack_archive(archive, tmp_path / "dest", max_bytes=1 << 20)
 
 
+def _dir(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [_reg("fitted"), _reg("fitted/AutoETS.parquet")],  # a file, then a file under it
+        [_reg("fitted/AutoETS.parquet"), _reg("fitted")],  # a file where a directory of members is
+        [_reg("fitted"), _dir("fitted")],  # a file, then a directory of the same name
+        [_dir("fitted"), _reg("fitted")],
+        [_dir("fitted"), _dir("fitted")],  # a directory twice
+        [_dir("../../..")],  # a directory climbing out is refused, not skipped
+        [_dir("/etc")],
+        [_dir("manifest.json")],  # a directory where the manifest goes
+    ],
+    ids=[
+        "file-then-under",
+        "under-then-file",
+        "file-then-dir",
+        "dir-then-file",
+        "dir-twice",
+        "dotdot-dir",
+        "absolute-dir",
+        "reserved-dir",
+    ],
+)
+def test_unpack_refuses_collisions_and_unsafe_directories(
+    tmp_path: Path, members: list[tarfile.TarInfo]
+) -> None:
+    """Any file/directory collision, a repeated directory or an unsafe directory name: UnsafePathError."""
+    archive = _tar_with(tmp_path, members)
+    with pytest.raises(UnsafePathError, match=r"evil\.tar: "):
+        unpack_archive(archive, tmp_path / "dest", max_bytes=1 << 20)
+    assert not (tmp_path / "dest").exists()
+    assert not list(tmp_path.glob("dest*"))
+
+
+def test_unpack_accepts_directory_members(tmp_path: Path) -> None:
+    """Plain directories (before or after their files) are kept; the files under them are extracted."""
+    archive = _tar_with(
+        tmp_path, [_dir("fitted"), _reg("fitted/a.parquet"), _reg("fitted/b/c.parquet"), _dir("fitted/b")]
+    )
+    out = unpack_archive(archive, tmp_path / "dest", max_bytes=1 << 20)
+    assert (out / "fitted" / "a.parquet").read_bytes() == b"x"
+    assert (out / "fitted" / "b" / "c.parquet").read_bytes() == b"x"
+
+
+def test_cli_bundle_unpack_refuses_a_collision_cleanly(tmp_path: Path) -> None:
+    """``shelfcast bundle unpack`` names the refused member in one line on stderr, exit 1, no traceback."""
+    import subprocess
+    import sys
+
+    archive = _tar_with(tmp_path, [_reg("fitted"), _reg("fitted/AutoETS.parquet")])
+    done = subprocess.run(
+        [sys.executable, "-m", "shelfcast", "bundle", "unpack", str(archive), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done
+    assert "fitted/AutoETS.parquet" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_unpack_refuses_corrupt_archive(tmp_path: Path) -> None:
     """Bytes that are not a tar archive are a BundleError."""
     bad = tmp_path / "bad.tar"

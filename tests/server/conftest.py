@@ -131,24 +131,41 @@ def make_bundle(
     run_id: str = "",
     dataset_fingerprint: str = "",
     payload: bytes | None = None,
+    raw_payload: bytes | None = None,
+    expires_at: datetime | None = None,
 ) -> Path:
-    """A real signed bundle packed as an archive; returns the archive path."""
+    """A real signed bundle packed as an archive; returns the archive path.
+
+    ``series.parquet`` is a real (uncompressed) Parquet table holding ``payload`` (random bytes by
+    default), so its size follows the payload's; ``raw_payload`` puts those exact bytes there instead.
+    """
     from forecasting.bundle import Lineage, Manifest, pack_archive, write_bundle
 
     manifest = Manifest(
         model_name=model_name,
         version=version,
         created_at=datetime.now(UTC),
+        expires_at=expires_at,
         selection={"all": "SeasonalNaive"},
         metrics={"all": {"mase": 0.9 + version / 100}},
         lineage=Lineage(run_id=run_id, dataset_fingerprint=dataset_fingerprint),
     )
     bundle_dir = out / f"{model_name}-v{version}-{secrets.token_hex(3)}"
-    data = payload if payload is not None else secrets.token_bytes(2048)
+    data = raw_payload if raw_payload is not None else _parquet(payload or secrets.token_bytes(2048))
     write_bundle(bundle_dir, manifest, {"series.parquet": data}, key)
     archive = bundle_dir.with_suffix(".tar")
     pack_archive(bundle_dir, archive)
     return archive
+
+
+def _parquet(blob: bytes) -> bytes:
+    import io
+
+    import polars as pl
+
+    buffer = io.BytesIO()
+    pl.DataFrame({"blob": [blob]}).write_parquet(buffer, compression="uncompressed", statistics=False)
+    return buffer.getvalue()
 
 
 def create_store(client: httpx.Client, store_id: str, model_name: str, **attrs: Any) -> str:

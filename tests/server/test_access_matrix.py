@@ -137,6 +137,8 @@ def test_automatic_options_reveal_no_data(server: RunningServer, path: str) -> N
 
 AGENT_PUBLIC = ("/livez", "/readyz", "/metrics", "/schema")
 API_TOKEN = "store-inventory-token-0123456789"
+OPERATOR_TOKEN = "store-operator-token-9876543210"
+OPERATOR_ROUTES = {("POST", "/v1/sales"), ("POST", "/v1/score"), ("POST", "/v1/rollback")}
 
 
 def _agent_routes(tmp_path: Path) -> list[tuple[str, str]]:
@@ -164,7 +166,13 @@ def running_agent(tmp_path: Path) -> Iterator[AgentHandle]:
         tmp_path,
         f"http://127.0.0.1:{free_port()}",
         tmp_path / "none.pub",
-        api={"token": API_TOKEN, "max_horizon": 10, "max_page_size": 5, "max_upload_bytes": 10_000},
+        api={
+            "token": API_TOKEN,
+            "operator_token": OPERATOR_TOKEN,
+            "max_horizon": 10,
+            "max_page_size": 5,
+            "max_upload_bytes": 10_000,
+        },
         agent={"poll_interval_seconds": 30.0},
     )
     prepare_served_state(agent.state_dir, items=8, horizon=10)
@@ -183,8 +191,9 @@ def running_agent(tmp_path: Path) -> Iterator[AgentHandle]:
 
 def test_agent_api_matrix(running_agent: AgentHandle, tmp_path: Path) -> None:
     """Every route of the agent's API read from its app: probes, metrics and the schema are open; every
-    other route answers 401 without the API token, with a wrong one or with a server credential, and
-    is served with the right one."""
+    other route answers 401 without a token, with a wrong one or with a server credential; the read token
+    is served on reads and gets 403 on the operator routes (sales, score, rollback), which only the
+    operator token may call; the operator token is served everywhere."""
     routes = _agent_routes(tmp_path)
     assert {("GET", "/v1/forecasts"), ("POST", "/v1/sales"), ("GET", "/livez")} <= set(routes)
     callers = {
@@ -192,7 +201,9 @@ def test_agent_api_matrix(running_agent: AgentHandle, tmp_path: Path) -> None:
         "wrong_token": "not-the-token",
         "server_credential": "scs_" + "x" * 43,
         "api_token": API_TOKEN,
+        "operator_token": OPERATOR_TOKEN,
     }
+    assert {(m, p) for m, p in routes if m != "GET" and p.startswith("/v1")} == OPERATOR_ROUTES
     failures = []
     for method, path in routes:
         url = re.sub(
@@ -202,8 +213,14 @@ def test_agent_api_matrix(running_agent: AgentHandle, tmp_path: Path) -> None:
         for who, token in callers.items():
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             response = running_agent.client.request(method, url, headers=headers, content=b"{}", timeout=30)
-            denied = response.status_code == 401
-            if denied != (not public and who != "api_token"):
+            if public or who == "operator_token":
+                expected_refusal = None
+            elif who == "api_token":
+                expected_refusal = 403 if (method, path) in OPERATOR_ROUTES else None
+            else:
+                expected_refusal = 401
+            refusal = response.status_code if response.status_code in (401, 403) else None
+            if refusal != expected_refusal:
                 failures.append(f"{method} {path} as {who}: {response.status_code}")
             if response.status_code >= 500 and path not in ("/readyz", "/v1/score", "/v1/rollback"):
                 failures.append(f"{method} {path} as {who}: {response.status_code} {response.text[:200]}")
@@ -226,7 +243,8 @@ def test_agent_api_limits(running_agent: AgentHandle) -> None:
     assert page.status_code == 200 and len(page.json()["rows"]) == 5, page.text
     for limit in (0, 6):
         assert client.get("/v1/forecasts", params={"limit": limit}, headers=auth).status_code == 400
-    big = client.post("/v1/sales", content=b"x" * 10_001, headers={**auth, "Content-Type": "text/csv"})
+    operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}", "Content-Type": "text/csv"}
+    big = client.post("/v1/sales", content=b"x" * 10_001, headers=operator)
     assert big.status_code == 413, big.text
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -129,6 +130,69 @@ def test_upload_refusals_say_why(
         assert admin.get(f"/v1/models/{model}").json()["latest_version"] == 2
 
 
+def test_upload_of_colliding_or_climbing_members_is_422(
+    server: RunningServer, tmp_path: Path, signing_key: Path
+) -> None:
+    """A signed bundle plus a file ``fitted`` before ``fitted/AutoETS.parquet``, or a ``../../..`` directory
+    member: 422 naming the member, nothing registered."""
+    model = unique("m")
+    signed = make_bundle(tmp_path, signing_key, model, 1)
+    for name, extra in (
+        (
+            "fitted/AutoETS.parquet",
+            [("fitted", tarfile.REGTYPE), ("fitted/AutoETS.parquet", tarfile.REGTYPE)],
+        ),
+        ("../../..", [("../../..", tarfile.DIRTYPE)]),
+    ):
+        out = tmp_path / f"evil-{len(extra)}.tar"
+        with tarfile.open(signed) as src, tarfile.open(out, "w") as dst:
+            for member in src:
+                dst.addfile(member, src.extractfile(member))
+            for member_name, kind in extra:
+                info = tarfile.TarInfo(member_name)
+                info.type = kind
+                info.size = 1 if kind == tarfile.REGTYPE else 0
+                dst.addfile(info, io.BytesIO(b"x") if kind == tarfile.REGTYPE else None)
+        with server.admin() as admin:
+            refused = publish(admin, out, model)
+            assert refused.status_code == 422, refused.text
+            assert name in refused.json()["detail"]
+            assert admin.get(f"/v1/models/{model}").status_code == 404
+
+
+def test_publish_load_checks_payloads_and_aliases_refuse_expired_versions(
+    server: RunningServer, tmp_path: Path, signing_key: Path
+) -> None:
+    """A validly signed bundle whose series.parquet is a pickle is refused (422, nothing registered); an
+    alias move or a rollout to a version that has expired since its upload is refused (409)."""
+    import pickle
+
+    model = unique("m")
+    with server.admin() as admin:
+        hostile = make_bundle(tmp_path, signing_key, model, 1, raw_payload=pickle.dumps({"state": "x"}))
+        refused = publish(admin, hostile, model)
+        assert refused.status_code == 422, refused.text
+        assert "'series.parquet' does not load as Parquet" in refused.json()["detail"]
+        assert admin.get(f"/v1/models/{model}").status_code == 404
+        assert publish(admin, make_bundle(tmp_path, signing_key, model, 1), model).status_code == 201
+        champion = admin.put(f"/v1/models/{model}/aliases/champion", json={"version": 1})
+        assert champion.status_code == 200, champion.text
+        soon = datetime.now(UTC) + timedelta(seconds=2)
+        assert (
+            publish(admin, make_bundle(tmp_path, signing_key, model, 2, expires_at=soon), model).status_code
+            == 201
+        )
+        time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.5)
+        moved = admin.put(f"/v1/models/{model}/aliases/champion", json={"version": 2})
+        assert moved.status_code == 409, moved.text
+        assert "expired" in moved.json()["detail"]
+        rollout = admin.post(
+            "/v1/rollouts", json={"model_name": model, "version": 2, "plan": {"waves": [{"share": 1.0}]}}
+        )
+        assert rollout.status_code == 409, rollout.text
+        assert admin.get(f"/v1/models/{model}/aliases/champion").json()["version"] == 1
+
+
 def _tamper(archive: Path, tmp_path: Path) -> Path:
     """The same archive with one payload byte flipped (signature and manifest left as they were)."""
     out = tmp_path / f"tampered-{archive.name}"
@@ -163,8 +227,8 @@ def test_heartbeats_idempotent_and_scoped(server: RunningServer, tmp_path: Path,
         foreign = agent.post("/v1/heartbeats", json={**beat, "store_id": "S-somebody-else"})
         assert foreign.status_code == 403
         bad = agent.post("/v1/heartbeats", json={**beat, "unknown_field": 1})
-        assert bad.status_code == 400
-        late = {**beat, "state": "syncing", "active_version": 0, "sent_at": "2020-01-01T00:00:00Z"}
+        assert bad.status_code == 422
+        late = {**beat, "state": "syncing", "active_version": None, "sent_at": "2020-01-01T00:00:00Z"}
         assert agent.post("/v1/heartbeats", json=late).status_code == 202  # older than what is stored
     with server.admin() as admin:
         status = admin.get(f"/v1/stores/{store}").json()["status"]
@@ -282,7 +346,7 @@ def test_body_limit_and_problem_details(server: RunningServer) -> None:
         assert huge.status_code == 413
         assert huge.headers["content-type"].startswith("application/problem+json")
         invalid = admin.post("/v1/stores", json={"store_id": "S1", "bogus": 1})
-        assert invalid.status_code == 400
+        assert invalid.status_code == 422
         assert "bogus" in invalid.json()["detail"]
         assert admin.get("/v1/nowhere").json()["status"] == 404
 
