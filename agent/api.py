@@ -324,6 +324,14 @@ def post_rollback(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(msgspec.json.encode(result), media_type=JSON)
 
 
+@post("/retry", sync_to_thread=True, status_code=200, responses=AS_JSON_OBJECT)
+def post_retry(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Try refused bundles again at once (``shelfcast agent retry``); answers the bundles cleared."""
+    runtime = _runtime(request)
+    result = runtime.submit(runtime.retry_now, timeout=30)
+    return Response(msgspec.json.encode(result), media_type=JSON)
+
+
 def _token_guard(token: str) -> Any:
     expected = f"Bearer {token}".encode()
 
@@ -347,7 +355,15 @@ def create_app(runtime: AgentRuntime) -> Litestar:
     guards = [_token_guard(runtime.config.api.token)] if runtime.config.api.token else []
     v1 = Router(
         path="/v1",
-        route_handlers=[status, forecast_item, forecast_list, post_sales, post_score, post_rollback],
+        route_handlers=[
+            status,
+            forecast_item,
+            forecast_list,
+            post_sales,
+            post_score,
+            post_rollback,
+            post_retry,
+        ],
         guards=guards,
     )
     app = Litestar(

@@ -513,6 +513,9 @@ def stores_list(
                 "active_version": status.get("active_version"),
                 "last_contact_at": status.get("last_contact_at"),
                 "stale": status.get("stale"),
+                "current_errors": "; ".join(
+                    f"{kind}: {reason}" for kind, reason in (status.get("current_errors") or {}).items()
+                ),
                 "errors": sum((status.get("errors") or {}).values()),
                 "last_error": status.get("last_error"),
                 "revoked": s["revoked_at"] is not None,

@@ -347,4 +347,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX agent_errors_store ON agent_errors (store_id, received_at);
         """,
     ),
+    Migration(
+        7,
+        "agent errors that still stand",
+        """
+        ALTER TABLE agent_status ADD COLUMN current_errors VARCHAR DEFAULT '{}';
+        """,
+    ),
 )
