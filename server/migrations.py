@@ -354,4 +354,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE agent_status ADD COLUMN current_errors VARCHAR DEFAULT '{}';
         """,
     ),
+    Migration(
+        8,
+        "trusted signing keys: audit of trust and revocation",
+        """
+        CREATE TABLE key_events (
+            event_at TIMESTAMP NOT NULL,
+            action VARCHAR NOT NULL,
+            key_id VARCHAR NOT NULL,
+            actor VARCHAR NOT NULL,
+            label VARCHAR NOT NULL DEFAULT ''
+        );
+        """,
+    ),
 )

@@ -105,6 +105,8 @@ def _guess_kind(file: Path) -> str:
 cli.add_command(forecasting_cli.data)
 cli.add_command(forecasting_cli.backtest_cmd)
 cli.add_command(forecasting_cli.train_cmd)
+for key_command in admin_cli.KEY_COMMANDS:
+    bundle_cli.keys.add_command(key_command)
 cli.add_command(bundle_cli.keys)
 cli.add_command(bundle_cli.bundle)
 cli.add_command(bundle_cli.score_cmd)
