@@ -147,7 +147,9 @@ def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     for name, kind, help_text, value in gauges:
         lines += [f"# HELP shelfcast_agent_{name} {help_text}", f"# TYPE shelfcast_agent_{name} {kind}"]
         lines.append(f"shelfcast_agent_{name} {value:g}")
-    return Response(("\n".join(lines) + "\n").encode(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(
+        ("\n".join(lines) + "\n").encode(), media_type="text/plain; version=0.0.4"
+    )  # + charset by Litestar
 
 
 @get("/status", sync_to_thread=False, responses=AS_JSON_OBJECT)
@@ -190,7 +192,7 @@ async def forecast_item(
     view, steps, chosen = prepared
     etag = view.etag("item", item_id, steps, chosen)
     if _not_modified(request, etag):
-        return Response(b"", status_code=304, headers={"ETag": etag})
+        return Response(b"", status_code=304, headers=view.headers(etag))
     if chosen == "json":
         body = view.item_json(item_id, steps)
     else:
@@ -198,7 +200,7 @@ async def forecast_item(
         body = None if frame is None else render(frame, chosen, view.meta(), None)
     if body is None:
         return problem(404, "Unknown item", f"no forecasts for item {item_id!r} in this store")
-    headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Model-Version": str(view.pointer.version)}
+    headers = view.headers(etag)
     return Response(body, media_type=MEDIA_TYPES[chosen], headers=headers)
 
 
@@ -231,7 +233,7 @@ def forecast_list(
     query_key = msgspec.json.encode([items, category, steps, limit]).decode()
     etag = view.etag("list", query_key, cursor, chosen)
     if _not_modified(request, etag):
-        return Response(b"", status_code=304, headers={"ETag": etag})
+        return Response(b"", status_code=304, headers=view.headers(etag))
     try:
         page, next_cursor = view.select(
             item_ids=items, category=category, horizon=steps, cursor=cursor, limit=limit, query_key=query_key
@@ -239,11 +241,19 @@ def forecast_list(
     except CursorError as exc:
         return problem(400, "Bad cursor", str(exc))
     body = render(page, chosen, view.meta(), next_cursor)
-    headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Model-Version": str(view.pointer.version)}
+    headers = view.headers(etag)
     if next_cursor:
         headers["X-Next-Cursor"] = next_cursor
-        headers["Link"] = f'<?cursor={next_cursor}>; rel="next"'
+        headers["Link"] = f'<{_next_url(request, next_cursor)}>; rel="next"'
     return Response(body, media_type=MEDIA_TYPES[chosen], headers=headers)
+
+
+def _next_url(request: Request[Any, Any, Any], cursor: str) -> str:
+    """This request's path and every query parameter, with ``cursor`` set to the next page's."""
+    from urllib.parse import urlencode
+
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
+    return f"{request.url.path}?{urlencode([*params, ('cursor', cursor)])}"
 
 
 SALES_TYPES = {

@@ -102,8 +102,13 @@ class ScoringSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # "process": score in a warm child process (the daemon stays small; a crash cannot take the API down).
     # "inline": score in the agent's own process (many agents in one process, e.g. a fleet simulation).
     isolation: str = "process"
+    # New sales (sales folder or POST /v1/sales) re-score once none has arrived for this long: forecasts
+    # then start the day after the last day sold. 0 = only on the daily schedule and on activation.
+    rescore_after_sales_seconds: float = 30.0
 
     def __post_init__(self) -> None:
+        if self.rescore_after_sales_seconds < 0:
+            raise ValueError("rescore_after_sales_seconds must be >= 0 (0 = off)")
         if self.isolation not in ("process", "inline"):
             raise ValueError(f"isolation must be 'process' or 'inline', got {self.isolation!r}")
         hour, sep, minute = self.daily_at.partition(":")

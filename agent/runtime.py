@@ -103,6 +103,7 @@ class AgentRuntime:
         self._next_flush = 0.0
         self._flush_failures = 0
         self._next_daily: datetime | None = None
+        self._rescore_at: float | None = None  # new sales: score at this monotonic time (debounced)
         self._client: SyncClient | None = None
         self.worker: threading.Thread | None = None
         self.last_flush_at: datetime | None = None
@@ -246,6 +247,7 @@ class AgentRuntime:
         if now >= self._next_poll:
             self._run_lifecycle()
         self._maybe_score_missing()
+        self._maybe_rescore_after_sales()
         self._maybe_score_daily()
         now = time.monotonic()
         if now >= self._next_heartbeat:
@@ -289,6 +291,16 @@ class AgentRuntime:
             from agent.monitoring import measure_after_ingest
 
             measure_after_ingest(self)
+            debounce = self.config.scoring.rescore_after_sales_seconds
+            if debounce > 0:
+                self._rescore_at = time.monotonic() + debounce  # each new batch pushes it back
+
+    def _maybe_rescore_after_sales(self) -> None:
+        if self._rescore_at is None or time.monotonic() < self._rescore_at:
+            return
+        self._rescore_at = None
+        if self.record.active is not None:
+            self._score("sales")
 
     def _run_lifecycle(self) -> None:
         assert self.lifecycle is not None
@@ -371,6 +383,7 @@ class AgentRuntime:
         if bundle is None:
             raise NoActiveModelError("the current version link is missing")
         shadow = self._shadow_model()
+        self._rescore_at = None  # this run reads every sale ingested so far
         self.busy_until = time.monotonic() + 2 * self.config.scoring.timeout_seconds + 60
         try:
             result = score_store(
