@@ -90,32 +90,41 @@ STRATUM_FIELDS = ("type", "region", "size")
 
 
 def check_plan(plan: RolloutPlan) -> RolloutPlan:
-    """The plan's own rules beyond its types; raises ``InvalidInputError`` naming the field."""
-    if not plan.waves:
-        raise InvalidInputError("plan: waves: at least one wave is required")
+    """The plan's own rules beyond its types; ``InvalidInputError`` naming every field that breaks one."""
+    problems = plan_problems(plan)
+    if problems:
+        raise InvalidInputError("; ".join(problems))
+    return plan
+
+
+def plan_problems(plan: RolloutPlan) -> list[str]:
+    """Every rule of the plan it breaks, each naming the field (empty: a good plan)."""
+    problems = [] if plan.waves else ["plan: waves: at least one wave is required"]
     last = 0.0
     for i, wave in enumerate(plan.waves):
         where = f"plan: waves[{i}]"
         if wave.share is None and not wave.groups and not wave.stores:
-            raise InvalidInputError(f"{where}: give a share, groups or stores")
+            problems.append(f"{where}: give a share, groups or stores")
         if wave.share is not None:
             if not 0 < wave.share <= 1:
-                raise InvalidInputError(f"{where}.share: must be in (0, 1]")
+                problems.append(f"{where}.share: must be in (0, 1]")
             if wave.share < last:
-                raise InvalidInputError(f"{where}.share: shares are cumulative and must not decrease")
+                problems.append(f"{where}.share: shares are cumulative and must not decrease")
             last = wave.share
         if wave.bake_periods < 0 or wave.bake_min_seconds < 0:
-            raise InvalidInputError(f"{where}: bake must not be negative")
-    for name in plan.stratify_by:
-        if name not in STRATUM_FIELDS:
-            raise InvalidInputError(f"plan: stratify_by: unknown store attribute {name!r}")
+            problems.append(f"{where}: bake must not be negative")
+    problems += [
+        f"plan: stratify_by: unknown store attribute {name!r}"
+        for name in plan.stratify_by
+        if name not in STRATUM_FIELDS
+    ]
     if plan.accuracy.max_wape_ratio <= 0:
-        raise InvalidInputError("plan: accuracy.max_wape_ratio: must be positive")
+        problems.append("plan: accuracy.max_wape_ratio: must be positive")
     if plan.health.max_errors_per_store < 0:
-        raise InvalidInputError("plan: health.max_errors_per_store: must not be negative")
+        problems.append("plan: health.max_errors_per_store: must not be negative")
     if not 0 <= plan.health.min_activated_share <= 1:
-        raise InvalidInputError("plan: health.min_activated_share: must be in [0, 1]")
-    return plan
+        problems.append("plan: health.min_activated_share: must be in [0, 1]")
+    return problems
 
 
 def parse_plan(data: dict[str, Any]) -> RolloutPlan:
