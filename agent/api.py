@@ -390,4 +390,44 @@ def create_app(runtime: AgentRuntime) -> Litestar:
     )
     app.state.runtime = runtime
     app.state.started = time.time()
+    _document_media_types(app)
     return app
+
+
+def _document_media_types(app: Litestar) -> None:
+    """What the handlers' ready-made bytes are, in the OpenAPI document: every format of the forecast
+    routes, and the RFC 9457 problem body of every error."""
+    from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Schema
+    from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
+
+    binary = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY))
+    text = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
+    problem_body = OpenAPIMediaType(
+        schema=Schema(
+            type=OpenAPIType.OBJECT,
+            required=["type", "title", "status"],
+            properties={
+                "type": Schema(type=OpenAPIType.STRING),
+                "title": Schema(type=OpenAPIType.STRING),
+                "status": Schema(type=OpenAPIType.INTEGER),
+                "detail": Schema(type=OpenAPIType.STRING),
+            },
+        )
+    )
+    schema = app.openapi_schema
+    for path, item in (schema.paths or {}).items():
+        for operation in (item.get, item.post):
+            if operation is None or operation.responses is None:
+                continue
+            operation.responses["default"] = OpenAPIResponse(
+                description="An error, as RFC 9457 problem details", content={PROBLEM: problem_body}
+            )
+            ok = operation.responses.get("200")
+            if (
+                path.startswith("/v1/forecasts")
+                and isinstance(ok, OpenAPIResponse)
+                and ok.content is not None
+            ):
+                for fmt, media_type in MEDIA_TYPES.items():
+                    if fmt != "json":
+                        ok.content[media_type] = text if media_type.startswith("text/") else binary

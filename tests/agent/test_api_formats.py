@@ -147,6 +147,26 @@ def test_forecast_answers_say_where_history_ends_and_forecasts_start(agent: Agen
     assert item.headers["content-type"] == "text/csv; charset=utf-8"
 
 
+def test_every_served_media_type_is_in_the_openapi_document(agent: AgentHandle) -> None:
+    """Each format a forecast route answers in, and the problem body of its errors, is in /schema."""
+    document = agent.client.get("/schema/openapi.json").json()
+    bad = agent.client.get("/v1/forecasts", params={"horizon": 0})
+    assert bad.status_code == 400
+    for path, url in (
+        ("/v1/forecasts", "/v1/forecasts"),
+        ("/v1/forecasts/{item_id}", "/v1/forecasts/I00001"),
+    ):
+        responses = document["paths"][path]["get"]["responses"]
+        documented = set(responses["200"]["content"])
+        for fmt in ("json", "csv", "parquet", "arrow"):
+            served = agent.client.get(url, params={"format": fmt, "horizon": 2})
+            assert served.status_code == 200
+            assert served.headers["content-type"].split(";")[0] in documented, (path, fmt, documented)
+        assert bad.headers["content-type"] in responses["default"]["content"]
+        problem = responses["default"]["content"]["application/problem+json"]["schema"]
+        assert set(bad.json()) <= set(problem["properties"]) and set(problem["required"]) <= set(bad.json())
+
+
 def test_strong_etag_and_304(agent: AgentHandle) -> None:
     """The same query gets the same strong ETag and If-None-Match answers 304; another query differs."""
     first = agent.client.get("/v1/forecasts/I00002")
