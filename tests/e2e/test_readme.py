@@ -21,7 +21,7 @@ from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 FENCE = re.compile(r"^```sh\n(.*?)^```\n", re.DOTALL | re.MULTILINE)
-SKIP = re.compile(r"<!-- not run here: (?P<reason>[^>]*\S)\s*-->\s*$")
+SKIP = re.compile(r"<!-- not run here: (?P<reason>.*\S)\s*-->\s*$")
 PORTS = ("8470", "8471")
 
 pytestmark = pytest.mark.slow
@@ -100,3 +100,21 @@ def test_readme_quickstart_runs_in_order(tmp_path: Path) -> None:
     logs = "".join(f"\n--- {p.name} ---\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("*.log")))
     assert proc.returncode == 0, output[-6000:] + logs
     assert "README block failed" not in output
+
+
+DOCS = sorted([*(ROOT / "docs").glob("*.md"), ROOT / "systemd" / "README.md"])
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
+def test_docs_shell_blocks_run_or_say_why_not(doc: Path, tmp_path: Path) -> None:
+    """Each shell block of the docs runs on its own (in a scratch folder) or is marked with its reason."""
+    for block in shell_blocks(doc.read_text()):
+        if block.skip_reason is not None:
+            continue
+        folder = tmp_path / f"line-{block.line}"
+        folder.mkdir()
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block.code],
+            cwd=folder, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, f"{doc.name} line {block.line}: {result.stderr[-3000:]}"
