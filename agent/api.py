@@ -150,7 +150,9 @@ def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     for name, kind, help_text, value in gauges:
         lines += [f"# HELP shelfcast_agent_{name} {help_text}", f"# TYPE shelfcast_agent_{name} {kind}"]
         lines.append(f"shelfcast_agent_{name} {value:g}")
-    return Response(("\n".join(lines) + "\n").encode(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(
+        ("\n".join(lines) + "\n").encode(), media_type="text/plain; version=0.0.4"
+    )  # + charset by Litestar
 
 
 @get("/status", sync_to_thread=False, responses=AS_JSON_OBJECT)
@@ -193,7 +195,7 @@ async def forecast_item(
     view, steps, chosen = prepared
     etag = view.etag("item", item_id, steps, chosen)
     if _not_modified(request, etag):
-        return Response(b"", status_code=304, headers={"ETag": etag})
+        return Response(b"", status_code=304, headers=view.headers(etag))
     if chosen == "json":
         body = view.item_json(item_id, steps)
     else:
@@ -201,7 +203,7 @@ async def forecast_item(
         body = None if frame is None else render(frame, chosen, view.meta(), None)
     if body is None:
         return problem(404, "Unknown item", f"no forecasts for item {item_id!r} in this store")
-    headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Model-Version": str(view.pointer.version)}
+    headers = view.headers(etag)
     return Response(body, media_type=MEDIA_TYPES[chosen], headers=headers)
 
 
@@ -234,7 +236,7 @@ def forecast_list(
     query_key = msgspec.json.encode([items, category, steps, limit]).decode()
     etag = view.etag("list", query_key, cursor, chosen)
     if _not_modified(request, etag):
-        return Response(b"", status_code=304, headers={"ETag": etag})
+        return Response(b"", status_code=304, headers=view.headers(etag))
     try:
         page, next_cursor = view.select(
             item_ids=items, category=category, horizon=steps, cursor=cursor, limit=limit, query_key=query_key
@@ -242,11 +244,19 @@ def forecast_list(
     except CursorError as exc:
         return problem(400, "Bad cursor", str(exc))
     body = render(page, chosen, view.meta(), next_cursor)
-    headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Model-Version": str(view.pointer.version)}
+    headers = view.headers(etag)
     if next_cursor:
         headers["X-Next-Cursor"] = next_cursor
-        headers["Link"] = f'<?cursor={next_cursor}>; rel="next"'
+        headers["Link"] = f'<{_next_url(request, next_cursor)}>; rel="next"'
     return Response(body, media_type=MEDIA_TYPES[chosen], headers=headers)
+
+
+def _next_url(request: Request[Any, Any, Any], cursor: str) -> str:
+    """This request's path and every query parameter, with ``cursor`` set to the next page's."""
+    from urllib.parse import urlencode
+
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
+    return f"{request.url.path}?{urlencode([*params, ('cursor', cursor)])}"
 
 
 SALES_TYPES = {
@@ -327,6 +337,14 @@ def post_rollback(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(msgspec.json.encode(result), media_type=JSON)
 
 
+@post("/retry", sync_to_thread=True, status_code=200, responses=AS_JSON_OBJECT, opt=OPERATOR)
+def post_retry(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Try refused bundles again at once (``shelfcast agent retry``); answers the bundles cleared."""
+    runtime = _runtime(request)
+    result = runtime.submit(runtime.retry_now, timeout=30)
+    return Response(msgspec.json.encode(result), media_type=JSON)
+
+
 def _token_guard(read_token: str, operator_token: str) -> Any:
     """``[api] token`` reads; ``[api] operator_token`` reads and calls the routes of the operator scope.
 
@@ -361,7 +379,15 @@ def create_app(runtime: AgentRuntime) -> Litestar:
     guards = [_token_guard(api.token, api.operator_token)] if api.token or api.operator_token else []
     v1 = Router(
         path="/v1",
-        route_handlers=[status, forecast_item, forecast_list, post_sales, post_score, post_rollback],
+        route_handlers=[
+            status,
+            forecast_item,
+            forecast_list,
+            post_sales,
+            post_score,
+            post_rollback,
+            post_retry,
+        ],
         guards=guards,
     )
     app = Litestar(
@@ -378,4 +404,44 @@ def create_app(runtime: AgentRuntime) -> Litestar:
     )
     app.state.runtime = runtime
     app.state.started = time.time()
+    _document_media_types(app)
     return app
+
+
+def _document_media_types(app: Litestar) -> None:
+    """What the handlers' ready-made bytes are, in the OpenAPI document: every format of the forecast
+    routes, and the RFC 9457 problem body of every error."""
+    from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Schema
+    from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
+
+    binary = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY))
+    text = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
+    problem_body = OpenAPIMediaType(
+        schema=Schema(
+            type=OpenAPIType.OBJECT,
+            required=["type", "title", "status"],
+            properties={
+                "type": Schema(type=OpenAPIType.STRING),
+                "title": Schema(type=OpenAPIType.STRING),
+                "status": Schema(type=OpenAPIType.INTEGER),
+                "detail": Schema(type=OpenAPIType.STRING),
+            },
+        )
+    )
+    schema = app.openapi_schema
+    for path, item in (schema.paths or {}).items():
+        for operation in (item.get, item.post):
+            if operation is None or operation.responses is None:
+                continue
+            operation.responses["default"] = OpenAPIResponse(
+                description="An error, as RFC 9457 problem details", content={PROBLEM: problem_body}
+            )
+            ok = operation.responses.get("200")
+            if (
+                path.startswith("/v1/forecasts")
+                and isinstance(ok, OpenAPIResponse)
+                and ok.content is not None
+            ):
+                for fmt, media_type in MEDIA_TYPES.items():
+                    if fmt != "json":
+                        ok.content[media_type] = text if media_type.startswith("text/") else binary

@@ -163,6 +163,7 @@ def _offline_status(config: AgentConfig) -> dict[str, Any]:
         "shadow_version": record.shadow.version if record.shadow else None,
         "errors": dict(record.error_counts),
         "last_counted_error": record.counted_error,
+        "current_errors": dict(record.current_errors),
     }
 
 
@@ -194,6 +195,19 @@ def rollback_cmd(
     )
 
 
+@agent.command("retry")
+@_common
+@output_option
+def retry_cmd(
+    config_files: tuple[Path, ...], host: str | None, port: int | None, state_dir: Path | None, output: str
+) -> None:
+    """Try refused model bundles again at the next poll (after fixing what refused them)."""
+    _print(
+        _act(_load(config_files, host, port, state_dir), "/v1/retry", lambda runtime: runtime.retry_now()),
+        output,
+    )
+
+
 @agent.command("install")
 @click.option("--server", "server_url", required=True, help="Central server URL (https://... on a WAN).")
 @click.option("--store-id", required=True, help="This store's id as registered on the server.")
@@ -203,7 +217,8 @@ def rollback_cmd(
     "trusted_keys",
     multiple=True,
     type=click.Path(path_type=Path),
-    help="Public key (.pub) trusted to sign model bundles (repeatable; copied under /etc/shelfcast/keys).",
+    help="Public key (.pub) trusted to sign model bundles (required, repeatable; copied under "
+    "/etc/shelfcast/keys).",
 )
 @click.option("--api-host", default="0.0.0.0", show_default=True, help="Where the inventory API listens.")  # noqa: S104
 @click.option("--api-port", default=8471, show_default=True, type=click.IntRange(1, 65535))
@@ -238,7 +253,7 @@ def install_cmd(
     """Write /etc/shelfcast/agent.toml (0600) and the systemd unit; then `systemctl enable --now`."""
     from agent.install import install
 
-    written = install(
+    written, warnings = install(
         root=root,
         server_url=server_url,
         store_id=store_id,
@@ -253,4 +268,6 @@ def install_cmd(
     )
     for path in written:
         click.echo(f"wrote {path}")
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo("next: systemctl daemon-reload && systemctl enable --now shelfcast-agent")

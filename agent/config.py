@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import msgspec
+from msgspec import Meta
 
 from forecasting.errors import ConfigError
 from forecasting.logs import LoggingConfig
 from forecasting.settings import load_config
+
+Positive = Annotated[float, Meta(gt=0)]
 
 
 def is_loopback(host: str) -> bool:
@@ -37,21 +41,21 @@ class AgentSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ca_file: str = ""
     # Allow plain http:// to a server that is not on loopback (a warning is logged at every start).
     insecure: bool = False
-    poll_interval_seconds: float = 60.0
-    heartbeat_interval_seconds: float = 60.0
-    max_backoff_seconds: float = 300.0
-    request_timeout_seconds: float = 30.0
-    max_bundle_bytes: int = 512 * 1024 * 1024
+    poll_interval_seconds: Positive = 60.0
+    heartbeat_interval_seconds: Positive = 60.0
+    max_backoff_seconds: Positive = 300.0
+    request_timeout_seconds: Positive = 30.0
+    max_bundle_bytes: Annotated[int, Meta(ge=1)] = 512 * 1024 * 1024
     # Every other answer of the server (enrollment, assignment, report acknowledgements) is read up to
     # this size and refused beyond it.
-    max_response_bytes: int = 1024 * 1024
-    keep_versions: int = 2
-    max_update_attempts: int = 3
-    outbox_max_rows: int = 10_000
-    stale_after_seconds: float = 3 * 24 * 3600.0
+    max_response_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
+    keep_versions: Annotated[int, Meta(ge=0)] = 2
+    max_update_attempts: Annotated[int, Meta(ge=1)] = 3
+    outbox_max_rows: Annotated[int, Meta(ge=1)] = 10_000
+    stale_after_seconds: Positive = 3 * 24 * 3600.0
     # Testing crash recovery only: hold this long in the named lifecycle state (e.g. "activate").
     fault_hold_state: str = ""
-    fault_hold_seconds: float = 0.0
+    fault_hold_seconds: Annotated[float, Meta(ge=0)] = 0.0
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.server_url)
@@ -73,10 +77,10 @@ class ApiSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """``[api]``: the inventory API on the store network."""
 
     host: str = "127.0.0.1"
-    port: int = 8471
-    max_horizon: int = 366
-    max_page_size: int = 10_000
-    default_page_size: int = 1_000
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8471
+    max_horizon: Annotated[int, Meta(ge=1)] = 366
+    max_page_size: Annotated[int, Meta(ge=1)] = 10_000
+    default_page_size: Annotated[int, Meta(ge=1)] = 1_000
     # Bearer tokens of the /v1 routes: ``token`` reads forecasts and status; ``operator_token`` also
     # posts sales, scores and rolls back. Neither set: /v1 is open (keep the API on loopback then).
     token: str = ""
@@ -100,14 +104,17 @@ class ScoringSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     horizon: int = 28
     levels: list[int] = msgspec.field(default_factory=lambda: [80, 95])
-    threads: int = 2
+    threads: Annotated[int, Meta(ge=1)] = 2
     daily_at: str = "02:00"
-    keep_runs: int = 7
-    timeout_seconds: float = 3600.0
-    worker_idle_seconds: float = 120.0
+    keep_runs: Annotated[int, Meta(ge=1)] = 7
+    timeout_seconds: Positive = 3600.0
+    worker_idle_seconds: Annotated[float, Meta(ge=0)] = 120.0
     # "process": score in a warm child process (the daemon stays small; a crash cannot take the API down).
     # "inline": score in the agent's own process (many agents in one process, e.g. a fleet simulation).
     isolation: str = "process"
+    # New sales (sales folder or POST /v1/sales) re-score once none has arrived for this long: forecasts
+    # then start the day after the last day sold. 0 = only on the daily schedule and on activation.
+    rescore_after_sales_seconds: Annotated[float, Meta(ge=0)] = 30.0
 
     def __post_init__(self) -> None:
         if self.isolation not in ("process", "inline"):

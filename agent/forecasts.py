@@ -27,9 +27,10 @@ if TYPE_CHECKING:
     import polars as pl
 
 OutputFormat = Literal["json", "csv", "parquet", "arrow"]
+# Litestar adds "; charset=utf-8" to text/* types itself.
 MEDIA_TYPES: dict[OutputFormat, str] = {
     "json": "application/json",
-    "csv": "text/csv; charset=utf-8",
+    "csv": "text/csv",
     "parquet": "application/vnd.apache.parquet",
     "arrow": "application/vnd.apache.arrow.stream",
 }
@@ -221,14 +222,33 @@ class ForecastView:
         digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
         return f'"{self.etag_base}-{digest}"'
 
+    @property
+    def forecast_start(self) -> str | None:
+        """The first forecast day served (ISO date; None for a run without rows)."""
+        return self._iso(int(self._ds_days.min())) if len(self._ds_days) else None
+
     def meta(self) -> dict[str, Any]:
         first = next(iter(self.items.values()), None)
+        history_end = self.pointer.history_end
         return {
             "store_id": first.store_id if first else None,
             "model_name": self.pointer.model_name,
             "model_version": self.pointer.version,
             "run_id": self.pointer.run_id,
             "scored_at": self.pointer.scored_at,
+            "history_end": history_end.isoformat() if history_end else None,
+            "forecast_start": self.forecast_start,
+        }
+
+    def headers(self, etag: str) -> dict[str, str]:
+        """Headers of every forecast answer: validators, version, where history ends and forecasts start."""
+        meta = self.meta()
+        return {
+            "ETag": etag,
+            "Cache-Control": "no-cache",
+            "X-Model-Version": str(self.pointer.version),
+            "X-History-End": meta["history_end"] or "unknown",
+            "X-Forecast-Start": meta["forecast_start"] or "unknown",
         }
 
     # -- the hot path --------------------------------------------------------------------------------

@@ -94,8 +94,8 @@ def install(
     force: bool = False,
     ca_file: Path | None = None,
     insecure: bool = False,
-) -> list[Path]:
-    """Write config, keys (and the CA bundle) and unit under ``root``; returns the files written.
+) -> tuple[list[Path], list[str]]:
+    """Write config, keys (and the CA bundle) and unit under ``root``; the files written and warnings.
 
     The config is checked like the agent checks it at start before anything is written, so a plain
     ``http://`` server off loopback without ``--insecure`` fails here, naming the setting.
@@ -110,6 +110,11 @@ def install(
     config_path = etc / "agent.toml"
     if config_path.exists() and not force:
         raise AgentError(f"{config_path} exists; pass --force to overwrite it")
+    if not trusted_keys:
+        raise AgentError(
+            "no --trusted-key given: the agent would refuse every model bundle; pass the public key that "
+            "signs them (--trusted-key signing.key.pub, repeatable)"
+        )
     for key in trusted_keys:
         if not key.is_file():
             raise AgentError(f"trusted key {key} not found")
@@ -149,7 +154,38 @@ def install(
     unit_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(unit_path, unit.encode(), mode=0o644)
     written.append(unit_path)
-    return written
+    warnings = []
+    hidden = hidden_executable(unit, exe)
+    if hidden is not None:
+        warnings.append(
+            f"ExecStart runs {exe}, but the unit's {hidden} from the service: install shelfcast "
+            f"outside {', '.join(p for ps in HIDDEN_BY.values() for p in ps)} (e.g. /opt/shelfcast) "
+            "or pass --executable"
+        )
+    return written, warnings
+
+
+# Paths a unit's sandboxing setting hides from the service (empty or inaccessible at run time).
+HIDDEN_BY: dict[str, tuple[str, ...]] = {
+    "ProtectHome": ("/home", "/root", "/run/user"),
+    "PrivateTmp": ("/tmp", "/var/tmp"),  # noqa: S108 - paths compared, never written
+}
+
+
+def hidden_executable(unit: str, executable: Path) -> str | None:
+    """The ``Setting=value`` of ``unit`` that hides ``executable`` from the service; None if none does."""
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#")
+    )
+    candidates = {executable.absolute(), executable.resolve()}
+    for setting, prefixes in HIDDEN_BY.items():
+        value = settings.get(setting, "no").strip().lower()
+        if value in ("no", "false", "0", "read-only"):
+            continue
+        for path in candidates:
+            if any(path.is_relative_to(prefix) for prefix in prefixes):
+                return f"{setting}={settings[setting].strip()} hides {path}"
+    return None
 
 
 def _default_executable() -> Path:

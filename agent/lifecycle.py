@@ -13,10 +13,16 @@ the agent knows where it stopped; ``RESUME`` says where each state continues (be
 start the update again; during the switch: roll back; after it: finish the commit). An update that
 keeps coming back (``max_update_attempts``) is refused and reported instead of looping.
 
+A refusal is remembered with what it was judged under (``refusal_context``: the trusted keys' contents,
+the config and the code version); once any of them changes, the refused bundles are tried again, and
+``shelfcast agent retry`` (``retry_refused``) forces that. An operator's rollback is kept either way.
+
 Errors are counted by kind in the record (``count_error``) and reported in every heartbeat, so the
 server learns of refused updates (bad signature, tampered payload, downgrade, expiry ...) and failed
-health checks. A shadow version named by the assignment is fetched beside the table (``sync_shadow``)
-with the same checks into ``shadow/<model>-<version>/``; it is scored, never served.
+health checks. ``current_errors`` keeps the newest reason of each kind until the work it names succeeds
+(``resolve_errors``): the server shows what still fails apart from the history. A shadow version
+named by the assignment is fetched beside the table (``sync_shadow``) with the same checks into
+``shadow/<model>-<version>/``; it is scored, never served.
 """
 
 from __future__ import annotations
@@ -143,6 +149,14 @@ class Record(msgspec.Struct, kw_only=True):
     # the shadow version the assignment names (None: no shadow), and the one verified and kept
     shadow_target: Target | None = None
     shadow: VersionRef | None = None
+    # errors that still stand (kind -> newest reason), and what the refusals in ``rejected`` were judged under
+    current_errors: dict[str, str] = msgspec.field(default_factory=dict)
+    refusal_context: str | None = None
+
+
+OPERATOR_ROLLBACK = "rolled back by operator"
+# Error kinds an update that reached the active version (or a poll naming it) shows to be over.
+UPDATE_ERROR_KINDS = ("verify", "health_check", "activation")
 
 
 ERROR_KINDS = (
@@ -177,6 +191,43 @@ def count_error(record: Record, kind: str, reason: str) -> None:
     record.error_counts[kind] = record.error_counts.get(kind, 0) + 1
     record.counted_error = f"{kind}: {reason}"[:1000]
     record.counted_error_at = datetime.now(UTC)
+    record.current_errors[kind] = reason[:1000]
+
+
+def resolve_errors(record: Record, *kinds: str) -> bool:
+    """The work of ``kinds`` succeeded: their errors no longer stand. True when one was current."""
+    resolved = [kind for kind in kinds if record.current_errors.pop(kind, None) is not None]
+    if resolved:
+        log.info("errors_resolved", kinds=resolved)
+    return bool(resolved)
+
+
+def refusal_context(config: AgentConfig) -> str:
+    """What a refusal was judged under: trusted keys (paths and contents), the whole config, the code."""
+    import hashlib
+
+    from shelfcast import __version__
+
+    digest = hashlib.sha256(__version__.encode())
+    digest.update(msgspec.json.encode(config))
+    for name in sorted(config.agent.trusted_keys):
+        digest.update(name.encode())
+        try:
+            digest.update(hashlib.sha256(Path(name).read_bytes()).digest())
+        except OSError as exc:
+            digest.update(type(exc).__name__.encode())
+    return digest.hexdigest()
+
+
+def clear_refusals(record: Record) -> list[str]:
+    """Forget refused bundles and spent attempts (an operator's rollback stays); the bundles cleared."""
+    cleared = [key for key, why in record.rejected.items() if why != OPERATOR_ROLLBACK]
+    for key in cleared:
+        del record.rejected[key]
+    record.attempts.clear()
+    record.assignment_etag = None
+    record.refusal_context = None
+    return cleared
 
 
 def load_record(paths: StatePaths) -> Record:
@@ -310,8 +361,29 @@ class Lifecycle:
         if resume == State.ROLLBACK:
             count_error(self.record, "activation", f"interrupted in {found.value}; rolling back")
         self.record.state = resume
+        self._retry_if_context_changed()
         save_record(self.paths, self.record)
         self._reconcile_current()
+
+    def _retry_if_context_changed(self) -> None:
+        """Refusals judged under other keys, config or code are void: their bundles are tried again."""
+        if not self.record.rejected and not self.record.attempts:
+            return
+        context = refusal_context(self.config)
+        if self.record.refusal_context in (None, context):
+            self.record.refusal_context = context
+            return
+        cleared = clear_refusals(self.record)
+        self.record.refusal_context = context
+        if cleared:
+            log.info("refusals_cleared", reason="trusted keys, config or code changed", bundles=cleared)
+
+    def retry_refused(self) -> list[str]:
+        """``shelfcast agent retry``: try every refused bundle again at the next poll."""
+        cleared = clear_refusals(self.record)
+        save_record(self.paths, self.record)
+        log.info("refusals_cleared", reason="operator retry", bundles=cleared)
+        return cleared
 
     def _reconcile_current(self) -> None:
         """If ``current`` disagrees with the committed record (crash in between), trust the record."""
@@ -367,7 +439,7 @@ class Lifecycle:
         what = f"update to v{target.version} refused" if target is not None else "update refused"
         count_error(self.record, kind, f"{what}: {reason}")
         if target is not None:
-            self.record.rejected[target.bundle_sha256] = reason
+            self._remember_refusal(target.bundle_sha256, reason)
             log.error(
                 "update_rejected",
                 model_name=target.model_name,
@@ -382,6 +454,10 @@ class Lifecycle:
         self.record.target = None
         self.outcome.failed = True
         return Event.FAILURE
+
+    def _remember_refusal(self, key: str, reason: str) -> None:
+        self.record.rejected[key] = reason
+        self.record.refusal_context = refusal_context(self.config)
 
     def _discard_unused(self, target: Target) -> None:
         remove_tree(self.paths.staging / target.bundle_sha256)
@@ -408,6 +484,7 @@ class Lifecycle:
         self.client.token = token
 
     def on_check(self) -> Event:  # noqa: PLR0911 - each outcome of a poll is one return
+        self._retry_if_context_changed()  # a key file replaced in place counts too
         try:
             self.ensure_credential()
             poll = self.client.poll_assignment(self.config.agent.store_id, self.record.assignment_etag)
@@ -419,6 +496,7 @@ class Lifecycle:
             return Event.FAILURE
         self.record.last_sync_at = datetime.now(UTC)
         self.record.last_error = None
+        resolve_errors(self.record, "sync")
         if poll.not_modified:
             return Event.NOTHING
         if poll.assignment is None:
@@ -429,6 +507,7 @@ class Lifecycle:
         self.record.shadow_target = _shadow_target(assignment)
         active = self.record.active
         if active and (active.model_name, active.version) == (assignment.model_name, assignment.version):
+            resolve_errors(self.record, *UPDATE_ERROR_KINDS)  # whatever was refused is no longer asked for
             return Event.NOTHING
         if (
             assignment.bundle_sha256 in self.record.rejected
@@ -441,7 +520,7 @@ class Lifecycle:
                 f"v{assignment.version} is older than v{self.record.highest_version} and not kept locally "
                 "(downgrade refused)"
             )
-            self.record.rejected[assignment.bundle_sha256] = reason
+            self._remember_refusal(assignment.bundle_sha256, reason)
             count_error(self.record, "verify", f"update to v{assignment.version} refused: {reason}")
             log.error("update_rejected", model_version=assignment.version, reason=reason)
             return Event.NOTHING
@@ -502,6 +581,7 @@ class Lifecycle:
             # A network or disk failure is not the update's fault: it does not use up an attempt.
             self.record.attempts[target.bundle_sha256] = self.record.attempts.get(target.bundle_sha256, 1) - 1
             return Event.FAILURE
+        resolve_errors(self.record, "download")
         return Event.SUCCESS
 
     def _trusted_keys(self) -> list[Path]:
@@ -599,6 +679,7 @@ class Lifecycle:
         self.record.highest_version = max(self.record.highest_version, target.version)
         self.record.target = None
         self.record.attempts.pop(target.bundle_sha256, None)
+        resolve_errors(self.record, *UPDATE_ERROR_KINDS)
         save_record(self.paths, self.record)
         (self.paths.downloads / target.bundle_sha256).unlink(missing_ok=True)
         prune_versions(self.paths, self.record, keep=self.config.agent.keep_versions)
@@ -658,7 +739,7 @@ class Lifecycle:
             self._fetch_shadow(want)
         except UpdateRejectedError as exc:
             reason = str(exc)
-            self.record.rejected[want.bundle_sha256] = reason
+            self._remember_refusal(want.bundle_sha256, reason)
             count_error(self.record, "verify", f"shadow v{want.version} refused: {reason}")
             log.error(  # noqa: TRY400 - expected refusal, no traceback
                 "shadow_rejected",
@@ -725,7 +806,7 @@ class Lifecycle:
         self.record.active = back
         self.record.state = State.IDLE
         # The operator said no to the version we left: do not take it again from the same assignment.
-        self.record.rejected[f"{active.model_name}-{active.version}"] = "rolled back by operator"
+        self.record.rejected[f"{active.model_name}-{active.version}"] = OPERATOR_ROLLBACK
         self.record.assignment_etag = None
         save_record(self.paths, self.record)
         log.warning("operator_rollback", from_version=active.version, model_version=back.version)

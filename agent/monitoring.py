@@ -253,6 +253,8 @@ def measure_after_ingest(runtime: Any) -> None:
     except Exception as exc:  # a monitoring bug must not stop forecasting
         log.exception("monitoring_failed", reason=str(exc))
         runtime.count_error("monitoring", f"{type(exc).__name__}: {exc}")
+    else:
+        runtime.resolve_errors("monitoring")
 
 
 def _actuals_batches(frame: pl.DataFrame, *, store_id: str, after: date | None) -> list[Any]:

@@ -26,7 +26,15 @@ import msgspec
 from agent.config import AgentConfig, is_loopback
 from agent.errors import AgentError, NoActiveModelError, ScoringError
 from agent.forecasts import ForecastView
-from agent.lifecycle import Lifecycle, Record, VersionRef, count_error, read_credential, save_record
+from agent.lifecycle import (
+    Lifecycle,
+    Record,
+    VersionRef,
+    count_error,
+    read_credential,
+    resolve_errors,
+    save_record,
+)
 from agent.paths import StatePaths, read_symlink
 from agent.scoring import Scorer, ScoringSettings, ShadowModel, read_serving, score_store
 from agent.sync import SyncClient, backoff_seconds
@@ -95,6 +103,7 @@ class AgentRuntime:
         self._next_flush = 0.0
         self._flush_failures = 0
         self._next_daily: datetime | None = None
+        self._rescore_at: float | None = None  # new sales: score at this monotonic time (debounced)
         self._client: SyncClient | None = None
         self.worker: threading.Thread | None = None
         self.last_flush_at: datetime | None = None
@@ -136,6 +145,7 @@ class AgentRuntime:
             "shadow_version": record.shadow.version if record.shadow else None,
             "errors": dict(record.error_counts),
             "last_counted_error": record.counted_error,
+            "current_errors": dict(record.current_errors),
             "outbox_size": self.store.outbox_size() if self.store else None,
             "ready": self.is_ready(),
         }
@@ -155,6 +165,12 @@ class AgentRuntime:
         record = self.lifecycle.record if self.lifecycle is not None else self.record
         count_error(record, kind, reason)
         save_record(self.paths, record)
+
+    def resolve_errors(self, *kinds: str) -> None:
+        """The work of ``kinds`` succeeded: their errors no longer stand (persisted when one did)."""
+        record = self.lifecycle.record if self.lifecycle is not None else self.record
+        if resolve_errors(record, *kinds):
+            save_record(self.paths, record)
 
     def submit(self, command: Command, timeout: float) -> Any:
         """Run ``command`` on the work loop (sole writer of lifecycle and store); wait for its result."""
@@ -232,6 +248,7 @@ class AgentRuntime:
         if now >= self._next_poll:
             self._run_lifecycle()
         self._maybe_score_missing()
+        self._maybe_rescore_after_sales()
         self._maybe_score_daily()
         now = time.monotonic()
         if now >= self._next_heartbeat:
@@ -266,6 +283,7 @@ class AgentRuntime:
             )
             self.count_error("ingest", f"sales folder unreadable: {exc}")
             return
+        self.resolve_errors("ingest")
         for result in results:
             self.counters.rows_ingested += result.rows_ok
             self.counters.rows_quarantined += result.rows_quarantined
@@ -274,6 +292,16 @@ class AgentRuntime:
             from agent.monitoring import measure_after_ingest
 
             measure_after_ingest(self)
+            debounce = self.config.scoring.rescore_after_sales_seconds
+            if debounce > 0:
+                self._rescore_at = time.monotonic() + debounce  # each new batch pushes it back
+
+    def _maybe_rescore_after_sales(self) -> None:
+        if self._rescore_at is None or time.monotonic() < self._rescore_at:
+            return
+        self._rescore_at = None
+        if self.record.active is not None:
+            self._score("sales")
 
     def _run_lifecycle(self) -> None:
         assert self.lifecycle is not None
@@ -356,6 +384,7 @@ class AgentRuntime:
         if bundle is None:
             raise NoActiveModelError("the current version link is missing")
         shadow = self._shadow_model()
+        self._rescore_at = None  # this run reads every sale ingested so far
         self.busy_until = time.monotonic() + 2 * self.config.scoring.timeout_seconds + 60
         try:
             result = score_store(
@@ -380,9 +409,11 @@ class AgentRuntime:
         finally:
             self.busy_until = 0.0
         self.counters.scoring_runs += 1
+        self.resolve_errors("scoring")
         if shadow is not None:
             if result.shadow_error is None:
                 self.counters.shadow_runs += 1
+                self.resolve_errors("shadow")
             else:
                 self.counters.shadow_failures += 1
                 self.count_error("shadow", f"v{shadow.version}: {result.shadow_error}")
@@ -425,6 +456,15 @@ class AgentRuntime:
         self._score("rollback")
         return {"model_name": back.model_name, "active_version": back.version}
 
+    def retry_now(self) -> dict[str, Any]:
+        """``POST /v1/retry`` / ``shelfcast agent retry``: refused bundles are tried again now."""
+        assert self.lifecycle is not None
+        cleared = self.lifecycle.retry_refused()
+        self.record = self.lifecycle.record
+        self._next_poll = 0.0
+        self.wake.set()
+        return {"cleared": cleared, "next_poll": "now"}
+
     # -- reports -------------------------------------------------------------------------------------
 
     def _queue_heartbeat(self) -> None:
@@ -445,6 +485,7 @@ class AgentRuntime:
             last_error=record.counted_error,
             last_error_at=record.counted_error_at,
             shadow_version=record.shadow.version if record.shadow else None,
+            current_errors=dict(record.current_errors),
         )
         self.counters.reports_queued += 1
         self.store.enqueue(
@@ -495,6 +536,7 @@ class AgentRuntime:
                     self.count_error("report", f"{item.kind} refused by the server ({status}), dropped")
                     self.store.outbox_done(item.seq)
         self._flush_failures = 0
+        self.resolve_errors("report")
         self.last_flush_at = datetime.now(UTC)
         self._next_flush = time.monotonic() + min(self.config.agent.heartbeat_interval_seconds, 30.0)
 

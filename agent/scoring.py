@@ -46,6 +46,7 @@ class ServingPointer(msgspec.Struct, frozen=True, kw_only=True):
     scored_at: datetime
     n_series: int
     n_rows: int
+    history_end: date | None = None  # the last day of sales the run forecast from (None: older runs)
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,7 @@ def score_store(
     try:
         history_rows = store.export_history(history)
         _require_history(history_rows)
+        history_end = _last_day(history)
         counts = scorer.run(bundle_dir, history, out, scorer.settings.horizon)
     except Exception:
         remove_tree(run_dir)
@@ -305,6 +307,7 @@ def score_store(
         scored_at=datetime.now(UTC),
         n_series=counts["series"],
         n_rows=counts["rows"],
+        history_end=history_end,
     )
     store.record_run(
         {
@@ -402,6 +405,14 @@ def _score_shadow(
         duration_seconds=round(time.monotonic() - started, 3),
     )
     return run_id
+
+
+def _last_day(history: Path) -> date | None:
+    """The newest ``ds`` of an exported history file."""
+    import polars as pl
+
+    last = pl.scan_parquet(history).select(pl.col("ds").max()).collect().item()
+    return last if isinstance(last, date) else None
 
 
 def _require_history(rows: int) -> None:

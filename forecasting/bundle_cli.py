@@ -22,7 +22,7 @@ _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 @click.group()
 def keys() -> None:
-    """Create the ed25519 keys that sign model bundles."""
+    """Create the ed25519 keys that sign model bundles; trust, list and revoke them on the server."""
 
 
 @keys.command("generate")

@@ -51,6 +51,9 @@ class Heartbeat(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     last_error: str | None = None
     last_error_at: datetime | None = None
     shadow_version: Version | None = None
+    # The errors that still stand, by kind: the newest reason of each kind whose work has not succeeded
+    # since (a refused bundle still assigned, a failing scoring ...). Resolved kinds leave the map.
+    current_errors: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class ModelVersionInfo(msgspec.Struct, frozen=True, kw_only=True):

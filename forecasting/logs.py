@@ -1,4 +1,7 @@
-"""structlog set-up: JSON lines when stdout is not a terminal, readable console output when it is.
+"""structlog set-up: JSON lines when stderr is not a terminal, readable console output when it is.
+
+Logs go to stderr (journald reads it like stdout), so every command's stdout holds its data alone: a
+token, a table, ``-o json``.
 
 Context such as ``store_id`` or ``model_version`` is bound with ``structlog.contextvars`` and appears on
 every line logged in that context. Each unit of work logs one canonical line (``forecast_scored ...``).
@@ -25,7 +28,7 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
         raise ValueError(f"unknown log level {level!r}")
-    use_console = sys.stdout.isatty() if fmt == "auto" else fmt == "console"
+    use_console = sys.stderr.isatty() if fmt == "auto" else fmt == "console"
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
     )
@@ -39,7 +42,7 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     # Libraries that log through the stdlib (uvicorn, distributed) go to stderr at warning level and up.

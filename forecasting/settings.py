@@ -116,13 +116,49 @@ def load_config(
     return _validate(merged, cls, "merged configuration")
 
 
-def check_file(cls: type[T], path: Path) -> T:
-    """Validate one file on its own (what ``shelfcast config check`` does)."""
-    return _validate(read_toml(path), cls, str(path))
-
-
 def to_toml_dict(config: msgspec.Struct) -> dict[str, Any]:
     """The effective configuration as plain builtins (for ``config show`` and logs)."""
     result = msgspec.to_builtins(config)
     assert isinstance(result, dict)
     return result
+
+
+def file_errors(cls: type[T], path: Path) -> tuple[T | None, list[str]]:
+    """Validate one file and name *every* bad key (``config check``): (the config or None, errors).
+
+    Each key is checked alone within its table, then together with the table's good keys, so a key
+    that is fine only beside another (``insecure`` for an ``http://`` URL) is not reported; a table
+    whose keys are each fine but not together is reported as a whole.
+    """
+    data = read_toml(path)
+    try:
+        return msgspec.convert(data, cls), []
+    except msgspec.ValidationError as exc:
+        first = f"{path}: {exc}"
+    errors: list[str] = []
+    for name, value in data.items():
+        if isinstance(value, dict):
+            errors += _table_errors(cls, path, name, value)
+        else:
+            errors += _errors_of(cls, path, {name: value})
+    return None, errors or [first]
+
+
+def _errors_of(cls: type[T], path: Path, data: dict[str, Any]) -> list[str]:
+    try:
+        msgspec.convert(data, cls)
+    except msgspec.ValidationError as exc:
+        return [f"{path}: {exc}"]
+    return []
+
+
+def _table_errors(cls: type[T], path: Path, name: str, table: dict[str, Any]) -> list[str]:
+    if not _errors_of(cls, path, {name: table}):
+        return []
+    alone = {key: _errors_of(cls, path, {name: {key: value}}) for key, value in table.items()}
+    good = {key: table[key] for key, errs in alone.items() if not errs}
+    errors = []
+    for key, errs in alone.items():
+        if errs and _errors_of(cls, path, {name: {**good, key: table[key]}}):
+            errors += errs
+    return errors or _errors_of(cls, path, {name: table})

@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import random
+import secrets
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ class Lineage:
     code_version: str
     packages: dict[str, str]
     seed: int
+    content_hash: str = ""  # sha256 of data fingerprint, config hash and code version: equal runs share it
 
 
 @dataclass(frozen=True)
@@ -107,13 +109,15 @@ def package_versions() -> dict[str, str]:
 
 
 def make_lineage(frame: pl.DataFrame, config: TrainConfig) -> Lineage:
-    """Fingerprints and versions of one run; the run id derives from data, config and code."""
+    """Fingerprints and versions of one run: a run id of its own (when, plus a random part), and the
+    content hash of data, config and code, which two trainings of the same inputs share."""
     fp = dataset_fingerprint(frame)
     ch = config_hash(config)
     cv = code_version()
-    run_id = "run-" + hashlib.sha256(f"{fp}:{ch}:{cv}".encode()).hexdigest()[:16]
+    run_id = f"run-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
     return Lineage(
         run_id=run_id,
+        content_hash=hashlib.sha256(f"{fp}:{ch}:{cv}".encode()).hexdigest(),
         dataset_fingerprint=fp,
         config_hash=ch,
         code_version=cv,
@@ -414,6 +418,7 @@ def run_record(
         "started_at": result.started_at.isoformat(),
         "finished_at": finished.isoformat(),
         "dataset_fingerprint": lin.dataset_fingerprint,
+        "content_hash": lin.content_hash,
         "dataset": {
             "fingerprint": lin.dataset_fingerprint,
             "rows": result.frame.height,

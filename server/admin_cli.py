@@ -513,6 +513,9 @@ def stores_list(
                 "active_version": status.get("active_version"),
                 "last_contact_at": status.get("last_contact_at"),
                 "stale": status.get("stale"),
+                "current_errors": "; ".join(
+                    f"{kind}: {reason}" for kind, reason in (status.get("current_errors") or {}).items()
+                ),
                 "errors": sum((status.get("errors") or {}).values()),
                 "last_error": status.get("last_error"),
                 "revoked": s["revoked_at"] is not None,
@@ -634,4 +637,64 @@ def stores_revoke(
     emit({"store_id": store["store_id"], "revoked_at": store["revoked_at"]}, output)
 
 
+# --- trusted signing keys (subcommands of `shelfcast keys`, beside `keys generate`) ------------------
+
+
+@click.command("trust")
+@click.argument("public_key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--label", default="", help="Who or what signs with this key (kept in the audit).")
+@remote_options
+@output_option
+def keys_trust(
+    public_key: Path,
+    label: str,
+    server_url: str | None,
+    token: str | None,
+    client_config: Path | None,
+    output: str,
+) -> None:
+    """Make the server accept bundles signed by the key whose public half is PUBLIC_KEY (FILE.pub)."""
+    text = public_key.read_text(errors="replace")
+    if "PRIVATE KEY" in text:
+        raise click.UsageError(f"{public_key} is a private key: pass its public half ({public_key}.pub)")
+    with connect(server_url, token, client_config) as remote:
+        emit(remote.request("POST", "/v1/keys", json={"public_key": text, "label": label}), output)
+
+
+@click.command("list")
+@remote_options
+@output_option
+def keys_list(server_url: str | None, token: str | None, client_config: Path | None, output: str) -> None:
+    """Keys the server trusts for uploads, with where each comes from (config or the API)."""
+    with connect(server_url, token, client_config) as remote:
+        emit(remote.get("/v1/keys"), output, ["key_id", "source", "path", "error"])
+
+
+@click.command("revoke")
+@click.argument("key_id")
+@remote_options
+@output_option
+def keys_revoke(
+    key_id: str, server_url: str | None, token: str | None, client_config: Path | None, output: str
+) -> None:
+    """Stop accepting bundles signed by KEY_ID (published versions stay; agents keep their own trust)."""
+    with connect(server_url, token, client_config) as remote:
+        emit(remote.request("DELETE", f"/v1/keys/{key_id}"), output)
+
+
+@click.command("history")
+@limit_option
+@remote_options
+@output_option
+def keys_history(
+    limit: int | None, server_url: str | None, token: str | None, client_config: Path | None, output: str
+) -> None:
+    """Who trusted and revoked which key, and when (newest first)."""
+    with connect(server_url, token, client_config) as remote:
+        emit(
+            remote.get("/v1/keys/history", limit=limit), output, ["at", "action", "key_id", "actor", "label"]
+        )
+
+
+KEY_COMMANDS = (keys_trust, keys_list, keys_revoke, keys_history)
 ADMIN_GROUPS = (models, runs, datasets, stores)

@@ -39,7 +39,13 @@ from server.fleet.repository import FleetRepository
 from server.fleet.services import FleetService
 from server.monitoring import Metrics
 from server.quality.controllers import MONITORING_CONTROLLERS
-from server.registry.controllers import BundleController, DatasetController, ModelController, RunController
+from server.registry.controllers import (
+    BundleController,
+    DatasetController,
+    KeyController,
+    ModelController,
+    RunController,
+)
 from server.registry.repository import RegistryRepository
 from server.registry.services import RegistryService
 from server.retraining.controllers import RETRAINING_CONTROLLERS, start_retraining, stop_retraining
@@ -222,6 +228,7 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> Litest
             BundleController,
             RunController,
             DatasetController,
+            KeyController,
             StoreController,
             GroupController,
             EnrollController,

@@ -14,6 +14,7 @@ from forecasting.cli import config_option
 from forecasting.logs import configure_logging, get_logger
 from forecasting.systemd_notify import notify, watchdog_interval_seconds
 from server.config import ServerConfig, load_server_config
+from server.errors import ServerError
 
 log = get_logger("server.cli")
 
@@ -21,6 +22,41 @@ log = get_logger("server.cli")
 def _load(config_files: tuple[Path, ...], state_dir: Path | None, **overrides: Any) -> ServerConfig:
     config = load_server_config(list(config_files))
     return config.with_overrides(state_dir=None if state_dir is None else str(state_dir), **overrides)
+
+
+def state_dir_source(config_files: tuple[Path, ...], state_dir: Path | None) -> str:
+    """Where ``[server] state_dir`` came from, by the layering of ``load_server_config`` (last one wins)."""
+    from forecasting.settings import SYSTEM_CONFIG_DIR, read_toml
+
+    if state_dir is not None:
+        return "--state-dir"
+    if os.environ.get("SHELFCAST_SERVER__STATE_DIR"):
+        return "SHELFCAST_SERVER__STATE_DIR"
+    system = SYSTEM_CONFIG_DIR / "server.toml"
+    for path in reversed([*config_files, *([system] if system.is_file() else [])]):
+        if "state_dir" in read_toml(path).get("server", {}):
+            return str(path)
+    return "the built-in default"
+
+
+def say_state_dir(config: ServerConfig, config_files: tuple[Path, ...], state_dir: Path | None) -> None:
+    """One line on stderr: the state folder used and which setting chose it."""
+    source = state_dir_source(config_files, state_dir)
+    click.echo(f"state folder: {config.state_path.absolute()} (from {source})", err=True)
+
+
+def admin_credentials(config: ServerConfig) -> int:
+    """How many admin credentials the state folder's database holds (0 when there is none yet)."""
+    from server.db import DB_FILE_NAME, Database
+
+    if not (config.state_path / DB_FILE_NAME).is_file():
+        return 0
+    db = Database.open(config.state_path / DB_FILE_NAME)
+    try:
+        count = db.scalar("SELECT count(*) FROM credentials WHERE role = 'admin' AND revoked_at IS NULL")
+    finally:
+        db.close()
+    return int(count or 0)
 
 
 def state_dir_option(func: Any) -> Any:
@@ -67,8 +103,15 @@ def run(
     config = _load(config_files, state_dir, host=host, port=port)
     config.check_transport()
     configure_logging(config.logging.level, config.logging.format)
+    say_state_dir(config, config_files, state_dir)
     if discard_damaged_wal:
         Database.open(config.state_path / DB_FILE_NAME, migrate=False, discard_damaged_wal=True).close()
+    if not config.server.admin_token and not admin_credentials(config):
+        where = f"--state-dir {config.state_path}" if state_dir is not None else _same_as(config_files)
+        raise ServerError(
+            f"no admin credential for the state folder {config.state_path.absolute()}: create one with "
+            f"`shelfcast server init {where}` (or set SHELFCAST_SERVER__ADMIN_TOKEN)"
+        )
     state = ServerState(config)
     # A locked or unreadable database, or a write-ahead log that cannot be replayed, fails here as one
     # clear sentence (see server/db.py); a log with an incomplete tail is replayed with an error line.
@@ -125,15 +168,35 @@ def run(
         state.close()
 
 
+def _same_as(config_files: tuple[Path, ...]) -> str:
+    """The arguments that give ``init`` the same state folder as this ``run``."""
+    return " ".join(f"--config {path}" for path in config_files) or "(with the same settings)"
+
+
 @server.command("init")
 @config_option
 @state_dir_option
-def init(config_files: tuple[Path, ...], state_dir: Path | None) -> None:
-    """Create the state folder and an admin credential; prints the token once (only its hash is kept)."""
+@click.option(
+    "--add-admin", is_flag=True, help="The folder is initialised already: create one more admin credential."
+)
+def init(config_files: tuple[Path, ...], state_dir: Path | None, add_admin: bool) -> None:
+    """Create the state folder and an admin credential; prints the token once (only its hash is kept).
+
+    The token alone goes to stdout (``TOKEN=$(shelfcast server init ...)``); the state folder used and
+    where its setting came from go to stderr. On a folder that has an admin already, init refuses unless
+    --add-admin is given.
+    """
     from server.app import ServerState
     from server.fleet.schemas import CredentialCreate
 
     config = _load(config_files, state_dir)
+    configure_logging(config.logging.level, config.logging.format)
+    say_state_dir(config, config_files, state_dir)
+    if not add_admin and admin_credentials(config):
+        raise ServerError(
+            f"{config.state_path.absolute()} is initialised already (it has an admin credential); pass "
+            "--add-admin to create another"
+        )
     state = ServerState(config)
     state.open()
     try:
@@ -145,8 +208,7 @@ def init(config_files: tuple[Path, ...], state_dir: Path | None) -> None:
         )
     finally:
         state.close()
-    click.echo(f"state folder: {config.state_path}")
-    click.echo(f"admin credential {created.credential_id} (shown once; store it safely):")
+    click.echo(f"admin credential {created.credential_id} (the token below is shown once):", err=True)
     click.echo(created.token)
 
 

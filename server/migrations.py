@@ -354,4 +354,24 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE accuracy_rows ADD COLUMN scoring_id VARCHAR;
         """,
     ),
+    Migration(
+        8,
+        "agent errors that still stand",
+        """
+        ALTER TABLE agent_status ADD COLUMN current_errors VARCHAR DEFAULT '{}';
+        """,
+    ),
+    Migration(
+        9,
+        "trusted signing keys: audit of trust and revocation",
+        """
+        CREATE TABLE key_events (
+            event_at TIMESTAMP NOT NULL,
+            action VARCHAR NOT NULL,
+            key_id VARCHAR NOT NULL,
+            actor VARCHAR NOT NULL,
+            label VARCHAR NOT NULL DEFAULT ''
+        );
+        """,
+    ),
 )

@@ -43,7 +43,7 @@ class SystemController(Controller):
     @get("/metrics", opt=PUBLIC, sync_to_thread=True, summary="Prometheus text format")
     def metrics(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         body = _state(request).metrics.render()
-        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(body, media_type="text/plain; version=0.0.4")  # + charset by Litestar
 
 
 def _database_check(state: Any) -> str:

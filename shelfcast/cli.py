@@ -16,7 +16,7 @@ from forecasting import cli as forecasting_cli
 from forecasting.config import TrainConfig
 from forecasting.errors import ForecastingError
 from forecasting.logs import configure_logging
-from forecasting.settings import check_file
+from forecasting.settings import file_errors
 from server import admin_cli
 from server import cli as server_cli
 from server.config import ServerConfig
@@ -24,11 +24,17 @@ from server.errors import ServerError
 from server.quality import cli as monitoring_cli
 from server.retraining import cli as retraining_cli
 from server.rollouts import cli as rollouts_cli
+from server.rollouts.plan import RolloutPlan, plan_problems
 from shelfcast import __version__
 from shelfcast import demo as demo_cmd
 from shelfcast import simulate as simulate_cmd
 
-CONFIG_KINDS: dict[str, type[Any]] = {"server": ServerConfig, "agent": AgentConfig, "train": TrainConfig}
+CONFIG_KINDS: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "agent": AgentConfig,
+    "train": TrainConfig,
+    "rollout": RolloutPlan,
+}
 
 
 class ShelfcastGroup(click.Group):
@@ -80,9 +86,16 @@ def config() -> None:
     help="Which component the file configures (default: guessed from the file's sections or name).",
 )
 def config_check(file: Path, kind: str | None) -> None:
-    """Validate FILE: unknown keys, wrong types and bad values are reported with their field path."""
+    """Validate FILE: every unknown key, wrong type and out-of-range value, each with its field path."""
     chosen = kind or _guess_kind(file)
-    check_file(CONFIG_KINDS[chosen], file)
+    config, errors = file_errors(CONFIG_KINDS[chosen], file)
+    if isinstance(config, RolloutPlan):
+        errors = [f"{file}: {problem}" for problem in plan_problems(config)]
+    if errors:
+        for error in errors:
+            click.echo(f"error: {error}", err=True)
+        click.echo(f"{file}: {len(errors)} error(s) in this {chosen} config", err=True)
+        sys.exit(1)
     click.echo(f"{file}: valid {chosen} config")
 
 
@@ -99,12 +112,16 @@ def _guess_kind(file: Path) -> str:
         return "agent"
     if "server" in sections:
         return "server"
+    if "waves" in sections:
+        return "rollout"
     raise click.UsageError(f"{file}: cannot tell which component it configures; pass --kind")
 
 
 cli.add_command(forecasting_cli.data)
 cli.add_command(forecasting_cli.backtest_cmd)
 cli.add_command(forecasting_cli.train_cmd)
+for key_command in admin_cli.KEY_COMMANDS:
+    bundle_cli.keys.add_command(key_command)
 cli.add_command(bundle_cli.keys)
 cli.add_command(bundle_cli.bundle)
 cli.add_command(bundle_cli.score_cmd)

@@ -13,6 +13,7 @@ would and prints where to look. Everything it starts it stops, on success, failu
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,11 @@ def _check(response: httpx.Response, what: str) -> None:
         raise click.ClickException(f"could not {what}: HTTP {response.status_code} {detail}")
 
 
+def _interrupt(signum: int, _frame: Any) -> None:
+    """SIGTERM as Ctrl-C: unwind through the demo's ``finally``, which stops what it started."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def _print_summary(summary: DemoSummary, kept: bool) -> None:
     click.echo("")
     click.echo(
@@ -243,7 +249,11 @@ def _print_summary(summary: DemoSummary, kept: bool) -> None:
 @click.option("--weeks", default=110, show_default=True, help="Weeks of sales history before the replay.")
 @click.option("--replay-weeks", default=12, show_default=True, help="Weeks of sales replayed at most.")
 @click.option("--seed", default=7, show_default=True, help="Seed of the synthetic data.")
-@click.option("--keep-running", is_flag=True, help="Leave the server and agents up until Ctrl-C.")
+@click.option("--keep-running", is_flag=True, help="Leave the server and agents up until Ctrl-C or SIGTERM.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where the demo's server listens.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=0, help="The server's port (default: a free one)."
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def demo(
     state_dir: Path,
@@ -254,10 +264,18 @@ def demo(
     replay_weeks: int,
     seed: int,
     keep_running: bool,
+    host: str,
+    port: int,
     output: str,
 ) -> None:
-    """Train, publish, roll a good candidate to champion and roll back a bad one, on loopback."""
+    """Train, publish, roll a good candidate to champion and roll back a bad one, on loopback.
+
+    Progress goes to stderr as it happens; the summary to stdout. SIGTERM stops everything the demo
+    started, as Ctrl-C does.
+    """
     from shelfcast.simulate import Candidate, Simulation, SimulationOptions, log_to_file
+
+    signal.signal(signal.SIGTERM, _interrupt)
 
     if state_dir.exists():
         shutil.rmtree(state_dir)
@@ -284,6 +302,9 @@ def demo(
             agent_processes=min(agent_processes, stores),
             engine_interval_seconds=0.5,
             keep_server=True,
+            server_host=host,
+            server_port=port,
+            on_progress=lambda message: click.echo(f"demo: {message}", err=True),
         )
     )
     try:

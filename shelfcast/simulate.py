@@ -113,6 +113,9 @@ class SimulationOptions:
     period_timeout_seconds: float = 120.0
     keep_runs: int = 1  # scoring runs an agent keeps (each reports its accuracy as actuals arrive)
     keep_server: bool = False  # leave the own server running (the caller stops `Simulation.server`)
+    server_host: str = "127.0.0.1"  # own server: where it listens
+    server_port: int = 0  # own server: its port (0: a free one)
+    on_progress: Callable[[str], None] | None = None  # told of each step as it starts (the demo prints)
     # After a promoted rollout, move `champion` back to the first champion: every candidate is then judged
     # against the same model (the gates benchmark), at the cost of one more activation per store.
     reset_champion: bool = False
@@ -489,8 +492,8 @@ class Simulation:
             if not self.options.admin_token:
                 raise SimulationError("server_url needs admin_token (and a signing_key the server trusts)")
             return
-        self.server_port = _free_port()
-        self.server_url = f"http://127.0.0.1:{self.server_port}"
+        self.server_port = self.options.server_port or _free_port()
+        self.server_url = f"http://{self.options.server_host}:{self.server_port}"
         self._launch_server()
 
     def _launch_server(self) -> None:
@@ -507,7 +510,7 @@ class Simulation:
             "SHELFCAST_ROLLOUTS__ENGINE_INTERVAL_SECONDS": str(interval),
             "SHELFCAST_ROLLOUTS__LEASE_SECONDS": str(max(2.0, 4 * interval)),
         }
-        args = ["server", "run", "--host", "127.0.0.1", "--port", str(self.server_port)]
+        args = ["server", "run", "--host", self.options.server_host, "--port", str(self.server_port)]
         self.server = ServiceProcess(
             "server",
             [*args, "--state-dir", str(self.state_dir / "server")],
@@ -595,7 +598,14 @@ class Simulation:
         version = read_manifest(bundle_dir).version
         archive = bundle_dir.with_suffix(".tar")
         pack_archive(bundle_dir, archive)
+        record = bundle_dir.parent / f"{bundle_dir.name}.run" / "run.json"
         with self.admin(timeout=300) as client:
+            if record.is_file():  # the training run, so the version's lineage names it
+                registered = client.post(
+                    "/v1/runs", content=record.read_bytes(), headers={"Content-Type": "application/json"}
+                )
+                if registered.status_code != 409:
+                    _check(registered, f"register the run of {bundle_dir.name}")
             response = client.post(
                 f"/v1/models/{self.options.model_name}/versions",
                 content=archive.read_bytes(),
@@ -732,6 +742,7 @@ class Simulation:
 
         index = self.period_index
         day = self.data.periods[index]
+        self.progress(f"period {index + 1}: sales up to {day} arrive at every store")
         sales = self.data.period(index)
         timeout = self.options.period_timeout_seconds
 
@@ -871,14 +882,21 @@ class Simulation:
             response = client.get(f"/v1/models/{self.options.model_name}/aliases/champion")
         return int(response.json()["version"]) if response.status_code == 200 else None
 
+    def progress(self, message: str) -> None:
+        if self.options.on_progress is not None:
+            self.options.on_progress(message)
+
     def run(self) -> SimulationReport:
         started = time.monotonic()
+        self.progress(f"preparing {self.options.source} sales of {self.options.stores or 'every'} store(s)")
         data = self.load_data()
         self.make_keys()
         self.start_server()
+        self.progress(f"server listening on {self.server_url}; training the first model")
         bundle = self.train()
         self.champion = self.publish(bundle, champion=True, reason="simulation: first champion")
         champion_start = self.first_champion = self.champion
+        self.progress(f"published v{self.champion} as champion; starting {len(data.store_ids)} agent(s)")
         self.create_agents()
         stuck = self.converge(max(self.options.converge_timeout_seconds, 120))
         if stuck:
@@ -892,7 +910,13 @@ class Simulation:
                     "simulation_out_of_periods", candidates_left=len(self.options.candidates) - len(rollouts)
                 )
                 break
+            self.progress(f"rolling out a candidate ({candidate.label or candidate.multiply})")
             rollouts.append(self.roll(candidate))
+            done = rollouts[-1]
+            self.progress(
+                f"rollout of v{done.version}: {done.outcome} after {done.waves_completed} wave(s), "
+                f"{done.periods} period(s)"
+            )
             if rollouts[-1].outcome == "running":
                 break  # the replay ran out of periods with the rollout still going (it stays active)
         if not self.options.candidates:

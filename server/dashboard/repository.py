@@ -66,7 +66,7 @@ class DashboardRepository:
         self, f: FleetFilter, stale_before: datetime, offset: int, limit: int
     ) -> tuple[list[dict[str, Any]], int]:
         where, params = self._fleet_where(f, stale_before)
-        extra = [c for c in ("errors", "last_error") if c in self.status_columns()]
+        extra = [c for c in ("errors", "last_error", "current_errors") if c in self.status_columns()]
         extra_sql = "".join(f", a.{c}" for c in extra)
         rows = self.db.fetch_all(
             "SELECT s.store_id, s.name, s.region, s.type, s.model_name, a.state, a.active_version, "  # noqa: S608
@@ -82,6 +82,7 @@ class DashboardRepository:
         )
         for row in rows:
             row["errors"] = _error_counts(row.get("errors"))
+            row["current_errors"] = _reasons(row.get("current_errors"))
         return rows, int(total or 0)
 
     def fleet_counts(self, stale_before: datetime) -> dict[str, Any]:
@@ -199,3 +200,14 @@ def _error_counts(value: Any) -> dict[str, int]:
     if isinstance(value, dict):
         return {str(k): int(v) for k, v in value.items() if isinstance(v, int | float)}
     return {}
+
+
+def _reasons(value: Any) -> dict[str, str]:
+    """The standing errors as stored (JSON text), as a plain dict (empty when unreadable)."""
+    if not isinstance(value, str) or not value:
+        return {}
+    try:
+        decoded = msgspec.json.decode(value)
+    except msgspec.DecodeError:
+        return {}
+    return {str(k): str(v) for k, v in decoded.items()} if isinstance(decoded, dict) else {}

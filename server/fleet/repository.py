@@ -77,6 +77,7 @@ class FleetRepository:
             f"SELECT s.store_id, s.model_name, s.name, s.region, s.type, s.size, s.tags, s.created_at, "  # noqa: S608
             "s.revoked_at, a.state, a.model_name AS status_model_name, a.active_version, a.last_scored_at, "
             "a.agent_version, a.last_contact_at, a.errors, a.last_error, a.last_error_at, a.shadow_version, "
+            "a.current_errors, "
             "coalesce((SELECT list(g.group_name ORDER BY g.group_name) FROM store_groups g "
             "WHERE g.store_id = s.store_id), []) AS groups "
             f"FROM stores s LEFT JOIN agent_status a USING (store_id) WHERE {where} "
@@ -86,6 +87,7 @@ class FleetRepository:
         for row in rows:
             row["tags"] = msgspec.json.decode(row["tags"])
             row["errors"] = _decode_counts(row["errors"])
+            row["current_errors"] = _decode_reasons(row["current_errors"])
         return rows
 
     def set_groups(self, store_id: str, groups: list[str]) -> None:
@@ -184,14 +186,14 @@ class FleetRepository:
         """
         self.db.execute(
             "INSERT INTO agent_status (store_id, state, model_name, active_version, last_scored_at, "
-            "agent_version, sent_at, last_contact_at, errors, last_error, last_error_at, shadow_version) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "agent_version, sent_at, last_contact_at, errors, last_error, last_error_at, shadow_version, "
+            "current_errors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (store_id) DO UPDATE SET state = excluded.state, model_name = excluded.model_name, "
             "active_version = excluded.active_version, last_scored_at = excluded.last_scored_at, "
             "agent_version = excluded.agent_version, sent_at = excluded.sent_at, "
             "last_contact_at = excluded.last_contact_at, errors = excluded.errors, "
             "last_error = excluded.last_error, last_error_at = excluded.last_error_at, "
-            "shadow_version = excluded.shadow_version "
+            "shadow_version = excluded.shadow_version, current_errors = excluded.current_errors "
             "WHERE excluded.sent_at >= agent_status.sent_at "
             "OR agent_status.sent_at > excluded.last_contact_at",
             [
@@ -207,6 +209,7 @@ class FleetRepository:
                 row.get("last_error"),
                 row.get("last_error_at"),
                 row.get("shadow_version"),
+                msgspec.json.encode(row.get("current_errors") or {}).decode(),
             ],
         )
 
@@ -282,3 +285,10 @@ def _decode_counts(text: str | None) -> dict[str, int]:
         return {}
     counts: dict[str, int] = msgspec.json.decode(text, type=dict[str, int])
     return counts
+
+
+def _decode_reasons(text: str | None) -> dict[str, str]:
+    if not text:
+        return {}
+    reasons: dict[str, str] = msgspec.json.decode(text, type=dict[str, str])
+    return reasons

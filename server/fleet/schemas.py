@@ -47,6 +47,8 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     last_error: str | None = None
     last_error_at: datetime | None = None
     shadow_version: int | None = None
+    # errors that still stand (kind -> newest reason); ``last_error`` is history once its kind left here
+    current_errors: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class Store(msgspec.Struct, kw_only=True):

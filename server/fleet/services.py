@@ -154,6 +154,7 @@ class FleetService:
                 last_error=row.get("last_error"),
                 last_error_at=as_utc(row.get("last_error_at")),
                 shadow_version=row.get("shadow_version"),
+                current_errors=row.get("current_errors") or {},
             )
         return schemas.Store(
             store_id=row["store_id"],
@@ -284,6 +285,7 @@ class FleetService:
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
             raise InvalidInputError("Idempotency-Key must be 1-200 characters")
         _check_error_counts(beat.errors)
+        current_errors = _current_errors(beat.current_errors)
         now = utcnow()
         sent_at = to_naive_utc(beat.sent_at)
         last_error = beat.last_error[:1000] if beat.last_error else None
@@ -319,6 +321,7 @@ class FleetService:
                     "last_error": last_error,
                     "last_error_at": to_naive_utc(beat.last_error_at),
                     "shadow_version": beat.shadow_version,
+                    "current_errors": current_errors,
                 }
             )
             self.repo.touch_agent(beat.store_id, now)
@@ -416,6 +419,16 @@ def _check_error_counts(errors: dict[str, int]) -> None:
     for kind, count in errors.items():
         if not (0 < len(kind) <= 40) or count < 0:
             raise InvalidInputError(f"heartbeat: errors: bad entry {kind[:40]!r}: {count}")
+
+
+def _current_errors(reasons: dict[str, str]) -> dict[str, str]:
+    """The standing errors of a heartbeat: known-size map, each reason cut to 1,000 characters."""
+    if len(reasons) > MAX_ERROR_KINDS:
+        raise InvalidInputError(f"heartbeat: current_errors: at most {MAX_ERROR_KINDS} kinds")
+    for kind in reasons:
+        if not 0 < len(kind) <= 40:
+            raise InvalidInputError(f"heartbeat: current_errors: bad kind {kind[:40]!r}")
+    return {kind: reason[:1000] for kind, reason in reasons.items()}
 
 
 def error_increases(before: dict[str, int], now: dict[str, int]) -> dict[str, tuple[int, int]]:

@@ -10,16 +10,10 @@ from typing import Any
 
 import msgspec
 
-from forecasting.errors import BundleError
+from forecasting.errors import BundleError, UnknownKeyError
 from server.errors import InvalidInputError
 
-
-def trusted_key_files(configured: Sequence[str], keys_dir: Path) -> list[Path]:
-    """Public keys the server trusts: ``[server] trusted_keys`` plus ``<state_dir>/keys/*.pub``."""
-    files = [Path(p) for p in configured]
-    if keys_dir.is_dir():
-        files.extend(sorted(keys_dir.glob("*.pub")))
-    return files
+TRUST_HINT = "shelfcast keys trust FILE.pub"
 
 
 def inspect_archive(
@@ -31,14 +25,16 @@ def inspect_archive(
 
     if not trusted:
         raise InvalidInputError(
-            "the server trusts no signing key, so it cannot accept a bundle: list public key files in "
-            "[server] trusted_keys or copy them into <state_dir>/keys/*.pub"
+            "the server trusts no signing key, so it cannot accept a bundle: trust the public half of the "
+            f"key that signed it with `{TRUST_HINT}`"
         )
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="verify-"))
     try:
         bundle_dir = unpack_archive(archive, scratch / "bundle", max_bytes=max_bytes)
         manifest = verify(bundle_dir, list(trusted))
         check_payloads_load(bundle_dir, manifest)
+    except UnknownKeyError as exc:
+        raise InvalidInputError(f"bundle refused: {exc}; trust it with `{TRUST_HINT}`") from None
     except BundleError as exc:
         raise InvalidInputError(f"bundle refused: {exc}") from None
     finally:

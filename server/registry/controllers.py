@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-from litestar import Controller, Request, Response, get, patch, post, put
+from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.datastructures import ETag
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
@@ -302,3 +302,38 @@ class DatasetController(Controller):
         self, registry: NamedDependency[RegistryService], dataset_id: FromPath[str]
     ) -> schemas.DatasetLineage:
         return registry.dataset_lineage(dataset_id)
+
+
+class KeyController(Controller):
+    """Signing keys trusted for uploads (``shelfcast keys trust|list|revoke|history``)."""
+
+    path = "/v1/keys"
+    tags = ["registry"]  # noqa: RUF012 - Litestar reads class attributes
+
+    @get("/", opt=READER, sync_to_thread=True)
+    def list_keys(self, registry: NamedDependency[RegistryService]) -> list[schemas.TrustedKey]:
+        return registry.keys.listed()
+
+    @post("/", opt=ADMIN, sync_to_thread=True)
+    def trust_key(
+        self,
+        request: Request[Any, Any, Any],
+        registry: NamedDependency[RegistryService],
+        data: JSONBody[schemas.KeyTrust],
+    ) -> schemas.TrustedKey:
+        return registry.keys.trust(data, principal_of(request))
+
+    @get("/history", opt=READER, sync_to_thread=True)
+    def key_history(
+        self, registry: NamedDependency[RegistryService], limit: Limit = None
+    ) -> list[schemas.KeyEvent]:
+        return registry.keys.history(min(limit or 100, 1000))
+
+    @delete("/{key_id:str}", opt=ADMIN, sync_to_thread=True, status_code=200)
+    def revoke_key(
+        self,
+        request: Request[Any, Any, Any],
+        registry: NamedDependency[RegistryService],
+        key_id: FromPath[str],
+    ) -> schemas.TrustedKey:
+        return registry.keys.revoke(key_id, principal_of(request))

@@ -241,3 +241,13 @@ class RegistryRepository:
             [after_at, after_at, after_id, model_name, model_name, dataset_id, dataset_id, limit],
         )
         return [_unjson(r, "params", "metrics", "selection", "artifacts", "packages", "record") for r in rows]
+
+    # --- trusted keys (the key files live in <state_dir>/keys; this is their audit) ---------------
+
+    def insert_key_event(self, action: str, key_id: str, actor: str, label: str) -> None:
+        self.db.execute(
+            "INSERT INTO key_events VALUES (?, ?, ?, ?, ?)", [utcnow(), action, key_id, actor, label]
+        )
+
+    def key_events(self, limit: int) -> list[dict[str, Any]]:
+        return self.db.fetch_all("SELECT * FROM key_events ORDER BY event_at DESC, key_id LIMIT ?", [limit])

@@ -151,3 +151,26 @@ class DatasetLineage(msgspec.Struct, kw_only=True):
     dataset: Dataset
     runs: list[Run]
     versions: list[ModelVersionInfo]
+
+
+class KeyTrust(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``POST /v1/keys``: a PEM ed25519 public key (the contents of ``FILE.pub``) to trust for uploads."""
+
+    public_key: str
+    label: str = ""
+
+
+class TrustedKey(msgspec.Struct, kw_only=True):
+    key_id: str
+    source: str  # "config" ([server] trusted_keys) | "state_dir" (<state_dir>/keys, where the API writes)
+    path: str
+    error: str = ""  # a file that is no ed25519 public key (listed so it can be fixed)
+    revoked: bool = False
+
+
+class KeyEvent(msgspec.Struct, kw_only=True):
+    at: datetime
+    action: str  # trust | revoke
+    key_id: str
+    actor: str
+    label: str = ""

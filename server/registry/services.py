@@ -17,7 +17,8 @@ from server.db import as_utc, to_naive_utc
 from server.errors import ConflictError, InvalidInputError, NotFoundError
 from server.pagination import next_cursor, page_request
 from server.registry import schemas
-from server.registry.bundles import inspect_archive, summarize_manifest, trusted_key_files
+from server.registry.bundles import inspect_archive, summarize_manifest
+from server.registry.keys import KeyRing
 from server.registry.repository import RegistryRepository
 
 log = get_logger("server.registry")
@@ -89,8 +90,7 @@ class RegistryService:
     ) -> None:
         self.repo = repo
         self.blobs = blobs
-        self.trusted_keys = list(trusted_keys)
-        self.keys_dir = keys_dir
+        self.keys = KeyRing(repo, trusted_keys, keys_dir)
         self.max_bundle_bytes = max_bundle_bytes
         self.page_default = page_default
         self.page_cap = page_cap
@@ -130,7 +130,7 @@ class RegistryService:
             manifest = inspect_archive(
                 archive,
                 self.blobs.tmp_dir,
-                trusted_key_files(self.trusted_keys, self.keys_dir),
+                self.keys.files(),
                 max_bytes=self.max_bundle_bytes,
             )
             if manifest.get("model_name") != name:

@@ -309,7 +309,7 @@ class RetrainingService:
             return path
         from forecasting.signing import load_or_create_private_key
 
-        path = self.registry.keys_dir / DEFAULT_KEY_NAME
+        path = self.registry.keys.keys_dir / DEFAULT_KEY_NAME
         load_or_create_private_key(path)  # its public half lands in <state_dir>/keys/*.pub: trusted
         return path
 

@@ -94,7 +94,7 @@ class RolloutPlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
 
     name: str = ""
     model_name: str = ""
-    version: int | None = None
+    version: Version | None = None
     seed: str = ""  # draws the waves (default: the rollout id, a new draw per rollout)
     stratify_by: list[str] = msgspec.field(default_factory=lambda: ["type", "region"])
     waves: list[WavePlan] = msgspec.field(default_factory=list)
@@ -119,44 +119,55 @@ STRATUM_FIELDS = ("type", "region", "size")
 
 
 def check_plan(plan: RolloutPlan) -> RolloutPlan:
-    """The plan's own rules beyond its types; raises ``InvalidInputError`` naming the field."""
-    if not plan.waves:
-        raise InvalidInputError("plan: waves: at least one wave is required")
+    """The plan's own rules beyond its types; ``InvalidInputError`` naming every field that breaks one."""
+    problems = plan_problems(plan)
+    if problems:
+        raise InvalidInputError("; ".join(problems))
+    return plan
+
+
+def plan_problems(plan: RolloutPlan) -> list[str]:
+    """Every rule of the plan it breaks, each naming the field (empty: a good plan)."""
+    problems = [] if plan.waves else ["plan: waves: at least one wave is required"]
     last = 0.0
     for i, wave in enumerate(plan.waves):
         where = f"plan: waves[{i}]"
         if wave.share is None and not wave.groups and not wave.stores:
-            raise InvalidInputError(f"{where}: give a share, groups or stores")
+            problems.append(f"{where}: give a share, groups or stores")
         if wave.share is not None:
             if not 0 < wave.share <= 1:
-                raise InvalidInputError(f"{where}.share: must be in (0, 1]")
+                problems.append(f"{where}.share: must be in (0, 1]")
             if wave.share < last:
-                raise InvalidInputError(f"{where}.share: shares are cumulative and must not decrease")
+                problems.append(f"{where}.share: shares are cumulative and must not decrease")
             last = wave.share
         if wave.bake_periods < 0 or wave.bake_min_seconds < 0 or wave.shadow_periods < 0:
-            raise InvalidInputError(f"{where}: bake and shadow periods must not be negative")
-    for name in plan.stratify_by:
-        if name not in STRATUM_FIELDS:
-            raise InvalidInputError(f"plan: stratify_by: unknown store attribute {name!r}")
-    return _check_gates(plan)
-
-
-def _check_gates(plan: RolloutPlan) -> RolloutPlan:
-    if plan.accuracy.max_wape_ratio <= 1:
-        raise InvalidInputError("plan: accuracy.max_wape_ratio: must be above 1 (a hard ceiling)")
-    if not 0 < plan.accuracy.max_false_rollback < 0.5:
-        raise InvalidInputError("plan: accuracy.max_false_rollback: must be in (0, 0.5)")
-    if plan.accuracy.max_step_periods < 1:
-        raise InvalidInputError("plan: accuracy.max_step_periods: must be at least 1")
-    if not 0 <= plan.accuracy.min_reporting_share <= 1:
-        raise InvalidInputError("plan: accuracy.min_reporting_share: must be in [0, 1]")
-    if not 0 < plan.accuracy.min_degradation < 1:
-        raise InvalidInputError("plan: accuracy.min_degradation: must be in (0, 1)")
+            problems.append(f"{where}: bake and shadow periods must not be negative")
+    problems += [
+        f"plan: stratify_by: unknown store attribute {name!r}"
+        for name in plan.stratify_by
+        if name not in STRATUM_FIELDS
+    ]
+    problems += _gate_problems(plan)
     if plan.health.max_errors_per_store < 0:
-        raise InvalidInputError("plan: health.max_errors_per_store: must not be negative")
+        problems.append("plan: health.max_errors_per_store: must not be negative")
     if not 0 <= plan.health.min_activated_share <= 1:
-        raise InvalidInputError("plan: health.min_activated_share: must be in [0, 1]")
-    return plan
+        problems.append("plan: health.min_activated_share: must be in [0, 1]")
+    return problems
+
+
+def _gate_problems(plan: RolloutPlan) -> list[str]:
+    accuracy, problems = plan.accuracy, []
+    if accuracy.max_wape_ratio <= 1:
+        problems.append("plan: accuracy.max_wape_ratio: must be above 1 (a hard ceiling)")
+    if not 0 < accuracy.max_false_rollback < 0.5:
+        problems.append("plan: accuracy.max_false_rollback: must be in (0, 0.5)")
+    if accuracy.max_step_periods < 1:
+        problems.append("plan: accuracy.max_step_periods: must be at least 1")
+    if not 0 <= accuracy.min_reporting_share <= 1:
+        problems.append("plan: accuracy.min_reporting_share: must be in [0, 1]")
+    if not 0 < accuracy.min_degradation < 1:
+        problems.append("plan: accuracy.min_degradation: must be in (0, 1)")
+    return problems
 
 
 def parse_plan(data: dict[str, Any]) -> RolloutPlan:

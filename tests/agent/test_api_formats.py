@@ -113,6 +113,65 @@ def test_cursor_pagination_walks_every_row_once(agent: AgentHandle) -> None:
     assert bad.status_code == 400
 
 
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_following_link_walks_every_page_with_every_filter(agent: AgentHandle, fmt: str) -> None:
+    """A client that only follows `Link: rel="next"` (resolved per RFC 3986) keeps item, horizon, format
+    and limit filters on every page and gets each matching row once; media types carry one charset."""
+    items = ["I00001", "I00004", "I00007", "I00010", "I00013"]
+    url: str | None = str(
+        agent.client.build_request(
+            "GET", "/v1/forecasts", params={"item_id": items, "horizon": 5, "limit": 4, "format": fmt}
+        ).url
+    )
+    seen: list[tuple[str, str]] = []
+    pages = 0
+    while url is not None:
+        response = agent.client.get(url)
+        assert response.status_code == 200, response.text
+        pages += 1
+        ctype = response.headers["content-type"]
+        assert ctype.count("charset") <= 1, ctype
+        assert ctype.split(";")[0] == ("application/json" if fmt == "json" else "text/csv")
+        frame = pl.DataFrame(response.json()["rows"]) if fmt == "json" else pl.read_csv(response.content)
+        seen += list(zip(frame["item_id"].to_list(), [str(d) for d in frame["ds"].to_list()], strict=True))
+        link = response.links.get("next")
+        url = str(response.url.join(link["url"])) if link else None
+    expected = _expected(5, items)
+    assert pages == -(-expected.height // 4)
+    assert sorted(seen) == sorted(zip(expected["item_id"], [str(d) for d in expected["ds"]], strict=True))
+    assert len(seen) == len(set(seen))
+
+
+def test_forecast_answers_say_where_history_ends_and_forecasts_start(agent: AgentHandle) -> None:
+    """Headers and JSON bodies carry forecast_start (the first day served) and history_end."""
+    listing = agent.client.get("/v1/forecasts", params={"item_id": "I00001"})
+    assert listing.headers["x-forecast-start"] == listing.json()["forecast_start"] == "2026-01-01"
+    assert "history_end" in listing.json() and listing.headers["x-history-end"]
+    item = agent.client.get("/v1/forecasts/I00001", headers={"Accept": "text/csv"})
+    assert item.headers["x-forecast-start"] == "2026-01-01"
+    assert item.headers["content-type"] == "text/csv; charset=utf-8"
+
+
+def test_every_served_media_type_is_in_the_openapi_document(agent: AgentHandle) -> None:
+    """Each format a forecast route answers in, and the problem body of its errors, is in /schema."""
+    document = agent.client.get("/schema/openapi.json").json()
+    bad = agent.client.get("/v1/forecasts", params={"horizon": 0})
+    assert bad.status_code == 400
+    for path, url in (
+        ("/v1/forecasts", "/v1/forecasts"),
+        ("/v1/forecasts/{item_id}", "/v1/forecasts/I00001"),
+    ):
+        responses = document["paths"][path]["get"]["responses"]
+        documented = set(responses["200"]["content"])
+        for fmt in ("json", "csv", "parquet", "arrow"):
+            served = agent.client.get(url, params={"format": fmt, "horizon": 2})
+            assert served.status_code == 200
+            assert served.headers["content-type"].split(";")[0] in documented, (path, fmt, documented)
+        assert bad.headers["content-type"] in responses["default"]["content"]
+        problem = responses["default"]["content"]["application/problem+json"]["schema"]
+        assert set(bad.json()) <= set(problem["properties"]) and set(problem["required"]) <= set(bad.json())
+
+
 def test_strong_etag_and_304(agent: AgentHandle) -> None:
     """The same query gets the same strong ETag and If-None-Match answers 304; another query differs."""
     first = agent.client.get("/v1/forecasts/I00002")

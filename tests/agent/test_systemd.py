@@ -118,3 +118,39 @@ def test_install_writes_private_config_and_a_unit_that_verifies(tmp_path: Path) 
     verify = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, check=False)
     assert verify.returncode == 0, verify.stderr
     assert not verify.stderr.strip(), verify.stderr
+
+
+def _install(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shelfcast", "agent", "install", "--server", "https://central.example:8470",
+         "--store-id", "S042", "--enrollment-token", "one-time-xyz", "--root", str(root), *extra],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def test_install_refuses_a_config_that_trusts_no_key(tmp_path: Path) -> None:
+    """Without --trusted-key nothing is written and the error names the option (exit 1)."""
+    root = tmp_path / "root"
+    result = _install(root)
+    assert result.returncode == 1
+    assert "--trusted-key" in result.stderr
+    assert not (root / "etc" / "shelfcast" / "agent.toml").exists()
+
+
+@pytest.mark.parametrize(
+    ("executable", "setting"),
+    [("/home/ops/venv/bin/shelfcast", "ProtectHome"), ("/tmp/venv/bin/shelfcast", "PrivateTmp")],
+)
+def test_install_warns_when_the_unit_hides_its_executable(
+    tmp_path: Path, executable: str, setting: str
+) -> None:
+    """An ExecStart under a path the unit's sandbox hides is installed with a warning naming the setting."""
+    key = tmp_path / "signing.key.pub"
+    key.write_text("public key\n")
+    result = _install(tmp_path / "root", "--trusted-key", str(key), "--executable", executable)
+    assert result.returncode == 0, result.stderr
+    assert f"{setting}=yes hides {executable}" in result.stderr
+    assert "/opt/shelfcast" in result.stderr
+    exe = "/opt/shelfcast/bin/shelfcast"
+    quiet = _install(tmp_path / "root", "--trusted-key", str(key), "--executable", exe, "--force")
+    assert quiet.returncode == 0 and "warning" not in quiet.stderr, quiet.stderr

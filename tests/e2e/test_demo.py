@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import free_port
+
 
 def _demo_args(state_dir: Path, *extra: str) -> list[str]:
     return [
@@ -57,11 +59,14 @@ def test_demo_rolls_out_promotes_rolls_back_and_stops_everything(tmp_path: Path)
             httpx.get(f"{url}/livez", timeout=2)
 
 
-def test_demo_ctrl_c_stops_every_process(tmp_path: Path) -> None:
-    """Ctrl-C during `--keep-running` stops the server and the agents and exits 130."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_demo_ctrl_c_or_sigterm_stops_every_process(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C or SIGTERM during `--keep-running` stops the server and the agents and exits 130; the
+    server listens on --port, and progress lines came on stderr while it worked."""
     state_dir = tmp_path / "demo"
+    port = free_port()
     proc = subprocess.Popen(
-        _demo_args(state_dir, "--keep-running", "--items", "40", "--replay-weeks", "2"),
+        _demo_args(state_dir, "--keep-running", "--items", "40", "--replay-weeks", "2", "--port", str(port)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -80,11 +85,15 @@ def test_demo_ctrl_c_stops_every_process(tmp_path: Path) -> None:
                 break
         assert lines and lines[-1].startswith("running;"), "".join(lines)
         urls = [word for line in lines for word in line.split() if word.startswith("http://127.0.0.1:")]
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         assert proc.wait(timeout=60) == 130
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert proc.stderr is not None
+    progress = [line for line in proc.stderr.read().splitlines() if line.startswith("demo: ")]
+    assert any("training" in line for line in progress) and any("rollout of v" in line for line in progress)
+    assert f"http://127.0.0.1:{port}" in {u.split("/v1")[0].rstrip("'") for u in urls}
     assert urls
     for url in {u.split("/v1")[0].rstrip("'") for u in urls}:
         with pytest.raises(httpx.ConnectError):

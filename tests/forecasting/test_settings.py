@@ -75,7 +75,37 @@ def test_config_check_cli(tmp_path: Path) -> None:
     assert "store_idd" in fail.output and "$.agent" in fail.output
 
 
-@pytest.mark.parametrize("name", ["server.toml", "agent.toml", "train.toml"])
+def test_config_check_reports_every_error_with_ranges(tmp_path: Path) -> None:
+    """Every bad key of a file is reported (ranges included); a key fine beside another is not."""
+    bad = tmp_path / "agent.toml"
+    bad.write_text(
+        '[agent]\npoll_interval_seconds = -5\nserver_url = "http://10.0.0.1:8470"\ninsecure = true\n'
+        'keep_versions = "two"\nbogus = 1\n[api]\nport = 70000\n[scoring]\ndaily_at = "25:00"\n'
+    )
+    result = CliRunner().invoke(cli, ["config", "check", str(bad)])
+    assert result.exit_code == 1
+    for path in ("$.agent.poll_interval_seconds", "$.agent.keep_versions", "bogus", "$.api.port", "25:00"):
+        assert path in result.stderr, path
+    assert "server_url" not in result.stderr
+    assert "5 error(s)" in result.stderr
+
+
+def test_config_check_checks_rollout_plans(tmp_path: Path) -> None:
+    """`--kind rollout` validates a plan's types and every one of its rules."""
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        'stratify_by = ["colour"]\n[[waves]]\nname = "a"\nshare = 0.5\n[[waves]]\nname = "b"\nshare = 0.2\n'
+    )
+    result = CliRunner().invoke(cli, ["config", "check", str(plan), "--kind", "rollout"])
+    assert result.exit_code == 1
+    assert "waves[1].share" in result.stderr and "colour" in result.stderr
+    typed = tmp_path / "typed.toml"
+    typed.write_text('[[waves]]\nname = "a"\nshare = "half"\n')
+    result = CliRunner().invoke(cli, ["config", "check", str(typed)])
+    assert result.exit_code == 1 and "$.waves[0].share" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["server.toml", "agent.toml", "train.toml", "rollout.toml"])
 def test_shipped_example_configs_are_valid(name: str) -> None:
     """Every example in configs/ passes `config check`."""
     path = Path(__file__).resolve().parents[2] / "configs" / name

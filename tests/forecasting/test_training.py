@@ -62,7 +62,7 @@ def test_train_without_config_writes_verified_bundle_and_run_record(
 
 
 def test_same_inputs_give_byte_identical_forecasts(workspace: tuple[Path, Path, Path]) -> None:
-    """Two runs on the same data and config produce byte-identical forecast files and the same run id."""
+    """Two runs on the same data and config: byte-identical forecasts, one content hash, two run ids."""
     data, key, _ = workspace
     _train(data, key, data.parent / "r1")
     _train(data, key, data.parent / "r2")
@@ -71,7 +71,8 @@ def test_same_inputs_give_byte_identical_forecasts(workspace: tuple[Path, Path, 
     assert first == second
     a = json.loads((data.parent / "r1.run" / "run.json").read_text())
     b = json.loads((data.parent / "r2.run" / "run.json").read_text())
-    assert a["run_id"] == b["run_id"]
+    assert a["run_id"] != b["run_id"], "each training is a run of its own"
+    assert a["content_hash"] == b["content_hash"] and len(a["content_hash"]) == 64
     assert a["metrics"] == b["metrics"]
 
 
