@@ -347,4 +347,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX agent_errors_store ON agent_errors (store_id, received_at);
         """,
     ),
+    Migration(
+        7,
+        "alert details: the numbers a learnt-baseline rule judged by",
+        """
+        ALTER TABLE alerts ADD COLUMN details VARCHAR DEFAULT '{}';
+        """,
+    ),
 )
