@@ -21,7 +21,9 @@ from shelfcast.simulate import SimulationOptions, simulation
 from tests.server.test_dashboard import sign_in
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
-RULE = next(r for r in default_rules() if r.baseline is not None)
+RULE = next(r for r in default_rules() if r.name == "accuracy-degradation")
+assert RULE.baseline is not None
+PERSISTENCE = RULE.baseline.persistence
 
 
 def _last_report(root: Path) -> AccuracyReport:
@@ -68,7 +70,7 @@ def test_healthy_replay_is_quiet_and_a_tripled_error_fires_with_its_numbers(
             fired_at = []
             with sim.admin() as client:
                 client.headers["Authorization"] = f"Bearer {agent.credential()}"
-                for week in range(1, RULE.window + RULE.baseline.persistence + 1):  # type: ignore[union-attr]
+                for week in range(1, RULE.window + PERSISTENCE + 1):
                     answer = client.post(
                         "/v1/accuracy",
                         content=msgspec.json.encode(_worse(last, week, 3.0)),
@@ -82,11 +84,11 @@ def test_healthy_replay_is_quiet_and_a_tripled_error_fires_with_its_numbers(
                 for a in admin.get("/v1/alerts", params={"store": "W01", "status": "firing"}).json()
                 if a["rule"] == RULE.name
             ]
-        assert fired_at and fired_at[0] >= RULE.baseline.persistence + 1, fired_at  # type: ignore[union-attr]
+        assert fired_at and fired_at[0] >= PERSISTENCE + 1, fired_at
         assert {a["category"] for a in alerts} <= {r.category for r in last.rows}
         alert = alerts[0]
         details = alert["details"]
-        assert details["periods_beyond"] >= details["persistence"] == RULE.baseline.persistence  # type: ignore[union-attr]
+        assert details["periods_beyond"] >= details["persistence"] == PERSISTENCE
         assert details["ratio"] > details["upper_ratio"] > details["baseline_ratio"]
         assert details["history_windows"] > 0 and details["version"] == report.champion_end
         assert alert["threshold"] == pytest.approx(details["upper_ratio"])

@@ -460,3 +460,7 @@ def test_learnt_accuracy_alert_fires_after_persistence_explains_itself_and_resol
         assert details["history_windows"] == 12 and details["persistence"] == 2 and details["version"] == 3
         fired = admin.get(f"/v1/alerts/{alert['alert_id']}").json()["alert"]
         assert fired["threshold"] < 3.0 < fired["threshold"] * 3  # fired on 3x, above the learnt upper bound
+    env = {"SHELFCAST_SERVER_URL": server.url, "SHELFCAST_TOKEN": ADMIN_TOKEN}
+    shown = CliRunner().invoke(cli, ["alerts", "show", alert["alert_id"]], env=env, catch_exceptions=False)
+    assert shown.exit_code == 0, shown.output
+    assert "baseline_ratio" in shown.output and "periods_beyond" in shown.output
