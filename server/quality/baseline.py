@@ -6,8 +6,10 @@ of those over the ``window`` periods ending at ``t``: a single bad week (a holid
 move it, most of the window has to be worse.
 
 The baseline of the value at ``t`` comes from the earlier window values that do not overlap ``t``'s
-window (at most ``history_periods`` of them): their median (centre) and 1.4826 x MAD (spread), robust to
-a few bad weeks. While that history is short both are shrunk toward the prior: centre 0 (live WAPE as in
+window and were not beyond their own baseline (at most ``history_periods`` of them): their median
+(centre) and 1.4826 x MAD (spread), robust to a few bad weeks. A degradation therefore never becomes
+its own baseline: the alert stays open until the accuracy comes back (or a new version, with its own
+backtest, serves). While that history is short both are shrunk toward the prior: centre 0 (live WAPE as in
 the backtest) and spread ``prior_spread``, the prior weighing as much as ``prior_periods`` windows. The
 tolerance is ``tolerance_mads`` spreads (at least ``min_tolerance``), so a volatile store x category gets a
 wide band and a steady one a narrow one.
@@ -15,8 +17,7 @@ wide band and a steady one a narrow one.
 The value is *beyond* at ``t`` when it exceeds ``centre + tolerance``. The rule fires when it is beyond at
 each of the last ``persistence`` periods, and (once firing) resolves when the newest value is back under
 ``centre + clear_fraction x tolerance`` (hysteresis: between the two an open alert stays open and none
-fires). A lasting change is learnt as the new baseline once it fills most of the history. Everything here
-is pure: per-period sums in, verdict and its numbers out.
+fires). Everything here is pure: per-period sums in, verdict and its numbers out.
 """
 
 from __future__ import annotations
@@ -118,14 +119,17 @@ def points(periods: Sequence[PeriodSums], window: int, settings: LearntBaseline)
         part = single[end - window + 1 : end + 1]
         if all(v is not None for v in part):
             values.append((end, statistics.median(v for v in part if v is not None)))
-    out = []
+    out: list[Point] = []
+    within: list[tuple[int, float]] = []  # the values that were not beyond their own baseline
     for end, value in values:
-        past = [v for e, v in values if e <= end - window][-settings.history_periods :]
+        past = [v for e, v in within if e <= end - window][-settings.history_periods :]
         centre, tolerance = learn(past, settings)
         point = Point(
             period=periods[end].period, value=value, centre=centre, tolerance=tolerance, history=len(past)
         )
         out.append(point)
+        if not point.beyond:
+            within.append((end, value))
     return out
 
 

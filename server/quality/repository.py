@@ -202,13 +202,20 @@ class QualityRepository:
         )
 
     def touch_alert(
-        self, alert_id: str, value: float | None, samples: int, details: str | None, now: datetime
+        self,
+        alert_id: str,
+        value: float | None,
+        samples: int,
+        learnt: tuple[float, str] | None,
+        now: datetime,
     ) -> None:
-        """Refresh an open alert with the newest evaluation (``details``: JSON, None keeps the stored)."""
+        """Refresh an open alert with the newest evaluation (``learnt``: a learnt rule's threshold and
+        details JSON; None keeps the stored ones)."""
+        threshold, details = learnt if learnt is not None else (None, None)
         self.db.execute(
             "UPDATE alerts SET value = ?, samples = ?, evaluations = evaluations + 1, updated_at = ?, "
-            "details = coalesce(?, details) WHERE alert_id = ?",
-            [value, samples, now, details, alert_id],
+            "threshold = coalesce(?, threshold), details = coalesce(?, details) WHERE alert_id = ?",
+            [value, samples, now, threshold, details, alert_id],
         )
 
     def resolve_alert(self, alert_id: str, value: float | None, details: str | None, now: datetime) -> None:

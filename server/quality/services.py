@@ -325,7 +325,9 @@ class QualityService:
             self.repo.insert_alert(row)
             return row, "fired"
         if verdict.state in ("firing", "holding") and current is not None:
-            self.repo.touch_alert(current["alert_id"], verdict.value, verdict.samples, _details(verdict), now)
+            details = _details(verdict)
+            learnt = (verdict.threshold, details) if details is not None and verdict.threshold else None
+            self.repo.touch_alert(current["alert_id"], verdict.value, verdict.samples, learnt, now)
         elif verdict.state == "ok" and current is not None:
             details = _details(verdict)
             self.repo.resolve_alert(current["alert_id"], verdict.value, details, now)

@@ -136,3 +136,13 @@ tolerance_mads = 4.0
     config = load_server_config([path])
     (rule,) = config.alerts.rules
     assert rule.baseline == LearntBaseline(persistence=2, tolerance_mads=4.0)
+
+
+def test_a_lasting_degradation_stays_open_until_accuracy_returns() -> None:
+    """A year at 3x the error never becomes the baseline: one alert, open all year, resolved on recovery."""
+    calm = noisy(30, 21, sd=0.1)
+    events = lifecycle(
+        weeks(calm + [3.0 * r for r in noisy(52, 22, sd=0.1)] + noisy(10, 23, sd=0.1)), WINDOW, SETTINGS
+    )
+    assert [kind for _, kind in events] == ["fired", "resolved"]
+    assert events[0][0] < 30 + WINDOW + SETTINGS.persistence and events[1][0] >= 30 + 52
