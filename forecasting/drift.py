@@ -35,10 +35,8 @@ import numpy as np
 import polars as pl
 
 from forecasting.contracts import CategoryDrift, DriftTest
+from forecasting.drift_verdict import DRIFT, INSUFFICIENT, OK, tests_agree
 
-OK = "ok"
-DRIFT = "drift"
-INSUFFICIENT = "insufficient"
 WINDOW_DAYS = 7
 SEASON_WINDOWS = 52  # 52 weeks = 364 days: the same weekday a year earlier
 QUANTILES = tuple(i / 20 for i in range(21))
@@ -460,8 +458,7 @@ def _category_drift(
     level_test, score = _level_test(levels, i, config)
     tests.append(level_test)
     material = i is not None and bool(levels.share[i] >= config.min_share)
-    by_name = {t.name: t.verdict for t in tests}
-    drifted = material and by_name["level"] == DRIFT and by_name["wasserstein"] != OK
+    drifted = material and tests_agree(tests)
     return CategoryDrift(category=category, comparison=comparison, drifted=drifted, score=score, tests=tests)
 
 

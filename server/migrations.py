@@ -374,4 +374,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        10,
+        "alert details: the numbers a learnt-baseline rule judged by",
+        """
+        ALTER TABLE alerts ADD COLUMN details VARCHAR DEFAULT '{}';
+        """,
+    ),
 )

@@ -151,8 +151,9 @@ class DashboardRepository:
 
     # --- drift ------------------------------------------------------------------------------------
 
-    def latest_drift(self, store_id: str, model_name: str | None) -> list[dict[str, Any]]:
-        """The categories of the store's newest served drift report (drifted first)."""
+    def latest_drift(self, store_id: str, model_name: str | None, reports: int = 1) -> list[dict[str, Any]]:
+        """The categories of the store's newest ``reports`` served drift reports (newest report first, then
+        drifted first)."""
         clauses, params = ["store_id = ?", "role = 'served'"], [store_id]
         if model_name:
             clauses.append("model_name = ?")
@@ -160,9 +161,10 @@ class DashboardRepository:
         where = " AND ".join(clauses)
         return self.db.fetch_all(
             f"SELECT category, comparison, drifted, score, period_start, period_end, tests FROM drift_rows "  # noqa: S608
-            f"WHERE {where} AND period_end = (SELECT max(period_end) FROM drift_rows WHERE {where}) "
-            "ORDER BY drifted DESC, score DESC NULLS LAST, category",
-            [*params, *params],
+            f"WHERE {where} AND period_end IN (SELECT DISTINCT period_end FROM drift_rows WHERE {where} "
+            "ORDER BY period_end DESC LIMIT ?) "
+            "ORDER BY period_end DESC, drifted DESC, score DESC NULLS LAST, category",
+            [*params, *params, reports],
         )
 
     def actual_values(self, root: Path, store_id: str, category: str, first: date, last: date) -> list[float]:

@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from forecasting.contracts import DriftTest
+from forecasting.drift_verdict import DECISIVE_TESTS, verdict_reason
 from server.dashboard import svg
 from server.dashboard.repository import DashboardRepository, FleetFilter
 from server.db import utcnow
@@ -227,15 +229,27 @@ class DashboardService:
     def alert(self, alert_id: str, category: str | None) -> dict[str, Any]:
         detail = self.quality.get_alert(alert_id)
         alert = detail.alert
-        drift_rows = self.repo.latest_drift(alert.store_id, alert.model_name) if alert.store_id else []
-        chosen = category or alert.category or (drift_rows[0]["category"] if drift_rows else None)
+        rule = self.quality.rule(alert.rule)
+        named = [c for c in (alert.category or "").split(",") if c]
+        reports = rule.window if rule is not None and rule.kind == "drift" else 1
+        rows = (
+            [_drift_view(r) for r in self.repo.latest_drift(alert.store_id, alert.model_name, reports)]
+            if alert.store_id
+            else []
+        )
+        newest = rows[0]["period_end"] if rows else None
+        drift_rows = [r for r in rows if r["period_end"] == newest]
+        first = named[0] if named else (drift_rows[0]["category"] if drift_rows else None)
+        chosen = category or first
         context: dict[str, Any] = {
             "detail": detail,
-            "drift_rows": [_drift_view(r) for r in drift_rows],
+            "rule": rule,
+            "drift_rows": drift_rows,
+            "judged_rows": [r for r in rows if r["category"] in named] if reports > 1 else [],
             "category": chosen,
             "distribution": None,
             "distribution_note": "",
-            "history": self._alert_history(alert),
+            "history": self._alert_history(alert, named),
         }
         row = next((r for r in drift_rows if r["category"] == chosen), None)
         if alert.store_id and chosen and row is not None:
@@ -278,10 +292,21 @@ class DashboardService:
         note = f"{len(recent)} recent and {len(reference)} reference observations (item x day)"
         return chart, note
 
-    def _alert_history(self, alert: Any) -> Any:
-        """The alert's metric over the scope's recent report periods, against its threshold."""
-        key = {k: v for k, v in (("model_name", alert.model_name), ("store_id", alert.store_id),
-                                 ("category", alert.category)) if v}  # fmt: skip
+    def _alert_history(self, alert: Any, named: list[str]) -> Any:
+        """The alert's metric over the scope's recent report periods, against its (learnt) threshold."""
+        learnt = self.quality.explain(alert)
+        if learnt:
+            x = [p.period for p in learnt]
+            series = [
+                svg.Series(name="live / backtest WAPE", values=[math.exp(p.value) for p in learnt]),
+                svg.Series(name="learnt baseline", values=[math.exp(p.centre) for p in learnt]),
+                svg.Series(name="upper bound", values=[math.exp(p.centre + p.tolerance) for p in learnt]),
+            ]
+            return svg.line_chart(x, series, label=f"{alert.metric} against its learnt baseline, by period")
+        key = alert.scope or {
+            k: v for k, v in (("model_name", alert.model_name), ("store_id", alert.store_id),
+                              ("category", alert.category)) if v
+        }  # fmt: skip
         if not key:
             return svg.line_chart([], [], label="metric over time")
         from server.quality.alerts import ACCURACY_METRICS
@@ -296,7 +321,9 @@ class DashboardService:
             series = [svg.Series(name=alert.metric, values=values)]
             return svg.line_chart(x, series, label=f"{alert.metric} by week", thresholds=threshold)
         periods = self.quality.repo.drift_periods(key, alert.metric, 26)
-        categories = sorted({c for p in periods for c in p})[:MAX_CHART_CATEGORIES]
+        present = {c for p in periods for c in p}
+        categories = [c for c in named if c in present] + sorted(present - set(named))
+        categories = categories[:MAX_CHART_CATEGORIES]
         x = [str(i - len(periods) + 1) for i in range(len(periods))]
         series = [svg.Series(name=c or alert.metric, values=[p.get(c) for p in periods]) for c in categories]
         return svg.line_chart(
@@ -312,8 +339,12 @@ def _metric_of(group: Any, metric: str) -> float | None:
 
 
 def _drift_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A drift row with its tests, the deciding ones marked, and why its verdict follows from them."""
     tests = msgspec.json.decode(row["tests"]) if isinstance(row["tests"], str) else row["tests"]
-    return {**row, "tests": tests}
+    typed = msgspec.convert(tests, list[DriftTest])
+    marked = [{**t, "decisive": t.get("name") in DECISIVE_TESTS} for t in tests]
+    marked.sort(key=lambda t: not t["decisive"])
+    return {**row, "tests": marked, "reason": verdict_reason(bool(row["drifted"]), typed)}
 
 
 def _run_view(run: Any) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from typing import Literal
 
 import msgspec
 
+from server.quality.baseline import LearntBaseline, PeriodSums, judge_baseline
+
 Scope = Literal["store", "store_category", "category", "model"]
 Op = Literal["above", "below"]
 
@@ -42,23 +44,32 @@ class AlertRule(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     metrics, forecast rows for accuracy metrics). A firing alert resolves once the value is back on the
     good side of ``clear_threshold`` (default: ``threshold``), so that a value hovering near the
     threshold does not fire, resolve and fire again.
+
+    ``baseline`` (``[alerts.rules.baseline]``, metric ``wape_ratio`` only) replaces the fixed threshold by
+    one learnt per scope key from the version's backtest and the key's own history, with persistence and
+    hysteresis (:mod:`server.quality.baseline`); ``threshold`` is then not used.
     """
 
     name: str
     metric: str
     scope: Scope = "store_category"
-    threshold: float
+    threshold: float | None = None
     op: Op = "above"
     window: int = 1
     min_samples: int = 1
     severity: Literal["info", "warning", "critical"] = "warning"
     clear_threshold: float | None = None
+    baseline: LearntBaseline | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r} (one of {', '.join(sorted(METRICS))})")
         if self.window < 1 or self.min_samples < 0:
             raise ValueError("window must be >= 1 and min_samples >= 0")
+        if self.baseline is not None and (self.metric != "wape_ratio" or self.op != "above"):
+            raise ValueError("a learnt baseline applies to metric 'wape_ratio' with op 'above' only")
+        if self.baseline is None and self.threshold is None:
+            raise ValueError(f"rule {self.name!r} needs a threshold (or a [baseline] for wape_ratio)")
 
     @property
     def kind(self) -> Literal["drift", "accuracy"]:
@@ -90,8 +101,8 @@ def default_rules() -> list[AlertRule]:
             clear_threshold=0.0, window=2, min_samples=2, severity="warning",
         ),
         AlertRule(
-            name="accuracy-degradation", metric="wape_ratio", scope="store_category", threshold=1.5,
-            window=4, min_samples=50, severity="warning",
+            name="accuracy-degradation", metric="wape_ratio", scope="store_category", window=5,
+            min_samples=1, severity="warning", baseline=LearntBaseline(),
         ),
     ]  # fmt: skip
 
@@ -116,19 +127,35 @@ class Verdict(msgspec.Struct, frozen=True, kw_only=True):
     state: Literal["firing", "ok", "holding", "unknown"]
     value: float | None
     samples: int
+    threshold: float | None = None  # the threshold held against (a learnt baseline's upper bound)
+    details: dict[str, object] | None = None  # a learnt baseline's numbers (baseline, tolerance, periods)
 
 
 def judge(rule: AlertRule, value: float | None, samples: int) -> Verdict:
     """Compare a pooled value with the rule (``unknown`` below ``min_samples`` or without a value)."""
+    threshold = rule.threshold
+    if threshold is None:
+        raise ValueError(f"rule {rule.name!r} learns its threshold: judge it with judge_baseline")
     if value is None or samples < max(rule.min_samples, 1):
-        return Verdict(state="unknown", value=value, samples=samples)
-    clear_at = rule.threshold if rule.clear_threshold is None else rule.clear_threshold
+        return Verdict(state="unknown", value=value, samples=samples, threshold=threshold)
+    clear_at = threshold if rule.clear_threshold is None else rule.clear_threshold
     if rule.op == "above":
-        breach, clear = value > rule.threshold, value <= clear_at
+        breach, clear = value > threshold, value <= clear_at
     else:
-        breach, clear = value < rule.threshold, value >= clear_at
+        breach, clear = value < threshold, value >= clear_at
     state: Literal["firing", "ok", "holding"] = "firing" if breach else ("ok" if clear else "holding")
-    return Verdict(state=state, value=value, samples=samples)
+    return Verdict(state=state, value=value, samples=samples, threshold=threshold)
+
+
+def judge_learnt(rule: AlertRule, periods: Sequence[PeriodSums]) -> Verdict:
+    """Judge a learnt-baseline rule on the scope key's report periods, oldest first (see baseline.py)."""
+    if rule.baseline is None:
+        raise ValueError(f"rule {rule.name!r} has a fixed threshold: judge it with judge")
+    found = judge_baseline(periods, rule.window, rule.baseline)
+    if found.state != "unknown" and found.samples < rule.min_samples:
+        return Verdict(state="unknown", value=found.value, samples=found.samples)
+    return Verdict(state=found.state, value=found.value, samples=found.samples, threshold=found.threshold,
+                   details=found.details or None)  # fmt: skip
 
 
 def judge_periods(

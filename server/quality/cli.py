@@ -179,13 +179,17 @@ def alerts_list(
 def alerts_show(
     server_url: str | None, token: str | None, client_config: Path | None, output: str, alert_id: str
 ) -> None:
-    """One alert with its webhook delivery log."""
+    """One alert (with the numbers a learnt-baseline rule judged it by) and its webhook delivery log."""
     with connect(server_url, token, client_config) as remote:
         detail = remote.get(f"/v1/alerts/{alert_id}")
     if output == "json":
         emit(detail, output)
         return
-    emit([detail["alert"]], output)
+    emit([detail["alert"]], output, ALERT_COLUMNS)
+    numbers = {k: v for k, v in (detail["alert"].get("details") or {}).items() if k != "recent"}
+    if numbers:
+        click.echo("")
+        emit([{"number": k, "value": v} for k, v in numbers.items()], output, ["number", "value"])
     if detail["deliveries"]:
         click.echo("")
         emit(

@@ -172,6 +172,23 @@ class QualityRepository:
             [*key.values(), window, *key.values()],
         )
 
+    def accuracy_periods(self, key: dict[str, str], limit: int) -> list[dict[str, Any]]:
+        """Pooled sums per report period of the scope key's served rows (the last ``limit``), oldest first.
+
+        ``bt_wape`` is the rows' backtest WAPE weighted by their row counts (each row carries its own
+        version's); ``version`` the newest version served in the period.
+        """
+        where = " AND ".join(f"{k} = ?" for k in key)
+        rows = self.db.fetch_all(
+            "SELECT period_end, max(version) AS version, sum(n) AS n, sum(abs_err_sum) AS abs_err_sum, "  # noqa: S608
+            "sum(abs_y_sum) AS abs_y_sum, sum(backtest_wape * n) FILTER (WHERE backtest_wape IS NOT NULL) "
+            "/ nullif(sum(n) FILTER (WHERE backtest_wape IS NOT NULL), 0) AS bt_wape "
+            f"FROM accuracy_rows WHERE role = 'served' AND {where} "
+            "GROUP BY period_end ORDER BY period_end DESC LIMIT ?",
+            [*key.values(), limit],
+        )
+        return rows[::-1]
+
     # --- alerts -----------------------------------------------------------------------------------
 
     def open_alert(self, fp: str) -> dict[str, Any] | None:
@@ -184,18 +201,28 @@ class QualityRepository:
             list(row.values()),
         )
 
-    def touch_alert(self, alert_id: str, value: float | None, samples: int, now: datetime) -> None:
+    def touch_alert(
+        self,
+        alert_id: str,
+        value: float | None,
+        samples: int,
+        learnt: tuple[float, str] | None,
+        now: datetime,
+    ) -> None:
+        """Refresh an open alert with the newest evaluation (``learnt``: a learnt rule's threshold and
+        details JSON; None keeps the stored ones)."""
+        threshold, details = learnt if learnt is not None else (None, None)
         self.db.execute(
-            "UPDATE alerts SET value = ?, samples = ?, evaluations = evaluations + 1, updated_at = ? "
-            "WHERE alert_id = ?",
-            [value, samples, now, alert_id],
+            "UPDATE alerts SET value = ?, samples = ?, evaluations = evaluations + 1, updated_at = ?, "
+            "threshold = coalesce(?, threshold), details = coalesce(?, details) WHERE alert_id = ?",
+            [value, samples, now, threshold, details, alert_id],
         )
 
-    def resolve_alert(self, alert_id: str, value: float | None, now: datetime) -> None:
+    def resolve_alert(self, alert_id: str, value: float | None, details: str | None, now: datetime) -> None:
         self.db.execute(
-            "UPDATE alerts SET status = 'resolved', value = ?, resolved_at = ?, updated_at = ? "
-            "WHERE alert_id = ?",
-            [value, now, now, alert_id],
+            "UPDATE alerts SET status = 'resolved', value = ?, resolved_at = ?, updated_at = ?, "
+            "details = coalesce(?, details) WHERE alert_id = ?",
+            [value, now, now, details, alert_id],
         )
 
     def ack_alert(self, alert_id: str, who: str, now: datetime) -> None:

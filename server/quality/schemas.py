@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Any
 
 import msgspec
 
@@ -61,6 +62,9 @@ class DriftGroup(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class Alert(msgspec.Struct, kw_only=True):
+    """An alert; ``details`` holds a learnt-baseline rule's numbers at its newest evaluation: live and
+    backtest WAPE, the ratio, its learnt baseline and upper bound, history, periods beyond, persistence."""
+
     alert_id: str
     rule: str
     metric: str
@@ -78,6 +82,8 @@ class Alert(msgspec.Struct, kw_only=True):
     resolved_at: datetime | None = None
     acked_at: datetime | None = None
     acked_by: str | None = None
+    scope: dict[str, str] = msgspec.field(default_factory=dict)  # the scope key the rule judged
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class Delivery(msgspec.Struct, kw_only=True):

@@ -27,8 +27,10 @@ from server.quality.alerts import (
     Verdict,
     fingerprint,
     judge,
+    judge_learnt,
     judge_periods,
 )
+from server.quality.baseline import PeriodSums, Point, points
 from server.quality.repository import ACCURACY_GROUPS, DRIFT_GROUPS, PERIODS, Filters, QualityRepository
 from server.quality.webhooks import WebhookSender
 
@@ -90,7 +92,22 @@ def _alert(row: dict[str, Any]) -> schemas.Alert:
     fields = {f: row[f] for f in schemas.Alert.__struct_fields__ if f in row}
     for name in ("fired_at", "updated_at", "resolved_at", "acked_at"):
         fields[name] = as_utc(fields.get(name))
+    for name, column in (("details", "details"), ("scope", "scope_key")):
+        text = row.get(column)
+        fields[name] = msgspec.json.decode(text) if isinstance(text, str) and text else {}
     return schemas.Alert(**fields)
+
+
+def _period_sums(row: dict[str, Any]) -> PeriodSums:
+    return PeriodSums(
+        period=str(row["period_end"]), n=int(row["n"] or 0), abs_err_sum=float(row["abs_err_sum"] or 0.0),
+        abs_y_sum=float(row["abs_y_sum"] or 0.0),
+        backtest_wape=None if row["bt_wape"] is None else float(row["bt_wape"]), version=row["version"],
+    )  # fmt: skip
+
+
+def _details(verdict: Verdict) -> str | None:
+    return None if verdict.details is None else msgspec.json.encode(verdict.details).decode()
 
 
 class QualityService:
@@ -262,6 +279,10 @@ class QualityService:
         return [{**{c: values[c] for c in columns if c != "category"}, "category": cat} for cat in categories]
 
     def _judge(self, rule: AlertRule, key: dict[str, str]) -> tuple[Verdict, list[str]]:
+        if rule.baseline is not None:
+            depth = rule.baseline.history_periods + 2 * rule.window + rule.baseline.persistence
+            periods = [_period_sums(r) for r in self.repo.accuracy_periods(key, depth)]
+            return judge_learnt(rule, periods), []
         if rule.kind == "accuracy":
             row = self.repo.accuracy_window(key, rule.window)
             if row is None or row["n"] is None:
@@ -269,6 +290,21 @@ class QualityService:
             value, samples = accuracy_metric(row, rule.metric)
             return judge(rule, value, samples), []
         return judge_periods(rule, self.repo.drift_periods(key, rule.metric, rule.window))
+
+    def rule(self, name: str) -> AlertRule | None:
+        """The configured rule of that name (None when the config no longer has it)."""
+        return next((r for r in self.config.rules if r.name == name), None)
+
+    def explain(self, alert: schemas.Alert, periods: int = 52) -> list[Point]:
+        """A learnt-baseline alert's value and baseline at each of its scope's last ``periods`` periods
+        (empty for other rules, or when the rule is no longer configured)."""
+        rule = self.rule(alert.rule)
+        if rule is None or rule.baseline is None:
+            return []
+        depth = periods + rule.baseline.history_periods + 2 * rule.window
+        rows = self.repo.accuracy_periods(alert.scope, depth) if alert.scope else []
+        found = [_period_sums(r) for r in rows]
+        return points(found, rule.window, rule.baseline)[-periods:]
 
     def _apply(
         self, rule: AlertRule, key: dict[str, str], verdict: Verdict, worst: list[str]
@@ -283,17 +319,20 @@ class QualityService:
                 "severity": rule.severity, "scope_key": msgspec.json.encode(key).decode(),
                 "model_name": key.get("model_name"), "store_id": key.get("store_id"),
                 "category": key.get("category") or ",".join(worst) or None, "status": "firing",
-                "value": verdict.value, "threshold": rule.threshold, "samples": verdict.samples,
-                "evaluations": 1, "fired_at": now, "updated_at": now,
+                "value": verdict.value, "threshold": verdict.threshold, "samples": verdict.samples,
+                "evaluations": 1, "fired_at": now, "updated_at": now, "details": _details(verdict) or "{}",
             }  # fmt: skip
             self.repo.insert_alert(row)
             return row, "fired"
         if verdict.state in ("firing", "holding") and current is not None:
-            self.repo.touch_alert(current["alert_id"], verdict.value, verdict.samples, now)
+            details = _details(verdict)
+            learnt = (verdict.threshold, details) if details is not None and verdict.threshold else None
+            self.repo.touch_alert(current["alert_id"], verdict.value, verdict.samples, learnt, now)
         elif verdict.state == "ok" and current is not None:
-            self.repo.resolve_alert(current["alert_id"], verdict.value, now)
+            details = _details(verdict)
+            self.repo.resolve_alert(current["alert_id"], verdict.value, details, now)
             return {**current, "status": "resolved", "value": verdict.value, "resolved_at": now,
-                    "updated_at": now}, "resolved"  # fmt: skip
+                    "updated_at": now, "details": details or current.get("details")}, "resolved"  # fmt: skip
         return None
 
     def _notify(self, row: dict[str, Any], outcome: str) -> None:

@@ -31,7 +31,7 @@ def _demo_args(state_dir: Path, *extra: str) -> list[str]:
 
 
 def test_demo_rolls_out_promotes_rolls_back_and_stops_everything(tmp_path: Path) -> None:
-    """`shelfcast demo -o json`: a good candidate promoted through 3 waves, x1.3 rolled back, all stopped."""
+    """`shelfcast demo -o json`: good promoted (3 waves), x1.3 rolled back, no accuracy alert, all stopped."""
     state_dir = tmp_path / "demo"
     result = subprocess.run(
         _demo_args(state_dir, "-o", "json"), capture_output=True, text=True, timeout=600, check=False
@@ -57,6 +57,23 @@ def test_demo_rolls_out_promotes_rolls_back_and_stops_everything(tmp_path: Path)
     for url in [summary["server_url"], *(store["url"] for store in with_api)]:
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/livez", timeout=2)
+    assert _firing_accuracy_alerts(state_dir) == []
+
+
+def _firing_accuracy_alerts(state_dir: Path) -> list[tuple[str, str, str]]:
+    """The accuracy alerts still firing in the demo server's database (read once the server has stopped)."""
+    import duckdb
+
+    from server.db import DB_FILE_NAME
+    from server.quality.alerts import ACCURACY_METRICS
+
+    with duckdb.connect(str(state_dir / "server" / DB_FILE_NAME), read_only=True) as db:
+        rows = db.execute(
+            "SELECT rule, store_id, category FROM alerts "
+            "WHERE status = 'firing' AND list_contains(?, metric)",
+            [sorted(ACCURACY_METRICS)],
+        ).fetchall()
+    return [(str(r), str(s), str(c)) for r, s, c in rows]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

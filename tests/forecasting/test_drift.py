@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from forecasting.contracts import DriftTest
 from forecasting.drift import (
     DriftConfig,
     drift_report,
@@ -23,6 +24,7 @@ from forecasting.drift import (
     wasserstein,
     wasserstein_normalised,
 )
+from forecasting.drift_verdict import tests_agree, verdict_reason
 from server.quality.alerts import default_rules, judge_periods, replay
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
@@ -217,3 +219,36 @@ def test_drift_config_defaults_match_the_documented_thresholds() -> None:
     """Defaults: PSI 0.2, normalised Wasserstein 0.1, KS p < 0.05."""
     config = DriftConfig()
     assert (config.psi_threshold, config.wasserstein_threshold, config.ks_pvalue) == (0.2, 0.1, 0.05)
+
+
+@given(
+    st.fixed_dictionaries(
+        {name: st.sampled_from(["ok", "drift", "insufficient"]) for name in ("level", "wasserstein", "psi")}
+    ),
+    st.booleans(),
+)
+def test_the_verdict_reason_follows_the_deciding_tests_only(verdicts: dict[str, str], material: bool) -> None:
+    """Drifted = material, level drift and wasserstein not ok; psi changes neither verdict nor reason."""
+    tests = [DriftTest(name=n, statistic=1.0, threshold=0.5, verdict=v) for n, v in verdicts.items()]
+    drifted = material and tests_agree(tests)
+    assert drifted == (material and verdicts["level"] == "drift" and verdicts["wasserstein"] != "ok")
+    reason = verdict_reason(drifted, tests)
+    assert ("both beyond" in reason) == drifted
+    assert ("too small a share" in reason) == (not material and tests_agree(tests))
+    flipped = [DriftTest(name="psi", statistic=0.0, threshold=0.5, verdict="ok")]
+    flipped += [t for t in tests if t.name != "psi"]
+    assert verdict_reason(drifted, flipped) == reason
+
+
+def test_real_drift_verdicts_agree_with_their_tests(shared_data: Path) -> None:
+    """Every category of real Walmart weekly drift reports: its verdict is the one its deciding tests give."""
+    data = _walmart(shared_data).filter(pl.col("store_id") == "1")
+    weeks = sorted(data["ds"].unique().to_list())[-6:]
+    reasons = []
+    for week in weeks:
+        for c in drift_report(data, as_of=week).categories:
+            if c.drifted:
+                assert tests_agree(c.tests), c
+            reasons.append(verdict_reason(c.drifted, c.tests))
+    assert not [r for r in reasons if "lacks" in r or "although" in r]
+    assert len(reasons) >= 6 * 60

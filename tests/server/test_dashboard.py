@@ -148,6 +148,17 @@ def _psi(drifted: bool) -> DriftTest:
     )
 
 
+def _deciding(drifted: bool) -> list[DriftTest]:
+    """The level and wasserstein tests as the agent reports them (both flag a drifted category)."""
+    level, distance = (0.9, 0.3) if drifted else (0.1, 0.3)
+    return [
+        DriftTest(name="level", statistic=level, threshold=0.4, verdict="drift" if drifted else "ok",
+                  n_current=1, n_reference=26),
+        DriftTest(name="wasserstein", statistic=distance, threshold=0.1, verdict="drift", n_current=70,
+                  n_reference=70),
+    ]  # fmt: skip
+
+
 def _drift(store_id: str, start: date) -> DriftReport:
     categories = [
         CategoryDrift(
@@ -155,7 +166,7 @@ def _drift(store_id: str, start: date) -> DriftReport:
             comparison="seasonal",
             drifted=c == "dairy",
             score=0.9 if c == "dairy" else 0.1,
-            tests=[_psi(c == "dairy")],
+            tests=[_psi(c == "dairy"), *_deciding(c == "dairy")],
         )
         for c in CATEGORIES
     ]
@@ -525,6 +536,10 @@ def test_pages_show_the_data(filled: Filled) -> None:
     assert "Decision log" in rollout and "start" in rollout and "max WAPE ratio" in rollout
     alert = client.get(filled.url("/dashboard/alerts/{alert_id}")).text
     assert "same weeks a year earlier" in alert or "the 8 weeks before" in alert
+    judged = alert.split("Reports the rule judged (2 newest): dairy", 1)[1].split("Newest drift report", 1)[0]
+    assert judged.count("both beyond their thresholds") == 2  # the two reports the store alert fired on
+    newest = alert.split("Newest drift report", 1)[1]
+    assert "level beyond" not in newest and newest.count("level within its threshold") == 2  # dairy's peers
     accuracy = client.get("/dashboard/accuracy?model=demand").text
     assert "v1 champion (served)" in accuracy
     dairy = client.get("/dashboard/accuracy?model=demand&category=dairy").text

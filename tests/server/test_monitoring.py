@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from forecasting.accuracy import evaluate
 from forecasting.contracts import (
     AccuracyReport,
+    AccuracyRow,
     ActualRow,
     ActualsBatch,
     CategoryDrift,
@@ -33,6 +34,7 @@ from forecasting.contracts import (
     DriftTest,
 )
 from server.quality.alerts import default_rules, replay
+from server.quality.baseline import LearntBaseline, PeriodSums, lifecycle
 from shelfcast.cli import cli
 from shelfcast.procs import ServiceProcess
 from tests.conftest import free_port
@@ -101,7 +103,7 @@ class Monitored:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Monitored]:
-    """A server process with two alert rules and the loopback webhook in its TOML config."""
+    """A server process with three alert rules and the loopback webhook in its TOML config."""
     base = tmp_path_factory.mktemp("monitoring")
     config = base / "server.toml"
     config.write_text(
@@ -124,6 +126,14 @@ threshold = 1.5
 window = 1
 min_samples = 5
 severity = "critical"
+
+[[alerts.rules]]
+name = "accuracy-learnt"
+metric = "wape_ratio"
+scope = "store_category"
+window = 2
+[alerts.rules.baseline]
+persistence = 2
 
 [[alerts.webhooks]]
 url = "{receiver.url}"
@@ -407,3 +417,51 @@ def test_alert_lifecycle_alternates_and_fires_only_on_persistent_drift(
             assert any(all(p.get(c) == 1.0 for p in last_two) for c in "ABC")
         else:
             assert not any(v for p in last_two for v in p.values())
+
+
+def test_learnt_accuracy_alert_fires_after_persistence_explains_itself_and_resolves(
+    server: Monitored,
+) -> None:
+    """Ten steady weeks, three at 3x the error, then steady again: the server fires and resolves exactly where
+    the pure rule does, after the persistence, and the alert carries its baseline, tolerance and periods."""
+    store = unique("learnt")
+    ratios = [1.0, 1.1, 0.9, 1.05, 0.95, 1.0, 1.1, 0.9, 1.0, 1.05, 3.0, 3.0, 3.0, 1.0, 1.0, 1.0]
+    first = date(2024, 1, 5)
+    answers = []
+    with _agent(server, store) as agent:
+        for i, ratio in enumerate(ratios):
+            week = first + timedelta(weeks=i)
+            row = AccuracyRow(category="A", horizon_bucket="1", n=20, abs_err_sum=200.0 * ratio,
+                              abs_y_sum=1000.0, err_sum=0.0, backtest_wape=0.2)  # fmt: skip
+            report = AccuracyReport(report_id=f"learnt-{store}-{i}", store_id=store, model_name="demand",
+                                    version=3, period_start=week - timedelta(days=6), period_end=week,
+                                    created_at=datetime.now(UTC), rows=[row])  # fmt: skip
+            answers.append(_post(agent, "/v1/accuracy", report))
+    events = [(i, "fired") for i, a in enumerate(answers) if a["alerts_fired"]]
+    events += [(i, "resolved") for i, a in enumerate(answers) if a["alerts_resolved"]]
+    periods = [
+        PeriodSums(period=str(first + timedelta(weeks=i)), n=20, abs_err_sum=200.0 * r, abs_y_sum=1000.0,
+                   backtest_wape=0.2, version=3)
+        for i, r in enumerate(ratios)
+    ]  # fmt: skip
+    learnt = lifecycle(periods, 2, LearntBaseline(persistence=2))
+    assert learnt == [(12, "fired"), (14, "resolved")]  # beyond at 11 and 12 (both weeks of the window 3x)
+    fixed = [(10, "fired"), (13, "resolved")]  # model-drift: a fixed 1.5 on the newest week alone
+    assert sorted(events) == sorted(learnt + fixed)
+    with server.admin() as admin:
+        alerts = admin.get("/v1/alerts", params={"store": store}).json()
+        (alert,) = [a for a in alerts if a["rule"] == "accuracy-learnt"]
+        assert (alert["status"], alert["category"]) == ("resolved", "A")
+        assert alert["scope"] == {"model_name": "demand", "store_id": store, "category": "A"}
+        details = alert["details"]
+        assert details["period"] == str(first + timedelta(weeks=14))  # refreshed until it resolved
+        assert details["ratio"] <= details["clear_ratio"] < details["upper_ratio"]
+        assert details["baseline_ratio"] == pytest.approx(1.0, abs=0.1)
+        assert details["history_windows"] == 10  # 12 earlier windows, less the two beyond (11, 12)
+        assert (details["persistence"], details["version"]) == (2, 3)
+        shown = admin.get(f"/v1/alerts/{alert['alert_id']}").json()["alert"]
+        assert shown["threshold"] == pytest.approx(details["upper_ratio"])  # as at the newest evaluation
+    env = {"SHELFCAST_SERVER_URL": server.url, "SHELFCAST_TOKEN": ADMIN_TOKEN}
+    shown = CliRunner().invoke(cli, ["alerts", "show", alert["alert_id"]], env=env, catch_exceptions=False)
+    assert shown.exit_code == 0, shown.output
+    assert "baseline_ratio" in shown.output and "periods_beyond" in shown.output
