@@ -21,6 +21,11 @@ Figures (suite ``gates``), each the share of replays:
 ``SHELFCAST_GATES_SEEDS`` sets the number of replays (default 20; the tiny size runs one on 12 stores).
 The power curve (rollback rate, at any wave, against the forecast factor; ``rollback_rate_any_x<f>``) is
 drawn to ``benchmarks/gates_power.png``.
+
+``false_alert_rate`` (target <= 0.01): accuracy-degradation alerts fired (firing now or since resolved) per
+store x department x week with a served report, on a healthy 26-week replay of the 45 stores with no
+rollout (every such alert is a false one); ``false_alerts`` and ``store_category_weeks`` are the counts
+behind it (tiny: 3 stores, 8 weeks). ``./run bench gates -- -k false_alert`` runs it alone.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from shelfcast.simulate import Candidate, SimulationOptions, run_simulation
+from shelfcast.simulate import Candidate, SimulationOptions, run_simulation, simulation
 
 pytestmark = pytest.mark.timeout(6 * 3600)
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,10 +86,7 @@ def _replay(seed: int, size: str, work: Path) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def replays(bench_size: str) -> list[dict[str, dict[str, Any]]]:
-    if not (DATA / "walmart" / "train.csv.gz").is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"real data missing at {DATA / 'walmart'} (required when CI is set)")
-        pytest.skip(f"real data not found at {DATA / 'walmart'}")
+    _walmart()
     seeds = 1 if bench_size == "tiny" else int(os.environ.get("SHELFCAST_GATES_SEEDS", "20"))
     with tempfile.TemporaryDirectory(prefix="gates-") as tmp:
         return [_replay(seed, bench_size, Path(tmp)) for seed in range(1, seeds + 1)]
@@ -147,3 +149,41 @@ def _plot(curve: dict[float, float], replays: int) -> None:
     fig.tight_layout()
     fig.savefig(POWER_PNG)
     plt.close(fig)
+
+
+# -- alerts that mean something: the default accuracy-degradation rule on a healthy replay, no rollout --
+
+RULE = "accuracy-degradation"
+SIZES = {"full": (None, 26), "tiny": (3, 8)}  # stores (None: all 45), weeks replayed
+
+
+def _walmart() -> Path:
+    folder = DATA / "walmart"
+    if not (folder / "train.csv.gz").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"real data missing at {folder} (required when CI is set)")
+        pytest.skip(f"real data not found at {folder}")
+    return folder
+
+
+def test_false_alert_rate(benchmark: Any, figures: Any, bench_size: str, tmp_path: Path) -> None:
+    """Accuracy-degradation alerts per store x department x week of a healthy 26-week Walmart replay."""
+    figures.timing(None)
+    stores, weeks = SIZES[bench_size]
+    options = SimulationOptions(
+        state_dir=tmp_path / "replay", source="walmart", data_path=_walmart(), stores=stores, periods=weeks
+    )
+    with simulation(options) as sim:
+        report = benchmark.pedantic(sim.run, rounds=1, iterations=1)
+        with sim.admin() as client:
+            alerts = client.get("/v1/alerts", params={"limit": 1000}).json()
+            groups = client.get(
+                "/v1/accuracy",
+                params={"group_by": ["store_id", "category", "period"], "role": "served", "period": "week"},
+            ).json()
+    assert len(alerts) < 1000, "more alerts than one page lists"
+    assert report.periods_replayed == weeks
+    fired = sum(a["rule"] == RULE for a in alerts)
+    figures.value("false_alerts", fired, "alerts")
+    figures.value("store_category_weeks", len(groups), "weeks")
+    figures.value("false_alert_rate", fired / len(groups), "alerts/week", target="value <= 0.01")

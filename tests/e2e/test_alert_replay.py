@@ -1,6 +1,6 @@
 """A healthy Walmart replay raises no accuracy alert; the same stores' real errors made 3x worse do.
 
-A slice of the fleet replay (4 stores, 6 departments, 12 weeks; ``benchmarks/bench_gates_alerts.py``
+A slice of the fleet replay (4 stores, 6 departments, 12 weeks; ``benchmarks/bench_gates.py``
 runs the whole fleet): real agents report their live accuracy to a real server with the default rules.
 Then one store keeps reporting its own last real week with every error tripled, as a model gone bad
 would: the default rule learns that store's baseline from the replayed weeks and fires after its

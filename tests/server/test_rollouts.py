@@ -183,7 +183,12 @@ def drive(fleet: Fleet, rollout_id: str, weeks: int, wait_seconds: float = 15, *
         if body["rollout"]["status"] not in ("running", "paused", "awaiting_approval", "promoting"):
             break
         fleet.play_week(**week)
-        body = settle(fleet.server, rollout_id, len(body["decisions"]), wait_seconds)
+        # the engine may decide while the week's reports arrive store by store: wait for a decision
+        # taken on the whole week
+        played = status(fleet.server, rollout_id)
+        if played["rollout"]["status"] not in ("running", "paused", "awaiting_approval", "promoting"):
+            return played
+        body = settle(fleet.server, rollout_id, len(played["decisions"]), wait_seconds)
     return body
 
 
