@@ -259,7 +259,7 @@ def test_activation_failure_fails_the_health_gate(
     """A wave store still on the champion after the activation timeout halts the rollout (health)."""
     fleet = make_fleet(rollout_server, tmp_path, signing_key, per_stratum=2)
     plan = base_plan()
-    plan["health"] = {"activation_timeout_seconds": 5}
+    plan["health"] = {"activation_timeout_seconds": 15}  # every other store heartbeats first, also under load
     rollout_id = start(fleet, plan)
     failing = sorted(wave_stores(status(rollout_server, rollout_id), 0))[:1]
     # the failing store (last) rejected the candidate and still runs the champion
@@ -267,7 +267,7 @@ def test_activation_failure_fails_the_health_gate(
         assigned = int(fleet.assignment(store_id)["version"])
         with fleet.agent(store_id) as agent:
             fleet.heartbeat(agent, store_id, fleet.champion if store_id in failing else assigned)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 40
     while (body := status(rollout_server, rollout_id))["rollout"]["status"] == "running":
         assert time.monotonic() < deadline
         time.sleep(0.2)
