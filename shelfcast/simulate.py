@@ -659,8 +659,15 @@ class Simulation:
 
     def _agent_config(self, store_id: str, root: Path, enrollment: str, keys: list[str]) -> dict[str, Any]:
         o = self.options
-        # Inline scoring: no scoring child per agent (45 agents share one process, one GIL).
-        scoring = {"horizon": o.horizon, "threads": 1, "keep_runs": o.keep_runs, "isolation": "inline"}
+        # Inline scoring: no scoring child per agent (45 agents share one process, one GIL). The replay
+        # scores every store once a period's sales are in, so no re-scoring after sales on top.
+        scoring = {
+            "horizon": o.horizon,
+            "threads": 1,
+            "keep_runs": o.keep_runs,
+            "isolation": "inline",
+            "rescore_after_sales_seconds": 0.0,
+        }
         return {
             "agent": {
                 "store_id": store_id,

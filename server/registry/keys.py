@@ -26,6 +26,7 @@ from server.registry.repository import RegistryRepository
 log = get_logger("server.registry.keys")
 
 MAX_PEM_BYTES = 4096
+MAX_LABEL_CHARS = 200
 
 
 class KeyRing:
@@ -54,6 +55,8 @@ class KeyRing:
     def trust(self, body: schemas.KeyTrust, who: Principal) -> schemas.TrustedKey:
         """Trust a PEM ed25519 public key from now on (idempotent for a key trusted already)."""
         pem = body.public_key.encode()
+        if len(body.label) > MAX_LABEL_CHARS:
+            raise InvalidInputError(f"label: at most {MAX_LABEL_CHARS} characters")
         if len(pem) > MAX_PEM_BYTES or b"PRIVATE KEY" in pem:
             raise InvalidInputError("public_key: send the PEM public key (FILE.pub), never the private key")
         self.keys_dir.mkdir(parents=True, exist_ok=True)
