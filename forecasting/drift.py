@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from forecasting.contracts import CategoryDrift, DriftTest
-from forecasting.drift_verdict import DRIFT, INSUFFICIENT, OK, tests_agree
+from forecasting.drift_verdict import DRIFT, INSUFFICIENT, OK, drift_by_tests
 
 WINDOW_DAYS = 7
 SEASON_WINDOWS = 52  # 52 weeks = 364 days: the same weekday a year earlier
@@ -458,7 +458,7 @@ def _category_drift(
     level_test, score = _level_test(levels, i, config)
     tests.append(level_test)
     material = i is not None and bool(levels.share[i] >= config.min_share)
-    drifted = material and tests_agree(tests)
+    drifted = material and drift_by_tests(tests)
     return CategoryDrift(category=category, comparison=comparison, drifted=drifted, score=score, tests=tests)
 
 

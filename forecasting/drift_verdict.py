@@ -1,6 +1,6 @@
 """The ``drifted`` verdict of a category from its tests, and why, in words (no numerics: the server uses it).
 
-The agent (:mod:`forecasting.drift`) decides with :func:`tests_agree`; the dashboard explains a stored
+The agent (:mod:`forecasting.drift`) decides with :func:`drift_by_tests`; the dashboard explains a stored
 verdict with :func:`verdict_reason`, so the page and the verdict cannot disagree.
 """
 
@@ -16,7 +16,7 @@ INSUFFICIENT = "insufficient"
 DECISIVE_TESTS = ("level", "wasserstein")
 
 
-def tests_agree(tests: Sequence[DriftTest]) -> bool:
+def drift_by_tests(tests: Sequence[DriftTest]) -> bool:
     """The tests' half of the ``drifted`` verdict: ``level`` flags drift and ``wasserstein`` does not clear
     it (``drift``, or ``insufficient``). The other tests are reported but do not decide."""
     by_name = {t.name: t.verdict for t in tests}
@@ -31,10 +31,10 @@ def verdict_reason(drifted: bool, tests: Sequence[DriftTest]) -> str:
     elif drifted:
         reason = (
             "level and wasserstein both beyond their thresholds"
-            if tests_agree(tests)
+            if drift_by_tests(tests)
             else "reported drifted although level and wasserstein do not both flag it (another agent's rule?)"
         )
-    elif tests_agree(tests):
+    elif drift_by_tests(tests):
         reason = "level and wasserstein beyond, but the category is too small a share of the store's sales"
     elif by_name["level"] == DRIFT:
         reason = "level beyond its threshold, but wasserstein within: both must agree"

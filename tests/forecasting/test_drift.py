@@ -24,7 +24,7 @@ from forecasting.drift import (
     wasserstein,
     wasserstein_normalised,
 )
-from forecasting.drift_verdict import tests_agree, verdict_reason
+from forecasting.drift_verdict import drift_by_tests, verdict_reason
 from server.quality.alerts import default_rules, judge_periods, replay
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
@@ -230,11 +230,11 @@ def test_drift_config_defaults_match_the_documented_thresholds() -> None:
 def test_the_verdict_reason_follows_the_deciding_tests_only(verdicts: dict[str, str], material: bool) -> None:
     """Drifted = material, level drift and wasserstein not ok; psi changes neither verdict nor reason."""
     tests = [DriftTest(name=n, statistic=1.0, threshold=0.5, verdict=v) for n, v in verdicts.items()]
-    drifted = material and tests_agree(tests)
+    drifted = material and drift_by_tests(tests)
     assert drifted == (material and verdicts["level"] == "drift" and verdicts["wasserstein"] != "ok")
     reason = verdict_reason(drifted, tests)
     assert ("both beyond" in reason) == drifted
-    assert ("too small a share" in reason) == (not material and tests_agree(tests))
+    assert ("too small a share" in reason) == (not material and drift_by_tests(tests))
     flipped = [DriftTest(name="psi", statistic=0.0, threshold=0.5, verdict="ok")]
     flipped += [t for t in tests if t.name != "psi"]
     assert verdict_reason(drifted, flipped) == reason
@@ -248,7 +248,7 @@ def test_real_drift_verdicts_agree_with_their_tests(shared_data: Path) -> None:
     for week in weeks:
         for c in drift_report(data, as_of=week).categories:
             if c.drifted:
-                assert tests_agree(c.tests), c
+                assert drift_by_tests(c.tests), c
             reasons.append(verdict_reason(c.drifted, c.tests))
     assert not [r for r in reasons if "lacks" in r or "although" in r]
     assert len(reasons) >= 6 * 60
