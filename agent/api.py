@@ -368,7 +368,9 @@ def _token_guard(read_token: str, operator_token: str) -> Any:
 
 def _problem_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     if isinstance(exc, HTTPException):
-        return problem(exc.status_code, exc.detail or "Error", str(getattr(exc, "extra", "") or ""))
+        response = problem(exc.status_code, exc.detail or "Error", str(getattr(exc, "extra", "") or ""))
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
     log.error("request_failed", path=request.url.path, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
     return problem(500, "Internal error", type(exc).__name__)
 

@@ -200,7 +200,9 @@ def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Respons
         413: "Payload too large",
         422: InvalidInputError.title,
     }.get(status, "HTTP error")
-    return problem(status, title, detail)
+    response = problem(status, title, detail)
+    response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+    return response
 
 
 def unexpected_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

@@ -19,6 +19,7 @@ from tests.agent.support import AgentHandle, free_port, prepare_served_state
 from tests.fuzzing import fuzz_schema
 
 API_TOKEN = "store-lan-fuzz-token"
+OPERATOR_TOKEN = "store-operator-fuzz-token"
 MAX_EXAMPLES = 25
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 
@@ -27,7 +28,12 @@ PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentHandle]:
     """An agent serving a prepared scoring run (20 items x 14 days); its server is unreachable."""
     root = tmp_path_factory.mktemp("agent-fuzz")
-    handle = AgentHandle(root, f"http://127.0.0.1:{free_port()}", root / "none.pub", api={"token": API_TOKEN})
+    handle = AgentHandle(
+        root,
+        f"http://127.0.0.1:{free_port()}",
+        root / "none.pub",
+        api={"token": API_TOKEN, "operator_token": OPERATOR_TOKEN},
+    )
     prepare_served_state(handle.state_dir, 20, 14)
     handle.client.headers["Authorization"] = f"Bearer {API_TOKEN}"
     handle.start()
@@ -53,19 +59,31 @@ def _checks(operation: Any) -> list[Any]:
     return checks
 
 
-def test_inventory_api_fuzzed(agent: AgentHandle, record_property: Any) -> None:
-    """Every inventory API operation, fed generated valid and invalid input, answers no 5xx, on schema."""
+@pytest.mark.parametrize(
+    ("who", "token", "max_examples"),
+    [("operator", OPERATOR_TOKEN, MAX_EXAMPLES), ("reader", API_TOKEN, 5), ("anonymous", "", 2)],
+)
+def test_inventory_api_fuzzed(
+    agent: AgentHandle, record_property: Any, who: str, token: str, max_examples: int
+) -> None:
+    """Every inventory API operation, fed generated valid and invalid input (as the operator also every
+    body at its boundaries), answers no 5xx, on schema, with the operator token, the read token or none."""
     import schemathesis
 
     schema = schemathesis.openapi.from_url(f"{agent.url}/schema/openapi.json", timeout=30)
     report = fuzz_schema(
         schema,
         agent.url,
-        headers={"Authorization": f"Bearer {API_TOKEN}"},
-        checks_for=_checks,
-        max_examples=MAX_EXAMPLES,
+        headers={"Authorization": f"Bearer {token}"} if token else {},
+        checks_for=_checks if token else _anonymous_checks,
+        max_examples=max_examples,
+        coverage=who == "operator",
     )
-    record_property("fuzz_agent", report.summary())
+    record_property(f"fuzz_agent_{who}", report.summary())
     assert report.operations >= 6, report.summary()
     assert not report.failures, "\n\n".join(f"{op}:\n{msg}" for op, msg in report.failures.items())
     assert agent.client.get("/v1/status").json()["served_version"] == 1
+
+
+def _anonymous_checks(operation: Any) -> list[Any]:
+    return [check for check in _checks(operation) if check.__name__ != "ignored_auth"]

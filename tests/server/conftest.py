@@ -151,14 +151,15 @@ def make_bundle(
         lineage=Lineage(run_id=run_id, dataset_fingerprint=dataset_fingerprint),
     )
     bundle_dir = out / f"{model_name}-v{version}-{secrets.token_hex(3)}"
-    data = raw_payload if raw_payload is not None else _parquet(payload or secrets.token_bytes(2048))
+    data = raw_payload if raw_payload is not None else parquet_payload(payload or secrets.token_bytes(2048))
     write_bundle(bundle_dir, manifest, {"series.parquet": data}, key)
     archive = bundle_dir.with_suffix(".tar")
     pack_archive(bundle_dir, archive)
     return archive
 
 
-def _parquet(blob: bytes) -> bytes:
+def parquet_payload(blob: bytes) -> bytes:
+    """``blob`` as a one-cell, uncompressed Parquet table (about as large as ``blob``)."""
     import io
 
     import polars as pl

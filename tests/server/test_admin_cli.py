@@ -11,7 +11,7 @@ import msgspec
 from click.testing import CliRunner
 
 from shelfcast.cli import cli
-from tests.server.conftest import RunningServer, unique
+from tests.server.conftest import RunningServer, parquet_payload, unique
 
 
 def _run(server: RunningServer, *args: str, token: str | None = None) -> Any:
@@ -34,7 +34,7 @@ def _bundle_dir_with_run(tmp_path: Path, key: Path, model: str, version: int, ru
         created_at=datetime(2024, 6, 1, tzinfo=UTC),
         lineage=Lineage(run_id=run_id, dataset_fingerprint=fingerprint),
     )
-    write_bundle(out, manifest, {"series.parquet": b"x" * (100 + version)}, key)
+    write_bundle(out, manifest, {"series.parquet": parquet_payload(b"x" * (100 + version))}, key)
     run_dir = tmp_path / f"{out.name}.run"
     run_dir.mkdir()
     record = {

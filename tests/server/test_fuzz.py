@@ -16,14 +16,16 @@ by ``not_a_server_error``).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fuzzing import fuzz_schema
-from tests.server.conftest import RunningServer, launch
+from tests.server.conftest import RunningServer, enroll, launch
 
 MAX_EXAMPLES = 3
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/metrics", "/v1/enroll"})
@@ -65,15 +67,79 @@ def _checks(operation: Any) -> list[Any]:
     return checks
 
 
+def plausible(case: Any, store: str = "S-fuzz") -> None:
+    """Identifiers a generated body leaves empty or random made plausible (a known store and model,
+    fresh report ids and idempotency keys, a real state, the current time), so that its numbers reach the
+    service and the database instead of being refused for a name first. Only strings are replaced: a
+    wrongly typed field stays so."""
+    if case.headers and isinstance(case.headers.get("Idempotency-Key"), str):
+        case.headers["Idempotency-Key"] = secrets.token_hex(8)  # a repeated key is answered "duplicate"
+    if not isinstance(case.body, dict):
+        return
+    values = {
+        "store_id": store,
+        "model_name": "demand",
+        "state": "serving",
+        "report_id": f"r-{secrets.token_hex(6)}",
+        "batch_id": f"b-{secrets.token_hex(6)}",
+        "dataset_id": f"d-{secrets.token_hex(6)}",
+    }
+    now = datetime.now(UTC).isoformat()  # a heartbeat older than the stored one changes nothing
+    for key, value in {**values, "sent_at": now, "created_at": now}.items():
+        if isinstance(case.body.get(key), str):
+            case.body[key] = value
+
+
+def _failures(report: Any) -> str:
+    return "\n\n".join(f"{op}:\n{msg}" for op, msg in report.failures.items())
+
+
 def test_server_api_as_admin(fuzz_server: RunningServer, server_schema: Any, record_property: Any) -> None:
-    """Every operation, called as admin with generated valid and invalid input, answers no 5xx, on schema."""
+    """Every operation, called as admin with generated valid and invalid input and every field at and past
+    its bounds, answers no 5xx, on schema."""
     headers = {"Authorization": f"Bearer {fuzz_server.admin_token}"}
     report = fuzz_schema(
-        server_schema, fuzz_server.url, headers=headers, checks_for=_checks, max_examples=MAX_EXAMPLES
+        server_schema,
+        fuzz_server.url,
+        headers=headers,
+        checks_for=_checks,
+        max_examples=MAX_EXAMPLES,
+        coverage=True,
+        prepare=plausible,
     )
     record_property("fuzz_admin", report.summary())
     assert report.operations > 40, report.summary()
-    assert not report.failures, "\n\n".join(f"{op}:\n{msg}" for op, msg in report.failures.items())
+    assert report.coverage_requests > 500, report.summary()
+    assert not report.failures, _failures(report)
+
+
+def test_server_api_as_a_store(fuzz_server: RunningServer, server_schema: Any, record_property: Any) -> None:
+    """Every operation called with a store's credential, its own store id put in every body and path
+    (so reports and heartbeats reach the database), fields at and past their bounds: no 5xx, on schema."""
+    store = f"S-fuzz-{secrets.token_hex(3)}"
+    with fuzz_server.admin() as admin:
+        enrollment = admin.post("/v1/stores", json={"store_id": store, "model_name": "demand"})
+        assert enrollment.status_code == 201, enrollment.text
+    token = enroll(fuzz_server.url, store, enrollment.json()["enrollment_token"])
+
+    def as_own_store(case: Any) -> None:
+        plausible(case, store)
+        # its own store in every path, except where that would end the credential (rotate, revoke)
+        ends_credential = case.operation.path.endswith(("/rotate", "/revoke"))
+        if case.path_parameters and "store_id" in case.path_parameters and not ends_credential:
+            case.path_parameters["store_id"] = store
+
+    report = fuzz_schema(
+        server_schema,
+        fuzz_server.url,
+        headers={"Authorization": f"Bearer {token}"},
+        checks_for=_checks,
+        max_examples=1,
+        coverage=True,
+        prepare=as_own_store,
+    )
+    record_property("fuzz_store", report.summary())
+    assert not report.failures, _failures(report)
 
 
 def test_server_api_as_reader(fuzz_server: RunningServer, server_schema: Any, record_property: Any) -> None:
@@ -90,4 +156,31 @@ def test_server_api_as_reader(fuzz_server: RunningServer, server_schema: Any, re
         max_examples=MAX_EXAMPLES // 2,
     )
     record_property("fuzz_reader", report.summary())
-    assert not report.failures, "\n\n".join(f"{op}:\n{msg}" for op, msg in report.failures.items())
+    assert not report.failures, _failures(report)
+
+
+def test_server_api_without_a_credential(
+    fuzz_server: RunningServer, server_schema: Any, record_property: Any
+) -> None:
+    """Every operation called with no credential: refused or served, never a 5xx, and /metrics counts no
+    5xx for the whole fuzzing run."""
+    import httpx
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import response_headers_conformance, response_schema_conformance
+
+    report = fuzz_schema(
+        server_schema,
+        fuzz_server.url,
+        headers={},
+        checks_for=lambda _op: [
+            not_a_server_error,
+            response_schema_conformance,
+            response_headers_conformance,
+        ],
+        max_examples=MAX_EXAMPLES // 2,
+    )
+    record_property("fuzz_anonymous", report.summary())
+    assert not report.failures, _failures(report)
+    metrics = httpx.get(f"{fuzz_server.url}/metrics", timeout=30).text
+    assert 'status="401"' in metrics
+    assert not [line for line in metrics.splitlines() if 'status="5' in line], "a 5xx was counted"
