@@ -303,7 +303,10 @@ def test_install_checks_transport_and_copies_the_ca(tmp_path: Path) -> None:
     """`agent install` refuses a plain http:// server off loopback without --insecure (naming the setting,
     writing nothing) and installs a CA bundle given with --ca-file as the config's ca_file."""
     ca = Authority(tmp_path / "pki", "install")
-    common = ["agent", "install", "--store-id", "S1", "--enrollment-token", "sce_x", "--root"]
+    key = tmp_path / "signing.key.pub"
+    key.write_text("public key\n")
+    common = ["agent", "install", "--store-id", "S1", "--enrollment-token", "sce_x",
+              "--trusted-key", str(key), "--root"]  # fmt: skip
     refused = CliRunner().invoke(
         cli, [*common, str(tmp_path / "a"), "--server", "http://10.20.30.40:8470"], env={}
     )

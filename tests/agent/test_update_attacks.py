@@ -351,20 +351,20 @@ def test_rollback_to_an_older_signed_version_via_the_server(target: Target) -> N
 
 
 def test_freeze_an_expired_manifest_via_the_server(target: Target) -> None:
-    """A version whose signed manifest expired before it was assigned is refused (ExpiredBundleError)."""
+    """A version whose signed manifest expired after publishing: the server refuses to assign it (409), and
+    served anyway (a compromised server) the agent refuses it (ExpiredBundleError)."""
     expires = datetime.now(UTC) + timedelta(seconds=2)
-    info = target.server.publish(
+    target.server.publish(
         _archive_file(target.root, _signed(target.root, target.private, 3, expires_at=expires))
     )
     time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.2)
-    target.server.promote(3)
-    try:
-        reason = target.refusal(info["bundle_sha256"])
-    finally:
-        target.server.promote(2)
-    assert "ExpiredBundleError" in reason and "expired at" in reason
-    target.still_serving_v2()
-    target.reported("ExpiredBundleError")
+    moved = target.server.admin.put(
+        "/v1/models/demand/aliases/champion", json={"version": 3, "reason": "test"}
+    )
+    assert moved.status_code == 409 and "expired" in moved.text, moved.text
+    stale = _signed(target.root, target.private, 23, expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    reason = _through_evil(target, Attack(23, _tar(stale)), "ExpiredBundleError")
+    assert "expired at" in reason
 
 
 # -- attacks from a compromised server ---------------------------------------------------------------------
