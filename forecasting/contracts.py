@@ -17,6 +17,7 @@ Version = Annotated[int, msgspec.Meta(ge=1, le=INT32_MAX, description="a model v
 Count = Annotated[int, msgspec.Meta(ge=0, le=JSON_INT_MAX)]
 ByteSize = Annotated[int, msgspec.Meta(ge=0, le=JSON_INT_MAX, description="a size in bytes")]
 ErrorCount = Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)]
+ScoringId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
 class Assignment(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -113,7 +114,7 @@ class AccuracyReport(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     model_name: str
     version: Version
     role: str = "served"
-    scoring_id: str | None = None
+    scoring_id: ScoringId | None = None
     period_start: date
     period_end: date
     created_at: datetime
