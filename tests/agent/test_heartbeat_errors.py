@@ -76,6 +76,9 @@ def test_failed_health_check_fails_the_rollout_health_gate(setup: Setup) -> None
     server, agent = setup.server, setup.agent
     archive, _sha = make_bundle(setup.root, setup.keys["trusted"], 2, family="Bogus")
     server.publish(archive)
+    # a second store of the model (never started) keeps the canary from covering the whole fleet, which
+    # would score the candidate in shadow first (tests/agent/test_shadow.py covers that path)
+    server.create_store("S002")
     plan = {
         "waves": [{"name": "canary", "stores": ["S001"], "bake_periods": 1}],
         "health": {"activation_timeout_seconds": 600},
