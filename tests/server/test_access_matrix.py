@@ -138,7 +138,12 @@ def test_automatic_options_reveal_no_data(server: RunningServer, path: str) -> N
 AGENT_PUBLIC = ("/livez", "/readyz", "/metrics", "/schema")
 API_TOKEN = "store-inventory-token-0123456789"
 OPERATOR_TOKEN = "store-operator-token-9876543210"
-OPERATOR_ROUTES = {("POST", "/v1/sales"), ("POST", "/v1/score"), ("POST", "/v1/rollback")}
+OPERATOR_ROUTES = {
+    ("POST", "/v1/sales"),
+    ("POST", "/v1/score"),
+    ("POST", "/v1/rollback"),
+    ("POST", "/v1/retry"),
+}
 
 
 def _agent_routes(tmp_path: Path) -> list[tuple[str, str]]:
