@@ -157,8 +157,8 @@ def judge_accuracy(
     periods = sorted({r["period_end"] for r in rows})
     # A step's periods are those after every period reported before it began (the stores of one period
     # report over minutes: the stragglers of the period that ended the last step do not bake this one).
-    before = [r["period_end"] for r in rows if r["received_at"] < step_started]
-    in_step = [r for r in rows if not before or r["period_end"] > max(before)]
+    before = max((r["period_end"] for r in rows if r["received_at"] < step_started), default=None)
+    in_step = [r for r in rows if before is None or r["period_end"] > before]
     step_periods = len({r["period_end"] for r in in_step})
     reporting = {r["store_id"] for r in in_step}
     expected = set(step_stores) if step_stores is not None else reporting
