@@ -21,7 +21,7 @@ from litestar.params import Parameter
 
 from agent.errors import AgentError, IngestError, NoActiveModelError
 from agent.forecasts import MEDIA_TYPES, CursorError, ForecastView, OutputFormat, negotiate, render
-from forecasting.logs import get_logger
+from forecasting.common.logs import get_logger
 from shelfcast import __version__
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ import msgspec
 
 from agent.config import AgentConfig, load_agent_config
 from agent.errors import AgentError
-from forecasting.cli import config_option, output_option
+from forecasting.commands.train import config_option, output_option
 
 
 def _load(
@@ -42,8 +42,8 @@ def run(config_files: tuple[Path, ...], host: str | None, port: int | None, stat
     import structlog
 
     from agent.runtime import AgentRuntime
-    from forecasting.logs import configure_logging
-    from forecasting.private import private_files
+    from forecasting.common.logs import configure_logging
+    from forecasting.common.private import private_files
 
     private_files()
     config = _load(config_files, host, port, state_dir)
@@ -93,7 +93,7 @@ def _client_context(ca_file: str) -> Any:
 
 def _offline_runtime(config: AgentConfig) -> Any:
     from agent.runtime import AgentRuntime
-    from forecasting.private import private_files
+    from forecasting.common.private import private_files
 
     private_files()
     runtime = AgentRuntime(config)
@@ -119,7 +119,7 @@ def _act(config: AgentConfig, path: str, offline: Callable[[Any], dict[str, Any]
 
 
 def _print(result: dict[str, Any], output: str) -> None:
-    from forecasting.tables import render
+    from forecasting.common.tables import render
 
     if output == "json":
         click.echo(msgspec.json.encode(result).decode())

@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta
 
-from forecasting.errors import ConfigError
-from forecasting.logs import LoggingConfig
-from forecasting.settings import load_config
+from forecasting.common.errors import ConfigError
+from forecasting.common.logs import LoggingConfig
+from forecasting.common.settings import load_config
 
 Positive = Annotated[float, Meta(gt=0)]
 

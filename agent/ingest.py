@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from agent.errors import IngestError
-from forecasting.logs import get_logger
+from forecasting.common.logs import get_logger
 
 if TYPE_CHECKING:
     import polars as pl
@@ -74,16 +74,16 @@ def validate(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split an extract into canonical good rows and bad rows (``row_number``, ``reason``, original values).
 
-    The rules are the forecasting library's (``forecasting.validation``: keys present, dates parse and
+    The rules are the forecasting library's (``forecasting.data.validation``: keys present, dates parse and
     are not in the future, sales finite, no duplicate store/item/day), with the settings of an
     incremental extract (a series may have a single row; gaps are not filled: earlier days are already
     in the store), plus one rule of the agent: rows of another store are not this agent's.
     """
     import polars as pl
 
-    from forecasting.config import DataConfig
-    from forecasting.loading import LINE
-    from forecasting.validation import validate as validate_rows
+    from forecasting.common.config import DataConfig
+    from forecasting.data.loading import LINE
+    from forecasting.data.validation import validate as validate_rows
 
     missing = [c for c in REQUIRED if c not in raw.columns]
     if missing:

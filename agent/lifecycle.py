@@ -50,9 +50,9 @@ from agent.paths import (
 )
 from agent.scoring import Scorer, health_check, read_serving
 from agent.sync import SyncClient
-from forecasting.contracts import Assignment
-from forecasting.errors import BundleError
-from forecasting.logs import get_logger
+from forecasting.common.contracts import Assignment
+from forecasting.common.errors import BundleError
+from forecasting.common.logs import get_logger
 
 log = get_logger("agent.lifecycle")
 
@@ -588,7 +588,7 @@ class Lifecycle:
         return [Path(p) for p in self.config.agent.trusted_keys]
 
     def on_verify(self) -> Event:
-        from forecasting.bundle import verify
+        from forecasting.bundle.format import verify
 
         target = self._target()
         vdir = self.paths.version_dir(target.model_name, target.version)
@@ -616,7 +616,7 @@ class Lifecycle:
         A ``shadow`` may be older (it is scored, never served: serving an older version needs it kept
         locally, see ``on_sync``). The unpacked folder; UpdateRejectedError naming the check that failed.
         """
-        from forecasting.bundle import unpack_archive, verify
+        from forecasting.bundle.format import unpack_archive, verify
 
         try:
             unpacked = unpack_archive(archive, staging, max_bytes=self.config.agent.max_bundle_bytes)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from agent.paths import StatePaths, atomic_write_bytes
-from forecasting.logs import get_logger
+from forecasting.common.logs import get_logger
 
 if TYPE_CHECKING:
     import polars as pl
@@ -95,7 +95,7 @@ def measure(
     history: pl.DataFrame | None = None,
 ) -> Outcome:
     """Compute and queue the reports that the sales now in the store allow; returns what was queued."""
-    from forecasting.bundle import read_manifest
+    from forecasting.bundle.format import read_manifest
 
     state = load_state(paths)
     outcome = Outcome()
@@ -160,8 +160,8 @@ def _accuracy_report(
 ) -> Any:
     import polars as pl
 
-    from forecasting.accuracy import DEFAULT_BUCKETS, evaluate
-    from forecasting.contracts import AccuracyReport
+    from forecasting.common.contracts import AccuracyReport
+    from forecasting.monitoring.accuracy import DEFAULT_BUCKETS, evaluate
 
     forecasts_path = paths.root / run["path"]
     if not forecasts_path.is_file():
@@ -204,7 +204,7 @@ def _accuracy_report(
 
 
 def _with_steps(forecasts: pl.DataFrame) -> pl.DataFrame:
-    from forecasting.accuracy import with_horizon
+    from forecasting.monitoring.accuracy import with_horizon
 
     return with_horizon(forecasts)
 
@@ -214,9 +214,9 @@ def _drift_report(
 ) -> Any:
     import polars as pl
 
-    from forecasting.bundle import read_manifest
-    from forecasting.contracts import DriftReport
-    from forecasting.drift import drift_report
+    from forecasting.bundle.format import read_manifest
+    from forecasting.common.contracts import DriftReport
+    from forecasting.monitoring.drift import drift_report
 
     manifest = read_manifest(bundle)
     series = bundle / "series.parquet"
@@ -263,7 +263,7 @@ def _actuals_batches(frame: pl.DataFrame, *, store_id: str, after: date | None) 
 
     import polars as pl
 
-    from forecasting.contracts import ActualRow, ActualsBatch
+    from forecasting.common.contracts import ActualRow, ActualsBatch
 
     new = frame if after is None else frame.filter(pl.col("ds") > after)
     new = new.sort("ds", "item_id")

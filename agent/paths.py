@@ -23,7 +23,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from forecasting.private import private_dir
+from forecasting.common.private import private_dir
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,9 @@ from agent.lifecycle import (
 from agent.paths import StatePaths, read_symlink
 from agent.scoring import Scorer, ScoringSettings, ShadowModel, read_serving, score_store
 from agent.sync import SyncClient, backoff_seconds
-from forecasting.contracts import Heartbeat
-from forecasting.logs import get_logger
-from forecasting.systemd_notify import notify, watchdog_interval_seconds
+from forecasting.common.contracts import Heartbeat
+from forecasting.common.logs import get_logger
+from forecasting.common.systemd_notify import notify, watchdog_interval_seconds
 
 if TYPE_CHECKING:
     from agent.store import LocalStore

@@ -45,8 +45,8 @@ def run_job(job: Job) -> dict[str, int]:
     import polars as pl
 
     from agent.scoring import check_output, probe_history
-    from forecasting.bundle import read_manifest
-    from forecasting.scoring import score
+    from forecasting.bundle.format import read_manifest
+    from forecasting.bundle.scoring import score
 
     bundle = Path(job.bundle)
     manifest = read_manifest(bundle)
@@ -80,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints and logs of the scoring stack go to stderr, not into the protocol
-    from forecasting.logs import configure_logging
+    from forecasting.common.logs import configure_logging
 
     configure_logging("warning", "json")
-    import forecasting.scoring  # noqa: F401 - warm up: the scoring stack imports slowly
+    import forecasting.bundle.scoring  # noqa: F401 - warm up: the scoring stack imports slowly
 
     decoder = msgspec.json.Decoder(Job)
     while True:

@@ -23,7 +23,7 @@ import msgspec
 
 from agent.errors import ScoringError, UpdateRejectedError
 from agent.paths import StatePaths, atomic_write_bytes, remove_tree
-from forecasting.logs import get_logger
+from forecasting.common.logs import get_logger
 
 if TYPE_CHECKING:
     import polars as pl

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from forecasting.logs import get_logger
+from forecasting.common.logs import get_logger
 
 if TYPE_CHECKING:
     import duckdb

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from agent.errors import EnrollmentError, ResponseTooLargeError, SyncError, UpdateRejectedError
-from forecasting.contracts import Assignment
+from forecasting.common.contracts import Assignment
 
 if TYPE_CHECKING:
     import httpx

@@ -2,8 +2,9 @@
 the same code in the same run.
 
 Each test hides the last periods of a real data set, trains the shipped config on the rest through the
-deployed path (``train`` + a signed bundle + ``score`` from that bundle: :mod:`forecasting.holdout`) and
-scores the hidden actuals. The reference is the same pipeline with one candidate.
+deployed path (``train`` + a signed bundle + ``score`` from that bundle:
+:mod:`forecasting.training.holdout`) and scores the hidden actuals. The reference is the same pipeline
+with one candidate.
 
 - ``walmart_wmae``: ``configs/walmart.toml`` as shipped, the 13 last shared weeks held out (WMAE, holiday
   weeks x5); baseline ``walmart_wmae_seasonal_naive`` (SeasonalNaive(52)); target ratio <= 0.70.
@@ -30,9 +31,16 @@ from typing import Any
 import polars as pl
 import pytest
 
-from forecasting.config import TrainConfig, load_train_config
-from forecasting.holdout import HoldoutRun, evaluate, forecast_holdout, owa, single_model, split_holdout
-from forecasting.validation import load_canonical
+from forecasting.common.config import TrainConfig, load_train_config
+from forecasting.data.validation import load_canonical
+from forecasting.training.holdout import (
+    HoldoutRun,
+    evaluate,
+    forecast_holdout,
+    owa,
+    single_model,
+    split_holdout,
+)
 
 # Whole-data-set trainings run for many minutes on a shared two-core machine (the suite default is 10).
 pytestmark = pytest.mark.timeout(3 * 3600)

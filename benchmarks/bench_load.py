@@ -342,7 +342,7 @@ def _free_port() -> int:
 
 def publish_champion(url: str, admin_token: str, tmp: Path) -> None:
     """A signed v1 of the model, published and made champion (the assignment every agent polls)."""
-    from forecasting.bundle import Manifest, pack_archive, write_bundle
+    from forecasting.bundle.format import Manifest, pack_archive, write_bundle
 
     key = tmp / "keys" / "signing.key"
     manifest = Manifest(model_name=MODEL, version=1, created_at=datetime.now(UTC))
@@ -357,7 +357,7 @@ def publish_champion(url: str, admin_token: str, tmp: Path) -> None:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A real server with the model's champion published; stopped by the test (to count in its file)."""
-    from forecasting.signing import generate_key_files
+    from forecasting.bundle.signing import generate_key_files
 
     tmp = tmp_path
     _, pub, _ = generate_key_files(tmp / "keys" / "signing.key")

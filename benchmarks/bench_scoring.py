@@ -13,7 +13,7 @@ Figures (full size; ``tiny`` shrinks the store to prove the harness):
 - ``score_autoets_cold_process`` and ``score_autoets_peak_rss``: the same work in a fresh interpreter (as
   the agent's scoring child runs it): wall time including imports, and peak resident memory (target
   <= 1.5 GiB = 1536 MiB).
-- ``score_onnx_store``: the same store with the ONNX global model (features by ``forecasting.gbm``'s
+- ``score_onnx_store``: the same store with the ONNX global model (features by ``forecasting.models.gbm``'s
   shared feature kernel, read from each series' last ``lookback`` periods; onnxruntime on two threads),
   read + score + write. Target: <= 3 s.
 - ``onnx_parity_outlier_share``: share of feature rows where onnxruntime and LightGBM differ by more than
@@ -38,10 +38,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from forecasting.bundle import Manifest, ModelEntry, utcnow, write_bundle
-from forecasting.fitted import SERIES_PAYLOAD, export_fitted
-from forecasting.signing import generate_key_files
-from forecasting.synthetic import generate
+from forecasting.bundle.format import Manifest, ModelEntry, utcnow, write_bundle
+from forecasting.bundle.signing import generate_key_files
+from forecasting.data.synthetic import generate
+from forecasting.models.fitted import SERIES_PAYLOAD, export_fitted
 
 ROOT = Path(__file__).resolve().parent.parent
 # stores, items, days (stores x items series); the refit sample is the items of the first store
@@ -57,7 +57,7 @@ import resource, sys, time
 t0 = time.perf_counter()
 from pathlib import Path
 import polars as pl
-from forecasting.scoring import score
+from forecasting.bundle.scoring import score
 history = pl.read_parquet(sys.argv[2], columns=["store_id", "item_id", "category", "ds", "y"])
 score(Path(sys.argv[1]), history, horizon=28, levels=[80, 95], out=Path(sys.argv[3]), threads=2)
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forked (large) benchmark process.
@@ -131,9 +131,9 @@ def _refit_sample(sample: pl.DataFrame) -> tuple[float, float, dict[str, dict[st
 def _onnx_bundle(
     root: Path, frame: pl.DataFrame, sample: pl.DataFrame, keys: pl.DataFrame, private: Path
 ) -> tuple[Path, float]:
-    from forecasting.config import TrainSection
-    from forecasting.gbm import fit, make_features, make_spec
-    from forecasting.onnx_model import OnnxScorer, export_global
+    from forecasting.common.config import TrainSection
+    from forecasting.models.gbm import fit, make_features, make_spec
+    from forecasting.models.onnx_model import OnnxScorer, export_global
 
     cfg = msgspec.structs.replace(TrainSection(), horizon=H, gbm_rounds=100)
     spec = make_spec(sample, cfg, "D", H)
@@ -159,7 +159,7 @@ def store(bench_size: str, tmp_path_factory: pytest.TempPathFactory) -> Store:
 
 
 def _score(bundle: Path, history: Path, out: Path) -> pl.DataFrame:
-    from forecasting.scoring import score
+    from forecasting.bundle.scoring import score
 
     frame = pl.read_parquet(history, columns=HISTORY_COLUMNS)
     return score(bundle, frame, horizon=H, levels=LEVELS, out=out, threads=CORES)

@@ -75,8 +75,8 @@ def serve_bare(port: int) -> None:
 def _make_bundle(tmp: Path) -> tuple[Path, Path]:
     from datetime import UTC, datetime
 
-    from forecasting.bundle import Manifest, pack_archive, write_bundle
-    from forecasting.signing import generate_key_files
+    from forecasting.bundle.format import Manifest, pack_archive, write_bundle
+    from forecasting.bundle.signing import generate_key_files
 
     key, pub, _ = generate_key_files(tmp / "keys" / "signing.key")
     manifest = Manifest(model_name="demand", version=1, created_at=datetime.now(UTC))

@@ -20,8 +20,8 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from forecasting.frames import write_frame
-from forecasting.synthetic import generate
+from forecasting.data.frames import write_frame
+from forecasting.data.synthetic import generate
 
 # stores, items, days
 SHAPES = {"full": (20, 1000, 730), "tiny": (2, 20, 60)}

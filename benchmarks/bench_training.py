@@ -23,13 +23,13 @@ import msgspec
 import polars as pl
 import pytest
 
-from forecasting.backtest import SF_FREQ, run_backtest, sf_frame
-from forecasting.config import TrainConfig, load_train_config
-from forecasting.models import GLOBAL_MODELS, build_models
-from forecasting.selection import select_models
-from forecasting.synthetic import generate
-from forecasting.training import forecast_selected
-from forecasting.validation import load_canonical
+from forecasting.common.config import TrainConfig, load_train_config
+from forecasting.data.synthetic import generate
+from forecasting.data.validation import load_canonical
+from forecasting.models.families import GLOBAL_MODELS, build_models
+from forecasting.training.backtest import SF_FREQ, run_backtest, sf_frame
+from forecasting.training.pipeline import forecast_selected
+from forecasting.training.selection import select_models
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SHELFCAST_TEST_DATA", ROOT.parent / "shared" / "data"))

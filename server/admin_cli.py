@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
-from forecasting.cli import output_option
-from forecasting.tables import render
+from forecasting.commands.train import output_option
+from forecasting.common.tables import render
 from server.errors import ServerError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -224,7 +224,7 @@ def models_publish(
     output: str,
 ) -> None:
     """Upload a bundle (directory or archive) as a new version; register its run record; set an alias."""
-    from forecasting.bundle import pack_archive, read_manifest
+    from forecasting.bundle.format import pack_archive, read_manifest
 
     with tempfile.TemporaryDirectory(prefix="shelfcast-publish-") as tmp:
         if bundle.is_dir():

@@ -19,9 +19,9 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
 
-from forecasting.contracts import Problem
-from forecasting.logs import get_logger
-from forecasting.private import private_dir
+from forecasting.common.contracts import Problem
+from forecasting.common.logs import get_logger
+from forecasting.common.private import private_dir
 from server.auth import SessionStore, TokenIndex, make_auth_middleware
 from server.blobs import BlobStore
 from server.config import ServerConfig

@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from forecasting.cli import config_option
-from forecasting.logs import configure_logging, get_logger
-from forecasting.systemd_notify import notify, watchdog_interval_seconds
+from forecasting.commands.train import config_option
+from forecasting.common.logs import configure_logging, get_logger
+from forecasting.common.systemd_notify import notify, watchdog_interval_seconds
 from server.config import ServerConfig, load_server_config
 from server.errors import ServerError
 
@@ -26,7 +26,7 @@ def _load(config_files: tuple[Path, ...], state_dir: Path | None, **overrides: A
 
 def state_dir_source(config_files: tuple[Path, ...], state_dir: Path | None) -> str:
     """Where ``[server] state_dir`` came from, by the layering of ``load_server_config`` (last one wins)."""
-    from forecasting.settings import SYSTEM_CONFIG_DIR, read_toml
+    from forecasting.common.settings import SYSTEM_CONFIG_DIR, read_toml
 
     if state_dir is not None:
         return "--state-dir"
@@ -71,7 +71,7 @@ def state_dir_option(func: Any) -> Any:
 @click.group()
 def server() -> None:
     """Run and administer the central server."""
-    from forecasting.private import private_files
+    from forecasting.common.private import private_files
 
     private_files()
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import msgspec
 
-from forecasting.errors import ConfigError
-from forecasting.logs import LoggingConfig
-from forecasting.settings import load_config
+from forecasting.common.errors import ConfigError
+from forecasting.common.logs import LoggingConfig
+from forecasting.common.settings import load_config
 from server.quality.alerts import AlertsConfig
 from server.retraining.schemas import RetrainingConfig
 

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from forecasting.logs import get_logger
+from forecasting.common.logs import get_logger
 from server.errors import ServerError, StorageLockedError
 from server.migrations import MIGRATIONS, Migration
 

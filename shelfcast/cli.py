@@ -11,12 +11,12 @@ import click
 from agent import cli as agent_cli
 from agent.config import AgentConfig
 from agent.errors import AgentError
-from forecasting import bundle_cli
-from forecasting import cli as forecasting_cli
-from forecasting.config import TrainConfig
-from forecasting.errors import ForecastingError
-from forecasting.logs import configure_logging
-from forecasting.settings import file_errors
+from forecasting.commands import bundle as bundle_cli
+from forecasting.commands import train as forecasting_cli
+from forecasting.common.config import TrainConfig
+from forecasting.common.errors import ForecastingError
+from forecasting.common.logs import configure_logging
+from forecasting.common.settings import file_errors
 from server import admin_cli
 from server import cli as server_cli
 from server.config import ServerConfig
@@ -100,7 +100,7 @@ def config_check(file: Path, kind: str | None) -> None:
 
 
 def _guess_kind(file: Path) -> str:
-    from forecasting.settings import read_toml
+    from forecasting.common.settings import read_toml
 
     sections = set(read_toml(file))
     for name in CONFIG_KINDS:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import msgspec
 
-from forecasting.tables import render_table
+from forecasting.common.tables import render_table
 
 if TYPE_CHECKING:  # the simulation and httpx load only when the demo runs
     import httpx

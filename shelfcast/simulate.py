@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import click
 import msgspec
 
-from forecasting.errors import ForecastingError
-from forecasting.logs import get_logger
+from forecasting.common.errors import ForecastingError
+from forecasting.common.logs import get_logger
 
 if TYPE_CHECKING:
     import httpx
@@ -200,7 +200,7 @@ def load_walmart(
     """
     import polars as pl
 
-    from forecasting.loading import read_table
+    from forecasting.data.loading import read_table
 
     raw = read_table(folder / "train.csv.gz")
     frame = raw.select(
@@ -255,10 +255,11 @@ def synthetic_fleet(
     seed: int,
     category_groups: dict[str, str] | None = None,
 ) -> FleetData:
-    """Seeded synthetic stores (``forecasting.synthetic``) ending before today; type by size, two regions."""
+    """Seeded synthetic stores (``forecasting.data.synthetic``) ending before today; type by size, two
+    regions."""
     import polars as pl
 
-    from forecasting.synthetic import generate
+    from forecasting.data.synthetic import generate
 
     step = 7 if freq == "W" else 1
     n = history_periods + periods
@@ -474,7 +475,7 @@ class Simulation:
         return data
 
     def make_keys(self) -> None:
-        from forecasting.signing import generate_key_files
+        from forecasting.bundle.signing import generate_key_files
 
         folder = self.state_dir / "keys"
         if self.options.signing_key is not None:
@@ -542,7 +543,7 @@ class Simulation:
     def _train(self, models: list[str], version: int) -> Path:
         """``shelfcast train`` of ``models`` on the history before the replay, signed as ``version``."""
         assert self.data is not None
-        from forecasting.frames import write_frame
+        from forecasting.data.frames import write_frame
 
         data_dir = self.state_dir / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -592,7 +593,7 @@ class Simulation:
         return max([int(i["version"]) for i in items], default=0) + 1
 
     def publish(self, bundle_dir: Path, *, champion: bool, reason: str) -> int:
-        from forecasting.bundle import pack_archive, read_manifest
+        from forecasting.bundle.format import pack_archive, read_manifest
 
         started = time.monotonic()
         version = read_manifest(bundle_dir).version
@@ -631,7 +632,7 @@ class Simulation:
 
             dates = sorted(history["ds"].unique().to_list())[-self.options.agent_history_periods :]
             history = history.filter(pl.col("ds") >= dates[0])
-        from forecasting.frames import write_frame
+        from forecasting.data.frames import write_frame
 
         with self.admin() as client:
             for i, store_id in enumerate(self.data.store_ids):
@@ -745,7 +746,7 @@ class Simulation:
     def play_period(self) -> None:
         """Drop the period's sales into every inbox, score once they are in, deliver the reports."""
         assert self.data is not None
-        from forecasting.frames import write_frame
+        from forecasting.data.frames import write_frame
 
         index = self.period_index
         day = self.data.periods[index]
@@ -782,8 +783,8 @@ class Simulation:
     def candidate_bundle(self, candidate: Candidate) -> tuple[Path, int]:
         """The candidate's signed bundle and version: trained, or a given bundle / the champion re-signed."""
         assert self.champion_bundle is not None
-        from forecasting.bundle import read_manifest
-        from forecasting.bundle_cli import adjust_bundle
+        from forecasting.bundle.format import read_manifest
+        from forecasting.commands.bundle import adjust_bundle
 
         if candidate.models and candidate.bundle is None and not candidate.untrusted_by:
             version = self.next_version
@@ -1305,7 +1306,7 @@ def simulate(
     if output == "json":
         click.echo(msgspec.json.encode(report).decode())
         return
-    from forecasting.tables import render_table
+    from forecasting.common.tables import render_table
 
     click.echo(
         f"{len(report.stores)} stores, {report.periods_replayed} periods replayed; "

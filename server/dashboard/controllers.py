@@ -20,7 +20,7 @@ from litestar.params import Body, Parameter, QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect
 
-from forecasting.logs import get_logger
+from forecasting.common.logs import get_logger
 from server.auth import (
     SESSION_COOKIE,
     SESSION_MAX_SECONDS,

@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 
-from forecasting.contracts import DriftTest
-from forecasting.drift_verdict import DECISIVE_TESTS, verdict_reason
+from forecasting.common.contracts import DriftTest
+from forecasting.monitoring.drift_verdict import DECISIVE_TESTS, verdict_reason
 from server.dashboard import svg
 from server.dashboard.repository import DashboardRepository, FleetFilter
 from server.db import utcnow

@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response.base import ASGIResponse
 
-from forecasting.contracts import Heartbeat
+from forecasting.common.contracts import Heartbeat
 from server.auth import principal_of
 from server.fleet import schemas
 from server.fleet.services import FleetService
@@ -88,7 +88,9 @@ class StoreController(Controller):
         "/{store_id:str}/assignment",
         opt=STORE,
         summary="Which version this store must run (strong ETag; If-None-Match gives 304)",
-        description="Body: forecasting.contracts.Assignment. 404 while the store's model has no champion.",
+        description=(
+            "Body: forecasting.common.contracts.Assignment. 404 while the store's model has no champion."
+        ),
     )
     async def assignment(self, request: Request[Any, Any, Any]) -> ASGIResponse:
         """The hot path of every agent's poll: answered from memory, no database, no body on 304."""

@@ -11,8 +11,8 @@ from typing import Any
 
 import msgspec
 
-from forecasting.contracts import Assignment, Heartbeat
-from forecasting.logs import get_logger
+from forecasting.common.contracts import Assignment, Heartbeat
+from forecasting.common.logs import get_logger
 from server.auth import Principal, TokenIndex, hash_token, new_id, new_token
 from server.db import as_utc, to_naive_utc, utcnow
 from server.errors import (

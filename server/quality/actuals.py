@@ -16,8 +16,8 @@ from typing import Any
 
 import msgspec
 
-from forecasting.contracts import ActualsBatch
-from forecasting.logs import get_logger
+from forecasting.common.contracts import ActualsBatch
+from forecasting.common.logs import get_logger
 from server.auth import Principal
 from server.db import Database, utcnow
 from server.errors import InvalidInputError, PermissionDeniedError

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from forecasting.cli import output_option
+from forecasting.commands.train import output_option
 from server.admin_cli import connect, emit, remote_options
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -13,7 +13,7 @@ from litestar import Controller, Request, get, post
 from litestar.di import Provide
 from litestar.params import Parameter
 
-from forecasting.contracts import AccuracyReport, ActualsBatch, DriftReport
+from forecasting.common.contracts import AccuracyReport, ActualsBatch, DriftReport
 from server.auth import principal_of
 from server.errors import ServerError
 from server.quality import schemas

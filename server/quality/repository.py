@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from forecasting.contracts import AccuracyReport, DriftReport
+from forecasting.common.contracts import AccuracyReport, DriftReport
 from server.db import Database
 
 PERIODS = ("day", "week", "month", "quarter", "year")

@@ -1,4 +1,4 @@
-"""Wire types of the monitoring API (answers, alerts, deliveries); reports are forecasting.contracts."""
+"""Wire types of the monitoring API (answers, alerts, deliveries); reports: forecasting.common.contracts."""
 
 from __future__ import annotations
 

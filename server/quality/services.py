@@ -13,9 +13,9 @@ from typing import Any
 
 import msgspec
 
-from forecasting.accuracy import Sums
-from forecasting.contracts import AccuracyReport, DriftReport
-from forecasting.logs import get_logger
+from forecasting.common.contracts import AccuracyReport, DriftReport
+from forecasting.common.logs import get_logger
+from forecasting.monitoring.accuracy import Sums
 from server.auth import Principal, new_id
 from server.db import as_utc, utcnow
 from server.errors import InvalidInputError, NotFoundError, PermissionDeniedError

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from forecasting.logs import get_logger
+from forecasting.common.logs import get_logger
 from server.db import utcnow
 from server.quality.alerts import SEVERITY_RANK, WebhookConfig
 

@@ -1,4 +1,4 @@
-"""Checking an uploaded bundle archive with the same code an agent runs (``forecasting.bundle.verify``)."""
+"""Checking an uploaded bundle archive with the code an agent runs (``forecasting.bundle.format.verify``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from forecasting.errors import BundleError, UnknownKeyError
+from forecasting.common.errors import BundleError, UnknownKeyError
 from server.errors import InvalidInputError
 
 TRUST_HINT = "shelfcast keys trust FILE.pub"
@@ -20,8 +20,8 @@ def inspect_archive(
     archive: Path, work_dir: Path, trusted: Sequence[Path], *, max_bytes: int
 ) -> dict[str, Any]:
     """Unpack, verify and load-check ``archive``; return its manifest as plain data; refusals say why."""
-    from forecasting.bundle import unpack_archive, verify
-    from forecasting.payloads import check_payloads_load
+    from forecasting.bundle.format import unpack_archive, verify
+    from forecasting.bundle.payloads import check_payloads_load
 
     if not trusted:
         raise InvalidInputError(

@@ -14,7 +14,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import File
 
-from forecasting.contracts import ModelVersionInfo
+from forecasting.common.contracts import ModelVersionInfo
 from server.auth import principal_of
 from server.errors import InvalidInputError, PayloadTooLargeError, RangeNotSatisfiableError
 from server.registry import schemas

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import msgspec
 
-from forecasting.errors import KeyFileError
-from forecasting.logs import get_logger
-from forecasting.signing import key_id, load_public_key
+from forecasting.bundle.signing import key_id, load_public_key
+from forecasting.common.errors import KeyFileError
+from forecasting.common.logs import get_logger
 from server.auth import Principal
 from server.db import as_utc
 from server.errors import ConflictError, InvalidInputError, NotFoundError

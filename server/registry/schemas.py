@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from forecasting.contracts import Count, ModelVersionInfo, Version
+from forecasting.common.contracts import Count, ModelVersionInfo, Version
 
 
 class ModelInfo(msgspec.Struct, kw_only=True):

@@ -9,8 +9,8 @@ from typing import Any
 
 import msgspec
 
-from forecasting.contracts import ModelVersionInfo
-from forecasting.logs import get_logger
+from forecasting.common.contracts import ModelVersionInfo
+from forecasting.common.logs import get_logger
 from server.auth import Principal, new_id
 from server.blobs import BlobStore
 from server.db import as_utc, to_naive_utc

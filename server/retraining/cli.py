@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from forecasting.cli import output_option
+from forecasting.commands.train import output_option
 from server.admin_cli import RemoteError, connect, emit, limit_option, remote_options
 
 LIST_COLUMNS = [

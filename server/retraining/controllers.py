@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
-from forecasting.logs import get_logger
+from forecasting.common.logs import get_logger
 from server.auth import principal_of
 from server.errors import ServerError
 from server.retraining import schemas

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from forecasting.logs import get_logger
+from forecasting.common.logs import get_logger
 
 log = get_logger("server.retraining.scheduler")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from forecasting.logs import get_logger
+from forecasting.common.logs import get_logger
 from server.auth import Principal, new_id
 from server.db import as_utc, utcnow
 from server.errors import ConflictError, NotFoundError, ServerError
@@ -280,7 +280,7 @@ class RetrainingService:
         self._child(python_command(*args), log_path, deadline, "training")
 
         self.repo.update(retraining_id, stage="registering")
-        from forecasting.bundle import pack_archive
+        from forecasting.bundle.format import pack_archive
 
         record = msgspec.json.decode((work / "bundle.run" / "run.json").read_bytes())
         archive = self.registry.blobs.tmp_dir / f"retrain-{retraining_id}.tar"
@@ -307,7 +307,7 @@ class RetrainingService:
             if not path.is_file():
                 raise RunFailedError(f"[retraining] signing_key_file {path} does not exist")
             return path
-        from forecasting.signing import load_or_create_private_key
+        from forecasting.bundle.signing import load_or_create_private_key
 
         path = self.registry.keys.keys_dir / DEFAULT_KEY_NAME
         load_or_create_private_key(path)  # its public half lands in <state_dir>/keys/*.pub: trusted

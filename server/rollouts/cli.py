@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from forecasting.cli import output_option
+from forecasting.commands.train import output_option
 from server.admin_cli import connect, emit, limit_option, remote_options
 from server.errors import InvalidInputError
 

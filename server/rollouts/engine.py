@@ -14,7 +14,7 @@ import secrets
 import socket
 from datetime import timedelta
 
-from forecasting.logs import get_logger
+from forecasting.common.logs import get_logger
 from server.db import utcnow
 from server.rollouts.repository import RolloutRepository
 from server.rollouts.services import RolloutService

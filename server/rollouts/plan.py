@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from forecasting.contracts import Count, Version
+from forecasting.common.contracts import Count, Version
 from server.errors import InvalidInputError
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from forecasting.contracts import Version
+from forecasting.common.contracts import Version
 
 
 class RolloutCreate(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

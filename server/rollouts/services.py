@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from forecasting.logs import get_logger
+from forecasting.common.logs import get_logger
 from server.auth import Principal
 from server.db import as_utc, utcnow
 from server.errors import ConflictError, InvalidInputError, NotFoundError

@@ -42,7 +42,7 @@ def sales_frame(
 
 def make_keys(folder: Path) -> tuple[Path, Path]:
     """An ed25519 signing key pair (private, public)."""
-    from forecasting.signing import generate_key_files
+    from forecasting.bundle.signing import generate_key_files
 
     private, public, _kid = generate_key_files(folder / "signing.key")
     return private, public
@@ -62,7 +62,7 @@ def make_bundle(
     """
     import io
 
-    from forecasting.bundle import Manifest, ModelEntry, pack_archive, write_bundle
+    from forecasting.bundle.format import Manifest, ModelEntry, pack_archive, write_bundle
 
     series = sales_frame().select("store_id", "item_id", "category").unique().sort("item_id")
     series = series.with_columns(model=pl.lit(family))

@@ -14,16 +14,16 @@ import pytest
 from agent.monitoring import measure
 from agent.paths import StatePaths
 from agent.store import LocalStore
-from forecasting.bundle import Manifest, write_bundle
-from forecasting.contracts import AccuracyReport, ActualsBatch, DriftReport
-from forecasting.drift import reference_summary
-from forecasting.signing import generate_key_files
+from forecasting.bundle.format import Manifest, write_bundle
+from forecasting.bundle.signing import generate_key_files
+from forecasting.common.contracts import AccuracyReport, ActualsBatch, DriftReport
+from forecasting.monitoring.drift import reference_summary
 
 STORE = "1"
 
 
 def _walmart_store(shared_data: Path) -> pl.DataFrame:
-    from forecasting.loading import read_text_table
+    from forecasting.data.loading import read_text_table
 
     raw = read_text_table(shared_data / "walmart" / "train.csv.gz")
     return raw.filter(pl.col("Store") == STORE).select(

@@ -14,7 +14,7 @@ import pytest
 
 from agent.errors import ResponseTooLargeError, SyncError
 from agent.sync import SyncClient, backoff_seconds
-from forecasting.systemd_notify import notify, watchdog_interval_seconds
+from forecasting.common.systemd_notify import notify, watchdog_interval_seconds
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:

@@ -54,7 +54,7 @@ def _payload(version: int) -> bytes:
 
 
 def _manifest(version: int, *, expires_at: datetime | None = None) -> Any:
-    from forecasting.bundle import Manifest, ModelEntry
+    from forecasting.bundle.format import Manifest, ModelEntry
 
     return Manifest(
         model_name="demand",
@@ -71,7 +71,7 @@ def _manifest(version: int, *, expires_at: datetime | None = None) -> Any:
 
 def _signed(folder: Path, key: Path, version: int, *, expires_at: datetime | None = None) -> dict[str, bytes]:
     """The members of a validly signed bundle: manifest.json, manifest.sig, series.parquet."""
-    from forecasting.bundle import write_bundle
+    from forecasting.bundle.format import write_bundle
 
     out = folder / f"v{version}-{secrets.token_hex(3)}"
     write_bundle(out, _manifest(version, expires_at=expires_at), {"series.parquet": _payload(version)}, key)
@@ -98,8 +98,8 @@ def _signed_manifest_with(key: Path, version: int, files: list[Any]) -> dict[str
     """A manifest listing ``files`` as given (no check of their names), validly signed by ``key``."""
     import msgspec.structs
 
-    from forecasting.bundle import encode_manifest
-    from forecasting.signing import encode_signature, load_private_key, sign
+    from forecasting.bundle.format import encode_manifest
+    from forecasting.bundle.signing import encode_signature, load_private_key, sign
 
     manifest = msgspec.structs.replace(_manifest(version), files=files)
     data = encode_manifest(manifest)
@@ -463,7 +463,7 @@ def test_file_member_colliding_with_a_directory_is_a_verify_error(target: Target
 
 def test_path_traversal_in_a_signed_manifest(target: Target) -> None:
     """A validly signed manifest listing ../outside.parquet is refused (UnsafePathError)."""
-    from forecasting.bundle import PayloadFile
+    from forecasting.bundle.format import PayloadFile
 
     payload = _payload(22)
     import hashlib

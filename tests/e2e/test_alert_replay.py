@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from forecasting.contracts import AccuracyReport
+from forecasting.common.contracts import AccuracyReport
 from server.quality.alerts import default_rules
 from shelfcast.simulate import SimulationOptions, simulation
 from tests.server.test_dashboard import sign_in

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from forecasting.drift import reference_summary
+from forecasting.monitoring.drift import reference_summary
 from tests.agent.support import STORE, AgentHandle, fleet, wait_until
 
 pytestmark = pytest.mark.slow
@@ -20,7 +20,7 @@ CHANGED = "92"  # Walmart store 1's largest department
 
 
 def _walmart_store(shared_data: Path) -> pl.DataFrame:
-    from forecasting.loading import read_text_table
+    from forecasting.data.loading import read_text_table
 
     raw = read_text_table(shared_data / "walmart" / "train.csv.gz")
     return raw.filter(pl.col("Store") == "1").select(
@@ -33,7 +33,7 @@ def _walmart_store(shared_data: Path) -> pl.DataFrame:
 
 
 def _bundle(root: Path, key: Path, history: pl.DataFrame) -> Path:
-    from forecasting.bundle import Manifest, ModelEntry, pack_archive, write_bundle
+    from forecasting.bundle.format import Manifest, ModelEntry, pack_archive, write_bundle
 
     series = history.select("store_id", "item_id", "category").unique().sort("item_id")
     buffer = io.BytesIO()

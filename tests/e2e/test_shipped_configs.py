@@ -16,8 +16,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from forecasting.signing import generate_key_files
-from forecasting.synthetic import generate
+from forecasting.bundle.signing import generate_key_files
+from forecasting.data.synthetic import generate
 
 PROJECT = Path(__file__).resolve().parents[2]
 CONFIGS = PROJECT / "configs"

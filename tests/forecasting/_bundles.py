@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from forecasting.bundle import Manifest, utcnow, write_bundle
-from forecasting.fitted import fit_models
-from forecasting.signing import generate_key_files
+from forecasting.bundle.format import Manifest, utcnow, write_bundle
+from forecasting.bundle.signing import generate_key_files
+from forecasting.models.fitted import fit_models
 
 
 def small_frame(stores: int = 2, items: int = 4, days: int = 120, seed: int = 0) -> pl.DataFrame:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forecasting.accuracy import Sums, bucket_labels, evaluate, with_horizon
+from forecasting.monitoring.accuracy import Sums, bucket_labels, evaluate, with_horizon
 
 
 def _forecasts(actuals: pl.DataFrame, cutoff: date, horizon: int, noise: float, seed: int) -> pl.DataFrame:
@@ -62,7 +62,7 @@ def test_pooled_sums_add_up_and_ratios_are_bounded(ys: list[float], fs: list[flo
 
 
 def _walmart(shared_data: Path) -> pl.DataFrame:
-    from forecasting.loading import read_text_table
+    from forecasting.data.loading import read_text_table
 
     raw = read_text_table(shared_data / "walmart" / "train.csv.gz")
     return raw.filter(pl.col("Store").is_in(["1", "2", "3"])).select(

@@ -6,8 +6,8 @@ import itertools
 
 import polars as pl
 
-from forecasting.backtest import run_backtest
-from forecasting.config import TrainSection
+from forecasting.common.config import TrainSection
+from forecasting.training.backtest import run_backtest
 from tests.forecasting._engine import two_category_frame
 
 CFG = TrainSection(

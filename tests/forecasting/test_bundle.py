@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from forecasting.bundle import (
+from forecasting.bundle.format import (
     MANIFEST_FILE,
     SIGNATURE_FILE,
     Manifest,
@@ -24,7 +24,8 @@ from forecasting.bundle import (
     verify,
     write_bundle,
 )
-from forecasting.errors import (
+from forecasting.bundle.signing import encode_signature, load_private_key, sign
+from forecasting.common.errors import (
     BadSignatureError,
     BundleError,
     BundleExistsError,
@@ -41,7 +42,6 @@ from forecasting.errors import (
     UnsafePathError,
     UnsupportedFormatError,
 )
-from forecasting.signing import encode_signature, load_private_key, sign
 from tests.forecasting._bundles import key_pair
 
 PAYLOADS = {"series.parquet": b"series-bytes", "fitted/AutoETS.parquet": b"fitted-bytes" * 10}

@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 from click.testing import CliRunner
 
-from forecasting.bundle import read_manifest, verify
-from forecasting.scoring import score
+from forecasting.bundle.format import read_manifest, verify
+from forecasting.bundle.scoring import score
 from shelfcast.cli import cli
 from tests.agent.support import make_bundle, make_keys, sales_frame
 

@@ -6,8 +6,8 @@ import msgspec
 import polars as pl
 from polars.testing import assert_frame_equal
 
-from forecasting.backtest import run_backtest
-from forecasting.config import TrainSection
+from forecasting.common.config import TrainSection
+from forecasting.training.backtest import run_backtest
 from tests.forecasting._engine import two_category_frame
 
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forecasting.contracts import DriftTest
-from forecasting.drift import (
+from forecasting.common.contracts import DriftTest
+from forecasting.monitoring.drift import (
     DriftConfig,
     drift_report,
     kolmogorov_sf,
@@ -24,7 +24,7 @@ from forecasting.drift import (
     wasserstein,
     wasserstein_normalised,
 )
-from forecasting.drift_verdict import drift_by_tests, verdict_reason
+from forecasting.monitoring.drift_verdict import drift_by_tests, verdict_reason
 from server.quality.alerts import default_rules, judge_periods, replay
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
@@ -147,7 +147,7 @@ def test_drift_report_uses_bundle_reference_without_a_year_of_history() -> None:
 
 
 def _walmart(shared_data: Path) -> pl.DataFrame:
-    from forecasting.loading import read_text_table
+    from forecasting.data.loading import read_text_table
 
     raw = read_text_table(shared_data / "walmart" / "train.csv.gz")
     return raw.select(

@@ -10,12 +10,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from forecasting.bundle import verify
-from forecasting.config import DataConfig, TrainConfig, TrainSection
-from forecasting.scoring import score
-from forecasting.signing import generate_key_files
-from forecasting.synthetic import generate
-from forecasting.training import forecast_selected, train, write_run
+from forecasting.bundle.format import verify
+from forecasting.bundle.scoring import score
+from forecasting.bundle.signing import generate_key_files
+from forecasting.common.config import DataConfig, TrainConfig, TrainSection
+from forecasting.data.synthetic import generate
+from forecasting.training.pipeline import forecast_selected, train, write_run
 
 
 @pytest.fixture(scope="module")

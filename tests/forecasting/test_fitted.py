@@ -12,9 +12,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from forecasting import kernels
-from forecasting.bundle import read_manifest
-from forecasting.fitted import (
+from forecasting.bundle.format import read_manifest
+from forecasting.data.synthetic import generate
+from forecasting.models import kernels
+from forecasting.models.fitted import (
     CONFORMAL_WINDOWS,
     FITTED_STATE_CODECS,
     export_fitted,
@@ -23,7 +24,6 @@ from forecasting.fitted import (
     make_model,
     model_state,
 )
-from forecasting.synthetic import generate
 from tests.forecasting._bundles import build_bundle, key_pair
 
 H = 14
@@ -70,7 +70,7 @@ def _in_memory(
 def _score_in_fresh_process(bundle: Path, history: Path, out: Path) -> pl.DataFrame:
     """Run the scoring engine in a new interpreter (nothing shared with this process but files)."""
     code = (
-        "import sys, polars as pl; from pathlib import Path; from forecasting.scoring import score; "
+        "import sys, polars as pl; from pathlib import Path; from forecasting.bundle.scoring import score; "
         f"score(Path(sys.argv[1]), pl.read_parquet(sys.argv[2]), horizon={H}, levels={LEVELS}, "
         "out=Path(sys.argv[3]))"
     )
@@ -167,7 +167,7 @@ def test_bundle_in_fresh_process_matches_in_memory_synthetic(tmp_path: Path, syn
         }
     )
     fitted = fit_models(synthetic, table, season_length=7, model_params={"TSB": TSB_PARAMS})
-    from forecasting.bundle import Manifest, utcnow, write_bundle
+    from forecasting.bundle.format import Manifest, utcnow, write_bundle
 
     private, _ = key_pair(tmp_path)
     manifest = Manifest(model_name="demand", version=1, created_at=utcnow(), horizon=H, models=fitted.models)
@@ -271,8 +271,8 @@ def test_conformal_kernels_match_statsforecast(family: str) -> None:
     """Intermittent and window models with conformal intervals equal statsforecast's (ragged, zero, short)."""
     from statsforecast.utils import ConformalIntervals
 
-    from forecasting.bundle import ModelEntry
-    from forecasting.fitted import forecast_batch
+    from forecasting.bundle.format import ModelEntry
+    from forecasting.models.fitted import forecast_batch
 
     rng = np.random.default_rng(5)
     ys = [np.where(rng.random(n) < 0.3, rng.poisson(3, n) + 1, 0).astype(float) for n in (40, 70, 95, 25)]

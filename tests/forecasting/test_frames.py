@@ -8,9 +8,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from forecasting.errors import DataError
-from forecasting.frames import read_frame, write_frame
-from forecasting.synthetic import generate
+from forecasting.common.errors import DataError
+from forecasting.data.frames import read_frame, write_frame
+from forecasting.data.synthetic import generate
 
 
 @pytest.fixture(scope="module")

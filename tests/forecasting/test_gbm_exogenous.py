@@ -10,8 +10,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from forecasting.config import TrainSection
-from forecasting.gbm import (
+from forecasting.common.config import TrainSection
+from forecasting.data.synthetic import generate
+from forecasting.models.gbm import (
     HOLIDAY_FEATURES,
     FeatureSpec,
     GlobalModel,
@@ -19,8 +20,13 @@ from forecasting.gbm import (
     make_spec,
     training_origins,
 )
-from forecasting.onnx_model import ONNX_PAYLOAD, OnnxScorer, export_global, export_lightgbm, forecast_global
-from forecasting.synthetic import generate
+from forecasting.models.onnx_model import (
+    ONNX_PAYLOAD,
+    OnnxScorer,
+    export_global,
+    export_lightgbm,
+    forecast_global,
+)
 
 H = 7
 

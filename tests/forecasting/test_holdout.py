@@ -6,9 +6,9 @@ from pathlib import Path
 
 import polars as pl
 
-from forecasting.config import TrainConfig, load_train_config
-from forecasting.holdout import evaluate, forecast_holdout, owa, single_model, split_holdout
-from forecasting.validation import load_canonical
+from forecasting.common.config import TrainConfig, load_train_config
+from forecasting.data.validation import load_canonical
+from forecasting.training.holdout import evaluate, forecast_holdout, owa, single_model, split_holdout
 
 PROJECT = Path(__file__).resolve().parents[2]
 

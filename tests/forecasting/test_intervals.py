@@ -11,9 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from forecasting import kernels
-from forecasting.backtest import run_backtest
-from forecasting.bundle import (
+from forecasting.bundle.format import (
     IntervalSettings,
     Manifest,
     ModelEntry,
@@ -22,19 +20,21 @@ from forecasting.bundle import (
     utcnow,
     write_bundle,
 )
-from forecasting.config import TrainConfig, TrainSection, load_train_config
-from forecasting.fitted import (
+from forecasting.bundle.scoring import score
+from forecasting.common.config import TrainConfig, TrainSection, load_train_config
+from forecasting.data.synthetic import generate
+from forecasting.data.validation import load_canonical
+from forecasting.models import kernels
+from forecasting.models.families import candidate_specs, interval_settings, tsb_optimized_class
+from forecasting.models.fitted import (
     INTERMITTENT_FAMILIES,
     calibrated_forecast,
     ensemble_forecast,
     fit_models,
     forecast_batch,
 )
-from forecasting.models import candidate_specs, interval_settings, tsb_optimized_class
-from forecasting.scoring import score
-from forecasting.synthetic import generate
-from forecasting.training import model_families, train, write_run
-from forecasting.validation import load_canonical
+from forecasting.training.backtest import run_backtest
+from forecasting.training.pipeline import model_families, train, write_run
 from tests.forecasting._bundles import key_pair
 
 PROJECT = Path(__file__).resolve().parents[2]

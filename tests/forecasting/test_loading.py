@@ -11,11 +11,11 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from forecasting.config import DataConfig
-from forecasting.errors import DataError
-from forecasting.loading import load_extract, mapping_for, read_text_table, table_columns
-from forecasting.synthetic import generate
-from forecasting.validation import load_canonical
+from forecasting.common.config import DataConfig
+from forecasting.common.errors import DataError
+from forecasting.data.loading import load_extract, mapping_for, read_text_table, table_columns
+from forecasting.data.synthetic import generate
+from forecasting.data.validation import load_canonical
 
 WALMART = DataConfig(
     freq="W",

@@ -6,7 +6,7 @@ import time
 
 from structlog.testing import capture_logs
 
-from forecasting.logs import progress
+from forecasting.common.logs import progress
 
 
 def test_progress_logs_while_the_block_runs_and_stops_after() -> None:

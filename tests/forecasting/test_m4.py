@@ -7,11 +7,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from forecasting import metrics
-from forecasting.backtest import sf_frame
-from forecasting.config import load_train_config
-from forecasting.models import build_models
-from forecasting.validation import load_canonical
+from forecasting.common.config import load_train_config
+from forecasting.data.validation import load_canonical
+from forecasting.models.families import build_models
+from forecasting.training import metrics
+from forecasting.training.backtest import sf_frame
 
 PROJECT = Path(__file__).resolve().parents[2]
 MODELS = ["Naive", "SeasonalNaive", "Naive2", "SESD", "ThetaM4"]

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import polars as pl
 
-from forecasting import metrics
-from forecasting.backtest import run_backtest, sf_frame
-from forecasting.config import load_train_config
-from forecasting.models import candidate_specs
-from forecasting.selection import select_models
-from forecasting.training import forecast_selected
-from forecasting.validation import load_canonical
+from forecasting.common.config import load_train_config
+from forecasting.data.validation import load_canonical
+from forecasting.models.families import candidate_specs
+from forecasting.training import metrics
+from forecasting.training.backtest import run_backtest, sf_frame
+from forecasting.training.pipeline import forecast_selected
+from forecasting.training.selection import select_models
 
 PROJECT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forecasting import metrics
+from forecasting.training import metrics
 
 
 def _cv() -> pl.DataFrame:

@@ -8,11 +8,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from forecasting import gbm
-from forecasting.backtest import run_backtest
-from forecasting.config import TrainSection
-from forecasting.errors import ConfigError
-from forecasting.models import (
+from forecasting.common.config import TrainSection
+from forecasting.common.errors import ConfigError
+from forecasting.models import gbm
+from forecasting.models.families import (
     build_models,
     candidate_specs,
     check_candidates,
@@ -21,6 +20,7 @@ from forecasting.models import (
     naive2_forecast,
     seasonality_test,
 )
+from forecasting.training.backtest import run_backtest
 
 
 def test_every_candidate_builds_with_its_alias() -> None:

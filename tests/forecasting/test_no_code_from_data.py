@@ -20,8 +20,8 @@ import msgspec
 import polars as pl
 import pytest
 
-from forecasting.bundle import pack_archive, unpack_archive, verify
-from forecasting.contracts import AccuracyReport, DriftReport
+from forecasting.bundle.format import pack_archive, unpack_archive, verify
+from forecasting.common.contracts import AccuracyReport, DriftReport
 from tests.forecasting._bundles import build_bundle, key_pair, small_frame
 
 FORBIDDEN = [
@@ -59,7 +59,7 @@ def test_bundle_unpack_verify_and_score_reach_no_unpickling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Unpacking, verifying and scoring a signed bundle (fitted Theta, naive) runs no pickle/eval/exec."""
-    from forecasting.scoring import score
+    from forecasting.bundle.scoring import score
 
     frame = small_frame(stores=1, items=4, days=90)
     private, public = key_pair(tmp_path)
@@ -141,8 +141,8 @@ def test_reports_decode_without_unpickling(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_a_pickle_payload_is_never_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A signed bundle whose 'parameters' are a pickle is refused as unreadable, never unpickled."""
-    from forecasting.errors import ForecastingError
-    from forecasting.scoring import score
+    from forecasting.bundle.scoring import score
+    from forecasting.common.errors import ForecastingError
 
     frame = small_frame(stores=1, items=2, days=60)
     private, _ = key_pair(tmp_path)
@@ -165,8 +165,8 @@ def test_onnx_graph_with_a_custom_operator_domain_is_refused(monkeypatch: pytest
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    from forecasting.errors import BundleError
-    from forecasting.onnx_model import OnnxScorer
+    from forecasting.common.errors import BundleError
+    from forecasting.models.onnx_model import OnnxScorer
 
     def graph(domain: str) -> bytes:
         node = helper.make_node("Identity" if not domain else "RunShellCommand", ["x"], ["y"], domain=domain)

@@ -11,11 +11,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from forecasting.bundle import Manifest, utcnow, write_bundle
-from forecasting.config import TrainSection
-from forecasting.errors import BundleError
-from forecasting.fitted import SERIES_PAYLOAD
-from forecasting.gbm import (
+from forecasting.bundle.format import Manifest, utcnow, write_bundle
+from forecasting.bundle.scoring import score
+from forecasting.common.config import TrainSection
+from forecasting.common.errors import BundleError
+from forecasting.data.synthetic import generate
+from forecasting.models.fitted import SERIES_PAYLOAD
+from forecasting.models.gbm import (
     GlobalModel,
     index_series,
     lookback,
@@ -23,15 +25,13 @@ from forecasting.gbm import (
     make_spec,
     training_origins,
 )
-from forecasting.onnx_model import (
+from forecasting.models.onnx_model import (
     ONNX_PAYLOAD,
     OnnxScorer,
     export_global,
     export_lightgbm,
     forecast_global,
 )
-from forecasting.scoring import score
-from forecasting.synthetic import generate
 from tests.forecasting._bundles import key_pair
 
 H = 14
@@ -59,7 +59,7 @@ def model(frame: pl.DataFrame) -> GlobalModel:
     spec = make_spec(frame, cfg, "D", H)
     import lightgbm as lgb
 
-    # Trained like forecasting.gbm.fit, but under the objective alias onnxmltools used to refuse.
+    # Trained like forecasting.models.gbm.fit, but under the objective alias onnxmltools used to refuse.
     rows = make_features(frame, spec, origins=training_origins(frame, spec), with_target=True)
     x = rows.select(spec.feature_names).to_numpy().astype(np.float32)
     data = lgb.Dataset(x, label=rows["y_scaled"].to_numpy(), weight=rows["weight"].to_numpy())

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner, Result
 from polars.testing import assert_frame_equal
 
-from forecasting.bundle import read_manifest
-from forecasting.signing import generate_key_files
-from forecasting.synthetic import generate
+from forecasting.bundle.format import read_manifest
+from forecasting.bundle.signing import generate_key_files
+from forecasting.data.synthetic import generate
 from shelfcast.cli import cli
 
 RAW_NAMES = {

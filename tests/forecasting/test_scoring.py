@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from forecasting.errors import DataError
-from forecasting.scoring import output_columns, score
+from forecasting.bundle.scoring import output_columns, score
+from forecasting.common.errors import DataError
 from tests.forecasting._bundles import build_bundle, key_pair, small_frame
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import polars as pl
 
-from forecasting.backtest import run_backtest
-from forecasting.config import TrainSection
-from forecasting.models import ensemble_members
-from forecasting.selection import select_models
+from forecasting.common.config import TrainSection
+from forecasting.models.families import ensemble_members
+from forecasting.training.backtest import run_backtest
+from forecasting.training.selection import select_models
 from tests.forecasting._engine import two_category_frame
 
 CFG = TrainSection(

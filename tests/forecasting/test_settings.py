@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from agent.config import AgentConfig
-from forecasting.errors import ConfigError
-from forecasting.settings import env_overrides, load_config, read_toml
+from forecasting.common.errors import ConfigError
+from forecasting.common.settings import env_overrides, load_config, read_toml
 from server.config import ServerConfig
 from shelfcast.cli import cli
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from forecasting.errors import BadSignatureError, KeyFileError, UnknownKeyError
-from forecasting.signing import (
+from forecasting.bundle.signing import (
     decode_signature,
     encode_signature,
     generate_key_files,
@@ -21,6 +20,7 @@ from forecasting.signing import (
     trusted_keys,
     verify_signature,
 )
+from forecasting.common.errors import BadSignatureError, KeyFileError, UnknownKeyError
 
 
 def test_generate_writes_private_0600_and_public(tmp_path: Path) -> None:
@@ -87,7 +87,7 @@ def test_malformed_signature_file() -> None:
 
 def test_load_or_create_generates_once(tmp_path: Path) -> None:
     """The configured key is generated on first use and reused afterwards."""
-    from forecasting.signing import load_or_create_private_key
+    from forecasting.bundle.signing import load_or_create_private_key
 
     first = load_or_create_private_key(tmp_path / "state" / "signing.key")
     again = load_or_create_private_key(tmp_path / "state" / "signing.key")

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from forecasting.frames import read_frame, write_frame
-from forecasting.synthetic import CATEGORIES, generate
+from forecasting.data.frames import read_frame, write_frame
+from forecasting.data.synthetic import CATEGORIES, generate
 from shelfcast.cli import cli
 
 STORES, ITEMS, DAYS = 3, 240, 730

@@ -9,11 +9,11 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from forecasting.bundle import verify
-from forecasting.config import TrainConfig, TrainSection
-from forecasting.signing import generate_key_files
-from forecasting.synthetic import generate
-from forecasting.training import config_hash, dataset_fingerprint
+from forecasting.bundle.format import verify
+from forecasting.bundle.signing import generate_key_files
+from forecasting.common.config import TrainConfig, TrainSection
+from forecasting.data.synthetic import generate
+from forecasting.training.pipeline import config_hash, dataset_fingerprint
 from shelfcast.cli import cli
 
 
@@ -99,8 +99,8 @@ def test_forecast_selected_averages_ensemble_members_including_the_global_model(
     """Ensemble(SeasonalNaive+LightGBM) forecasts are the mean of its members' forecasts."""
     import msgspec
 
-    from forecasting.config import TrainSection
-    from forecasting.training import forecast_selected
+    from forecasting.common.config import TrainSection
+    from forecasting.training.pipeline import forecast_selected
     from tests.forecasting.test_models import _weekly_frame
 
     frame = _weekly_frame()
@@ -125,9 +125,9 @@ def test_a_model_that_cannot_forecast_leaves_no_bundle_and_is_named(
     """The bundle is scored once before it takes its place: when its model family fails there (a fault
     injected into SeasonalNaive's kernel after training), no bundle is left and the error names the
     model, the category and a series."""
-    import forecasting.fitted as fitted_module
-    from forecasting.errors import BundleError
-    from forecasting.training import train, write_run
+    import forecasting.models.fitted as fitted_module
+    from forecasting.common.errors import BundleError
+    from forecasting.training.pipeline import train, write_run
 
     data, key, _ = workspace
     cfg = TrainConfig(train=TrainSection(models=["SeasonalNaive"], fallback="SeasonalNaive"))

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forecasting.config import DataConfig
-from forecasting.validation import load_canonical, validate, write_reports
+from forecasting.common.config import DataConfig
+from forecasting.data.validation import load_canonical, validate, write_reports
 from shelfcast.cli import cli
 
 NOW = datetime(2024, 6, 1)

@@ -34,7 +34,7 @@ def served_versions(agent: AgentHandle) -> set[int]:
 
 def assert_one_whole_verified_version(agent: AgentHandle, public_key: Path, allowed: set[int]) -> int:
     """The agent serves exactly one of ``allowed``, and the version it runs passes signature checks."""
-    from forecasting.bundle import verify
+    from forecasting.bundle.format import verify
 
     versions = served_versions(agent)
     assert len(versions) == 1 and versions <= allowed, (versions, allowed)
@@ -131,7 +131,7 @@ def signed_bundle(
 
     import polars as pl
 
-    from forecasting.bundle import Manifest, ModelEntry, pack_archive, write_bundle
+    from forecasting.bundle.format import Manifest, ModelEntry, pack_archive, write_bundle
     from tests.agent.support import sales_frame
 
     series = sales_frame().select("store_id", "item_id", "category").unique().sort("item_id")

@@ -70,7 +70,7 @@ def stored(state: Path) -> dict[str, int]:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[RunningServer, str, Path]]:
     """A fresh server with one enrolled store: (server, agent token, private signing key)."""
-    from forecasting.signing import generate_key_files
+    from forecasting.bundle.signing import generate_key_files
 
     private, public, _ = generate_key_files(tmp_path / "signing.key")
     running = launch(tmp_path / "srv", public)

@@ -35,7 +35,7 @@ def _beat() -> dict[str, object]:
 @pytest.fixture(scope="module")
 def crashed_state(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A state folder whose server was SIGKILLed with 24 acknowledged heartbeats only in its WAL."""
-    from forecasting.signing import generate_key_files
+    from forecasting.bundle.signing import generate_key_files
 
     root = tmp_path_factory.mktemp("wal")
     _, public, _ = generate_key_files(root / "signing.key")

@@ -83,7 +83,7 @@ def launch(base: Path, trusted_key: Path, extra_env: dict[str, str] | None = Non
 @pytest.fixture(scope="session")
 def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh ed25519 key pair; the server trusts its public half."""
-    from forecasting.signing import generate_key_files
+    from forecasting.bundle.signing import generate_key_files
 
     private, _, _ = generate_key_files(tmp_path_factory.mktemp("keys") / "signing.key")
     return private
@@ -92,7 +92,7 @@ def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def other_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A key pair the server does not trust."""
-    from forecasting.signing import generate_key_files
+    from forecasting.bundle.signing import generate_key_files
 
     private, _, _ = generate_key_files(tmp_path_factory.mktemp("other-keys") / "other.key")
     return private
@@ -139,7 +139,7 @@ def make_bundle(
     ``series.parquet`` is a real (uncompressed) Parquet table holding ``payload`` (random bytes by
     default), so its size follows the payload's; ``raw_payload`` puts those exact bytes there instead.
     """
-    from forecasting.bundle import Lineage, Manifest, pack_archive, write_bundle
+    from forecasting.bundle.format import Lineage, Manifest, pack_archive, write_bundle
 
     manifest = Manifest(
         model_name=model_name,

@@ -24,7 +24,7 @@ def _run(server: RunningServer, *args: str, token: str | None = None) -> Any:
 
 def _bundle_dir_with_run(tmp_path: Path, key: Path, model: str, version: int, run_id: str) -> Path:
     """A bundle directory with its ``<DIR>.run/run.json`` beside it, as ``shelfcast train`` leaves them."""
-    from forecasting.bundle import Lineage, Manifest, write_bundle
+    from forecasting.bundle.format import Lineage, Manifest, write_bundle
 
     fingerprint = f"{model}-data".ljust(64, "0")[:64]
     out = tmp_path / f"{model}-v{version}"

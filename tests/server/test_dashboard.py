@@ -19,7 +19,7 @@ import httpx
 import msgspec
 import pytest
 
-from forecasting.contracts import (
+from forecasting.common.contracts import (
     AccuracyReport,
     AccuracyRow,
     ActualRow,
@@ -293,7 +293,7 @@ def shared_fleet(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtu
     that model's fleet span two pages. Tests leave the rollout running and unpaused, as they found it.
     """
     if "fleet" not in _SHARED:
-        from forecasting.signing import generate_key_files
+        from forecasting.bundle.signing import generate_key_files
 
         base = tmp_path_factory.mktemp("dashboard")
         key, _, _ = generate_key_files(base / "signing.key")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from forecasting.signing import key_id, load_public_key
+from forecasting.bundle.signing import key_id, load_public_key
 from tests.server.conftest import RunningServer, make_bundle, publish, unique
 
 

@@ -23,8 +23,7 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forecasting.accuracy import evaluate
-from forecasting.contracts import (
+from forecasting.common.contracts import (
     AccuracyReport,
     AccuracyRow,
     ActualRow,
@@ -33,6 +32,7 @@ from forecasting.contracts import (
     DriftReport,
     DriftTest,
 )
+from forecasting.monitoring.accuracy import evaluate
 from server.quality.alerts import default_rules, replay
 from server.quality.baseline import LearntBaseline, PeriodSums, lifecycle
 from shelfcast.cli import cli

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
-from forecasting.contracts import ActualRow, ActualsBatch, CategoryDrift, DriftReport, DriftTest
+from forecasting.common.contracts import ActualRow, ActualsBatch, CategoryDrift, DriftReport, DriftTest
 from shelfcast.cli import cli
 from shelfcast.procs import ServiceProcess
 from tests.conftest import free_port
@@ -52,7 +52,7 @@ class Retrainer:
 
 def _push_actuals(client: httpx.Client) -> str:
     """A small synthetic history (1 store x 6 items x 84 days) in two batches; the latest dataset version."""
-    from forecasting.synthetic import generate
+    from forecasting.data.synthetic import generate
 
     frame = generate(1, 6, 84, seed=7).select("item_id", "category", "ds", "y")
     cut = frame["ds"].min() + timedelta(days=56)  # type: ignore[operator]
@@ -255,7 +255,7 @@ def test_schedule_times_follow_the_cron_expression_in_utc() -> None:
 
 def test_a_bad_cron_expression_fails_the_config_with_its_field_path(tmp_path: Path) -> None:
     """[retraining] schedule is checked at start: a bad expression is a ConfigError naming the field."""
-    from forecasting.errors import ConfigError
+    from forecasting.common.errors import ConfigError
     from server.config import load_server_config
 
     path = tmp_path / "server.toml"

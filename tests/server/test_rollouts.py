@@ -17,7 +17,7 @@ import httpx
 import msgspec
 import pytest
 
-from forecasting.contracts import AccuracyReport, AccuracyRow, Heartbeat
+from forecasting.common.contracts import AccuracyReport, AccuracyRow, Heartbeat
 from tests.server.conftest import RunningServer, create_store, enroll, launch, make_bundle, publish, unique
 
 ENGINE_ENV = {

@@ -1,7 +1,7 @@
 """Reading sales extracts (CSV or Parquet; long, M5-wide or M4-wide) and mapping them to canonical columns.
 
 The loader keeps every value as it was written (text for CSV) plus the ``line`` it came from, so that
-``forecasting.validation`` can name each bad row; it never drops a row. Type parsing, rule checks and
+``forecasting.data.validation`` can name each bad row; it never drops a row. Type parsing, rule checks and
 quarantine happen in validation.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import msgspec
 import polars as pl
 
-from forecasting.config import DataConfig
-from forecasting.errors import DataError
+from forecasting.common.config import DataConfig
+from forecasting.common.errors import DataError
 
 LINE = "line"
 CANONICAL = ("store_id", "item_id", "category", "ds", "y")

@@ -1,10 +1,11 @@
 """Held-out evaluation through the deployed path: train on the history, bundle, score, compare with actuals.
 
 What a retailer would see: the last ``periods`` of every series are hidden, ``train`` + ``write_run`` build a
-signed bundle from the rest, :func:`forecasting.scoring.score` forecasts from that bundle, and the forecasts
-are scored against the hidden actuals with the same metric code as the backtests (``forecasting.metrics``:
-MAE, WAPE, WMAE, sMAPE, MASE, RMSSE, interval coverage). A baseline is the same pipeline with one
-candidate (``SeasonalNaive``, ``SES``, ``Naive2`` ...), so both sides share every line of code.
+signed bundle from the rest, :func:`forecasting.bundle.scoring.score` forecasts from that bundle, and
+the forecasts are scored against the hidden actuals with the same metric code as the backtests
+(``forecasting.training.metrics``: MAE, WAPE, WMAE, sMAPE, MASE, RMSSE, interval coverage). A baseline is
+the same pipeline with one candidate (``SeasonalNaive``, ``SES``, ``Naive2`` ...), so both sides share
+every line of code.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Literal
 import msgspec
 import polars as pl
 
-from forecasting import metrics
-from forecasting.backtest import ID, with_unique_id
-from forecasting.config import TrainConfig
-from forecasting.fitted import level_columns
+from forecasting.common.config import TrainConfig
+from forecasting.models.fitted import level_columns
+from forecasting.training import metrics
+from forecasting.training.backtest import ID, with_unique_id
 
 KEYS = ["store_id", "item_id"]
 
@@ -68,9 +69,9 @@ def forecast_holdout(
     """Train on ``history`` with ``config``, write the signed bundle, score ``horizon`` periods from it."""
     import time
 
-    from forecasting.scoring import score
-    from forecasting.signing import generate_key_files
-    from forecasting.training import train, write_run
+    from forecasting.bundle.scoring import score
+    from forecasting.bundle.signing import generate_key_files
+    from forecasting.training.pipeline import train, write_run
 
     config = msgspec.structs.replace(config, train=msgspec.structs.replace(config.train, horizon=horizon))
     with tempfile.TemporaryDirectory(prefix="holdout-") as tmp:

@@ -7,8 +7,8 @@ from typing import Literal
 
 import msgspec
 
-from forecasting.logs import LoggingConfig
-from forecasting.settings import load_config
+from forecasting.common.logs import LoggingConfig
+from forecasting.common.settings import load_config
 
 Frequency = Literal["D", "W", "H"]
 
@@ -57,7 +57,8 @@ class DataConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class TrainSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """``[train]``: what to fit and how to judge it.
 
-    ``models`` lists candidate names (see ``forecasting.models.CANDIDATES``); the default set is cheap.
+    ``models`` lists candidate names (see ``forecasting.models.families.CANDIDATES``); the default set is
+    cheap.
     The backtest uses ``windows`` rolling origins ``step`` periods apart (0: the horizon), each
     forecasting ``horizon`` periods; selection picks per ``select_by`` group the candidate with the best
     ``metric``; series too short for the backtest get ``fallback``.

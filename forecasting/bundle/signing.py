@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from forecasting.errors import BadSignatureError, BundleError, KeyFileError, UnknownKeyError
+from forecasting.common.errors import BadSignatureError, BundleError, KeyFileError, UnknownKeyError
 
 ALGORITHM = "ed25519"
 KEY_ID_HEX_DIGITS = 16

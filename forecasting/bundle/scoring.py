@@ -4,7 +4,7 @@
 (no re-estimation), refits the cheap models, and returns one row per series and future step. Series in
 the history that the bundle does not know (new items) get the bundle's ``fallback_model``; series the
 bundle knows but the history lacks are skipped. The caller verifies the bundle first
-(:func:`forecasting.bundle.verify`); scoring only reads it.
+(:func:`forecasting.bundle.format.verify`); scoring only reads it.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import numpy as np
 import polars as pl
 import structlog
 
-from forecasting.bundle import Manifest, ModelEntry, read_manifest
-from forecasting.errors import BundleError, DataError
-from forecasting.fitted import (
+from forecasting.bundle.format import Manifest, ModelEntry, read_manifest
+from forecasting.common.errors import BundleError, DataError
+from forecasting.models.fitted import (
     SERIES_PAYLOAD,
     FittedSet,
     FloatArray,
@@ -374,8 +374,8 @@ def _global_forecasts(
     *,
     only_label: bool,
 ) -> dict[str, FloatArray]:
-    from forecasting.bundle import read_payload
-    from forecasting.onnx_model import forecast_global
+    from forecasting.bundle.format import read_payload
+    from forecasting.models.onnx_model import forecast_global
 
     keys = hist.keys[idx].select(KEYS).with_row_index("_pos")
     subset = history if only_label else history.join(keys.select(KEYS), on=KEYS, how="semi")
@@ -431,7 +431,7 @@ def _calibrated_ensemble(
     averaged: dict[str, FloatArray],
 ) -> dict[str, FloatArray]:
     """An ensemble of local models with intervals calibrated on its own mean (global members: averaged)."""
-    from forecasting.kernels import pad_right_aligned
+    from forecasting.models.kernels import pad_right_aligned
 
     members = [str(m) for m in entry.params["members"]]
     if any(m in plan.global_results for m in members):
@@ -463,7 +463,7 @@ def _forecast_single(
     manifest: Manifest,
 ) -> dict[str, FloatArray]:
     """Forecasts of the series ``idx`` (in that order) with the single model ``label``."""
-    from forecasting.kernels import pad_right_aligned
+    from forecasting.models.kernels import pad_right_aligned
 
     rows = plan.rows(label, idx)
     if label in plan.global_results:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from forecasting import metrics
-from forecasting.backtest import ID, BacktestResult
-from forecasting.models import ensemble_name
+from forecasting.models.families import ensemble_name
+from forecasting.training import metrics
+from forecasting.training.backtest import ID, BacktestResult
 
 SCOPE = "scope"
 LOWER_IS_BETTER = {"mae", "wape", "smape", "mase", "rmsse", "wmae"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path, PurePosixPath
 
-from forecasting.bundle import Manifest, read_payload
-from forecasting.errors import BundleError
+from forecasting.bundle.format import Manifest, read_payload
+from forecasting.common.errors import BundleError
 
 TABLE_SUFFIXES = {".parquet": "Parquet", ".arrow": "Arrow IPC", ".feather": "Arrow IPC"}
 
@@ -30,7 +30,7 @@ def check_payloads_load(bundle_dir: Path, manifest: Manifest) -> None:
             elif suffix in TABLE_SUFFIXES:
                 pl.read_ipc(data)
             elif suffix == ".onnx":
-                from forecasting.onnx_model import OnnxScorer
+                from forecasting.models.onnx_model import OnnxScorer
 
                 OnnxScorer.load(data.getvalue(), threads=1)
         except BundleError as exc:

@@ -1,10 +1,10 @@
 """Training runs: backtest the candidates, select per category, fit on all data, bundle, record the run.
 
 ``train(frame, config)`` does the modelling and returns a :class:`TrainResult`; ``write_run`` turns it into a
-signed bundle (through ``forecasting.bundle.write_bundle``) and a run directory beside it (``<DIR>.run/``
-with ``run.json``, the selection and metric tables and the forecasts of the final fit). Every run records
-the dataset fingerprint (sha256 of the canonical frame), the config hash, the code and package versions
-and the seed; the same inputs give byte-identical forecasts.
+signed bundle (through ``forecasting.bundle.format.write_bundle``) and a run directory beside it
+(``<DIR>.run/`` with ``run.json``, the selection and metric tables and the forecasts of the final
+fit). Every run records the dataset fingerprint (sha256 of the canonical frame), the config hash, the code and
+package versions and the seed; the same inputs give byte-identical forecasts.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ import msgspec
 import numpy as np
 import polars as pl
 
-from forecasting import drift, metrics
-from forecasting.backtest import ID, BacktestResult, run_backtest, series_table
-from forecasting.config import TrainConfig, TrainSection
-from forecasting.logs import get_logger, progress
-from forecasting.models import GLOBAL_MODELS, check_candidates, ensemble_members
-from forecasting.selection import Selection, select_models
+from forecasting.common.config import TrainConfig, TrainSection
+from forecasting.common.logs import get_logger, progress
+from forecasting.models.families import GLOBAL_MODELS, check_candidates, ensemble_members
+from forecasting.monitoring import drift
+from forecasting.training import metrics
+from forecasting.training.backtest import ID, BacktestResult, run_backtest, series_table
+from forecasting.training.selection import Selection, select_models
 
 log = get_logger(__name__)
 PACKAGES = (
@@ -264,11 +265,11 @@ def write_run(
     extra_files: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
     """Fit the final models, write the signed bundle at ``out_dir`` and the run directory beside it."""
-    from forecasting.bundle import Lineage as BundleLineage
-    from forecasting.bundle import Manifest, require_empty, write_bundle
-    from forecasting.fitted import fit_models
-    from forecasting.models import interval_settings
-    from forecasting.scoring import score
+    from forecasting.bundle.format import Lineage as BundleLineage
+    from forecasting.bundle.format import Manifest, require_empty, write_bundle
+    from forecasting.bundle.scoring import score
+    from forecasting.models.families import interval_settings
+    from forecasting.models.fitted import fit_models
 
     cfg = result.config.train
     name = model_name or cfg.model_name
@@ -279,7 +280,7 @@ def write_run(
     with progress("training_progress", stage="final_fit", run_id=result.lineage.run_id):
         global_model = None
         if any(label in GLOBAL_MODELS for label in labels):
-            from forecasting import gbm
+            from forecasting.models import gbm
 
             spec = gbm.make_spec(result.frame, cfg, result.config.data.freq, cfg.horizon)
             global_model = gbm.fit(result.frame, spec, cfg)
@@ -478,8 +479,8 @@ def forecast_selected(
     """
     from statsforecast import StatsForecast
 
-    from forecasting.backtest import SF_FREQ, sf_frame
-    from forecasting.models import build_models
+    from forecasting.models.families import build_models
+    from forecasting.training.backtest import SF_FREQ, sf_frame
 
     h = horizon or cfg.horizon
     data = sf_frame(frame)
@@ -490,7 +491,7 @@ def forecast_selected(
         for label in assignment["model"].unique().to_list()
         for m in ensemble_members(label)
     ):
-        from forecasting import gbm
+        from forecasting.models import gbm
 
         model = gbm.fit(frame, gbm.make_spec(frame, cfg, freq, h), cfg)
         global_fc = (

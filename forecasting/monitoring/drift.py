@@ -34,8 +34,8 @@ import msgspec
 import numpy as np
 import polars as pl
 
-from forecasting.contracts import CategoryDrift, DriftTest
-from forecasting.drift_verdict import DRIFT, INSUFFICIENT, OK, drift_by_tests
+from forecasting.common.contracts import CategoryDrift, DriftTest
+from forecasting.monitoring.drift_verdict import DRIFT, INSUFFICIENT, OK, drift_by_tests
 
 WINDOW_DAYS = 7
 SEASON_WINDOWS = 52  # 52 weeks = 364 days: the same weekday a year earlier

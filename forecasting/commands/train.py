@@ -78,8 +78,8 @@ def generate_command(
     Categories with different levels, weekly and yearly seasonality, trend, holidays and promotions
     (is_holiday, on_promo columns), intermittent items and rare returns (negative y). Deterministic per seed.
     """
-    from forecasting.frames import frame_format, write_frame
-    from forecasting.synthetic import generate
+    from forecasting.data.frames import frame_format, write_frame
+    from forecasting.data.synthetic import generate
 
     frame_format(out)  # fail on a bad extension before spending time generating
     began = time.perf_counter()
@@ -108,7 +108,7 @@ def _data_option(func: F) -> F:
 
 
 def _load_config(config_files: tuple[Path, ...]) -> Any:
-    from forecasting.config import load_train_config
+    from forecasting.common.config import load_train_config
 
     return load_train_config(list(config_files))
 
@@ -132,8 +132,8 @@ def validate_cmd(
 
     Exits non-zero only when nothing usable remains, or with --strict when any row was quarantined.
     """
-    from forecasting.tables import render
-    from forecasting.validation import load_canonical, render_text, require_usable, write_reports
+    from forecasting.common.tables import render
+    from forecasting.data.validation import load_canonical, render_text, require_usable, write_reports
 
     cfg = _load_config(config_files)
     result = load_canonical(data_file, cfg.data)
@@ -150,7 +150,7 @@ def validate_cmd(
 
 
 def _validated_frame(cfg: Any, data_file: Path, report_dir: Path, strict: bool = False) -> Any:
-    from forecasting.validation import load_canonical, require_usable, write_reports
+    from forecasting.data.validation import load_canonical, require_usable, write_reports
 
     result = load_canonical(data_file, cfg.data)
     write_reports(result, report_dir)
@@ -170,12 +170,12 @@ def backtest_cmd(
     config_files: tuple[Path, ...], data_file: Path, out_dir: Path, strict: bool, output: str
 ) -> None:
     """Rolling-origin backtest of the candidate models: metric tables (CSV, JSON), selection and plots."""
-    from forecasting import metrics, plots
-    from forecasting.backtest import run_backtest, with_unique_id
-    from forecasting.models import check_candidates
-    from forecasting.selection import select_models
-    from forecasting.tables import render
-    from forecasting.training import write_tables
+    from forecasting.common.tables import render
+    from forecasting.models.families import check_candidates
+    from forecasting.training import metrics, plots
+    from forecasting.training.backtest import run_backtest, with_unique_id
+    from forecasting.training.pipeline import write_tables
+    from forecasting.training.selection import select_models
 
     cfg = _load_config(config_files)
     check_candidates(cfg.train)
@@ -240,13 +240,13 @@ def train_cmd(
     strict: bool,
 ) -> None:
     """Backtest, select per category, fit on all data and write a signed model bundle plus its run record."""
-    from forecasting.training import train, write_run
+    from forecasting.training.pipeline import train, write_run
 
     cfg = _load_config(config_files)
     run_dir = out_dir.parent / f"{out_dir.name}.run"
     frame = _validated_frame(cfg, data_file, run_dir / "validation", strict)
     if signing_key is None:
-        from forecasting.signing import generate_key_files
+        from forecasting.bundle.signing import generate_key_files
 
         signing_key, _, _ = generate_key_files(run_dir / "signing.key", overwrite=True)
         click.echo(f"warning: no --signing-key; signed with a new key {signing_key}", err=True)
@@ -261,8 +261,8 @@ def train_cmd(
 
 def _echo_selection(selection: Any) -> None:
     """Per group: the winner, the runner-up and the winner's margin over it (the evidence of the choice)."""
-    from forecasting.selection import summary_rows
-    from forecasting.tables import render
+    from forecasting.common.tables import render
+    from forecasting.training.selection import summary_rows
 
     rows = summary_rows(selection)
     per = "category" if selection.categories is not None else selection.by

@@ -3,10 +3,11 @@
 A bundle directory holds ``manifest.json`` (the :class:`Manifest`, JSON), ``manifest.sig`` (an ed25519
 signature of the exact manifest bytes, naming its key id) and the payload files the manifest lists with
 their size and sha256 (fitted parameters as Parquet, an ``.onnx`` global model, ...). Nothing in a bundle
-is ever executed: payloads are data read by :mod:`forecasting.fitted` and :mod:`forecasting.onnx_model`.
+is ever executed: payloads are data read by :mod:`forecasting.models.fitted` and
+:mod:`forecasting.models.onnx_model`.
 
 :func:`verify` is what an agent (and the server's upload endpoint) runs before trusting a bundle; each way
-a bundle can be refused raises its own :class:`~forecasting.errors.BundleError` child. The format is
+a bundle can be refused raises its own :class:`~forecasting.common.errors.BundleError` child. The format is
 documented in ``docs/bundle-format.md``.
 """
 
@@ -29,7 +30,15 @@ from typing import Any, Literal
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from forecasting.errors import (
+from forecasting.bundle.signing import (
+    decode_signature,
+    encode_signature,
+    load_private_key,
+    sign,
+    trusted_keys,
+    verify_signature,
+)
+from forecasting.common.errors import (
     BundleError,
     BundleExistsError,
     ExpiredBundleError,
@@ -43,14 +52,6 @@ from forecasting.errors import (
     UnlistedPayloadError,
     UnsafePathError,
     UnsupportedFormatError,
-)
-from forecasting.signing import (
-    decode_signature,
-    encode_signature,
-    load_private_key,
-    sign,
-    trusted_keys,
-    verify_signature,
 )
 
 FORMAT_VERSION = 1

@@ -17,7 +17,7 @@ date is read from the series' row of that date when the frame has one (in traini
 when the store fed rows for future dates, with ``y`` missing); otherwise a covariate carries the series'
 last known value (its last row) forward and a holiday flag is 0. ``make_features`` wraps it
 in a frame for training and backtests (the origins asked for; by default the last date of every
-series); the edge (:func:`forecasting.onnx_model.forecast_global`) scores its matrix directly.
+series); the edge (:func:`forecasting.models.onnx_model.forecast_global`) scores its matrix directly.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from forecasting.config import TrainSection
-from forecasting.logs import get_logger
+from forecasting.common.config import TrainSection
+from forecasting.common.logs import get_logger
 
 log = get_logger(__name__)
 ID = "unique_id"

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 import click
 import msgspec
 
-from forecasting.cli import _load_config, config_option, output_option
-from forecasting.tables import OutputFormat, render, render_table
+from forecasting.commands.train import _load_config, config_option, output_option
+from forecasting.common.tables import OutputFormat, render, render_table
 
 if TYPE_CHECKING:
-    from forecasting.config import DataConfig
+    from forecasting.common.config import DataConfig
 
 _PATH = click.Path(path_type=Path)
 _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -32,7 +32,7 @@ def keys() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing key pair (agents trusting it will refuse).")
 def keys_generate(out: Path, force: bool) -> None:
     """Write a new signing key to FILE and its public half to FILE.pub; print the key id."""
-    from forecasting.signing import generate_key_files
+    from forecasting.bundle.signing import generate_key_files
 
     private, public, kid = generate_key_files(out, overwrite=force)
     click.echo(f"key {kid}: private {private} (mode 0600), public {public}")
@@ -59,8 +59,8 @@ def bundle_verify(bundle_dir: Path, key_files: tuple[Path, ...], min_version: in
 
     Exit 0 with a one-line summary when valid; exit 1 with the specific reason when not.
     """
-    from forecasting.bundle import verify
-    from forecasting.signing import decode_signature
+    from forecasting.bundle.format import verify
+    from forecasting.bundle.signing import decode_signature
 
     manifest = verify(bundle_dir, list(key_files), min_version=min_version)
     kid = decode_signature((bundle_dir / "manifest.sig").read_bytes()).key_id
@@ -76,7 +76,7 @@ def bundle_verify(bundle_dir: Path, key_files: tuple[Path, ...], min_version: in
 @output_option
 def bundle_show(bundle_dir: Path, output: OutputFormat) -> None:
     """Print the manifest of BUNDLE_DIR (not verified: use `bundle verify` for trust)."""
-    from forecasting.bundle import read_manifest
+    from forecasting.bundle.format import read_manifest
 
     manifest = read_manifest(bundle_dir)
     if output == "json":
@@ -120,7 +120,7 @@ def bundle_show(bundle_dir: Path, output: OutputFormat) -> None:
 @click.option("--out", "out", type=_PATH, required=True, help="Archive file to write (tar).")
 def bundle_pack(bundle_dir: Path, out: Path) -> None:
     """Pack BUNDLE_DIR into one deterministic archive; print its sha256."""
-    from forecasting.bundle import pack_archive
+    from forecasting.bundle.format import pack_archive
 
     digest = pack_archive(bundle_dir, out)
     click.echo(f"{digest}  {out}")
@@ -132,7 +132,7 @@ def bundle_pack(bundle_dir: Path, out: Path) -> None:
 @click.option("--max-bytes", type=int, default=2 << 30, show_default=True, help="Size cap for the contents.")
 def bundle_unpack(archive: Path, out: Path, max_bytes: int) -> None:
     """Unpack ARCHIVE into a new directory (safe names, size cap); verify it afterwards."""
-    from forecasting.bundle import unpack_archive
+    from forecasting.bundle.format import unpack_archive
 
     click.echo(str(unpack_archive(archive, out, max_bytes=max_bytes)))
 
@@ -154,8 +154,15 @@ def adjust_bundle(
     With ``trusted`` the source bundle is verified first. The new manifest keeps the source's lineage
     and records its version in the adjustment's reason.
     """
-    from forecasting.bundle import Adjustments, read_manifest, read_payload, utcnow, verify, write_bundle
-    from forecasting.errors import BundleError
+    from forecasting.bundle.format import (
+        Adjustments,
+        read_manifest,
+        read_payload,
+        utcnow,
+        verify,
+        write_bundle,
+    )
+    from forecasting.common.errors import BundleError
 
     manifest = verify(source, trusted) if trusted else read_manifest(source)
     if version <= manifest.version:
@@ -239,9 +246,9 @@ def history_mapping(recorded: dict[str, Any], freq: str, config_files: tuple[Pat
     files (defaults < files < environment), in place of the recorded one. Its frequency must be the
     bundle's.
     """
-    from forecasting.config import DataConfig
-    from forecasting.errors import ConfigError, DataError
-    from forecasting.settings import deep_merge, env_overrides
+    from forecasting.common.config import DataConfig
+    from forecasting.common.errors import ConfigError, DataError
+    from forecasting.common.settings import deep_merge, env_overrides
 
     if config_files:
         cfg: DataConfig = _load_config(config_files).data
@@ -307,10 +314,10 @@ def score_cmd(
     Side files (stores.csv, calendar.csv) are found next to HISTORY. A history already in canonical
     columns (store_id, item_id, category, ds, y) is read as it is.
     """
-    from forecasting.bundle import read_manifest, verify
-    from forecasting.loading import mapping_for
-    from forecasting.scoring import score
-    from forecasting.validation import load_canonical, require_usable, write_reports
+    from forecasting.bundle.format import read_manifest, verify
+    from forecasting.bundle.scoring import score
+    from forecasting.data.loading import mapping_for
+    from forecasting.data.validation import load_canonical, require_usable, write_reports
 
     manifest = verify(bundle_dir, list(key_files)) if key_files else read_manifest(bundle_dir)
     cfg = mapping_for(history, history_mapping(manifest.data, manifest.freq, config_files))

@@ -7,9 +7,9 @@ from typing import Any
 
 import polars as pl
 
-from forecasting import metrics
-from forecasting.backtest import ID, BacktestResult
-from forecasting.selection import Selection
+from forecasting.training import metrics
+from forecasting.training.backtest import ID, BacktestResult
+from forecasting.training.selection import Selection
 
 
 def _pyplot() -> Any:

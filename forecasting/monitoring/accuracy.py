@@ -4,7 +4,7 @@ Rows carry pooled sums (absolute errors, absolute actuals, signed errors, scaled
 besides the ratios, so that the server can pool rows of many stores and periods exactly: WAPE is
 sum |f - y| / sum |y|, MAE sum |f - y| / n, bias sum (f - y) / n (positive: over-forecast), MASE the
 mean of |f - y| / scale with the series' in-sample seasonal-naive MAE as scale (M4 convention), and
-coverage the share of actuals inside each prediction interval. (``forecasting.metrics`` averages
+coverage the share of actuals inside each prediction interval. (``forecasting.training.metrics`` averages
 per-series ratios over backtest cutoffs; pooled sums are what aggregates across stores here.)
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import msgspec
 import polars as pl
 
-from forecasting.contracts import AccuracyRow
+from forecasting.common.contracts import AccuracyRow
 
 KEYS = ("store_id", "item_id")
 DEFAULT_BUCKETS: dict[str, tuple[int, ...]] = {

@@ -12,8 +12,8 @@ from typing import Any
 
 import polars as pl
 
-from forecasting.config import TrainSection
-from forecasting.logs import get_logger
+from forecasting.common.config import TrainSection
+from forecasting.common.logs import get_logger
 
 log = get_logger(__name__)
 WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")

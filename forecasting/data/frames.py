@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from forecasting.errors import DataError
+from forecasting.common.errors import DataError
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv",)

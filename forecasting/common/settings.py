@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from forecasting.errors import ConfigError
+from forecasting.common.errors import ConfigError
 
 try:
     import tomllib

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from forecasting.bundle import IntervalSettings
-from forecasting.config import TrainSection
-from forecasting.errors import ConfigError
+from forecasting.bundle.format import IntervalSettings
+from forecasting.common.config import TrainSection
+from forecasting.common.errors import ConfigError
 
 FloatArray = npt.NDArray[np.float64]
 GLOBAL_MODELS = frozenset({"LightGBM"})
@@ -235,21 +235,21 @@ def calibrate_backtest(cv: Any, data: Any, names: list[str], cfg: TrainSection, 
     the ``unique_id, ds, y`` histories. For each cutoff, the interval columns of the local candidates
     whose intervals are calibrated (those without native intervals, and the cheap native ones of
     ``RECALIBRATED_NATIVE``) are recomputed from the history up to the cutoff with
-    :func:`forecasting.fitted.forecast_batch`, the very function the edge scores with (a fitted-state
+    :func:`forecasting.models.fitted.forecast_batch`, the very function the edge scores with (a fitted-state
     model is fitted on that history first); then, when :func:`interval_settings` says so, every
     forecast and bound below 0 becomes 0.
     """
     import polars as pl
 
-    from forecasting.fitted import (
+    from forecasting.models.fitted import (
         CONFORMAL_ONLY,
         RECALIBRATED_NATIVE,
         fit_states,
         forecast_batch,
         model_state,
     )
-    from forecasting.kernels import pad_right_aligned
-    from forecasting.training import model_families
+    from forecasting.models.kernels import pad_right_aligned
+    from forecasting.training.pipeline import model_families
 
     settings = interval_settings(cfg, frame)
     levels = sorted({int(c.rsplit("-", 1)[1]) for c in cv.columns if "-lo-" in c})
@@ -266,7 +266,7 @@ def calibrate_backtest(cv: Any, data: Any, names: list[str], cfg: TrainSection, 
         else []
     )
     if recalibrate:
-        from forecasting.bundle import ModelEntry
+        from forecasting.bundle.format import ModelEntry
 
         origins = cv.select("unique_id", "cutoff").unique().sort("unique_id", "cutoff").with_row_index("_o")
         hist = data.join(origins, on="unique_id").filter(pl.col("ds") <= pl.col("cutoff")).sort("_o", "ds")
@@ -406,12 +406,12 @@ def theta_deseasonalised_forecast(y: FloatArray, season_length: int, horizon: in
 def tsb_optimized_class() -> Any:
     """statsforecast's TSB with ``alpha_d``/``alpha_p`` fitted per series by in-sample MSE.
 
-    The constants come from :func:`forecasting.kernels.tsb_fit` on the series being forecast, the same
+    The constants come from :func:`forecasting.models.kernels.tsb_fit` on the series being forecast, the same
     function the edge runs over a whole store, so backtests and the edge pick the same pair.
     """
     from statsforecast.models import TSB
 
-    from forecasting import kernels
+    from forecasting.models import kernels
 
     class TSBOptimized(TSB):
         """TSB whose smoothing constants are refitted on every history it is given."""

@@ -12,7 +12,7 @@ edge applies it (:func:`model_state`):
 
 Training calls :func:`fit_models` (fit per-series choices and get payload tables) or, when it already
 holds fitted statsforecast objects, :func:`export_fitted`; it then passes the payloads and
-``ModelEntry`` values to :func:`forecasting.bundle.write_bundle`. The scoring engine calls
+``ModelEntry`` values to :func:`forecasting.bundle.format.write_bundle`. The scoring engine calls
 :func:`load_fitted` and :func:`forecast_batch`.
 """
 
@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from forecasting.bundle import IntervalSettings, Manifest, ModelEntry, ModelState, read_payload
-from forecasting.errors import BundleError, DataError
-from forecasting.models import ENSEMBLE_FAMILY, ensemble_members
+from forecasting.bundle.format import IntervalSettings, Manifest, ModelEntry, ModelState, read_payload
+from forecasting.common.errors import BundleError, DataError
+from forecasting.models.families import ENSEMBLE_FAMILY, ensemble_members
 
 SERIES_PAYLOAD = "series.parquet"
 SERIES_SCHEMA = {"store_id": pl.Utf8, "item_id": pl.Utf8, "category": pl.Utf8, "model": pl.Utf8}
@@ -139,7 +139,7 @@ def make_model(family: str, season_length: int, params: Mapping[str, Any] | None
     """A statsforecast model object of class ``family`` (``season_length`` passed when it takes one)."""
     from statsforecast import models as sf_models
 
-    from forecasting.models import M4_METHODS, m4_model_class
+    from forecasting.models.families import M4_METHODS, m4_model_class
 
     if family in M4_METHODS:  # the M4 organisers' benchmarks: deseasonalise, forecast, reseasonalise
         m4_kwargs = dict(params or {})
@@ -176,7 +176,7 @@ CONFORMAL_ONLY = frozenset(
 )
 CONFORMAL_WINDOWS = 2
 # Intermittent-demand families (``CandidateSpec.intermittent``): with calibrated intervals, their bounds on
-# unit sales are count quantiles (:func:`forecasting.kernels.count_intervals`) that can include zero.
+# unit sales are count quantiles (:func:`forecasting.models.kernels.count_intervals`) that can include zero.
 INTERMITTENT_FAMILIES = frozenset(
     {"CrostonClassic", "CrostonOptimized", "CrostonSBA", "ADIDA", "IMAPA", "TSB"}
 )
@@ -255,7 +255,7 @@ def fit_models(
     ``families`` maps it to one (``{"ets_damped": "AutoETS"}``); ``model_params[label]`` are its
     constructor arguments. Only ``fitted-state`` models are estimated here (with statsforecast,
     ``n_jobs`` processes); ``refit-at-edge`` models just record the choice. Series assigned to
-    ``LightGBM`` use ``global_model`` (a :class:`forecasting.gbm.GlobalModel` trained on ``frame``),
+    ``LightGBM`` use ``global_model`` (a :class:`forecasting.models.gbm.GlobalModel` trained on ``frame``),
     exported to ONNX with intervals calibrated for ``levels``.
     """
     series = _series_table(frame, assignments)
@@ -276,7 +276,7 @@ def fit_models(
         if family == "LightGBM":
             if global_model is None:
                 raise DataError("series are assigned to LightGBM but no global_model was given")
-            from forecasting.onnx_model import export_global
+            from forecasting.models.onnx_model import export_global
 
             global_payloads, entry = export_global(global_model, frame, levels)
             out.payloads.update(global_payloads)
@@ -396,12 +396,12 @@ def forecast_batch(
     """Forecast ``h`` steps for each row of ``y`` with one model; arrays of shape ``(rows, h)``.
 
     ``y`` is time-major, one series per column, right-aligned, with ``lengths`` valid values each
-    (:func:`forecasting.kernels.pad_right_aligned`). Keys: ``mean`` and ``lo-<level>`` /
+    (:func:`forecasting.models.kernels.pad_right_aligned`). Keys: ``mean`` and ``lo-<level>`` /
     ``hi-<level>``. For ``fitted-state`` models ``states`` holds one row per series (same order) and the
     stored parameters are applied to the fresh history without re-estimation. AutoETS and the simple
     models run as vectorised numpy kernels (no statsforecast import); the other families call
     statsforecast's own ``forward``/``forecast`` series by series. ``intervals`` (the bundle's
-    :class:`~forecasting.bundle.IntervalSettings`; default: statsforecast's) chooses how the families
+    :class:`~forecasting.bundle.format.IntervalSettings`; default: statsforecast's) chooses how the families
     without native intervals get theirs (:func:`calibrated_forecast`).
     """
     lv = sorted(levels)
@@ -427,7 +427,7 @@ def forecast_batch(
 def _ets_batch(
     y: FloatArray, lengths: IntArray, states: pl.DataFrame, h: int, levels: list[int]
 ) -> dict[str, FloatArray]:
-    from forecasting import kernels
+    from forecasting.models import kernels
 
     n = y.shape[1]
     out = {c: np.full((n, h), np.nan) for c in ["mean", *level_columns(levels)]}
@@ -462,7 +462,7 @@ def _kernel_forecast(
     entry: ModelEntry, season_length: int, y: FloatArray, lengths: IntArray, h: int, levels: list[int]
 ) -> dict[str, FloatArray] | None:
     """Vectorised forecasts of a refit-at-edge family, or None when it has no numpy kernel."""
-    from forecasting import kernels
+    from forecasting.models import kernels
 
     params = entry.params
     family = entry.family
@@ -503,7 +503,7 @@ def _seasonal_naive(
     y: FloatArray, lengths: IntArray, h: int, levels: list[int], m: int
 ) -> dict[str, FloatArray]:
     """SeasonalNaive; a series shorter than one season has no last season to repeat and gets Naive."""
-    from forecasting import kernels
+    from forecasting.models import kernels
 
     full = lengths >= m
     if full.all():
@@ -518,7 +518,7 @@ def _seasonal_naive(
 
 def _conformal_point(family: str, params: Mapping[str, Any], season_length: int) -> Any:
     """The vectorised point forecaster of a conformal-interval family, or None when there is none."""
-    from forecasting import kernels
+    from forecasting.models import kernels
 
     if family == "WindowAverage":
         window = int(params["window_size"])
@@ -551,8 +551,8 @@ _UNFITTABLE = (
 
 
 def _tsb_optimized_point(y: FloatArray, lengths: IntArray, h: int) -> FloatArray:
-    """TSB with ``alpha_d``/``alpha_p`` fitted per series (:func:`forecasting.kernels.tsb_fit`)."""
-    from forecasting import kernels
+    """TSB with ``alpha_d``/``alpha_p`` fitted per series (:func:`forecasting.models.kernels.tsb_fit`)."""
+    from forecasting.models import kernels
 
     alpha_d, alpha_p = kernels.tsb_fit(y, lengths)
     return kernels.tsb_mean(y, lengths, h, alpha_d, alpha_p)
@@ -602,12 +602,12 @@ def calibrated_forecast(
     """Forecasts of a family without native intervals, with calibrated intervals.
 
     Intermittent families on unit sales (histories of whole numbers >= 0) get negative binomial
-    quantiles around the forecast rate (:func:`forecasting.kernels.count_intervals`), which include 0
+    quantiles around the forecast rate (:func:`forecasting.models.kernels.count_intervals`), which include 0
     when zero days are likely; every other series gets conformal intervals from up to
-    ``conformal_windows`` windows (:func:`forecasting.kernels.calibrated_conformal`). The edge and the
+    ``conformal_windows`` windows (:func:`forecasting.models.kernels.calibrated_conformal`). The edge and the
     training's backtests both call this, so the two cannot disagree for the same history.
     """
-    from forecasting import kernels
+    from forecasting.models import kernels
 
     lv = sorted(levels)
     point = point_forecaster(entry, season_length)
@@ -636,11 +636,12 @@ def _recalibrated_native(
     states: pl.DataFrame | None,
     conformal_windows: int,
 ) -> dict[str, FloatArray]:
-    """Native forecasts with conformal bounds (:func:`forecasting.kernels.calibrated_conformal`'s rule).
+    """Native forecasts with conformal bounds (the rule of
+    :func:`forecasting.models.kernels.calibrated_conformal`).
 
     A fitted-state model is run forward with its stored state over each cut history, as on the full one.
     """
-    from forecasting import kernels
+    from forecasting.models import kernels
 
     out = forecast_batch(entry, season_length, y, lengths, h, levels, states)
 
@@ -704,7 +705,7 @@ def ensemble_forecast(
     errors of the mean forecast on up to ``conformal_windows`` cut histories, each member refitted (or
     run forward with its stored state) on each cut; ``members`` pairs each entry with its state rows.
     """
-    from forecasting import kernels
+    from forecasting.models import kernels
 
     lv = sorted(levels)
 

@@ -1,6 +1,6 @@
 """The global gradient-boosting model as ONNX: export (central side) and scoring (edge side).
 
-Export: the LightGBM booster of :class:`forecasting.gbm.GlobalModel` becomes an ONNX graph with
+Export: the LightGBM booster of :class:`forecasting.models.gbm.GlobalModel` becomes an ONNX graph with
 onnxmltools (``TreeEnsembleRegressor`` of the ``ai.onnx.ml`` domain). onnxmltools reads the objective
 from the booster's parameters and refuses LightGBM's aliases (``l1``, ``mae``, ...) although the trees are
 the same; the booster is therefore rebuilt from its own model text first, where LightGBM writes the
@@ -9,9 +9,9 @@ canonical objective name (``regression_l1``). Nothing else changes: the trees ar
 Scoring: onnxruntime on the CPU provider with ``threads`` intra-op threads, no custom-op library
 registered, and every node checked to belong to the standard domains (``ai.onnx``, ``ai.onnx.ml``)
 before a session is created, so a bundle cannot smuggle in custom operators. Features come from
-:func:`forecasting.gbm.feature_block`, the very function training uses (through ``make_features``),
+:func:`forecasting.models.gbm.feature_block`, the very function training uses (through ``make_features``),
 read at the last date of each series with known sales from its last ``lookback`` periods; rows after
-that date (``y`` missing) feed the dynamic drivers of the forecast dates (see :mod:`forecasting.gbm`).
+that date (``y`` missing) feed the dynamic drivers of the forecast dates (see :mod:`forecasting.models.gbm`).
 Missing feature values are NaN, which the exported trees route as LightGBM does.
 
 Intervals: the booster predicts a point per horizon. The exporter calibrates split-conformal intervals on
@@ -31,11 +31,11 @@ import numpy as np
 import polars as pl
 import structlog
 
-from forecasting.bundle import ModelEntry
-from forecasting.errors import BundleError
+from forecasting.bundle.format import ModelEntry
+from forecasting.common.errors import BundleError
 
 if TYPE_CHECKING:
-    from forecasting.gbm import GlobalModel
+    from forecasting.models.gbm import GlobalModel
 
 GLOBAL_FAMILY = "LightGBM"
 ONNX_PAYLOAD = "models/LightGBM.onnx"
@@ -125,7 +125,7 @@ def _calibrate(model: GlobalModel, frame: pl.DataFrame, levels: Sequence[int]) -
     if origins.height == 0:
         return out
     pred = model.predict(frame, origins=origins)
-    from forecasting.gbm import make_features
+    from forecasting.models.gbm import make_features
 
     scale = make_features(frame, spec, origins=origins).select(*keys, "ds", "scale")
     actual = frame.select(*keys, "ds", "y")
@@ -143,10 +143,10 @@ def export_global(
 ) -> tuple[dict[str, bytes], ModelEntry]:
     """Payloads and manifest entry of the global model: the ONNX file plus feature spec and intervals.
 
-    Training calls this with the fitted :class:`~forecasting.gbm.GlobalModel` and the frame it was
+    Training calls this with the fitted :class:`~forecasting.models.gbm.GlobalModel` and the frame it was
     trained on; assign series to the label ``LightGBM`` in ``series.parquet`` to use it.
     """
-    from forecasting.gbm import spec_digest
+    from forecasting.models.gbm import spec_digest
 
     onnx_bytes = export_lightgbm(model.booster, len(model.spec.feature_names))
     params = {
@@ -171,7 +171,7 @@ def forecast_global(
     Returns ``store_id, item_id, horizon, forecast, lo-<lv>, hi-<lv>`` sorted by series and horizon;
     ``h`` may not exceed the horizon the model was trained for.
     """
-    from forecasting.gbm import FeatureSpec, feature_block, index_series, last_observed
+    from forecasting.models.gbm import FeatureSpec, feature_block, index_series, last_observed
 
     started = time.perf_counter()
     spec = FeatureSpec.from_params(entry.params["features"])

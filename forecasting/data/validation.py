@@ -1,6 +1,6 @@
 """Validation that loses nothing: every rule counted, offending rows named by line and quarantined.
 
-``validate(raw, cfg)`` takes the loader's text-faithful frame (``forecasting.loading.load_extract``) and
+``validate(raw, cfg)`` takes the loader's text-faithful frame (``forecasting.data.loading.load_extract``) and
 returns the canonical frame (``store_id, item_id, category, ds, y`` + flags and extra columns, sorted),
 the quarantined rows (original values, ``line``, ``rule``, ``reason``) and a report that is written as
 JSON for programs and as text for people.
@@ -17,9 +17,9 @@ from typing import Any, Literal
 import msgspec
 import polars as pl
 
-from forecasting.config import DataConfig
-from forecasting.errors import DataError
-from forecasting.loading import FREQ_INTERVAL, LINE, load_extract
+from forecasting.common.config import DataConfig
+from forecasting.common.errors import DataError
+from forecasting.data.loading import FREQ_INTERVAL, LINE, load_extract
 
 Severity = Literal["error", "warning", "info"]
 KEYS = ["store_id", "item_id"]

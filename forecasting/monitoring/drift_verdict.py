@@ -1,14 +1,14 @@
 """The ``drifted`` verdict of a category from its tests, and why, in words (no numerics: the server uses it).
 
-The agent (:mod:`forecasting.drift`) decides with :func:`drift_by_tests`; the dashboard explains a stored
-verdict with :func:`verdict_reason`, so the page and the verdict cannot disagree.
+The agent (:mod:`forecasting.monitoring.drift`) decides with :func:`drift_by_tests`; the dashboard
+explains a stored verdict with :func:`verdict_reason`, so the page and the verdict cannot disagree.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from forecasting.contracts import DriftTest
+from forecasting.common.contracts import DriftTest
 
 OK = "ok"
 DRIFT = "drift"

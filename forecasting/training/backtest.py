@@ -14,11 +14,11 @@ from typing import Any
 
 import polars as pl
 
-from forecasting import metrics
-from forecasting.config import TrainSection
-from forecasting.errors import DataError
-from forecasting.logs import get_logger
-from forecasting.models import GLOBAL_MODELS, build_models, calibrate_backtest, min_length
+from forecasting.common.config import TrainSection
+from forecasting.common.errors import DataError
+from forecasting.common.logs import get_logger
+from forecasting.models.families import GLOBAL_MODELS, build_models, calibrate_backtest, min_length
+from forecasting.training import metrics
 
 log = get_logger(__name__)
 ID = "unique_id"
@@ -110,7 +110,7 @@ def run_backtest(
     if local:
         cv = cross_validation(data, local, cfg, freq, h=h, n_windows=n_windows, step=step_size, levels=levels)
     if "LightGBM" in names:
-        from forecasting import gbm
+        from forecasting.models import gbm
 
         gcv = gbm.cross_validation(frame, eligible[ID], cfg, freq, h=h, n_windows=n_windows, step=step_size)
         cv = gcv if cv is None else cv.join(gcv.drop("y"), on=[ID, "ds", "cutoff"], how="left")
@@ -167,7 +167,7 @@ def cross_validation(
     """statsforecast ``cross_validation`` on the local or Dask engine; rows sorted by series, cutoff, ds."""
     models = build_models(names, cfg, h, intervals=bool(levels))
     if cfg.engine == "dask":
-        from forecasting import distributed
+        from forecasting.training import distributed
 
         out = distributed.cross_validation(
             data, models, freq, h=h, n_windows=n_windows, step=step, levels=levels, cfg=cfg
