@@ -12,12 +12,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from forecasting.common.config import TrainSection
 from forecasting.common.errors import DataError
 from forecasting.common.logs import get_logger
-from forecasting.models.families import GLOBAL_MODELS, build_models, calibrate_backtest, min_length
+from forecasting.models.families import (
+    GLOBAL_MODELS,
+    build_models,
+    interval_settings,
+    min_length,
+    model_families,
+)
 from forecasting.training import metrics
 
 log = get_logger(__name__)
@@ -199,3 +206,77 @@ def normalise_output(out: Any, names: list[str], levels: list[int], keys: list[s
                     cols.append(col)
     sort_keys = [k for k in (ID, "cutoff", "ds") if k in df.columns]
     return df.select(cols).with_columns(pl.col(ID).cast(pl.Utf8)).sort(sort_keys)
+
+
+def calibrate_backtest(cv: Any, data: Any, names: list[str], cfg: TrainSection, frame: Any) -> Any:
+    """Cross-validation forecasts with the edge's intervals, floored at 0 for unit sales.
+
+    ``cv``: Nixtla layout (``unique_id, ds, cutoff, y`` and per model its forecast and bounds); ``data``:
+    the ``unique_id, ds, y`` histories. For each cutoff, the interval columns of the local candidates
+    whose intervals are calibrated (those without native intervals, and the cheap native ones of
+    ``RECALIBRATED_NATIVE``) are recomputed from the history up to the cutoff with
+    :func:`forecasting.models.fitted.forecast_batch`, the very function the edge scores with (a fitted-state
+    model is fitted on that history first); then, when :func:`interval_settings` says so, every
+    forecast and bound below 0 becomes 0.
+    """
+    import polars as pl
+
+    from forecasting.models.fitted import (
+        CONFORMAL_ONLY,
+        RECALIBRATED_NATIVE,
+        fit_states,
+        forecast_batch,
+        model_state,
+    )
+    from forecasting.models.kernels import pad_right_aligned
+
+    settings = interval_settings(cfg, frame)
+    levels = sorted({int(c.rsplit("-", 1)[1]) for c in cv.columns if "-lo-" in c})
+    families, params = model_families(cfg)
+    recalibrate = (
+        [
+            name
+            for name in names
+            if settings.method == "calibrated"
+            and families.get(name, name) in CONFORMAL_ONLY | RECALIBRATED_NATIVE
+            and f"{name}-lo-{levels[0]}" in cv.columns
+        ]
+        if levels
+        else []
+    )
+    if recalibrate:
+        from forecasting.bundle.format import ModelEntry
+
+        origins = cv.select("unique_id", "cutoff").unique().sort("unique_id", "cutoff").with_row_index("_o")
+        hist = data.join(origins, on="unique_id").filter(pl.col("ds") <= pl.col("cutoff")).sort("_o", "ds")
+        counts = hist.group_by("_o", maintain_order=True).len()["len"].to_numpy()
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        y, lengths = pad_right_aligned(
+            hist["y"].to_numpy().astype(np.float64), offsets, np.arange(len(counts))
+        )
+        h = int(cv.group_by("unique_id", "cutoff").len()["len"].max())
+        rows = cv.join(origins, on=["unique_id", "cutoff"], maintain_order="left").with_columns(
+            _step=pl.col("ds").rank("ordinal").over("_o").cast(pl.Int64) - 1
+        )
+        o_idx, s_idx = rows["_o"].to_numpy(), rows["_step"].to_numpy()
+        new: dict[str, Any] = {}
+        for name in recalibrate:
+            family = families.get(name, name)
+            entry = ModelEntry(state=model_state(family), family=family, params=params.get(name, {}))
+            fitted = entry.state == "fitted-state"
+            states = fit_states(entry, cfg.season_length, y, lengths) if fitted else None
+            out = forecast_batch(entry, cfg.season_length, y, lengths, h, levels, states, settings)
+            for lv in levels:
+                for side in ("lo", "hi"):
+                    new[f"{name}-{side}-{lv}"] = out[f"{side}-{lv}"][o_idx, s_idx]
+        cv = rows.with_columns(pl.Series(k, v) for k, v in new.items()).drop("_o", "_step")
+    if settings.nonnegative:
+        value_cols = [
+            c
+            for c in cv.columns
+            if c in names or any(c.startswith(f"{n}-lo-") or c.startswith(f"{n}-hi-") for n in names)
+        ]
+        cv = cv.with_columns(
+            pl.when(pl.col(c) < 0).then(0.0).otherwise(pl.col(c)).alias(c) for c in value_cols
+        )
+    return cv

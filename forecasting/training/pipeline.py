@@ -26,7 +26,7 @@ import polars as pl
 
 from forecasting.common.config import TrainConfig, TrainSection
 from forecasting.common.logs import get_logger, progress
-from forecasting.models.families import GLOBAL_MODELS, check_candidates, ensemble_members
+from forecasting.models.families import GLOBAL_MODELS, check_candidates, ensemble_members, model_families
 from forecasting.monitoring import drift
 from forecasting.training import metrics
 from forecasting.training.backtest import ID, BacktestResult, run_backtest, series_table
@@ -168,28 +168,6 @@ def train(frame: pl.DataFrame, config: TrainConfig) -> TrainResult:
         started_at=started_at,
         duration_seconds=duration,
     )
-
-
-def model_families(cfg: TrainSection) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
-    """statsforecast class name and constructor parameters of every deployable candidate label."""
-    s = max(cfg.season_length, 1)
-    families = {
-        "SES": "SimpleExponentialSmoothingOptimized",
-        "SeasonalES": "SeasonalExponentialSmoothingOptimized",
-    }
-    params: dict[str, dict[str, Any]] = {
-        "SeasonalNaive": {"season_length": s},
-        "WindowAverage": {"window_size": cfg.window_size},
-        "SeasonalWindowAverage": {"season_length": s, "window_size": cfg.season_windows},
-        "SeasonalES": {"season_length": s},
-        "AutoETS": {"season_length": s, "model": cfg.ets_model},
-        "AutoTheta": {"season_length": s},
-        "Theta": {"season_length": s, "decomposition_type": "multiplicative"},
-        "MSTL": {"season_length": cfg.mstl_season_lengths or [s]},
-        "AutoARIMA": {"season_length": s},
-        "TSB": {"alpha_d": cfg.tsb_alpha_d, "alpha_p": cfg.tsb_alpha_p},
-    }
-    return families, params
 
 
 def reference_stats(frame: pl.DataFrame, season_length: int) -> dict[str, dict[str, float]]:

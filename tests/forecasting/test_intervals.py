@@ -25,7 +25,12 @@ from forecasting.common.config import TrainConfig, TrainSection, load_train_conf
 from forecasting.data.synthetic import generate
 from forecasting.data.validation import load_canonical
 from forecasting.models import kernels
-from forecasting.models.families import candidate_specs, interval_settings, tsb_optimized_class
+from forecasting.models.families import (
+    candidate_specs,
+    interval_settings,
+    model_families,
+    tsb_optimized_class,
+)
 from forecasting.models.fitted import (
     INTERMITTENT_FAMILIES,
     calibrated_forecast,
@@ -34,7 +39,7 @@ from forecasting.models.fitted import (
     forecast_batch,
 )
 from forecasting.training.backtest import run_backtest
-from forecasting.training.pipeline import model_families, train, write_run
+from forecasting.training.pipeline import train, write_run
 from tests.forecasting._bundles import key_pair
 
 PROJECT = Path(__file__).resolve().parents[2]
