@@ -65,7 +65,7 @@ def _replay(seed: int, size: str, work: Path) -> dict[str, dict[str, Any]]:
         source="walmart",
         data_path=DATA / "walmart",
         stores=12 if size == "tiny" else None,
-        periods=40,
+        periods=44,
         seed=seed,
         replay_noise=REPLAY_NOISE,
         reset_champion=True,  # every candidate against the same champion
@@ -81,6 +81,9 @@ def _replay(seed: int, size: str, work: Path) -> dict[str, dict[str, Any]]:
             "halt_step": None if halt is None else halt["step"],
             "reason": result.halt_reason,
         }
+    # each replay's outcomes as it ends (a replay takes minutes; a long run shows its progress)
+    line = "; ".join(f"{k}: {v['outcome']} ({v['periods']} periods)" for k, v in outcomes.items())
+    print(f"seed {seed}: {line}", flush=True)
     return outcomes
 
 
@@ -123,11 +126,6 @@ def test_gates(benchmark: Any, figures: Any, replays: list[dict[str, dict[str, A
     for factor, rate in sorted(curve.items()):
         figures.value(f"rollback_rate_any_x{factor:.2f}", rate, "share")
     _plot(curve, len(replays))
-    for i, replay in enumerate(replays, start=1):
-        print(
-            f"seed {i}: "
-            + "; ".join(f"{k}: {v['outcome']} ({v['periods']} periods)" for k, v in replay.items())
-        )
 
 
 def _plot(curve: dict[float, float], replays: int) -> None:

@@ -286,11 +286,13 @@ def synthetic_fleet(
 
 
 def default_plan() -> dict[str, Any]:
-    """Three waves (20 %, 50 %, all), one or two periods of bake, the paired gate's defaults (5 % false
-    rollbacks, 5 % degradation worth stopping for, ceiling 2.0) on evidence sized for a small replay."""
+    """A fleet-wide shadow phase, then three waves (20 %, 50 %, all), one or two periods of bake, the
+    paired gate's defaults (5 % false rollbacks, 5 % degradation worth stopping for, ceiling 2.0) on
+    evidence sized for a small replay."""
     return {
         "name": "simulated canary",
         "stratify_by": ["type", "region"],
+        "shadow": {"enabled": True, "scope": "fleet", "bake_periods": 1},
         "waves": [
             {"name": "canary", "share": 0.2, "bake_periods": 2},
             {"name": "half", "share": 0.5, "bake_periods": 1},

@@ -353,7 +353,7 @@ def evaluate(
     fleet = repo.fleet_stores(rollout["model_name"])
     members = {s["store_id"]: s for s in repo.stores(rollout["rollout_id"])}
     by_id = {s["store_id"]: s for s in fleet}
-    wave_stores = [by_id[sid] for sid, s in members.items() if s["wave"] <= step.wave and sid in by_id]
+    wave_stores = [by_id[sid] for sid, s in members.items() if step.covers(s["wave"]) and sid in by_id]
     started = rollout["step_started_at"]
     fleet_repo = FleetRepository(repo.db)
     wave_ids = sorted(s["store_id"] for s in wave_stores)

@@ -13,7 +13,7 @@ import hashlib
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -78,13 +78,17 @@ class AccuracyGate(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
 
 
 class ShadowPhase(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """Before serving: the first wave's stores score the candidate beside the champion they serve.
+    """Before serving: stores score the candidate beside the champion they serve, on the same history.
 
-    Turned on by the server for a rollout whose first wave covers every store (there is then no later
-    wave to learn from before the whole fleet serves the candidate).
+    ``scope``: ``"wave"``, the first wave's stores; ``"fleet"``, every store the rollout reaches, so the
+    gate judges the first look on paired evidence from the whole fleet while no store serves the
+    candidate yet (shadow scoring changes nothing a store serves). Turned on by the server for a rollout
+    whose first wave covers every store (there is then no later wave to learn from before the whole fleet
+    serves the candidate).
     """
 
     enabled: bool = False
+    scope: Literal["wave", "fleet"] = "wave"
     bake_periods: Count = 2
     bake_min_seconds: float = 0.0
 
@@ -113,6 +117,15 @@ class Step(msgspec.Struct, frozen=True, kw_only=True):
     bake_min_seconds: float
     manual_approval: bool
     champion_shadow: bool = True
+    fleet: bool = False  # the step reaches every store of the rollout, whatever its wave
+
+    def covers(self, wave: int) -> bool:
+        """Whether a store first served in ``wave`` takes part in this step."""
+        return self.fleet or wave <= self.wave
+
+    def shadows(self, wave: int) -> bool:
+        """Whether a store first served in ``wave`` scores the candidate in shadow in this step."""
+        return self.kind == "shadow" and (self.fleet or wave == self.wave)
 
 
 STRATUM_FIELDS = ("type", "region", "size")
@@ -209,6 +222,7 @@ def steps_of(plan: RolloutPlan) -> list[Step]:
                     bake_min_seconds=shadow_seconds,
                     manual_approval=False,
                     champion_shadow=wave.champion_shadow,
+                    fleet=i == 0 and plan.shadow.enabled and plan.shadow.scope == "fleet",
                 )
             )
         steps.append(

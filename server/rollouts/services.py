@@ -107,7 +107,7 @@ class RolloutService:
                 name=step.name,
                 kind=step.kind,
                 state="current" if i == current and not finished else ("done" if i < current else "pending"),
-                stores=[m["store_id"] for m in members if m["wave"] <= step.wave],
+                stores=[m["store_id"] for m in members if step.covers(m["wave"])],
                 bake_periods=step.bake_periods,
                 bake_min_seconds=step.bake_min_seconds,
                 manual_approval=step.manual_approval,
@@ -155,9 +155,9 @@ class RolloutService:
             _, steps = self._plan(row)
             step = steps[int(row["step"])]
             wave = self.repo.store_wave(row["rollout_id"], store_id)
-            if wave is None or wave > step.wave:
+            if wave is None or not step.covers(wave):
                 continue
-            if wave == step.wave and step.kind == "shadow":  # the champion serves, the candidate in shadow
+            if step.shadows(wave):  # the champion serves, the candidate in shadow
                 return schemas.StoreOverride(
                     rollout_id=row["rollout_id"], version=int(row["candidate_version"]), shadow=True
                 )

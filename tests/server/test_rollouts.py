@@ -319,6 +319,28 @@ def test_shadow_phase_serves_the_champion_and_compares_on_the_same_stores(
     assert all(fleet.assignment(s)["version"] == 2 for s in first)
 
 
+def test_fleet_shadow_judges_every_store_before_any_serves_the_candidate(
+    rollout_server: RunningServer, tmp_path: Path, signing_key: Path
+) -> None:
+    """scope = "fleet": every store scores v2 in shadow; a worse one is rolled back before anyone serves it."""
+    fleet = make_fleet(rollout_server, tmp_path, signing_key, per_stratum=2)
+    plan = base_plan()
+    plan["shadow"] = {"enabled": True, "scope": "fleet", "bake_periods": 1}
+    rollout_id = start(fleet, plan)
+    body = status(rollout_server, rollout_id)
+    assert wave_stores(body, 0) == set(fleet.tokens)  # the shadow step lists the whole fleet
+    assert len(wave_stores(body, 1)) < len(fleet.tokens)  # the canary still serves a share
+    for store_id in fleet.tokens:
+        assigned = fleet.assignment(store_id)
+        assert (assigned["version"], assigned.get("shadow_version")) == (1, 2)
+    body = drive(fleet, rollout_id, weeks=4, candidate_factor=1.3)
+    assert body["rollout"]["status"] == "rolled_back", body["decisions"]
+    halt = body["decisions"][-1]
+    assert halt["step"] == 0
+    assert halt["numbers"]["accuracy"]["step_stores"] == len(fleet.tokens)
+    assert all(versions == {1} for versions in fleet.seen.values())  # no store ever served v2
+
+
 def test_server_restart_mid_rollout_reaches_the_same_outcome(tmp_path: Path, signing_key: Path) -> None:
     """The server is killed after wave 1 started baking; a new one carries the rollout to promotion."""
     server = launch(tmp_path / "srv", signing_key.with_name(signing_key.name + ".pub"), ENGINE_ENV)
@@ -368,7 +390,7 @@ def test_cli_starts_shows_pauses_resumes_and_promotes(
                 str(plan), "-o", "json")
     )  # fmt: skip
     rollout_id = started["rollout"]["rollout_id"]
-    assert [w["name"] for w in started["waves"]] == ["canary", "half", "everyone"]
+    assert [w["name"] for w in started["waves"]] == ["shadow", "canary", "half", "everyone"]
     table = cli_run(rollout_server, "rollouts", "status", rollout_id)
     assert "waves" in table and "gates" in table and "decisions" in table
     assert "activated share" in table and "new errors per store" in table
