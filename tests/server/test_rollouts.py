@@ -322,7 +322,7 @@ def test_shadow_phase_serves_the_champion_and_compares_on_the_same_stores(
 def test_fleet_shadow_judges_every_store_before_any_serves_the_candidate(
     rollout_server: RunningServer, tmp_path: Path, signing_key: Path
 ) -> None:
-    """scope = "fleet": every store scores v2 in shadow; a worse one is rolled back before anyone serves it."""
+    """scope = "fleet": every store scores v2 in shadow; a worse v2 is rolled back before any serves it."""
     fleet = make_fleet(rollout_server, tmp_path, signing_key, per_stratum=2)
     plan = base_plan()
     plan["shadow"] = {"enabled": True, "scope": "fleet", "bake_periods": 1}
