@@ -48,7 +48,8 @@ from agent.paths import (
     remove_tree,
     switch_symlink,
 )
-from agent.scoring import Scorer, health_check, read_serving
+from agent.scoring import Scorer, health_check
+from agent.serving import read_serving
 from agent.sync import SyncClient
 from forecasting.common.contracts import Assignment
 from forecasting.common.errors import BundleError

@@ -7,15 +7,11 @@ current :class:`ForecastView` (swapped atomically) and hands commands to the loo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import queue
-import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -23,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from agent.config import AgentConfig, is_loopback
-from agent.errors import AgentError, NoActiveModelError, ScoringError
+from agent.config import AgentConfig
+from agent.errors import NoActiveModelError, ScoringError
 from agent.forecasts import ForecastView
 from agent.lifecycle import (
     Lifecycle,
@@ -36,11 +32,11 @@ from agent.lifecycle import (
     save_record,
 )
 from agent.paths import StatePaths, read_symlink
-from agent.scoring import Scorer, ScoringSettings, ShadowModel, read_serving, score_store
+from agent.scoring import Scorer, ScoringSettings, ShadowModel, score_store
+from agent.serving import read_serving
 from agent.sync import SyncClient, backoff_seconds
 from forecasting.common.contracts import Heartbeat
 from forecasting.common.logs import get_logger
-from forecasting.common.systemd_notify import notify, watchdog_interval_seconds
 
 if TYPE_CHECKING:
     from agent.store import LocalStore
@@ -546,133 +542,6 @@ class AgentRuntime:
         delay = backoff_seconds(self._flush_failures, 2.0, self.config.agent.max_backoff_seconds)
         self._next_flush = time.monotonic() + delay
         log.warning("outbox_flush_failed", reason=reason, retry_in_seconds=round(delay, 1))
-
-    # -- process -------------------------------------------------------------------------------------
-
-    def serve(self) -> None:
-        """Run the API and the work loop until SIGTERM/SIGINT; systemd READY=1 once listening."""
-        self.config.check_transport()
-        _limit_malloc_arenas()
-        loop_factory = None
-        if _has("uvloop"):
-            import uvloop
-
-            loop_factory = uvloop.new_event_loop
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(self._serve())
-
-    async def _serve(self) -> None:
-        import uvicorn
-
-        from agent.api import create_app
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                # Like uvicorn's, minus re-raising the signal afterwards: the agent still has to stop its
-                # work loop, close its store and tell systemd it is stopping.
-                originals = {
-                    sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
-                }
-                try:
-                    yield
-                finally:
-                    for sig, handler in originals.items():
-                        signal.signal(sig, handler)
-
-        app = create_app(self)
-        server = Server(
-            uvicorn.Config(
-                app,
-                host=self.config.api.host,
-                port=self.config.api.port,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-                http="httptools" if _has("httptools") else "h11",
-                server_header=False,
-                timeout_graceful_shutdown=5,
-                ssl_certfile=self.config.api.tls_cert_file or None,
-                ssl_keyfile=self.config.api.tls_key_file or None,
-            )
-        )
-        task = asyncio.create_task(server.serve())
-        while not server.started and not task.done():
-            await asyncio.sleep(0.005)
-        if task.done():
-            self.stop.set()
-            await task
-            raise AgentError(
-                f"inventory API could not listen on {self.config.api.host}:{self.config.api.port}"
-            )
-        notify(
-            f"READY=1\nSTATUS=serving on {self.config.api.host}:{self.config.api.port}\nMAINPID={os.getpid()}"
-        )
-        # The work loop (store, lifecycle, last forecasts) starts once the API listens: READY comes sooner,
-        # and for the moment the last run takes to open the API answers 503 "no forecasts yet".
-        self.start_worker()
-        log.info(
-            "agent_started",
-            store_id=self.config.agent.store_id,
-            url=f"{self.config.api.scheme}://{self.config.api.host}:{self.config.api.port}",
-            state_dir=str(self.paths.root),
-            server_url=self.config.agent.server_url,
-        )
-        if self.config.api.scheme == "http" and not is_loopback(self.config.api.host):
-            log.warning(
-                "api_plain_http",
-                host=self.config.api.host,
-                consequence="the inventory API (forecasts, sales, its token) is plain HTTP on the store "
-                "network; set [api] tls_cert_file and tls_key_file",
-            )
-        if self.config.agent.insecure:
-            log.warning(
-                "insecure_transport",
-                server_url=self.config.agent.server_url,
-                plain_http_off_loopback=self.config.agent.plain_http_off_loopback,
-                consequence="credentials and sales reports may cross the network unencrypted; "
-                "use https:// and set insecure = false",
-            )
-        if not self.config.agent.trusted_keys:
-            log.warning(
-                "no_trusted_keys", consequence="no model bundle can be verified; set [agent] trusted_keys"
-            )
-        interval = watchdog_interval_seconds()
-        try:
-            while not task.done():
-                await asyncio.wait({task}, timeout=interval or 5.0)
-                if interval and self.healthy():
-                    notify("WATCHDOG=1")
-                if self.worker is not None and not self.worker.is_alive() and not self.stop.is_set():
-                    log.error("work_loop_died", action="stopping so systemd restarts the agent")
-                    server.should_exit = True
-        finally:
-            notify("STOPPING=1")
-            self.stop.set()
-            self.wake.set()
-            if self.worker is not None:
-                self.worker.join(timeout=30)
-            if self._client is not None:
-                self._client.close()
-            log.info("agent_stopped", store_id=self.config.agent.store_id)
-
-
-def _limit_malloc_arenas() -> None:
-    """Two glibc malloc arenas instead of eight per core: the API's threads need no more, RSS stays low."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(name).mallopt(-8, 2)  # M_ARENA_MAX
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 def _today() -> date:
