@@ -144,8 +144,8 @@ def status_cmd(
 
 
 def _offline_status(config: AgentConfig) -> dict[str, Any]:
-    from agent.lifecycle import load_record
     from agent.paths import StatePaths
+    from agent.record import load_record
     from agent.serving import read_serving
 
     paths = StatePaths(config.state_path)

@@ -22,16 +22,9 @@ import msgspec
 from agent.config import AgentConfig
 from agent.errors import NoActiveModelError, ScoringError
 from agent.forecasts import ForecastView
-from agent.lifecycle import (
-    Lifecycle,
-    Record,
-    VersionRef,
-    count_error,
-    read_credential,
-    resolve_errors,
-    save_record,
-)
+from agent.lifecycle import Lifecycle
 from agent.paths import StatePaths, read_symlink
+from agent.record import Record, VersionRef, count_error, read_credential, resolve_errors, save_record
 from agent.scoring import Scorer, ScoringSettings, ShadowModel, score_store
 from agent.serving import read_serving
 from agent.sync import SyncClient, backoff_seconds
@@ -157,7 +150,7 @@ class AgentRuntime:
         return now - self.last_tick < STALL_SECONDS or now < self.busy_until
 
     def count_error(self, kind: str, reason: str) -> None:
-        """Count an error of ``kind`` (``agent.lifecycle.ERROR_KINDS``) for the next heartbeats; persisted."""
+        """Count an error of ``kind`` (``agent.record.ERROR_KINDS``) for the next heartbeats; persisted."""
         record = self.lifecycle.record if self.lifecycle is not None else self.record
         count_error(record, kind, reason)
         save_record(self.paths, record)

@@ -101,7 +101,7 @@ def _store_frame(items: int, horizon: int) -> pl.DataFrame:
 
 def _prepare_state(state_dir: Path, items: int, horizon: int) -> None:
     """An agent state with v1 committed as active and a finished scoring run of the whole store."""
-    from agent.lifecycle import Record, VersionRef
+    from agent.record import Record, VersionRef
     from agent.serving import ServingPointer, write_serving_index
 
     run_id = "20260101T000000Z-v1-bench"

@@ -145,8 +145,9 @@ def test_looping_update_is_aborted(running: Fleet, tmp_path: Path) -> None:
     import threading
 
     from agent.config import AgentConfig, AgentSection
-    from agent.lifecycle import Lifecycle, Record, VersionRef, save_record
+    from agent.lifecycle import Lifecycle
     from agent.paths import StatePaths
+    from agent.record import Record, VersionRef, save_record
     from agent.scoring import Scorer, ScoringSettings
     from agent.sync import SyncClient
 
