@@ -22,7 +22,7 @@ from litestar.params import Parameter
 from agent.errors import AgentError, IngestError, NoActiveModelError
 from agent.forecasts import MEDIA_TYPES, CursorError, ForecastView, OutputFormat, negotiate, render
 from forecasting.common.logs import get_logger
-from shelfcast import __version__
+from forecasting.common.version import shelfcast_version
 
 if TYPE_CHECKING:
     from agent.runtime import AgentRuntime
@@ -110,10 +110,11 @@ def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     c = runtime.counters
     view = runtime.view
     record = runtime.record
+    version = shelfcast_version()
     lines = [
         "# HELP shelfcast_agent_info Agent build and identity.",
         "# TYPE shelfcast_agent_info gauge",
-        f'shelfcast_agent_info{{version="{__version__}",store_id="{runtime.config.agent.store_id}"}} 1',
+        f'shelfcast_agent_info{{version="{version}",store_id="{runtime.config.agent.store_id}"}} 1',
         "# HELP shelfcast_agent_http_requests_total Inventory API requests by route.",
         "# TYPE shelfcast_agent_http_requests_total counter",
     ]
@@ -396,7 +397,7 @@ def create_app(runtime: AgentRuntime) -> Litestar:
         route_handlers=[livez, readyz, metrics, v1],
         openapi_config=OpenAPIConfig(
             title="shelfcast store agent",
-            version=__version__,
+            version=shelfcast_version(),
             description="Forecasts for the store's inventory system, status and sales upload.",
             path="/schema",
         ),

@@ -15,6 +15,7 @@ from agent.paths import StatePaths, atomic_write_bytes, read_symlink, remove_tre
 from agent.serving import read_serving
 from agent.states import State
 from forecasting.common.logs import get_logger
+from forecasting.common.version import shelfcast_version
 
 log = get_logger("agent.record")
 
@@ -109,9 +110,7 @@ def refusal_context(config: AgentConfig) -> str:
     """What a refusal was judged under: trusted keys (paths and contents), the whole config, the code."""
     import hashlib
 
-    from shelfcast import __version__
-
-    digest = hashlib.sha256(__version__.encode())
+    digest = hashlib.sha256(shelfcast_version().encode())
     digest.update(msgspec.json.encode(config))
     for name in sorted(config.agent.trusted_keys):
         digest.update(name.encode())

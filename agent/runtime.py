@@ -30,6 +30,7 @@ from agent.serving import read_serving
 from agent.sync import SyncClient, backoff_seconds
 from forecasting.common.contracts import Heartbeat
 from forecasting.common.logs import get_logger
+from forecasting.common.version import shelfcast_version
 
 if TYPE_CHECKING:
     from agent.store import LocalStore
@@ -460,15 +461,13 @@ class AgentRuntime:
         assert self.store is not None
         record = self.record
         view = self.view
-        from shelfcast import __version__
-
         beat = Heartbeat(
             store_id=self.config.agent.store_id,
             state=record.state.value,
             model_name=record.active.model_name if record.active else None,
             active_version=record.active.version if record.active else None,
             last_scored_at=view.pointer.scored_at if view else None,
-            agent_version=__version__,
+            agent_version=shelfcast_version(),
             sent_at=datetime.now(UTC),
             errors=dict(record.error_counts),
             last_error=record.counted_error,
