@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from agent.config import AgentConfig
 from agent.errors import NoActiveModelError, ScoringError
 from agent.forecasts import ForecastView
 from agent.lifecycle import Lifecycle
+from agent.metrics import AgentMetrics
 from agent.paths import StatePaths, read_symlink
 from agent.record import Record, VersionRef, count_error, read_credential, resolve_errors, save_record
 from agent.scoring import Scorer, ScoringSettings, ShadowModel, score_store
@@ -42,27 +42,6 @@ TRANSPORT_ERRORS = frozenset({"sync", "download", "report"})  # no use reporting
 STALL_SECONDS = 120.0
 
 
-@dataclass
-class Counters:
-    """Figures exported at ``/metrics``."""
-
-    requests: dict[str, int] = field(default_factory=dict)
-    scoring_runs: int = 0
-    scoring_failures: int = 0
-    shadow_runs: int = 0
-    shadow_failures: int = 0
-    sync_failures: int = 0
-    activations: int = 0
-    rollbacks: int = 0
-    reports_queued: int = 0
-    reports_delivered: int = 0
-    rows_ingested: int = 0
-    rows_quarantined: int = 0
-
-    def hit(self, route: str) -> None:
-        self.requests[route] = self.requests.get(route, 0) + 1
-
-
 Command = Callable[[], Any]
 
 
@@ -78,7 +57,21 @@ class AgentRuntime:
         self.wake = threading.Event()
         self.sales_arrived = threading.Event()  # set by POST /v1/sales: measure on the next tick
         self.view: ForecastView | None = None
-        self.counters = Counters()
+        self.metrics = AgentMetrics(
+            config.agent.store_id,
+            {
+                "active_version": lambda: self.record.active.version if self.record.active else 0,
+                "served_version": lambda: self.view.pointer.version if self.view else 0,
+                "last_scored_timestamp_seconds": lambda: (
+                    self.view.pointer.scored_at.timestamp() if self.view else 0.0
+                ),
+                "last_sync_timestamp_seconds": lambda: (
+                    self.record.last_sync_at.timestamp() if self.record.last_sync_at else 0.0
+                ),
+                "outbox_reports": lambda: float(self.store.outbox_size()) if self.store else 0.0,
+                "ready": lambda: 1 if self.is_ready() else 0,
+            },
+        )
         self.store: LocalStore | None = None
         self.lifecycle: Lifecycle | None = None
         self.record = Record()
@@ -275,8 +268,8 @@ class AgentRuntime:
             return
         self.resolve_errors("ingest")
         for result in results:
-            self.counters.rows_ingested += result.rows_ok
-            self.counters.rows_quarantined += result.rows_quarantined
+            self.metrics.rows_ingested.inc(result.rows_ok)
+            self.metrics.rows_quarantined.inc(result.rows_quarantined)
         if any(result.rows_ok for result in results) or self.sales_arrived.is_set():
             self.sales_arrived.clear()
             from agent.monitoring import measure_after_ingest
@@ -305,7 +298,7 @@ class AgentRuntime:
         base = self.config.agent.poll_interval_seconds
         if outcome.failed:
             self._poll_failures += 1
-            self.counters.sync_failures += 1
+            self.metrics.sync_failures.inc()
             delay = backoff_seconds(
                 self._poll_failures, min(base, 5.0), self.config.agent.max_backoff_seconds
             )
@@ -314,7 +307,7 @@ class AgentRuntime:
             delay = base
         self._next_poll = time.monotonic() + delay
         if outcome.rolled_back:
-            self.counters.rollbacks += 1
+            self.metrics.rollbacks.inc()
         shadow_ready = False
         if not outcome.failed:
             self.busy_until = time.monotonic() + 600
@@ -323,7 +316,7 @@ class AgentRuntime:
             finally:
                 self.busy_until = 0.0
         if outcome.activated is not None:
-            self.counters.activations += 1
+            self.metrics.activations.inc()
             self._queue_heartbeat()
             self._score("activation")
         elif shadow_ready and self.record.active is not None:
@@ -375,7 +368,8 @@ class AgentRuntime:
             raise NoActiveModelError("the current version link is missing")
         shadow = self._shadow_model()
         self._rescore_at = None  # this run reads every sale ingested so far
-        self.busy_until = time.monotonic() + 2 * self.config.scoring.timeout_seconds + 60
+        started = time.monotonic()
+        self.busy_until = started + 2 * self.config.scoring.timeout_seconds + 60
         try:
             result = score_store(
                 self.paths,
@@ -389,7 +383,8 @@ class AgentRuntime:
             )
             self.view = ForecastView.load(self.paths.root, result.pointer)
         except ScoringError as exc:
-            self.counters.scoring_failures += 1
+            self.metrics.scoring_failures.inc()
+            self.metrics.scoring_duration.labels(trigger, "failed").observe(time.monotonic() - started)
             self.count_error("scoring", f"v{active.version}: {exc}")
             log.error(  # noqa: TRY400 - expected failure, no traceback
                 "scoring_failed", trigger=trigger, model_version=active.version, reason=str(exc)
@@ -398,14 +393,15 @@ class AgentRuntime:
             return False
         finally:
             self.busy_until = 0.0
-        self.counters.scoring_runs += 1
+        self.metrics.scoring_runs.inc()
+        self.metrics.scoring_duration.labels(trigger, "ok").observe(time.monotonic() - started)
         self.resolve_errors("scoring")
         if shadow is not None:
             if result.shadow_error is None:
-                self.counters.shadow_runs += 1
+                self.metrics.shadow_runs.inc()
                 self.resolve_errors("shadow")
             else:
-                self.counters.shadow_failures += 1
+                self.metrics.shadow_failures.inc()
                 self.count_error("shadow", f"v{shadow.version}: {result.shadow_error}")
                 log.error(
                     "shadow_scoring_failed",
@@ -441,7 +437,7 @@ class AgentRuntime:
         assert self.lifecycle is not None
         back: VersionRef = self.lifecycle.rollback_to_previous()
         self.record = self.lifecycle.record
-        self.counters.rollbacks += 1
+        self.metrics.rollbacks.inc()
         self._queue_heartbeat()
         self._score("rollback")
         return {"model_name": back.model_name, "active_version": back.version}
@@ -475,7 +471,7 @@ class AgentRuntime:
             shadow_version=record.shadow.version if record.shadow else None,
             current_errors=dict(record.current_errors),
         )
-        self.counters.reports_queued += 1
+        self.metrics.reports_queued.inc()
         self.store.enqueue(
             "heartbeat",
             "/v1/heartbeats",
@@ -512,7 +508,7 @@ class AgentRuntime:
                     return
                 if 200 <= status < 300 or status == 409:
                     self.store.outbox_done(item.seq)
-                    self.counters.reports_delivered += 1
+                    self.metrics.reports_delivered.inc()
                 elif status in (401, 403) or status >= 500 or status == 429:
                     self.store.outbox_attempted(item.seq)
                     self._flush_failed(f"server answered {status}")
