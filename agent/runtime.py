@@ -1,7 +1,8 @@
-"""The running agent: the inventory API (uvicorn, main thread) and the work loop (one worker thread).
+"""The running agent: the state its inventory API reads and the work loop (one worker thread) that
+changes it; :mod:`agent.service` runs both in one process.
 
 The work loop ingests sales, runs the update lifecycle when a poll is due, scores (after activation, on
-the daily schedule, on demand), queues heartbeats and flushes the outbox. The API only reads the
+the schedule, on demand), queues heartbeats and flushes the outbox. The API only reads the
 current :class:`ForecastView` (swapped atomically) and hands commands to the loop through a queue.
 """
 
@@ -13,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -85,7 +86,7 @@ class AgentRuntime:
         self._next_heartbeat = 0.0
         self._next_flush = 0.0
         self._flush_failures = 0
-        self._next_daily: datetime | None = None
+        self._next_scheduled: datetime | None = None
         self._rescore_at: float | None = None  # new sales: score at this monotonic time (debounced)
         self._client: SyncClient | None = None
         self.worker: threading.Thread | None = None
@@ -207,7 +208,7 @@ class AgentRuntime:
             self.open_state()
             self.busy_until = 0.0
             self.ready_event.set()
-            self._schedule_daily()
+            self._schedule_scoring()
             while not self.stop.is_set():
                 self.last_tick = time.monotonic()
                 self._step()
@@ -232,7 +233,7 @@ class AgentRuntime:
             self._run_lifecycle()
         self._maybe_score_missing()
         self._maybe_rescore_after_sales()
-        self._maybe_score_daily()
+        self._maybe_score_on_schedule()
         now = time.monotonic()
         if now >= self._next_heartbeat:
             self._queue_heartbeat()
@@ -343,18 +344,13 @@ class AgentRuntime:
         if not self._score("catch_up"):
             self._next_missing_score = time.monotonic() + 60.0
 
-    def _schedule_daily(self) -> None:
-        hour, minute = (int(x) for x in self.config.scoring.daily_at.split(":"))
-        now = datetime.now().astimezone()
-        moment = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-        if moment <= now:
-            moment += timedelta(days=1)
-        self._next_daily = moment
+    def _schedule_scoring(self) -> None:
+        self._next_scheduled = self.config.scoring.next_run(datetime.now().astimezone())
 
-    def _maybe_score_daily(self) -> None:
-        if self._next_daily is None or datetime.now().astimezone() < self._next_daily:
+    def _maybe_score_on_schedule(self) -> None:
+        if self._next_scheduled is None or datetime.now().astimezone() < self._next_scheduled:
             return
-        self._schedule_daily()
+        self._schedule_scoring()
         if self.record.active is not None:
             self._score("schedule")
 
