@@ -22,7 +22,7 @@ from litestar.params import Parameter
 from agent.errors import AgentError, IngestError, NoActiveModelError
 from agent.forecasts import MEDIA_TYPES, CursorError, ForecastView, OutputFormat, negotiate, render
 from forecasting.common.logs import get_logger
-from shelfcast import __version__
+from forecasting.common.version import shelfcast_version
 
 if TYPE_CHECKING:
     from agent.runtime import AgentRuntime
@@ -106,60 +106,15 @@ def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
 )
 def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus text format."""
-    runtime = _runtime(request)
-    c = runtime.counters
-    view = runtime.view
-    record = runtime.record
-    lines = [
-        "# HELP shelfcast_agent_info Agent build and identity.",
-        "# TYPE shelfcast_agent_info gauge",
-        f'shelfcast_agent_info{{version="{__version__}",store_id="{runtime.config.agent.store_id}"}} 1',
-        "# HELP shelfcast_agent_http_requests_total Inventory API requests by route.",
-        "# TYPE shelfcast_agent_http_requests_total counter",
-    ]
-    lines += [
-        f'shelfcast_agent_http_requests_total{{route="{r}"}} {n}' for r, n in sorted(c.requests.items())
-    ]
-    active = record.active.version if record.active else 0
-    served = view.pointer.version if view else 0
-    scored_ts = view.pointer.scored_at.timestamp() if view else 0.0
-    sync_ts = record.last_sync_at.timestamp() if record.last_sync_at else 0.0
-    outbox = float(runtime.store.outbox_size()) if runtime.store else 0.0
-    gauges: list[tuple[str, str, str, float]] = [
-        ("scoring_runs_total", "counter", "Completed scoring runs.", c.scoring_runs),
-        ("scoring_failures_total", "counter", "Failed scoring runs.", c.scoring_failures),
-        (
-            "sync_failures_total",
-            "counter",
-            "Failed lifecycle runs (unreachable or refused).",
-            c.sync_failures,
-        ),
-        ("activations_total", "counter", "Model versions activated.", c.activations),
-        ("rollbacks_total", "counter", "Rollbacks (failed updates and operator rollbacks).", c.rollbacks),
-        ("reports_queued_total", "counter", "Reports queued in the outbox.", c.reports_queued),
-        ("reports_delivered_total", "counter", "Outbox reports delivered.", c.reports_delivered),
-        ("sales_rows_ingested_total", "counter", "Sales rows accepted.", c.rows_ingested),
-        ("sales_rows_quarantined_total", "counter", "Sales rows quarantined.", c.rows_quarantined),
-        ("active_version", "gauge", "Active model version (0: none).", active),
-        ("served_version", "gauge", "Model version of the served forecasts (0: none).", served),
-        ("last_scored_timestamp_seconds", "gauge", "When the served forecasts were scored.", scored_ts),
-        ("last_sync_timestamp_seconds", "gauge", "Last successful assignment poll.", sync_ts),
-        ("outbox_reports", "gauge", "Reports waiting in the outbox.", outbox),
-        ("ready", "gauge", "1 when a model is active and scored.", 1 if runtime.is_ready() else 0),
-    ]
-    for name, kind, help_text, value in gauges:
-        lines += [f"# HELP shelfcast_agent_{name} {help_text}", f"# TYPE shelfcast_agent_{name} {kind}"]
-        lines.append(f"shelfcast_agent_{name} {value:g}")
-    return Response(
-        ("\n".join(lines) + "\n").encode(), media_type="text/plain; version=0.0.4"
-    )  # + charset by Litestar
+    body = _runtime(request).metrics.render()
+    return Response(body, media_type="text/plain; version=0.0.4")  # + charset by Litestar
 
 
 @get("/status", sync_to_thread=False, responses=AS_JSON_OBJECT)
 def status(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Active version, last sync, last scoring, staleness and lifecycle state."""
     runtime = _runtime(request)
-    runtime.counters.hit("status")
+    runtime.metrics.hit("status")
     return Response(msgspec.json.encode(runtime.status()), media_type=JSON)
 
 
@@ -167,7 +122,7 @@ def _prepare(
     runtime: AgentRuntime, counter: str, request: Request[Any, Any, Any], horizon: int | None, fmt: str | None
 ) -> tuple[ForecastView, int, OutputFormat] | Response[bytes]:
     """What both forecast routes check first: a served view, a valid horizon and an acceptable format."""
-    runtime.counters.hit(counter)
+    runtime.metrics.hit(counter)
     view = _view_or_problem(runtime)
     if isinstance(view, Response):
         return view
@@ -276,7 +231,7 @@ def post_sales(request: Request[Any, Any, Any], body: bytes) -> Response[bytes]:
     from agent.ingest import ingest_bytes
 
     runtime = _runtime(request)
-    runtime.counters.hit("sales")
+    runtime.metrics.hit("sales")
     ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     fmt = SALES_TYPES.get(ctype)
     if fmt is None:
@@ -299,8 +254,8 @@ def post_sales(request: Request[Any, Any, Any], body: bytes) -> Response[bytes]:
         )
     except IngestError as exc:
         return problem(422, "Unreadable sales extract", str(exc))
-    runtime.counters.rows_ingested += result.rows_ok
-    runtime.counters.rows_quarantined += result.rows_quarantined
+    runtime.metrics.rows_ingested.inc(result.rows_ok)
+    runtime.metrics.rows_quarantined.inc(result.rows_quarantined)
     if result.rows_ok:
         runtime.sales_arrived.set()  # accuracy and drift are measured by the work loop, not this request
         runtime.wake.set()
@@ -396,11 +351,12 @@ def create_app(runtime: AgentRuntime) -> Litestar:
         route_handlers=[livez, readyz, metrics, v1],
         openapi_config=OpenAPIConfig(
             title="shelfcast store agent",
-            version=__version__,
+            version=shelfcast_version(),
             description="Forecasts for the store's inventory system, status and sales upload.",
             path="/schema",
         ),
         exception_handlers={Exception: _problem_handler},
+        middleware=[runtime.metrics.middleware],
         logging_config=None,
         debug=False,
     )

@@ -42,6 +42,7 @@ def run(config_files: tuple[Path, ...], host: str | None, port: int | None, stat
     import structlog
 
     from agent.runtime import AgentRuntime
+    from agent.service import serve
     from forecasting.common.logs import configure_logging
     from forecasting.common.private import private_files
 
@@ -49,7 +50,7 @@ def run(config_files: tuple[Path, ...], host: str | None, port: int | None, stat
     config = _load(config_files, host, port, state_dir)
     configure_logging(config.logging.level, config.logging.format)
     structlog.contextvars.bind_contextvars(store_id=config.agent.store_id)
-    AgentRuntime(config).serve()
+    serve(AgentRuntime(config))
 
 
 def _api_call(config: AgentConfig, method: str, path: str, timeout: float) -> dict[str, Any] | None:
@@ -143,9 +144,9 @@ def status_cmd(
 
 
 def _offline_status(config: AgentConfig) -> dict[str, Any]:
-    from agent.lifecycle import load_record
     from agent.paths import StatePaths
-    from agent.scoring import read_serving
+    from agent.record import load_record
+    from agent.serving import read_serving
 
     paths = StatePaths(config.state_path)
     record = load_record(paths)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -14,6 +15,7 @@ from forecasting.common.logs import LoggingConfig
 from forecasting.common.settings import load_config
 
 Positive = Annotated[float, Meta(gt=0)]
+DEFAULT_SCHEDULE = "0 2 * * *"  # scheduled scoring: every day at 02:00 local time
 
 
 def is_loopback(host: str) -> bool:
@@ -105,7 +107,11 @@ class ScoringSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     horizon: int = 28
     levels: list[int] = msgspec.field(default_factory=lambda: [80, 95])
     threads: Annotated[int, Meta(ge=1)] = 2
-    daily_at: str = "02:00"
+    # When to score on schedule: a cron expression in local time ("30 2 * * *": every day at 02:30).
+    # Neither this nor daily_at set: DEFAULT_SCHEDULE.
+    schedule: str = ""
+    # The older form of a daily schedule, "HH:MM" local time (read as the cron "MM HH * * *").
+    daily_at: str = ""
     keep_runs: Annotated[int, Meta(ge=1)] = 7
     timeout_seconds: Positive = 3600.0
     worker_idle_seconds: Annotated[float, Meta(ge=0)] = 120.0
@@ -113,17 +119,47 @@ class ScoringSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # "inline": score in the agent's own process (many agents in one process, e.g. a fleet simulation).
     isolation: str = "process"
     # New sales (sales folder or POST /v1/sales) re-score once none has arrived for this long: forecasts
-    # then start the day after the last day sold. 0 = only on the daily schedule and on activation.
+    # then start the day after the last day sold. 0 = only on schedule and on activation.
     rescore_after_sales_seconds: Annotated[float, Meta(ge=0)] = 30.0
 
     def __post_init__(self) -> None:
         if self.isolation not in ("process", "inline"):
             raise ValueError(f"isolation must be 'process' or 'inline', got {self.isolation!r}")
-        hour, sep, minute = self.daily_at.partition(":")
-        if not (sep and hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
-            raise ValueError(f"daily_at must be HH:MM local time, got {self.daily_at!r}")
+        if self.schedule and self.daily_at:
+            raise ValueError(
+                f"schedule = {self.schedule!r} and daily_at = {self.daily_at!r} are both set: keep schedule "
+                "(a cron expression; daily_at is its older form)"
+            )
+        if self.daily_at:
+            hour, sep, minute = self.daily_at.partition(":")
+            if not (sep and hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
+                raise ValueError(f"daily_at must be HH:MM local time, got {self.daily_at!r}")
+        if self.schedule:
+            from croniter import croniter
+
+            if not croniter.is_valid(self.schedule):
+                raise ValueError(
+                    f"schedule must be a cron expression (minute hour day-of-month month day-of-week, "
+                    f"local time), got {self.schedule!r}"
+                )
         if self.horizon < 1:
             raise ValueError("horizon must be >= 1")
+
+    @property
+    def cron(self) -> str:
+        """The schedule as a cron expression: ``schedule``, else ``daily_at`` translated, else the default."""
+        if self.daily_at:
+            hour, _, minute = self.daily_at.partition(":")
+            return f"{int(minute)} {int(hour)} * * *"
+        return self.schedule or DEFAULT_SCHEDULE
+
+    def next_run(self, after: datetime) -> datetime:
+        """The first scheduled scoring time strictly after ``after`` (aware), in ``after``'s time zone."""
+        from croniter import croniter
+
+        value = croniter(self.cron, after).get_next(datetime)
+        assert isinstance(value, datetime)
+        return value
 
 
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -19,8 +18,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from agent.paths import atomic_write_bytes
-from agent.scoring import ServingPointer
+from agent.serving import (
+    DAYS_FILE,
+    ITEMS_FILE,
+    VALUES_FILE,
+    ServingItems,
+    ServingPointer,
+    write_serving_index,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -92,52 +97,6 @@ class ItemEntry:
     store_id: str
     category: str
     model: str | None
-
-
-VALUES_FILE = "serving-values.npy"
-DAYS_FILE = "serving-days.npy"
-ITEMS_FILE = "serving-items.json"
-
-
-class ServingItems(msgspec.Struct, frozen=True):
-    """``serving-items.json``: the value columns and, per item in row order, its constants and row count."""
-
-    value_columns: list[str]
-    items: list[tuple[str, str, str, str | None, int]]
-
-
-def write_serving_index(run_dir: Path, forecasts: Path) -> None:
-    """Write the serving index of a scoring run (done by the scoring child, which has Polars loaded).
-
-    ``serving-values.npy`` (float64, one row per forecast row, one column per value column, rows sorted
-    by item and day), ``serving-days.npy`` (int32 days since 1970-01-01) and ``serving-items.json``.
-    The agent memory-maps the arrays: start-up reads nothing, idle memory holds only what was served.
-    """
-    import numpy as np
-    import polars as pl
-
-    frame = pl.read_parquet(forecasts).sort("item_id", "ds")
-    value_columns = [c for c in frame.columns if c == "forecast" or c.startswith("forecast-")]
-    has_model = "model" in frame.columns
-    heads = frame.group_by("item_id", maintain_order=True).agg(
-        pl.col("store_id").first().cast(pl.Utf8),
-        (pl.col("category").first().cast(pl.Utf8) if "category" in frame.columns else pl.lit("")).alias(
-            "category"
-        ),
-        (pl.col("model").first().cast(pl.Utf8) if has_model else pl.lit(None, dtype=pl.Utf8)).alias("model"),
-        pl.len().alias("n"),
-    )
-    items = ServingItems(value_columns=value_columns, items=[tuple(row) for row in heads.iter_rows()])
-    values = np.ascontiguousarray(frame.select(value_columns).cast(pl.Float64).to_numpy())
-    days = frame["ds"].cast(pl.Date).to_physical().cast(pl.Int32).to_numpy()
-    for name, array in ((VALUES_FILE, values), (DAYS_FILE, days)):
-        tmp = run_dir / f".{name}.tmp"
-        with tmp.open("wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(run_dir / name)
-    atomic_write_bytes(run_dir / ITEMS_FILE, msgspec.json.encode(items))
 
 
 @dataclass

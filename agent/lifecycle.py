@@ -23,279 +23,53 @@ health checks. ``current_errors`` keeps the newest reason of each kind until the
 (``resolve_errors``): the server shows what still fails apart from the history. A shadow version
 named by the assignment is fetched beside the table (``sync_shadow``) with the same checks into
 ``shadow/<model>-<version>/``; it is scored, never served.
+
+The table itself (states, events, transitions, ``RESUME``) is :mod:`agent.states`; the record, its
+error counts and the versions kept on disk are :mod:`agent.record`; the handlers are here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import enum
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from threading import Event as ThreadEvent
 
-import msgspec
-
 from agent.config import AgentConfig
 from agent.errors import EnrollmentError, SyncError, UpdateRejectedError
 from agent.paths import (
     StatePaths,
-    atomic_write_bytes,
     fsync_tree,
     read_symlink,
     remove_tree,
     switch_symlink,
 )
-from agent.scoring import Scorer, health_check, read_serving
+from agent.record import (
+    OPERATOR_ROLLBACK,
+    STATE_ERROR_KIND,
+    UPDATE_ERROR_KINDS,
+    Target,
+    VersionRef,
+    clear_refusals,
+    count_error,
+    kept_versions,
+    load_record,
+    prune_versions,
+    read_credential,
+    refusal_context,
+    resolve_errors,
+    save_record,
+    write_credential,
+)
+from agent.scoring import Scorer, health_check
+from agent.states import RESUME, TRANSITIONS, Event, State
 from agent.sync import SyncClient
 from forecasting.common.contracts import Assignment
 from forecasting.common.errors import BundleError
 from forecasting.common.logs import get_logger
 
 log = get_logger("agent.lifecycle")
-
-
-class State(enum.StrEnum):
-    IDLE = "idle"
-    CHECK = "check"
-    DOWNLOAD = "download"
-    VERIFY = "verify"
-    STAGE = "stage"
-    HEALTH_CHECK = "health_check"
-    ACTIVATE = "activate"
-    COMMIT = "commit"
-    ROLLBACK = "rollback"
-
-
-class Event(enum.StrEnum):
-    POLL = "poll"
-    UPDATE = "update"
-    NOTHING = "nothing_to_do"
-    SUCCESS = "success"
-    FAILURE = "failure"
-
-
-# The whole lifecycle, in one place.
-TRANSITIONS: dict[tuple[State, Event], State] = {
-    (State.IDLE, Event.POLL): State.CHECK,
-    (State.CHECK, Event.UPDATE): State.DOWNLOAD,
-    (State.CHECK, Event.NOTHING): State.IDLE,
-    (State.CHECK, Event.FAILURE): State.IDLE,
-    (State.DOWNLOAD, Event.SUCCESS): State.VERIFY,
-    (State.DOWNLOAD, Event.FAILURE): State.IDLE,
-    (State.VERIFY, Event.SUCCESS): State.STAGE,
-    (State.VERIFY, Event.FAILURE): State.IDLE,
-    (State.STAGE, Event.SUCCESS): State.HEALTH_CHECK,
-    (State.STAGE, Event.FAILURE): State.IDLE,
-    (State.HEALTH_CHECK, Event.SUCCESS): State.ACTIVATE,
-    (State.HEALTH_CHECK, Event.FAILURE): State.IDLE,
-    (State.ACTIVATE, Event.SUCCESS): State.COMMIT,
-    (State.ACTIVATE, Event.FAILURE): State.ROLLBACK,
-    (State.COMMIT, Event.SUCCESS): State.IDLE,
-    (State.COMMIT, Event.FAILURE): State.ROLLBACK,
-    (State.ROLLBACK, Event.SUCCESS): State.IDLE,
-    (State.ROLLBACK, Event.FAILURE): State.IDLE,
-}
-
-# Where a state found in lifecycle.json after a crash continues.
-RESUME: dict[State, State] = {
-    State.IDLE: State.IDLE,
-    State.CHECK: State.IDLE,
-    State.DOWNLOAD: State.DOWNLOAD,  # the .part file is resumed with Range
-    State.VERIFY: State.VERIFY,  # unpack again from the downloaded archive
-    State.STAGE: State.VERIFY,  # a half-staged directory is discarded and staged again
-    State.HEALTH_CHECK: State.HEALTH_CHECK,
-    State.ACTIVATE: State.ROLLBACK,  # the switch may or may not have happened: go back to known good
-    State.COMMIT: State.COMMIT,  # the new version is active: finish the bookkeeping
-    State.ROLLBACK: State.ROLLBACK,
-}
-
-# States that change what the agent runs: the record is on disk before they start.
-SYSTEM_CHANGING = frozenset({State.STAGE, State.ACTIVATE, State.COMMIT, State.ROLLBACK})
-
-
-class VersionRef(msgspec.Struct, frozen=True):
-    model_name: str
-    version: int
-
-
-class Target(msgspec.Struct, frozen=True):
-    model_name: str
-    version: int
-    bundle_sha256: str
-    bundle_size: int
-
-
-class Record(msgspec.Struct, kw_only=True):
-    """``lifecycle.json``."""
-
-    state: State = State.IDLE
-    target: Target | None = None
-    active: VersionRef | None = None
-    previous: VersionRef | None = None
-    highest_version: int = 0
-    attempts: dict[str, int] = msgspec.field(default_factory=dict)
-    rejected: dict[str, str] = msgspec.field(default_factory=dict)
-    assignment_etag: str | None = None
-    last_sync_at: datetime | None = None
-    last_error: str | None = None
-    updated_at: datetime | None = None
-    # cumulative error counts by kind, and the newest counted error ("<kind>: <reason>") with its time
-    error_counts: dict[str, int] = msgspec.field(default_factory=dict)
-    counted_error: str | None = None
-    counted_error_at: datetime | None = None
-    # the shadow version the assignment names (None: no shadow), and the one verified and kept
-    shadow_target: Target | None = None
-    shadow: VersionRef | None = None
-    # errors that still stand (kind -> newest reason), and what the refusals in ``rejected`` were judged under
-    current_errors: dict[str, str] = msgspec.field(default_factory=dict)
-    refusal_context: str | None = None
-
-
-OPERATOR_ROLLBACK = "rolled back by operator"
-# Error kinds an update that reached the active version (or a poll naming it) shows to be over.
-UPDATE_ERROR_KINDS = ("verify", "health_check", "activation")
-
-
-ERROR_KINDS = (
-    "sync",  # the server could not be reached or answered something unusable
-    "download",  # a bundle download broke off (retried)
-    "verify",  # a bundle was refused: hash, size, signature, untrusted key, expiry, downgrade, identity
-    "health_check",  # a staged version failed to score the built-in probe
-    "activation",  # switching to a verified version failed, or an update never completed
-    "scoring",  # scoring the served version failed
-    "shadow",  # scoring the shadow version failed
-    "report",  # a report could not be delivered (retried) or was refused by the server (dropped)
-    "ingest",  # the sales folder could not be read
-    "monitoring",  # computing accuracy or drift reports failed
-    "state",  # lifecycle.json was unreadable and was rebuilt from what is on disk
-)
-# State in which an unexpected failure happened -> the error kind it counts as.
-STATE_ERROR_KIND: dict[State, str] = {
-    State.IDLE: "sync",
-    State.CHECK: "sync",
-    State.DOWNLOAD: "download",
-    State.VERIFY: "verify",
-    State.STAGE: "verify",
-    State.HEALTH_CHECK: "health_check",
-    State.ACTIVATE: "activation",
-    State.COMMIT: "activation",
-    State.ROLLBACK: "activation",
-}
-
-
-def count_error(record: Record, kind: str, reason: str) -> None:
-    """Count one error of ``kind`` (one of ``ERROR_KINDS``) and remember it as the newest."""
-    record.error_counts[kind] = record.error_counts.get(kind, 0) + 1
-    record.counted_error = f"{kind}: {reason}"[:1000]
-    record.counted_error_at = datetime.now(UTC)
-    record.current_errors[kind] = reason[:1000]
-
-
-def resolve_errors(record: Record, *kinds: str) -> bool:
-    """The work of ``kinds`` succeeded: their errors no longer stand. True when one was current."""
-    resolved = [kind for kind in kinds if record.current_errors.pop(kind, None) is not None]
-    if resolved:
-        log.info("errors_resolved", kinds=resolved)
-    return bool(resolved)
-
-
-def refusal_context(config: AgentConfig) -> str:
-    """What a refusal was judged under: trusted keys (paths and contents), the whole config, the code."""
-    import hashlib
-
-    from shelfcast import __version__
-
-    digest = hashlib.sha256(__version__.encode())
-    digest.update(msgspec.json.encode(config))
-    for name in sorted(config.agent.trusted_keys):
-        digest.update(name.encode())
-        try:
-            digest.update(hashlib.sha256(Path(name).read_bytes()).digest())
-        except OSError as exc:
-            digest.update(type(exc).__name__.encode())
-    return digest.hexdigest()
-
-
-def clear_refusals(record: Record) -> list[str]:
-    """Forget refused bundles and spent attempts (an operator's rollback stays); the bundles cleared."""
-    cleared = [key for key, why in record.rejected.items() if why != OPERATOR_ROLLBACK]
-    for key in cleared:
-        del record.rejected[key]
-    record.attempts.clear()
-    record.assignment_etag = None
-    record.refusal_context = None
-    return cleared
-
-
-def load_record(paths: StatePaths) -> Record:
-    """``lifecycle.json``; a damaged or unreadable one is rebuilt from disk (:func:`rebuild_record`)."""
-    try:
-        return msgspec.json.decode(paths.lifecycle.read_bytes(), type=Record)
-    except FileNotFoundError:
-        return Record()
-    except (OSError, msgspec.DecodeError) as exc:
-        return rebuild_record(paths, f"{type(exc).__name__}: {exc}")
-
-
-def rebuild_record(paths: StatePaths, reason: str) -> Record:
-    """The record as the serving pointer and the versions on disk say, so a damaged state file never
-    stops serving: IDLE; active = the version ``current`` points at (else the one ``serving.json``
-    names, if kept); previous = the newest older kept version; highest_version = the newest kept one.
-    What only the file knew (refused bundles, error counts, the assignment's ETag) starts afresh; the
-    damaged bytes are kept as ``lifecycle.json.damaged``. Counted as a ``state`` error, logged loudly."""
-    kept = sorted(
-        (ref for ref in map(_version_of, paths.versions.glob("*-*")) if ref is not None),
-        key=lambda ref: ref.version,
-    )
-    active = _version_of(read_symlink(paths.current))
-    pointer = read_serving(paths)
-    if active is None and pointer is not None:
-        active = VersionRef(pointer.model_name, pointer.version)
-    if active not in kept:
-        active = None
-    older = [ref for ref in kept if active is not None and ref.version < active.version]
-    record = Record(
-        active=active,
-        previous=older[-1] if older else None,
-        highest_version=kept[-1].version if kept else 0,
-    )
-    count_error(record, "state", f"lifecycle.json unreadable ({reason}); rebuilt from current and versions/")
-    with contextlib.suppress(OSError):
-        shutil.copyfile(paths.lifecycle, paths.lifecycle.with_name("lifecycle.json.damaged"))
-    log.error(
-        "lifecycle_state_rebuilt",
-        reason=reason,
-        model_version=active.version if active else None,
-        highest_version=record.highest_version,
-    )
-    return record
-
-
-def _version_of(folder: Path | None) -> VersionRef | None:
-    """``versions/<model>-<version>`` as a reference; None for anything else."""
-    if folder is None or not folder.is_dir():
-        return None
-    model_name, _, version = folder.name.rpartition("-")
-    return VersionRef(model_name, int(version)) if model_name and version.isdigit() else None
-
-
-def save_record(paths: StatePaths, record: Record) -> None:
-    record.updated_at = datetime.now(UTC)
-    atomic_write_bytes(paths.lifecycle, msgspec.json.encode(record))
-
-
-def read_credential(paths: StatePaths) -> str:
-    try:
-        return paths.credential.read_text().strip()
-    except FileNotFoundError:
-        return ""
-
-
-def write_credential(paths: StatePaths, token: str) -> None:
-    atomic_write_bytes(paths.credential, token.encode() + b"\n", mode=0o600)
 
 
 @dataclass
@@ -826,28 +600,3 @@ def _shadow_target(assignment: Assignment) -> Target | None:
         assignment.shadow_bundle_sha256,
         assignment.shadow_bundle_size or 0,
     )
-
-
-def kept_versions(paths: StatePaths, model_name: str) -> list[int]:
-    prefix = f"{model_name}-"
-    found = []
-    if paths.versions.is_dir():
-        for entry in paths.versions.iterdir():
-            if entry.is_dir() and entry.name.startswith(prefix) and entry.name[len(prefix) :].isdigit():
-                found.append(int(entry.name[len(prefix) :]))
-    return sorted(found)
-
-
-def prune_versions(paths: StatePaths, record: Record, *, keep: int) -> None:
-    """Keep the active version, the shadow one and the ``keep`` newest others; remove the rest."""
-    if record.active is None:
-        return
-    versions = kept_versions(paths, record.active.model_name)
-    protected = {record.active.version}
-    for ref in (record.shadow, record.shadow_target):
-        if ref is not None and ref.model_name == record.active.model_name:
-            protected.add(ref.version)
-    others = [v for v in versions if v not in protected]
-    for version in others[: max(0, len(others) - keep)]:
-        remove_tree(paths.version_dir(record.active.model_name, version))
-        log.info("version_pruned", model_version=version)

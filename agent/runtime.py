@@ -1,46 +1,37 @@
-"""The running agent: the inventory API (uvicorn, main thread) and the work loop (one worker thread).
+"""The running agent: the state its inventory API reads and the work loop (one worker thread) that
+changes it; :mod:`agent.service` runs both in one process.
 
 The work loop ingests sales, runs the update lifecycle when a poll is due, scores (after activation, on
-the daily schedule, on demand), queues heartbeats and flushes the outbox. The API only reads the
+the schedule, on demand), queues heartbeats and flushes the outbox. The API only reads the
 current :class:`ForecastView` (swapped atomically) and hands commands to the loop through a queue.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import queue
-import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from agent.config import AgentConfig, is_loopback
-from agent.errors import AgentError, NoActiveModelError, ScoringError
+from agent.config import AgentConfig
+from agent.errors import NoActiveModelError, ScoringError
 from agent.forecasts import ForecastView
-from agent.lifecycle import (
-    Lifecycle,
-    Record,
-    VersionRef,
-    count_error,
-    read_credential,
-    resolve_errors,
-    save_record,
-)
+from agent.lifecycle import Lifecycle
+from agent.metrics import AgentMetrics
 from agent.paths import StatePaths, read_symlink
-from agent.scoring import Scorer, ScoringSettings, ShadowModel, read_serving, score_store
+from agent.record import Record, VersionRef, count_error, read_credential, resolve_errors, save_record
+from agent.scoring import Scorer, ScoringSettings, ShadowModel, score_store
+from agent.serving import read_serving
 from agent.sync import SyncClient, backoff_seconds
 from forecasting.common.contracts import Heartbeat
 from forecasting.common.logs import get_logger
-from forecasting.common.systemd_notify import notify, watchdog_interval_seconds
+from forecasting.common.version import shelfcast_version
 
 if TYPE_CHECKING:
     from agent.store import LocalStore
@@ -50,27 +41,6 @@ log = get_logger("agent.runtime")
 TICK_SECONDS = 1.0
 TRANSPORT_ERRORS = frozenset({"sync", "download", "report"})  # no use reporting these at once
 STALL_SECONDS = 120.0
-
-
-@dataclass
-class Counters:
-    """Figures exported at ``/metrics``."""
-
-    requests: dict[str, int] = field(default_factory=dict)
-    scoring_runs: int = 0
-    scoring_failures: int = 0
-    shadow_runs: int = 0
-    shadow_failures: int = 0
-    sync_failures: int = 0
-    activations: int = 0
-    rollbacks: int = 0
-    reports_queued: int = 0
-    reports_delivered: int = 0
-    rows_ingested: int = 0
-    rows_quarantined: int = 0
-
-    def hit(self, route: str) -> None:
-        self.requests[route] = self.requests.get(route, 0) + 1
 
 
 Command = Callable[[], Any]
@@ -88,7 +58,21 @@ class AgentRuntime:
         self.wake = threading.Event()
         self.sales_arrived = threading.Event()  # set by POST /v1/sales: measure on the next tick
         self.view: ForecastView | None = None
-        self.counters = Counters()
+        self.metrics = AgentMetrics(
+            config.agent.store_id,
+            {
+                "active_version": lambda: self.record.active.version if self.record.active else 0,
+                "served_version": lambda: self.view.pointer.version if self.view else 0,
+                "last_scored_timestamp_seconds": lambda: (
+                    self.view.pointer.scored_at.timestamp() if self.view else 0.0
+                ),
+                "last_sync_timestamp_seconds": lambda: (
+                    self.record.last_sync_at.timestamp() if self.record.last_sync_at else 0.0
+                ),
+                "outbox_reports": lambda: float(self.store.outbox_size()) if self.store else 0.0,
+                "ready": lambda: 1 if self.is_ready() else 0,
+            },
+        )
         self.store: LocalStore | None = None
         self.lifecycle: Lifecycle | None = None
         self.record = Record()
@@ -102,7 +86,7 @@ class AgentRuntime:
         self._next_heartbeat = 0.0
         self._next_flush = 0.0
         self._flush_failures = 0
-        self._next_daily: datetime | None = None
+        self._next_scheduled: datetime | None = None
         self._rescore_at: float | None = None  # new sales: score at this monotonic time (debounced)
         self._client: SyncClient | None = None
         self.worker: threading.Thread | None = None
@@ -161,7 +145,7 @@ class AgentRuntime:
         return now - self.last_tick < STALL_SECONDS or now < self.busy_until
 
     def count_error(self, kind: str, reason: str) -> None:
-        """Count an error of ``kind`` (``agent.lifecycle.ERROR_KINDS``) for the next heartbeats; persisted."""
+        """Count an error of ``kind`` (``agent.record.ERROR_KINDS``) for the next heartbeats; persisted."""
         record = self.lifecycle.record if self.lifecycle is not None else self.record
         count_error(record, kind, reason)
         save_record(self.paths, record)
@@ -224,7 +208,7 @@ class AgentRuntime:
             self.open_state()
             self.busy_until = 0.0
             self.ready_event.set()
-            self._schedule_daily()
+            self._schedule_scoring()
             while not self.stop.is_set():
                 self.last_tick = time.monotonic()
                 self._step()
@@ -249,7 +233,7 @@ class AgentRuntime:
             self._run_lifecycle()
         self._maybe_score_missing()
         self._maybe_rescore_after_sales()
-        self._maybe_score_daily()
+        self._maybe_score_on_schedule()
         now = time.monotonic()
         if now >= self._next_heartbeat:
             self._queue_heartbeat()
@@ -285,8 +269,8 @@ class AgentRuntime:
             return
         self.resolve_errors("ingest")
         for result in results:
-            self.counters.rows_ingested += result.rows_ok
-            self.counters.rows_quarantined += result.rows_quarantined
+            self.metrics.rows_ingested.inc(result.rows_ok)
+            self.metrics.rows_quarantined.inc(result.rows_quarantined)
         if any(result.rows_ok for result in results) or self.sales_arrived.is_set():
             self.sales_arrived.clear()
             from agent.monitoring import measure_after_ingest
@@ -315,7 +299,7 @@ class AgentRuntime:
         base = self.config.agent.poll_interval_seconds
         if outcome.failed:
             self._poll_failures += 1
-            self.counters.sync_failures += 1
+            self.metrics.sync_failures.inc()
             delay = backoff_seconds(
                 self._poll_failures, min(base, 5.0), self.config.agent.max_backoff_seconds
             )
@@ -324,7 +308,7 @@ class AgentRuntime:
             delay = base
         self._next_poll = time.monotonic() + delay
         if outcome.rolled_back:
-            self.counters.rollbacks += 1
+            self.metrics.rollbacks.inc()
         shadow_ready = False
         if not outcome.failed:
             self.busy_until = time.monotonic() + 600
@@ -333,7 +317,7 @@ class AgentRuntime:
             finally:
                 self.busy_until = 0.0
         if outcome.activated is not None:
-            self.counters.activations += 1
+            self.metrics.activations.inc()
             self._queue_heartbeat()
             self._score("activation")
         elif shadow_ready and self.record.active is not None:
@@ -360,18 +344,13 @@ class AgentRuntime:
         if not self._score("catch_up"):
             self._next_missing_score = time.monotonic() + 60.0
 
-    def _schedule_daily(self) -> None:
-        hour, minute = (int(x) for x in self.config.scoring.daily_at.split(":"))
-        now = datetime.now().astimezone()
-        moment = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-        if moment <= now:
-            moment += timedelta(days=1)
-        self._next_daily = moment
+    def _schedule_scoring(self) -> None:
+        self._next_scheduled = self.config.scoring.next_run(datetime.now().astimezone())
 
-    def _maybe_score_daily(self) -> None:
-        if self._next_daily is None or datetime.now().astimezone() < self._next_daily:
+    def _maybe_score_on_schedule(self) -> None:
+        if self._next_scheduled is None or datetime.now().astimezone() < self._next_scheduled:
             return
-        self._schedule_daily()
+        self._schedule_scoring()
         if self.record.active is not None:
             self._score("schedule")
 
@@ -385,7 +364,8 @@ class AgentRuntime:
             raise NoActiveModelError("the current version link is missing")
         shadow = self._shadow_model()
         self._rescore_at = None  # this run reads every sale ingested so far
-        self.busy_until = time.monotonic() + 2 * self.config.scoring.timeout_seconds + 60
+        started = time.monotonic()
+        self.busy_until = started + 2 * self.config.scoring.timeout_seconds + 60
         try:
             result = score_store(
                 self.paths,
@@ -399,7 +379,8 @@ class AgentRuntime:
             )
             self.view = ForecastView.load(self.paths.root, result.pointer)
         except ScoringError as exc:
-            self.counters.scoring_failures += 1
+            self.metrics.scoring_failures.inc()
+            self.metrics.scoring_duration.labels(trigger, "failed").observe(time.monotonic() - started)
             self.count_error("scoring", f"v{active.version}: {exc}")
             log.error(  # noqa: TRY400 - expected failure, no traceback
                 "scoring_failed", trigger=trigger, model_version=active.version, reason=str(exc)
@@ -408,14 +389,15 @@ class AgentRuntime:
             return False
         finally:
             self.busy_until = 0.0
-        self.counters.scoring_runs += 1
+        self.metrics.scoring_runs.inc()
+        self.metrics.scoring_duration.labels(trigger, "ok").observe(time.monotonic() - started)
         self.resolve_errors("scoring")
         if shadow is not None:
             if result.shadow_error is None:
-                self.counters.shadow_runs += 1
+                self.metrics.shadow_runs.inc()
                 self.resolve_errors("shadow")
             else:
-                self.counters.shadow_failures += 1
+                self.metrics.shadow_failures.inc()
                 self.count_error("shadow", f"v{shadow.version}: {result.shadow_error}")
                 log.error(
                     "shadow_scoring_failed",
@@ -451,7 +433,7 @@ class AgentRuntime:
         assert self.lifecycle is not None
         back: VersionRef = self.lifecycle.rollback_to_previous()
         self.record = self.lifecycle.record
-        self.counters.rollbacks += 1
+        self.metrics.rollbacks.inc()
         self._queue_heartbeat()
         self._score("rollback")
         return {"model_name": back.model_name, "active_version": back.version}
@@ -471,15 +453,13 @@ class AgentRuntime:
         assert self.store is not None
         record = self.record
         view = self.view
-        from shelfcast import __version__
-
         beat = Heartbeat(
             store_id=self.config.agent.store_id,
             state=record.state.value,
             model_name=record.active.model_name if record.active else None,
             active_version=record.active.version if record.active else None,
             last_scored_at=view.pointer.scored_at if view else None,
-            agent_version=__version__,
+            agent_version=shelfcast_version(),
             sent_at=datetime.now(UTC),
             errors=dict(record.error_counts),
             last_error=record.counted_error,
@@ -487,7 +467,7 @@ class AgentRuntime:
             shadow_version=record.shadow.version if record.shadow else None,
             current_errors=dict(record.current_errors),
         )
-        self.counters.reports_queued += 1
+        self.metrics.reports_queued.inc()
         self.store.enqueue(
             "heartbeat",
             "/v1/heartbeats",
@@ -524,7 +504,7 @@ class AgentRuntime:
                     return
                 if 200 <= status < 300 or status == 409:
                     self.store.outbox_done(item.seq)
-                    self.counters.reports_delivered += 1
+                    self.metrics.reports_delivered.inc()
                 elif status in (401, 403) or status >= 500 or status == 429:
                     self.store.outbox_attempted(item.seq)
                     self._flush_failed(f"server answered {status}")
@@ -546,133 +526,6 @@ class AgentRuntime:
         delay = backoff_seconds(self._flush_failures, 2.0, self.config.agent.max_backoff_seconds)
         self._next_flush = time.monotonic() + delay
         log.warning("outbox_flush_failed", reason=reason, retry_in_seconds=round(delay, 1))
-
-    # -- process -------------------------------------------------------------------------------------
-
-    def serve(self) -> None:
-        """Run the API and the work loop until SIGTERM/SIGINT; systemd READY=1 once listening."""
-        self.config.check_transport()
-        _limit_malloc_arenas()
-        loop_factory = None
-        if _has("uvloop"):
-            import uvloop
-
-            loop_factory = uvloop.new_event_loop
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(self._serve())
-
-    async def _serve(self) -> None:
-        import uvicorn
-
-        from agent.api import create_app
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                # Like uvicorn's, minus re-raising the signal afterwards: the agent still has to stop its
-                # work loop, close its store and tell systemd it is stopping.
-                originals = {
-                    sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
-                }
-                try:
-                    yield
-                finally:
-                    for sig, handler in originals.items():
-                        signal.signal(sig, handler)
-
-        app = create_app(self)
-        server = Server(
-            uvicorn.Config(
-                app,
-                host=self.config.api.host,
-                port=self.config.api.port,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-                http="httptools" if _has("httptools") else "h11",
-                server_header=False,
-                timeout_graceful_shutdown=5,
-                ssl_certfile=self.config.api.tls_cert_file or None,
-                ssl_keyfile=self.config.api.tls_key_file or None,
-            )
-        )
-        task = asyncio.create_task(server.serve())
-        while not server.started and not task.done():
-            await asyncio.sleep(0.005)
-        if task.done():
-            self.stop.set()
-            await task
-            raise AgentError(
-                f"inventory API could not listen on {self.config.api.host}:{self.config.api.port}"
-            )
-        notify(
-            f"READY=1\nSTATUS=serving on {self.config.api.host}:{self.config.api.port}\nMAINPID={os.getpid()}"
-        )
-        # The work loop (store, lifecycle, last forecasts) starts once the API listens: READY comes sooner,
-        # and for the moment the last run takes to open the API answers 503 "no forecasts yet".
-        self.start_worker()
-        log.info(
-            "agent_started",
-            store_id=self.config.agent.store_id,
-            url=f"{self.config.api.scheme}://{self.config.api.host}:{self.config.api.port}",
-            state_dir=str(self.paths.root),
-            server_url=self.config.agent.server_url,
-        )
-        if self.config.api.scheme == "http" and not is_loopback(self.config.api.host):
-            log.warning(
-                "api_plain_http",
-                host=self.config.api.host,
-                consequence="the inventory API (forecasts, sales, its token) is plain HTTP on the store "
-                "network; set [api] tls_cert_file and tls_key_file",
-            )
-        if self.config.agent.insecure:
-            log.warning(
-                "insecure_transport",
-                server_url=self.config.agent.server_url,
-                plain_http_off_loopback=self.config.agent.plain_http_off_loopback,
-                consequence="credentials and sales reports may cross the network unencrypted; "
-                "use https:// and set insecure = false",
-            )
-        if not self.config.agent.trusted_keys:
-            log.warning(
-                "no_trusted_keys", consequence="no model bundle can be verified; set [agent] trusted_keys"
-            )
-        interval = watchdog_interval_seconds()
-        try:
-            while not task.done():
-                await asyncio.wait({task}, timeout=interval or 5.0)
-                if interval and self.healthy():
-                    notify("WATCHDOG=1")
-                if self.worker is not None and not self.worker.is_alive() and not self.stop.is_set():
-                    log.error("work_loop_died", action="stopping so systemd restarts the agent")
-                    server.should_exit = True
-        finally:
-            notify("STOPPING=1")
-            self.stop.set()
-            self.wake.set()
-            if self.worker is not None:
-                self.worker.join(timeout=30)
-            if self._client is not None:
-                self._client.close()
-            log.info("agent_stopped", store_id=self.config.agent.store_id)
-
-
-def _limit_malloc_arenas() -> None:
-    """Two glibc malloc arenas instead of eight per core: the API's threads need no more, RSS stays low."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(name).mallopt(-8, 2)  # M_ARENA_MAX
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 def _today() -> date:

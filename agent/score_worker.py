@@ -16,10 +16,19 @@ import argparse
 import os
 import select
 import sys
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+
+from agent.errors import ScoringError
+from agent.serving import write_serving_index
+
+if TYPE_CHECKING:
+    import polars as pl
+
+PROBE_DAYS = 120
 
 
 class Job(msgspec.Struct, frozen=True):
@@ -40,11 +49,8 @@ def run_job(job: Job) -> dict[str, int]:
     Returns the numbers of series and rows; the output check (complete, finite, lo <= forecast <= hi)
     raises ``ScoringError`` here, so the daemon never loads the frame to check it.
     """
-    from datetime import UTC, datetime
-
     import polars as pl
 
-    from agent.scoring import check_output, probe_history
     from forecasting.bundle.format import read_manifest
     from forecasting.bundle.scoring import score
 
@@ -68,10 +74,60 @@ def run_job(job: Job) -> dict[str, int]:
         os.fsync(fh.fileno())
     tmp.replace(out)
     if job.history:
-        from agent.forecasts import write_serving_index
-
         write_serving_index(out.parent, out)
     return {"rows": result.height, "series": int(n_series)}
+
+
+def check_output(frame: pl.DataFrame, *, levels: list[int], horizon: int, n_series: int) -> None:
+    """Complete, finite and ordered forecasts, or ``ScoringError`` saying what is wrong."""
+    import polars as pl
+
+    needed = ["store_id", "item_id", "ds", "forecast"]
+    for level in levels:
+        needed += [f"forecast-lo-{level}", f"forecast-hi-{level}"]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise ScoringError(f"scoring output lacks column(s) {', '.join(missing)}")
+    if frame.height != n_series * horizon:
+        raise ScoringError(f"scoring output has {frame.height} rows, expected {n_series} series x {horizon}")
+    values = frame.select(pl.col("forecast"), *[pl.col(c) for c in needed[4:]])
+    if values.null_count().sum_horizontal().item() or not all(
+        values[c].is_finite().all() for c in values.columns
+    ):
+        raise ScoringError("scoring output has missing or non-finite values")
+    for level in levels:
+        bad = frame.filter(
+            (pl.col(f"forecast-lo-{level}") > pl.col("forecast") + 1e-9)
+            | (pl.col("forecast") > pl.col(f"forecast-hi-{level}") + 1e-9)
+        ).height
+        if bad:
+            raise ScoringError(f"{bad} rows have forecast outside their {level}% interval")
+
+
+def probe_history(store_id: str, today: date) -> pl.DataFrame:
+    """The built-in probe: two weekly-seasonal series and an intermittent one, deterministic."""
+    import math
+
+    import polars as pl
+
+    start = today - timedelta(days=PROBE_DAYS)
+    rows: dict[str, list[Any]] = {"store_id": [], "item_id": [], "category": [], "ds": [], "y": []}
+    for item, category, level in (
+        ("PROBE-1", "probe", 20.0),
+        ("PROBE-2", "probe", 5.0),
+        ("PROBE-3", "probe", 0.0),
+    ):
+        for day in range(PROBE_DAYS):
+            if level:
+                value = level * (1 + 0.3 * math.sin(2 * math.pi * day / 7)) + (day % 3)
+            else:
+                value = 1.0 if day % 9 == 0 else 0.0
+            rows["store_id"].append(store_id)
+            rows["item_id"].append(item)
+            rows["category"].append(category)
+            rows["ds"].append(start + timedelta(days=day))
+            rows["y"].append(round(value, 3))
+    return pl.DataFrame(rows, schema_overrides={"ds": pl.Date})
 
 
 def main(argv: list[str] | None = None) -> int:

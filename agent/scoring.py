@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,30 +23,16 @@ import msgspec
 
 from agent.errors import ScoringError, UpdateRejectedError
 from agent.paths import StatePaths, atomic_write_bytes, remove_tree
+from agent.score_worker import Job, run_job
+from agent.serving import ServingPointer
 from forecasting.common.logs import get_logger
 
 if TYPE_CHECKING:
-    import polars as pl
-
     from agent.store import LocalStore
 
 log = get_logger("agent.scoring")
 
-PROBE_DAYS = 120
 PROBE_HORIZON = 7
-
-
-class ServingPointer(msgspec.Struct, frozen=True, kw_only=True):
-    """``serving.json``: the scoring run the inventory API serves."""
-
-    run_id: str
-    model_name: str
-    version: int
-    path: str
-    scored_at: datetime
-    n_series: int
-    n_rows: int
-    history_end: date | None = None  # the last day of sales the run forecast from (None: older runs)
 
 
 @dataclass(frozen=True)
@@ -147,8 +133,6 @@ class Scorer:
         raise ScoringError("scoring process could not be started")
 
     def _run_inline(self, job: dict[str, Any]) -> dict[str, int]:
-        from agent.score_worker import Job, run_job
-
         with self._lock:
             try:
                 return run_job(msgspec.convert(job, Job))
@@ -178,58 +162,6 @@ class Scorer:
     def close(self) -> None:
         with self._lock:
             self._reap()
-
-
-def check_output(frame: pl.DataFrame, *, levels: list[int], horizon: int, n_series: int) -> None:
-    """Complete, finite and ordered forecasts, or ``ScoringError`` saying what is wrong."""
-    import polars as pl
-
-    needed = ["store_id", "item_id", "ds", "forecast"]
-    for level in levels:
-        needed += [f"forecast-lo-{level}", f"forecast-hi-{level}"]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise ScoringError(f"scoring output lacks column(s) {', '.join(missing)}")
-    if frame.height != n_series * horizon:
-        raise ScoringError(f"scoring output has {frame.height} rows, expected {n_series} series x {horizon}")
-    values = frame.select(pl.col("forecast"), *[pl.col(c) for c in needed[4:]])
-    if values.null_count().sum_horizontal().item() or not all(
-        values[c].is_finite().all() for c in values.columns
-    ):
-        raise ScoringError("scoring output has missing or non-finite values")
-    for level in levels:
-        bad = frame.filter(
-            (pl.col(f"forecast-lo-{level}") > pl.col("forecast") + 1e-9)
-            | (pl.col("forecast") > pl.col(f"forecast-hi-{level}") + 1e-9)
-        ).height
-        if bad:
-            raise ScoringError(f"{bad} rows have forecast outside their {level}% interval")
-
-
-def probe_history(store_id: str, today: date) -> pl.DataFrame:
-    """The built-in probe: two weekly-seasonal series and an intermittent one, deterministic."""
-    import math
-
-    import polars as pl
-
-    start = today - timedelta(days=PROBE_DAYS)
-    rows: dict[str, list[Any]] = {"store_id": [], "item_id": [], "category": [], "ds": [], "y": []}
-    for item, category, level in (
-        ("PROBE-1", "probe", 20.0),
-        ("PROBE-2", "probe", 5.0),
-        ("PROBE-3", "probe", 0.0),
-    ):
-        for day in range(PROBE_DAYS):
-            if level:
-                value = level * (1 + 0.3 * math.sin(2 * math.pi * day / 7)) + (day % 3)
-            else:
-                value = 1.0 if day % 9 == 0 else 0.0
-            rows["store_id"].append(store_id)
-            rows["item_id"].append(item)
-            rows["category"].append(category)
-            rows["ds"].append(start + timedelta(days=day))
-            rows["y"].append(round(value, 3))
-    return pl.DataFrame(rows, schema_overrides={"ds": pl.Date})
 
 
 def health_check(bundle_dir: Path, work_dir: Path, scorer: Scorer, *, store_id: str) -> float:
@@ -418,13 +350,6 @@ def _last_day(history: Path) -> date | None:
 def _require_history(rows: int) -> None:
     if rows == 0:
         raise ScoringError("no sales history yet: drop extracts into the sales folder or POST /v1/sales")
-
-
-def read_serving(paths: StatePaths) -> ServingPointer | None:
-    try:
-        return msgspec.json.decode(paths.serving.read_bytes(), type=ServingPointer)
-    except (FileNotFoundError, msgspec.DecodeError):
-        return None
 
 
 def prune_runs(paths: StatePaths, store: LocalStore, *, keep: int, serving: str) -> None:

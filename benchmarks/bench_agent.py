@@ -101,9 +101,8 @@ def _store_frame(items: int, horizon: int) -> pl.DataFrame:
 
 def _prepare_state(state_dir: Path, items: int, horizon: int) -> None:
     """An agent state with v1 committed as active and a finished scoring run of the whole store."""
-    from agent.forecasts import write_serving_index
-    from agent.lifecycle import Record, VersionRef
-    from agent.scoring import ServingPointer
+    from agent.record import Record, VersionRef
+    from agent.serving import ServingPointer, write_serving_index
 
     run_id = "20260101T000000Z-v1-bench"
     run_dir = state_dir / "runs" / run_id

@@ -26,6 +26,7 @@ import polars as pl
 
 from forecasting.common.config import TrainConfig, TrainSection
 from forecasting.common.logs import get_logger, progress
+from forecasting.common.version import shelfcast_version
 from forecasting.models.families import GLOBAL_MODELS, check_candidates, ensemble_members, model_families
 from forecasting.monitoring import drift
 from forecasting.training import metrics
@@ -90,14 +91,6 @@ def config_hash(config: TrainConfig) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def code_version() -> str:
-    """The installed shelfcast version."""
-    try:
-        return importlib.metadata.version("shelfcast")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def package_versions() -> dict[str, str]:
     """Versions of the libraries that shape a forecast."""
     out: dict[str, str] = {}
@@ -114,7 +107,7 @@ def make_lineage(frame: pl.DataFrame, config: TrainConfig) -> Lineage:
     content hash of data, config and code, which two trainings of the same inputs share."""
     fp = dataset_fingerprint(frame)
     ch = config_hash(config)
-    cv = code_version()
+    cv = shelfcast_version()
     run_id = f"run-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
     return Lineage(
         run_id=run_id,

@@ -117,8 +117,8 @@ class Agent:
             raise SimulationError(f"agent {self.store_id} could not score: {response.text[:200]}")
 
     def credential(self) -> str:
-        from agent.lifecycle import read_credential
         from agent.paths import StatePaths
+        from agent.record import read_credential
 
         return read_credential(StatePaths(self.root))
 

@@ -344,7 +344,7 @@ def prepare_served_state(state_dir: Path, items: int, horizon: int, *, version: 
     """A state dir whose serving pointer names a finished scoring run (what a scored agent leaves)."""
     import msgspec
 
-    from agent.scoring import ServingPointer
+    from agent.serving import ServingPointer
 
     run_id = f"20260101T000000Z-v{version}-test"
     run_dir = state_dir / "runs" / run_id

@@ -70,6 +70,15 @@ def _queued(agent: AgentHandle) -> int:
     return int(float(found.group(1)))
 
 
+def test_metrics_time_the_scoring_after_activation(running: Fleet) -> None:
+    """/metrics times the scoring that followed the activation of v1, and the requests it answered."""
+    metrics = running.agent.client.get("/metrics").text
+    scored = 'shelfcast_agent_scoring_duration_seconds_count{outcome="ok",trigger="activation"}'
+    found = re.search(rf"^{re.escape(scored)} (\S+)$", metrics, re.MULTILINE)
+    assert found and float(found.group(1)) >= 1, metrics
+    assert 'shelfcast_agent_http_request_duration_seconds_bucket{le="+Inf",route="/readyz"' in metrics
+
+
 def test_new_version_is_activated_and_operator_can_roll_back(running: Fleet) -> None:
     """A new champion is pulled and served; `shelfcast agent rollback` returns to the kept previous one."""
     agent, server = running.agent, running.server
@@ -145,8 +154,9 @@ def test_looping_update_is_aborted(running: Fleet, tmp_path: Path) -> None:
     import threading
 
     from agent.config import AgentConfig, AgentSection
-    from agent.lifecycle import Lifecycle, Record, VersionRef, save_record
+    from agent.lifecycle import Lifecycle
     from agent.paths import StatePaths
+    from agent.record import Record, VersionRef, save_record
     from agent.scoring import Scorer, ScoringSettings
     from agent.sync import SyncClient
 

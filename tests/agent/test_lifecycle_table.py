@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from agent.lifecycle import RESUME, SYSTEM_CHANGING, TRANSITIONS, Event, Lifecycle, State
+from agent.lifecycle import Lifecycle
+from agent.states import RESUME, SYSTEM_CHANGING, TRANSITIONS, Event, State
 
 
 def test_every_state_has_a_handler_and_outgoing_transition() -> None:
