@@ -176,7 +176,8 @@ CONFORMAL_ONLY = frozenset(
 )
 CONFORMAL_WINDOWS = 2
 # Intermittent-demand families (``CandidateSpec.intermittent``): with calibrated intervals, their bounds on
-# unit sales are count quantiles (:func:`forecasting.models.kernels.count_intervals`) that can include zero.
+# unit sales are count quantiles (:func:`forecasting.models.calibration.count_intervals`) that can include
+# zero.
 INTERMITTENT_FAMILIES = frozenset(
     {"CrostonClassic", "CrostonOptimized", "CrostonSBA", "ADIDA", "IMAPA", "TSB"}
 )
@@ -427,7 +428,7 @@ def forecast_batch(
 def _ets_batch(
     y: FloatArray, lengths: IntArray, states: pl.DataFrame, h: int, levels: list[int]
 ) -> dict[str, FloatArray]:
-    from forecasting.models import kernels
+    from forecasting.models import ets_kernel
 
     n = y.shape[1]
     out = {c: np.full((n, h), np.nan) for c in ["mean", *level_columns(levels)]}
@@ -442,7 +443,7 @@ def _ets_batch(
             sub = y[y.shape[0] - width :, int(rows[0]) : int(rows[-1]) + 1]
         else:
             sub = y[y.shape[0] - width :, rows]
-        res = kernels.ets_forward(sub, sub_len, str(components), int(str(m)), par, n_params, h, levels)
+        res = ets_kernel.ets_forward(sub, sub_len, str(components), int(str(m)), par, n_params, h, levels)
         for c, arr in res.items():
             out[c][rows] = arr
     return out
@@ -462,7 +463,7 @@ def _kernel_forecast(
     entry: ModelEntry, season_length: int, y: FloatArray, lengths: IntArray, h: int, levels: list[int]
 ) -> dict[str, FloatArray] | None:
     """Vectorised forecasts of a refit-at-edge family, or None when it has no numpy kernel."""
-    from forecasting.models import kernels
+    from forecasting.models import calibration, kernels
 
     params = entry.params
     family = entry.family
@@ -481,7 +482,7 @@ def _kernel_forecast(
         return result
     conformal_point = _conformal_point(family, params, m)
     if conformal_point is not None:
-        return kernels.conformal(conformal_point, y, lengths, h, levels, CONFORMAL_WINDOWS)
+        return calibration.conformal(conformal_point, y, lengths, h, levels, CONFORMAL_WINDOWS)
     return None
 
 
@@ -602,23 +603,23 @@ def calibrated_forecast(
     """Forecasts of a family without native intervals, with calibrated intervals.
 
     Intermittent families on unit sales (histories of whole numbers >= 0) get negative binomial
-    quantiles around the forecast rate (:func:`forecasting.models.kernels.count_intervals`), which include 0
-    when zero days are likely; every other series gets conformal intervals from up to
-    ``conformal_windows`` windows (:func:`forecasting.models.kernels.calibrated_conformal`). The edge and the
-    training's backtests both call this, so the two cannot disagree for the same history.
+    quantiles around the forecast rate (:func:`forecasting.models.calibration.count_intervals`), which
+    include 0 when zero days are likely; every other series gets conformal intervals from up to
+    ``conformal_windows`` windows (:func:`forecasting.models.calibration.calibrated_conformal`). The edge
+    and the training's backtests both call this, so the two cannot disagree for the same history.
     """
-    from forecasting.models import kernels
+    from forecasting.models import calibration
 
     lv = sorted(levels)
     point = point_forecaster(entry, season_length)
-    counts = kernels.count_series(y, lengths) if entry.family in INTERMITTENT_FAMILIES and lv else None
+    counts = calibration.count_series(y, lengths) if entry.family in INTERMITTENT_FAMILIES and lv else None
     if counts is None or not counts.any():
-        return kernels.calibrated_conformal(point, y, lengths, h, lv, conformal_windows)
-    out = kernels.count_intervals(point(y, lengths, h), y, lengths, lv)
+        return calibration.calibrated_conformal(point, y, lengths, h, lv, conformal_windows)
+    out = calibration.count_intervals(point(y, lengths, h), y, lengths, lv)
     if not counts.all():
         rest = np.flatnonzero(~counts)
         width = int(lengths[rest].max())
-        other = kernels.calibrated_conformal(
+        other = calibration.calibrated_conformal(
             point, y[y.shape[0] - width :, rest], lengths[rest], h, lv, conformal_windows
         )
         for c, arr in other.items():
@@ -637,11 +638,11 @@ def _recalibrated_native(
     conformal_windows: int,
 ) -> dict[str, FloatArray]:
     """Native forecasts with conformal bounds (the rule of
-    :func:`forecasting.models.kernels.calibrated_conformal`).
+    :func:`forecasting.models.calibration.calibrated_conformal`).
 
     A fitted-state model is run forward with its stored state over each cut history, as on the full one.
     """
-    from forecasting.models import kernels
+    from forecasting.models import calibration
 
     out = forecast_batch(entry, season_length, y, lengths, h, levels, states)
 
@@ -655,8 +656,8 @@ def _recalibrated_native(
 
         return point
 
-    scores = kernels.conformal_scores(None, y, lengths, h, conformal_windows, select)
-    quantiles = kernels.conformal_quantiles(scores, levels, kernels.CONFORMAL_MIN_SCORES)
+    scores = calibration.conformal_scores(None, y, lengths, h, conformal_windows, select)
+    quantiles = calibration.conformal_quantiles(scores, levels, calibration.CONFORMAL_MIN_SCORES)
     mean = out["mean"]
     for lv in levels:
         q = quantiles[lv]
@@ -705,7 +706,7 @@ def ensemble_forecast(
     errors of the mean forecast on up to ``conformal_windows`` cut histories, each member refitted (or
     run forward with its stored state) on each cut; ``members`` pairs each entry with its state rows.
     """
-    from forecasting.models import kernels
+    from forecasting.models import calibration
 
     lv = sorted(levels)
 
@@ -730,16 +731,16 @@ def ensemble_forecast(
     if not lv:
         return out
     intermittent = any(entry.family in INTERMITTENT_FAMILIES for entry, _ in members)
-    counts = kernels.count_series(y, lengths) if intermittent else np.zeros(y.shape[1], dtype=bool)
-    scores = kernels.conformal_scores(None, y, lengths, h, conformal_windows, select)
-    quantiles = kernels.conformal_quantiles(scores, lv, kernels.CONFORMAL_MIN_SCORES)
+    counts = calibration.count_series(y, lengths) if intermittent else np.zeros(y.shape[1], dtype=bool)
+    scores = calibration.conformal_scores(None, y, lengths, h, conformal_windows, select)
+    quantiles = calibration.conformal_quantiles(scores, lv, calibration.CONFORMAL_MIN_SCORES)
     for level in lv:
         out[f"lo-{level}"] = mean - quantiles[level]
         out[f"hi-{level}"] = mean + quantiles[level]
     if counts.any():
         rows = np.flatnonzero(counts)
         width = int(lengths[rows].max())
-        count = kernels.count_intervals(mean[rows], y[y.shape[0] - width :, rows], lengths[rows], lv)
+        count = calibration.count_intervals(mean[rows], y[y.shape[0] - width :, rows], lengths[rows], lv)
         for c in count:
             if c != "mean":
                 out[c][rows] = count[c]
