@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from forecasting.models.kernels import FloatArray, IntArray, _valid_mask
+from forecasting.models.kernels import FloatArray, IntArray, valid_mask
 
 
 def conformal(
@@ -148,7 +148,7 @@ def calibrated_conformal(
 
 def count_series(y: FloatArray, lengths: IntArray) -> np.ndarray[Any, np.dtype[np.bool_]]:
     """Columns whose whole history is non-negative whole numbers (unit sales)."""
-    valid = _valid_mask(y, lengths)
+    valid = valid_mask(y, lengths)
     whole = (y >= 0) & (y == np.floor(y))
     result: np.ndarray[Any, np.dtype[np.bool_]] = (whole | ~valid).all(axis=0) & (lengths > 0)
     return result

@@ -7,13 +7,11 @@ column) and reproduce statsforecast's numbers: ``tests/forecasting/test_fitted.p
 statsforecast itself (relative difference <= 1e-9). Only numpy is needed, so the agent does not import
 statsforecast to score.
 
-Covered: ``AutoETS`` ``forward`` (error A/M, trend N/A/Ad, season N/A/M: every model AutoETS selects
-by default) with its analytic prediction intervals (classes 1-3), and the simple models that refit at
-the edge: ``Naive``, ``SeasonalNaive``, ``HistoricAverage``, ``WindowAverage``,
-``SeasonalWindowAverage``, ``RandomWalkWithDrift``. Beyond statsforecast: calibrated intervals
-(conformal from many windows with horizon pooling, :func:`calibrated_conformal`; negative binomial
-quantiles for intermittent unit sales, :func:`count_intervals`) and TSB with per-series constants
-(:func:`tsb_fit`); these need scipy for the count law.
+Here: the matrix layout (:func:`pad_right_aligned`), normal intervals, the simple models that refit at
+the edge (``Naive``, ``SeasonalNaive``, ``HistoricAverage``, ``WindowAverage``, ``SeasonalWindowAverage``,
+``RandomWalkWithDrift``), intermittent-demand means (Croston, TSB) and TSB with per-series constants
+(:func:`tsb_fit`). ``AutoETS`` ``forward`` is in :mod:`forecasting.models.ets_kernel`; calibrated
+intervals (conformal over many windows, count quantiles) in :mod:`forecasting.models.calibration`.
 """
 
 from __future__ import annotations
@@ -206,7 +204,8 @@ def _ses_events(values: FloatArray, events: np.ndarray[Any, Any], alpha: float |
     return level
 
 
-def _valid_mask(y: FloatArray, lengths: IntArray) -> np.ndarray[Any, Any]:
+def valid_mask(y: FloatArray, lengths: IntArray) -> np.ndarray[Any, Any]:
+    """True where a column of the right-aligned matrix holds history (its last ``lengths`` rows)."""
     width = y.shape[0]
     result: np.ndarray[Any, Any] = np.arange(width)[:, None] >= (width - lengths)[None, :]
     return result
@@ -221,7 +220,7 @@ def tsb_mean(
     """
     width = y.shape[0]
     start = width - lengths
-    valid = _valid_mask(y, lengths)
+    valid = valid_mask(y, lengths)
     demand = valid & (y > 0)
     prob = _ses_full(np.where(valid, (y != 0).astype(np.float64), 0.0), start, alpha_p)
     size = _ses_events(y, demand, alpha_d)
@@ -234,7 +233,7 @@ def croston_classic_mean(y: FloatArray, lengths: IntArray, h: int) -> FloatArray
     """statsforecast ``CrostonClassic`` point forecasts (alpha 0.1 for sizes and intervals)."""
     width = y.shape[0]
     start = width - lengths
-    valid = _valid_mask(y, lengths)
+    valid = valid_mask(y, lengths)
     demand = valid & (y > 0)
     nonzero = valid & (y != 0)
     size = _ses_events(y, demand, 0.1)
