@@ -23,15 +23,11 @@ import structlog
 
 from forecasting.bundle.format import Manifest, ModelEntry, read_manifest
 from forecasting.common.errors import BundleError, DataError
-from forecasting.models.fitted import (
-    SERIES_PAYLOAD,
-    FittedSet,
-    FloatArray,
+from forecasting.models.fitted import SERIES_PAYLOAD, FittedSet, FloatArray, load_fitted, model_state
+from forecasting.models.fitted_forecast import (
     ensemble_forecast,
     forecast_batch,
     level_columns,
-    load_fitted,
-    model_state,
     order_for_batch,
 )
 

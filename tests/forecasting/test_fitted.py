@@ -272,7 +272,7 @@ def test_conformal_kernels_match_statsforecast(family: str) -> None:
     from statsforecast.utils import ConformalIntervals
 
     from forecasting.bundle.format import ModelEntry
-    from forecasting.models.fitted import forecast_batch
+    from forecasting.models.fitted_forecast import forecast_batch
 
     rng = np.random.default_rng(5)
     ys = [np.where(rng.random(n) < 0.3, rng.poisson(3, n) + 1, 0).astype(float) for n in (40, 70, 95, 25)]

@@ -26,13 +26,8 @@ from forecasting.data.synthetic import generate
 from forecasting.data.validation import load_canonical
 from forecasting.models import calibration, kernels
 from forecasting.models.families import candidate_specs, interval_settings, tsb_optimized_class
-from forecasting.models.fitted import (
-    INTERMITTENT_FAMILIES,
-    calibrated_forecast,
-    ensemble_forecast,
-    fit_models,
-    forecast_batch,
-)
+from forecasting.models.fitted import INTERMITTENT_FAMILIES, fit_models
+from forecasting.models.fitted_forecast import calibrated_forecast, ensemble_forecast, forecast_batch
 from forecasting.training.backtest import run_backtest
 from forecasting.training.pipeline import model_families, train, write_run
 from tests.forecasting._bundles import key_pair
