@@ -1,4 +1,4 @@
-"""Fitted statistical models as Arrow/Parquet columns (no pickle), and forecasting from them at the edge.
+"""Fitted statistical models as Arrow/Parquet columns (no pickle): fitting, export and loading.
 
 Every statistical model is a statsforecast model class, named by its class name (``AutoETS``,
 ``SeasonalNaive``, ``CrostonClassic``, ...) plus constructor parameters. Each model *declares* how the
@@ -13,7 +13,7 @@ edge applies it (:func:`model_state`):
 Training calls :func:`fit_models` (fit per-series choices and get payload tables) or, when it already
 holds fitted statsforecast objects, :func:`export_fitted`; it then passes the payloads and
 ``ModelEntry`` values to :func:`forecasting.bundle.format.write_bundle`. The scoring engine calls
-:func:`load_fitted` and :func:`forecast_batch`.
+:func:`load_fitted` and :func:`forecasting.models.fitted_forecast.forecast_batch`.
 """
 
 from __future__ import annotations
@@ -190,7 +190,8 @@ RECALIBRATED_NATIVE = frozenset(
 )
 
 
-def _supports_native_intervals(family: str) -> bool:
+def supports_native_intervals(family: str) -> bool:
+    """Whether the family's own prediction intervals are used (not conformal-only)."""
     return family not in CONFORMAL_ONLY
 
 

@@ -21,8 +21,8 @@ from forecasting.models.fitted import (
     RECALIBRATED_NATIVE,
     FloatArray,
     IntArray,
-    _supports_native_intervals,
     make_model,
+    supports_native_intervals,
 )
 
 
@@ -443,7 +443,7 @@ def _refit_forecast(
     """Re-estimate a cheap model on ``y`` and forecast; conformal intervals (2 windows of ``h``) for
     families without native ones, none when the history is too short to calibrate them."""
     params = dict(entry.params)
-    if levels and not _supports_native_intervals(entry.family):
+    if levels and not supports_native_intervals(entry.family):
         from statsforecast.utils import ConformalIntervals
 
         if len(y) > CONFORMAL_WINDOWS * h:
