@@ -1,7 +1,8 @@
-"""Admin CLI over HTTP only: ``shelfcast models|runs|datasets|stores ...`` (it never opens the database).
+"""Admin CLI over HTTP only: ``shelfcast models|runs|datasets ...`` (it never opens the database).
 
-Server URL and token come from ``--server``/``--token``, else ``SHELFCAST_SERVER_URL``/``SHELFCAST_TOKEN``,
-else a client config file (``--client-config``, ``[client] server_url, token``), else loopback defaults.
+The client, where it connects and the shared options are in :mod:`server.cli_client`; ``shelfcast stores``
+and the ``keys`` commands that talk to the server are in :mod:`server.fleet_cli`. ``ADMIN_GROUPS`` is what
+the ``shelfcast`` console script mounts.
 """
 
 from __future__ import annotations

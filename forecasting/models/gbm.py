@@ -9,15 +9,9 @@ periods either side, the per-period covariates such as promotions, prices or mar
 scaled. The loss is L1 (MAE) weighted by ``scale`` and by 5 on holiday
 targets, so it minimises WMAE in original units.
 
-One function computes the features for training and for the edge: :func:`feature_block` reads, for each
-origin, only the values its features need (at most the last :func:`lookback` periods of the series: the
-longest lag, window, or the season plus the centred year-earlier window) and the calendar of the target
-dates, by array lookups into the series' rows (no joins over the history). A dynamic driver of a target
-date is read from the series' row of that date when the frame has one (in training always; at the edge
-when the store fed rows for future dates, with ``y`` missing); otherwise a covariate carries the series'
-last known value (its last row) forward and a holiday flag is 0. ``make_features`` wraps it
-in a frame for training and backtests (the origins asked for; by default the last date of every
-series); the edge (:func:`forecasting.models.onnx_model.forecast_global`) scores its matrix directly.
+The features are computed by one function for training and for the edge, in
+:mod:`forecasting.models.gbm_features`; this module fits the model, cross-validates it and fingerprints its
+feature spec.
 """
 
 from __future__ import annotations

@@ -268,7 +268,7 @@ def sign_in(url: str, token: str) -> httpx.Client:
     """A browser-like client signed in through the form (cookies kept, redirects not followed)."""
     client = httpx.Client(base_url=url, timeout=30)
     form = client.get("/dashboard/sign-in")
-    csrf = _hidden(form.text, "csrf_token")
+    csrf = hidden_field(form.text, "csrf_token")
     answer = client.post(
         "/dashboard/sign-in", data={"token": token, "csrf_token": csrf, "next": "/dashboard/"}
     )
@@ -277,7 +277,8 @@ def sign_in(url: str, token: str) -> httpx.Client:
     return client
 
 
-def _hidden(html: str, name: str) -> str:
+def hidden_field(html: str, name: str) -> str:
+    """The value of the hidden form field ``name`` in a page."""
     found = re.search(rf'name="{name}" value="([^"]*)"', html)
     assert found, f"no hidden field {name}"
     return found.group(1)

@@ -12,7 +12,15 @@ import time
 import httpx
 import pytest
 
-from tests.server.dashboard_fleet import CHART_PAGES, MODEL, PAGES, Filled, _hidden, shared_fleet, sign_in
+from tests.server.dashboard_fleet import (
+    CHART_PAGES,
+    MODEL,
+    PAGES,
+    Filled,
+    hidden_field,
+    shared_fleet,
+    sign_in,
+)
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +36,7 @@ def test_sign_in_sets_a_strict_http_only_cookie_and_never_echoes_the_token(fille
     assert form.status_code == 200
     answer = client.post(
         "/dashboard/sign-in",
-        data={"token": filled.reader_token, "csrf_token": _hidden(form.text, "csrf_token")},
+        data={"token": filled.reader_token, "csrf_token": hidden_field(form.text, "csrf_token")},
     )
     cookie = answer.headers["set-cookie"]
     assert answer.status_code == 303
@@ -46,7 +54,7 @@ def test_sign_in_with_a_bad_token_is_refused(filled: Filled, token: str) -> None
     client = httpx.Client(base_url=filled.server.url, timeout=30)
     form = client.get("/dashboard/sign-in")
     answer = client.post(
-        "/dashboard/sign-in", data={"token": token, "csrf_token": _hidden(form.text, "csrf_token")}
+        "/dashboard/sign-in", data={"token": token, "csrf_token": hidden_field(form.text, "csrf_token")}
     )
     assert answer.status_code == 401
     assert "shelfcast_session=" not in answer.headers.get("set-cookie", "")
@@ -60,7 +68,7 @@ def test_agent_token_cannot_sign_in(filled: Filled) -> None:
     form = client.get("/dashboard/sign-in")
     token = next(iter(filled.agents.values()))
     answer = client.post(
-        "/dashboard/sign-in", data={"token": token, "csrf_token": _hidden(form.text, "csrf_token")}
+        "/dashboard/sign-in", data={"token": token, "csrf_token": hidden_field(form.text, "csrf_token")}
     )
     assert answer.status_code == 403
     client.close()
@@ -140,7 +148,7 @@ def test_reader_posts_are_refused(filled: Filled) -> None:
     """A reader's action form is refused with 403 even with a valid CSRF token; nothing changes."""
     client = sign_in(filled.server.url, filled.reader_token)
     page = client.get(filled.url("/dashboard/rollouts/{rollout_id}")).text
-    csrf = _hidden(page, "csrf_token")
+    csrf = hidden_field(page, "csrf_token")
     answer = client.post(filled.url("/dashboard/rollouts/{rollout_id}/pause"), data={"csrf_token": csrf})
     assert answer.status_code == 403
     with filled.server.admin() as admin:
@@ -152,12 +160,12 @@ def test_admin_actions_need_the_session_csrf_token(filled: Filled) -> None:
     """Missing or wrong CSRF tokens get 403; with the right one the admin pauses and resumes the rollout."""
     client = sign_in(filled.server.url, filled.server.admin_token)
     page = client.get(filled.url("/dashboard/rollouts/{rollout_id}")).text
-    csrf = _hidden(page, "csrf_token")
+    csrf = hidden_field(page, "csrf_token")
     action = filled.url("/dashboard/rollouts/{rollout_id}/pause")
     assert client.post(action, data={"reason": "x"}).status_code == 403
     assert client.post(action, data={"csrf_token": "wrong", "reason": "x"}).status_code == 403
     other = sign_in(filled.server.url, filled.server.admin_token)
-    other_csrf = _hidden(other.get("/dashboard/fleet").text, "csrf_token")
+    other_csrf = hidden_field(other.get("/dashboard/fleet").text, "csrf_token")
     assert other_csrf != csrf
     assert client.post(action, data={"csrf_token": other_csrf}).status_code == 403
     paused = client.post(action, data={"csrf_token": csrf, "reason": "look first"})
@@ -179,14 +187,14 @@ def test_admin_acknowledges_an_alert(filled: Filled) -> None:
     """A reader's acknowledgement is refused (403); the admin's, with the CSRF token, is recorded."""
     page = filled.url("/dashboard/alerts/{alert_id}")
     reader = sign_in(filled.server.url, filled.reader_token)
-    reader_csrf = _hidden(reader.get(page).text, "csrf_token")
+    reader_csrf = hidden_field(reader.get(page).text, "csrf_token")
     assert "action-ack" not in reader.get(page).text
     assert reader.post(page + "/ack", data={"csrf_token": reader_csrf}).status_code == 403
     admin = sign_in(filled.server.url, filled.server.admin_token)
     shown = admin.get(page).text
     assert "action-ack" in shown
     assert admin.post(page + "/ack", data={}).status_code == 403
-    acked = admin.post(page + "/ack", data={"csrf_token": _hidden(shown, "csrf_token")})
+    acked = admin.post(page + "/ack", data={"csrf_token": hidden_field(shown, "csrf_token")})
     assert acked.status_code == 303
     after = admin.get(acked.headers["location"]).text
     assert "acked by admin:config" in after and "action-ack" not in after
@@ -198,7 +206,7 @@ def test_sign_out_ends_the_session(filled: Filled) -> None:
     """After sign-out (with CSRF) the old cookie no longer opens pages."""
     client = sign_in(filled.server.url, filled.reader_token)
     cookie = client.cookies.get("shelfcast_session")
-    csrf = _hidden(client.get("/dashboard/fleet").text, "csrf_token")
+    csrf = hidden_field(client.get("/dashboard/fleet").text, "csrf_token")
     assert client.post("/dashboard/sign-out", data={}).status_code == 403
     out = client.post("/dashboard/sign-out", data={"csrf_token": csrf})
     assert out.status_code == 303
