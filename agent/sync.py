@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -77,12 +76,6 @@ class Answer:
     @property
     def text(self) -> str:
         return self.content.decode("utf-8", errors="replace")
-
-
-def backoff_seconds(failures: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter: uniform in [base/2, min(cap, base * 2**failures)]."""
-    ceiling = min(cap, base * (2 ** min(failures, 30)))
-    return random.uniform(min(base / 2, ceiling), ceiling)
 
 
 def _problem_detail(response: Answer) -> str:

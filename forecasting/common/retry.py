@@ -110,6 +110,17 @@ class RetryPolicy:
         return retrying(attempt)
 
 
+def backoff_seconds(failures: int, base: float, cap: float) -> float:
+    """The wait after ``failures`` failures in a row of a repeated task (the agent's polls and report
+    flushes between ticks): jittered exponential backoff, uniform in
+    ``[min(base/2, cap), min(cap, base * 2**failures)]`` (tenacity's ``wait_random_exponential``; the
+    floor keeps a failing task from coming straight back)."""
+    state = tenacity.RetryCallState(retry_object=tenacity.Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = max(0, failures) + 1
+    wait = tenacity.wait_random_exponential(multiplier=base, max=cap, min=min(base / 2, cap))
+    return float(wait(state))
+
+
 class _WaitAsked(tenacity.wait.wait_base):
     """Full-jitter exponential backoff, after what a 429 or 503 asked with ``Retry-After`` (capped)."""
 

@@ -18,8 +18,8 @@ import msgspec
 import pytest
 
 from agent.errors import ResponseTooLargeError, SyncError
-from agent.sync import SYNC_RETRY, SyncClient, backoff_seconds
-from forecasting.common.retry import RetryPolicy
+from agent.sync import SYNC_RETRY, SyncClient
+from forecasting.common.retry import RetryPolicy, backoff_seconds
 from forecasting.common.systemd_notify import notify, watchdog_interval_seconds
 
 
