@@ -142,8 +142,13 @@ class HeartbeatController(Controller):
     path = "/v1/heartbeats"
     tags = ["agents"]  # noqa: RUF012
 
-    @post("/", opt=AGENT, sync_to_thread=True, status_code=202)
-    def heartbeat(
+    @post(
+        "/",
+        opt=AGENT,
+        status_code=202,
+        summary="Record a heartbeat (answered after its commit; 429 with Retry-After when busy)",
+    )
+    async def heartbeat(
         self,
         request: Request[Any, Any, Any],
         fleet: NamedDependency[FleetService],
@@ -152,7 +157,7 @@ class HeartbeatController(Controller):
             str | None, HeaderParameter(name="Idempotency-Key", required=False)
         ] = None,
     ) -> schemas.Accepted:
-        return fleet.record_heartbeat(data, principal_of(request), idempotency_key)
+        return await fleet.record_heartbeat(data, principal_of(request), idempotency_key)
 
 
 class CredentialController(Controller):

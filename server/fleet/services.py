@@ -27,6 +27,7 @@ from server.fleet.repository import FleetRepository
 from server.pagination import next_cursor, page_request
 from server.registry.repository import RegistryRepository
 from server.registry.services import check_name
+from server.writer import GroupWriter
 
 log = get_logger("server.fleet")
 
@@ -47,6 +48,7 @@ class FleetService:
         repo: FleetRepository,
         registry: RegistryRepository,
         tokens: TokenIndex,
+        writer: GroupWriter,
         *,
         enrollment_ttl_seconds: int,
         stale_after_seconds: int,
@@ -64,6 +66,7 @@ class FleetService:
         self._cache_lock = threading.Lock()
         self._generation = 0
         self._heartbeats = 0
+        self.writer = writer
         # (store_id, model_name) -> the active rollout's version for the store, if any
         self.rollout_override: Callable[[str, str], Any] | None = None
 
@@ -275,9 +278,10 @@ class FleetService:
 
     # --- heartbeats -------------------------------------------------------------------------------
 
-    def record_heartbeat(
+    async def record_heartbeat(
         self, beat: Heartbeat, who: Principal, idempotency_key: str | None
     ) -> schemas.Accepted:
+        """Store a heartbeat; answered once the batch holding it is committed."""
         if who.role == "agent" and who.store_id != beat.store_id:
             raise PermissionDeniedError(
                 f"this credential belongs to store {who.store_id}; it cannot report for {beat.store_id}"
@@ -285,51 +289,43 @@ class FleetService:
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
             raise InvalidInputError("Idempotency-Key must be 1-200 characters")
         _check_error_counts(beat.errors)
-        current_errors = _current_errors(beat.current_errors)
-        now = utcnow()
-        sent_at = to_naive_utc(beat.sent_at)
-        last_error = beat.last_error[:1000] if beat.last_error else None
-        with self.repo.db.transaction():
-            # an agent credential exists only for an existing store; an admin may name any store
-            if who.role != "agent" and not self.repo.store_exists(beat.store_id):
-                raise NotFoundError(f"no store {beat.store_id!r}")
-            if idempotency_key and not self.repo.claim_report_key(beat.store_id, idempotency_key):
-                return schemas.Accepted(duplicate=True)
-            previous = self.repo.reported_errors(beat.store_id)
-            # ordered by sent_at, unless the stored one lies ahead of our clock (see upsert_agent_status)
-            if previous is None or sent_at is None or sent_at >= previous[0] or previous[0] > now:
-                increases = error_increases(previous[1] if previous else {}, beat.errors)
-                if increases:
-                    self.repo.insert_error_increases(beat.store_id, increases, last_error, now)
-                    log.warning(
-                        "agent_errors_reported",
-                        store_id=beat.store_id,
-                        new_errors={k: v[0] for k, v in increases.items()},
-                        last_error=last_error,
-                    )
-            self.repo.upsert_agent_status(
-                {
-                    "store_id": beat.store_id,
-                    "state": beat.state,
-                    "model_name": beat.model_name,
-                    "active_version": beat.active_version,
-                    "last_scored_at": to_naive_utc(beat.last_scored_at),
-                    "agent_version": beat.agent_version,
-                    "sent_at": sent_at,
-                    "last_contact_at": now,
-                    "errors": beat.errors,
-                    "last_error": last_error,
-                    "last_error_at": to_naive_utc(beat.last_error_at),
-                    "shadow_version": beat.shadow_version,
-                    "current_errors": current_errors,
-                }
-            )
-            self.repo.touch_agent(beat.store_id, now)
-            self._heartbeats += 1
-            if self._heartbeats % PRUNE_EVERY_HEARTBEATS == 0:
-                self.repo.prune_report_keys(now - REPORT_KEY_RETENTION)
-                self.repo.prune_agent_errors(now - ERROR_RETENTION)
+        row = _status_row(beat, _current_errors(beat.current_errors))
+        return await self.writer.run(lambda: self._store_heartbeat(row, who, idempotency_key))
+
+    def _store_heartbeat(
+        self, row: dict[str, Any], who: Principal, idempotency_key: str | None
+    ) -> schemas.Accepted:
+        """A heartbeat's writes (in a batch)."""
+        store_id = row["store_id"]
+        now = row["last_contact_at"] = utcnow()
+        sent_at = row["sent_at"]
+        # an agent credential exists only for an existing store; an admin may name any store
+        if who.role != "agent" and not self.repo.store_exists(store_id):
+            raise NotFoundError(f"no store {store_id!r}")
+        if idempotency_key and not self.repo.claim_report_key(store_id, idempotency_key):
+            return schemas.Accepted(duplicate=True)
+        previous = self.repo.reported_errors(store_id)
+        # ordered by sent_at, unless the stored one lies ahead of our clock (see upsert_agent_status)
+        if previous is None or sent_at >= previous[0] or previous[0] > now:
+            increases = error_increases(previous[1] if previous else {}, row["errors"])
+            if increases:
+                self.repo.insert_error_increases(store_id, increases, row["last_error"], now)
+                log.warning(
+                    "agent_errors_reported",
+                    store_id=store_id,
+                    new_errors={k: v[0] for k, v in increases.items()},
+                    last_error=row["last_error"],
+                )
+        self.repo.upsert_agent_status(row)
+        self.repo.touch_agent(store_id, now)
+        self._count_heartbeat(now)
         return schemas.Accepted()
+
+    def _count_heartbeat(self, now: datetime) -> None:
+        self._heartbeats += 1
+        if self._heartbeats % PRUNE_EVERY_HEARTBEATS == 0:
+            self.repo.prune_report_keys(now - REPORT_KEY_RETENTION)
+            self.repo.prune_agent_errors(now - ERROR_RETENTION)
 
     def prune(self) -> None:
         with self.repo.db.transaction():
@@ -411,6 +407,25 @@ class FleetService:
                     )
         body = msgspec.json.encode(assignment)
         return CachedAssignment(etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"', body=body)
+
+
+def _status_row(beat: Heartbeat, current_errors: dict[str, str]) -> dict[str, Any]:
+    """The ``agent_status`` row a heartbeat stores (``last_contact_at`` is set when it is written)."""
+    return {
+        "store_id": beat.store_id,
+        "state": beat.state,
+        "model_name": beat.model_name,
+        "active_version": beat.active_version,
+        "last_scored_at": to_naive_utc(beat.last_scored_at),
+        "agent_version": beat.agent_version,
+        "sent_at": to_naive_utc(beat.sent_at),
+        "last_contact_at": None,
+        "errors": beat.errors,
+        "last_error": beat.last_error[:1000] if beat.last_error else None,
+        "last_error_at": to_naive_utc(beat.last_error_at),
+        "shadow_version": beat.shadow_version,
+        "current_errors": current_errors,
+    }
 
 
 def _check_error_counts(errors: dict[str, int]) -> None:
