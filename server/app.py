@@ -28,6 +28,7 @@ from server.config import ServerConfig
 from server.dashboard.controllers import TEMPLATES, dashboard_router, template_filters
 from server.db import DB_FILE_NAME, Database
 from server.errors import InvalidInputError, OverloadedError, ServerError
+from server.fleet.contacts import ContactBook
 from server.fleet.controllers import (
     CredentialController,
     EnrollController,
@@ -112,6 +113,7 @@ class ServerState:
             stale.unlink(missing_ok=True)
         registry_repo = RegistryRepository(db)
         fleet_repo = FleetRepository(db)
+        contacts = ContactBook(fleet_repo)
         writes = self.config.writes
         writer = GroupWriter(
             db,
@@ -120,12 +122,14 @@ class ServerState:
             max_queue=writes.max_queue,
             retry_after_seconds=writes.retry_after_seconds,
             idle_flush_seconds=writes.contact_flush_seconds,
+            flush=contacts,
         )
         fleet = FleetService(
             fleet_repo,
             registry_repo,
             self.tokens,
             writer,
+            contacts,
             enrollment_ttl_seconds=server.enrollment_ttl_seconds,
             stale_after_seconds=server.stale_after_seconds,
             page_default=server.default_page_size,

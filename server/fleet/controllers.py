@@ -93,9 +93,14 @@ class StoreController(Controller):
         ),
     )
     async def assignment(self, request: Request[Any, Any, Any]) -> ASGIResponse:
-        """The hot path of every agent's poll: answered from memory, no database, no body on 304."""
+        """The hot path of every agent's poll: answered from memory, no database, no body on 304.
+
+        The store's agent polling counts as contact: noted in memory, written with the next write batch.
+        """
         store_id: str = request.path_params["store_id"]
         fleet: FleetService = request.app.state.server.fleet
+        if principal_of(request).role == "agent":
+            fleet.note_contact(store_id)
         cached = fleet.cached_assignment(store_id)
         if cached is False or cached is None:
             cached = await anyio.to_thread.run_sync(fleet.assignment, store_id)
