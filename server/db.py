@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ WAL_RECOVERY_DIR = "wal-recovery"
 _WAL_ENTRY_HEAD = 16  # each entry: uint64 size, uint64 checksum, then ``size`` bytes
 _WAL_VERSION_TYPE = 98  # the first, unchecksummed entry of a DuckDB write-ahead log
 _KNOWN_WAL_VERSIONS = frozenset({2})
+CHECKPOINT_ATTEMPTS = 10
+CHECKPOINT_RETRY_SECONDS = 0.02
 
 
 class DamagedWalError(ServerError):
@@ -362,9 +365,25 @@ class Database:
             cursor.execute("COMMIT")
 
     def checkpoint(self) -> None:
-        """Flush the write-ahead log into the file (after writes that must survive a crash intact)."""
+        """Flush the write-ahead log into the file (after writes that must survive a crash intact).
+
+        DuckDB refuses while a transaction of another connection holds changes; the checkpoint is then
+        tried again for a moment (0.2 s), and otherwise left to the next one (what was committed is in the
+        write-ahead log, which a restart replays), with a warning.
+        """
+        import duckdb
+
         with self._write_lock:
-            self._cursor().execute("CHECKPOINT")
+            for attempt in range(CHECKPOINT_ATTEMPTS):
+                try:
+                    self._cursor().execute("CHECKPOINT")
+                except duckdb.TransactionException as exc:
+                    if attempt == CHECKPOINT_ATTEMPTS - 1:
+                        log.warning("db_checkpoint_deferred", path=str(self.path), reason=_first_line(exc))
+                        return
+                    time.sleep(CHECKPOINT_RETRY_SECONDS)
+                else:
+                    return
 
     def copy_to(self, dest: Path) -> None:
         """Write a consistent copy of the whole database to a new file ``dest``, through DuckDB.
