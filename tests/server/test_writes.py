@@ -213,3 +213,22 @@ def test_acknowledged_reports_survive_a_kill_of_the_server(tmp_path: Path, signi
     stored = {r[0] for r in in_file(running.state_dir, "SELECT report_id FROM monitoring_reports")}
     assert set(acknowledged) <= stored
     assert sum(g["reports"] for g in counted) == len(stored)
+
+
+def test_a_report_of_many_rows_is_stored_whole(tmp_path: Path, signing_key: Path) -> None:
+    """A 1,201-row accuracy report (several multi-row inserts) is stored with every row, in one commit."""
+    running = launch(tmp_path, signing_key.with_name(signing_key.name + ".pub"))
+    try:
+        tokens = stores(running, 1)
+        store_id = next(iter(tokens))
+        report = accuracy(store_id, f"{store_id}-big", 1)
+        row = report["rows"][0]
+        report["rows"] = [{**row, "category": f"c{i:04d}", "n": 1 + i % 3} for i in range(1201)]
+        answer = asyncio.run(post_all(running.url, [(tokens[store_id], "/v1/accuracy", report, {})]))[0]
+        assert answer.status_code == 202 and answer.json()["rows"] == 1201
+    finally:
+        running.process.stop()
+    expected = sum(1 + i % 3 for i in range(1201))
+    assert in_file(
+        running.state_dir, "SELECT count(*), sum(n), count(DISTINCT category) FROM accuracy_rows"
+    ) == [(1201, expected, 1201)]
