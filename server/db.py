@@ -21,6 +21,7 @@ import contextlib
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -204,7 +205,8 @@ class Database:
         self._con = connection
         self._write_lock = threading.RLock()
         self._local = threading.local()
-        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        # the live threads' connections (a thread's goes when the thread ends), closed by ``close``
+        self._cursors: weakref.WeakSet[duckdb.DuckDBPyConnection] = weakref.WeakSet()
         self._cursors_lock = threading.Lock()
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
@@ -213,7 +215,7 @@ class Database:
         if cursor is None:
             with self._cursors_lock:
                 cursor = self._con.cursor()
-                self._cursors.append(cursor)
+                self._cursors.add(cursor)
             self._local.cursor = cursor
             self._local.depth = 0
         return cursor
@@ -309,11 +311,15 @@ class Database:
             detail="the last process did not stop cleanly; its write-ahead log was replayed",
         )
 
+    @property
+    def open_connections(self) -> int:
+        """How many threads hold a connection to the database now."""
+        return len(self._cursors)
+
     def close(self) -> None:
         with self._write_lock, self._cursors_lock:
-            for cursor in self._cursors:
+            for cursor in list(self._cursors):
                 cursor.close()
-            self._cursors.clear()
             self._con.close()
 
     # --- statements -------------------------------------------------------------------------------

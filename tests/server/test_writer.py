@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -199,3 +200,14 @@ def test_reads_do_not_wait_for_a_batch_in_progress(db: Database) -> None:
         release.set()
         writer.stop()
     assert ids(db) == [1, 2]
+
+
+def test_a_thread_s_connection_goes_with_the_thread(db: Database) -> None:
+    """Threads that read and end leave no connection behind (a server's worker threads come and go)."""
+    before = db.open_connections
+    for _ in range(20):
+        thread = threading.Thread(target=ids, args=(db,))
+        thread.start()
+        thread.join()
+    gc.collect()
+    assert db.open_connections == before
