@@ -121,7 +121,7 @@ class ServerState:
             max_wait_seconds=writes.max_wait_ms / 1000,
             max_queue=writes.max_queue,
             retry_after_seconds=writes.retry_after_seconds,
-            idle_flush_seconds=writes.contact_flush_seconds,
+            flush_every_seconds=writes.contact_flush_seconds,
             flush=contacts,
         )
         fleet = FleetService(

@@ -44,10 +44,10 @@ class WritesConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """``[writes]``: the group writer of heartbeats and reports (``docs/server.md``, *The write path*)."""
 
     max_batch: int = 256  # requests committed in one transaction at most
-    max_wait_ms: float = 2.0  # how long a batch waits for more requests once it has one
+    max_wait_ms: float = 0.0  # how long a batch waits for more requests once it has one
     max_queue: int = 2048  # requests waiting for the writer; beyond it they are refused with 429
     retry_after_seconds: int = 2  # the Retry-After of those refusals
-    contact_flush_seconds: float = 5.0  # polls' last contact is written at least this often
+    contact_flush_seconds: float = 5.0  # polls' last contact is written this often (with the next batch)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_queue < 1:

@@ -12,9 +12,9 @@ without it, in a new transaction; the failing request gets its own error. A comm
 is retried with each job in a transaction of its own. When the queue is full a new job is refused at
 once with ``OverloadedError`` (HTTP 429 with ``Retry-After``): nothing of it was written.
 
-Before each batch the writer drains its ``Flush`` (writes kept in memory until then, such as the last
-contact of polling stores) and writes it in the same transaction; when no job comes for
-``idle_flush_seconds`` it commits what the flush holds on its own.
+The writer also carries a ``Flush``: writes kept in memory (such as the last contact of polling stores)
+that it writes at most every ``flush_every_seconds``, in the transaction of the first batch after that
+time, or on its own when no batch comes; and once more when it stops.
 """
 
 from __future__ import annotations
@@ -83,14 +83,15 @@ class GroupWriter:
         max_wait_seconds: float,
         max_queue: int,
         retry_after_seconds: int,
-        idle_flush_seconds: float,
+        flush_every_seconds: float,
         flush: Flush | None = None,
     ) -> None:
         self.db = db
         self.max_batch = max(1, max_batch)
         self.max_wait_seconds = max(0.0, max_wait_seconds)
         self.retry_after_seconds = retry_after_seconds
-        self.idle_flush_seconds = idle_flush_seconds
+        self.flush_every_seconds = flush_every_seconds
+        self._flushed_at = time.monotonic()
         self.flush = flush
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, max_queue))
         self._thread: threading.Thread | None = None
@@ -149,8 +150,9 @@ class GroupWriter:
     def _loop(self) -> None:
         stopping = False
         while not stopping:
+            until_flush = self._flushed_at + self.flush_every_seconds - time.monotonic()
             try:
-                first = self._queue.get(timeout=self.idle_flush_seconds)
+                first = self._queue.get(timeout=max(until_flush, 0.001))
             except queue.Empty:
                 self._commit([])
                 continue
@@ -160,7 +162,7 @@ class GroupWriter:
             else:
                 batch.append(first)
                 stopping = self._gather(batch)
-            self._commit(batch)
+            self._commit(batch, flush_now=stopping)
         while True:  # jobs queued after the stop sentinel (a racing submit) are still answered
             try:
                 late = self._queue.get_nowait()
@@ -188,9 +190,9 @@ class GroupWriter:
             batch.append(item)
         return False
 
-    def _commit(self, batch: list[_Job]) -> None:
-        """Run ``batch`` and the flush in one transaction; a failing job fails alone, the rest retried."""
-        held = self.flush.drain() if self.flush is not None else None
+    def _commit(self, batch: list[_Job], *, flush_now: bool = False) -> None:
+        """Run ``batch`` (and the flush, when due) in one transaction; a failing job fails alone."""
+        held = self._take_flush(flush_now=flush_now)
         if not batch and held is None:
             return
         pending = list(batch)
@@ -223,6 +225,15 @@ class GroupWriter:
             for job, result in zip(pending, results, strict=True):
                 self._answer(job, result=result)
             return
+
+    def _take_flush(self, *, flush_now: bool) -> Any:
+        """What the flush holds, when it is due (or ``flush_now``); None otherwise."""
+        if self.flush is None:
+            return None
+        if not flush_now and time.monotonic() < self._flushed_at + self.flush_every_seconds:
+            return None
+        self._flushed_at = time.monotonic()
+        return self.flush.drain()
 
     def _transaction(self, jobs: list[_Job], held: Any) -> list[Any]:
         results: list[Any] = []

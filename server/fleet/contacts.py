@@ -2,9 +2,9 @@
 
 An agent's poll (and a heartbeat that changes nothing but the time) says only "this store was here at
 that time": worth remembering, not worth a commit each. The ``ContactBook`` keeps the newest contact per
-store and the writer drains it into the transaction of its next batch (or on its own after
-``[writes] contact_flush_seconds`` without one). A crash loses at most that long of contact times,
-never a report.
+store and every ``[writes] contact_flush_seconds`` the writer drains it into the transaction of its next
+batch (or writes it on its own when none comes). A crash loses at most that long of contact times, never
+a report.
 """
 
 from __future__ import annotations

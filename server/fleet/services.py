@@ -353,7 +353,8 @@ class FleetService:
                     last_error=row["last_error"],
                 )
         self.repo.upsert_agent_status(row)
-        self.repo.touch_agent(store_id, now)
+        if not applied:  # an applied one wrote the contact time itself
+            self.repo.touch_agent(store_id, now)
         self._count_heartbeat(now)
         return schemas.Accepted(), applied
 

@@ -52,7 +52,7 @@ def writer_over(db: Database, flush: Held | None = None, **settings: Any) -> Gro
         "max_wait_seconds": 0.2,
         "max_queue": 256,
         "retry_after_seconds": 3,
-        "idle_flush_seconds": 0.1,
+        "flush_every_seconds": 0.1,
         **settings,
     }
     writer = GroupWriter(db, flush=flush, **options)
@@ -150,10 +150,10 @@ def test_a_full_queue_refuses_at_once_and_writes_nothing(db: Database) -> None:
 
 
 def test_the_flush_rides_with_the_next_batch_or_commits_when_idle(db: Database) -> None:
-    """Held values are written with the next batch, or alone once the writer has been idle; a broken flush
+    """Held values are written with the next batch once due, or alone when no batch comes; a broken flush
     is dropped without failing the jobs it rode with."""
     held = Held(db)
-    writer = writer_over(db, held, idle_flush_seconds=0.05)
+    writer = writer_over(db, held, flush_every_seconds=0.0)
     try:
         held.values.extend([1, 2])
         writer.submit(insert(db, 7))
