@@ -35,6 +35,8 @@ from tests.server.conftest import RunningServer, create_store, enroll, launch, m
 ENGINE_ENV = {
     "SHELFCAST_ROLLOUTS__ENGINE_INTERVAL_SECONDS": "0.2",
     "SHELFCAST_ROLLOUTS__LEASE_SECONDS": "2",
+    # the shared server lives for the whole test session: its reporting stores must not go stale meanwhile
+    "SHELFCAST_SERVER__STALE_AFTER_SECONDS": "86400",
 }
 MODEL = "demand"
 CATEGORIES = ("dairy", "produce", "bakery")
