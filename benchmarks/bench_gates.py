@@ -82,7 +82,10 @@ def _replay(seed: int, size: str, work: Path) -> dict[str, dict[str, Any]]:
             "reason": result.halt_reason,
         }
     # each replay's outcomes as it ends (a replay takes minutes; a long run shows its progress)
-    line = "; ".join(f"{k}: {v['outcome']} ({v['periods']} periods)" for k, v in outcomes.items())
+    line = "; ".join(
+        f"{k}: {v['outcome']} ({v['periods']} periods{'; ' + v['reason'] if v['reason'] else ''})"
+        for k, v in outcomes.items()
+    )
     print(f"seed {seed}: {line}", flush=True)
     return outcomes
 
