@@ -326,8 +326,8 @@ def _proposals_or_problem(
     return proposals, chosen
 
 
-@get("/replenishment/{item_id:str}", sync_to_thread=True, responses=AS_JSON_OBJECT)
-def replenishment_item(
+@get("/replenishment/{item_id:str}", responses=AS_JSON_OBJECT)
+async def replenishment_item(
     request: Request[Any, Any, Any],
     item_id: str,
     fmt: Annotated[str | None, Parameter(query="format")] = None,
@@ -340,13 +340,13 @@ def replenishment_item(
     etag = proposals.etag("item", item_id, chosen)
     if _not_modified(request, etag):
         return Response(b"", status_code=304, headers=proposals.headers(etag))
-    row = proposals.item(item_id)
-    if row is None:
-        return problem(404, "No proposal", f"no proposal for item {item_id!r}: post its inventory first")
     if chosen == "json":
-        body = msgspec.json.encode({**proposals.meta(), **row.to_dicts()[0]})
+        body = proposals.item_json(item_id)
     else:
-        body = render(row, chosen, proposals.meta(), None)
+        row = proposals.item(item_id)
+        body = None if row is None else render(row, chosen, proposals.meta(), None)
+    if body is None:
+        return problem(404, "No proposal", f"no proposal for item {item_id!r}: post its inventory first")
     return Response(body, media_type=MEDIA_TYPES[chosen], headers=proposals.headers(etag))
 
 

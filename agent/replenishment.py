@@ -8,9 +8,11 @@ land in ``proposals.parquet`` beside the run's forecasts and replace the served 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from agent.forecasts import ForecastView, page
 from agent.paths import StatePaths
@@ -34,6 +36,10 @@ class ProposalView:
     forecasts: ForecastView
     frame: pl.DataFrame
     digest: str
+    rows: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", {item: i for i, item in enumerate(self.frame["item_id"].to_list())})
 
     @classmethod
     def load(cls, forecasts: ForecastView, path: Path) -> ProposalView:
@@ -90,10 +96,15 @@ class ProposalView:
 
     def item(self, item_id: str) -> pl.DataFrame | None:
         """The proposal of one item, or None when it has none."""
-        import polars as pl
+        row = self.rows.get(item_id)
+        return None if row is None else self.frame.slice(row, 1)
 
-        row = self.frame.filter(pl.col("item_id") == item_id)
-        return row if row.height else None
+    def item_json(self, item_id: str) -> bytes | None:
+        """The proposal of one item with the answer's metadata, as JSON; None when it has none."""
+        row = self.rows.get(item_id)
+        if row is None:
+            return None
+        return msgspec.json.encode({**self.meta(), **self.frame.row(row, named=True)})
 
 
 def refresh_proposals(
