@@ -113,13 +113,23 @@ def score_job(job: Job) -> dict[str, int]:
     )
     out = Path(job.out)
     if job.history:
-        from forecasting.replenishment.structure import error_structure
-
-        _write_atomically(error_structure(bundle, history, result), out.parent / STRUCTURE_FILE)
+        _write_structure(bundle, history, result, out.parent / STRUCTURE_FILE)
     _write_atomically(result, out)
     if job.history:
         write_serving_index(out.parent, out)
     return {"rows": result.height, "series": int(n_series)}
+
+
+def _write_structure(bundle: Path, history: pl.DataFrame, forecasts: pl.DataFrame, out: Path) -> None:
+    """The run's error structure for order proposals; a failure here is logged and never fails the
+    scoring (the run is served, and its proposals fail with a missing file until the next scoring)."""
+    from forecasting.common.logs import get_logger
+    from forecasting.replenishment.structure import error_structure
+
+    try:
+        _write_atomically(error_structure(bundle, history, forecasts), out)
+    except Exception as exc:  # forecasts are served whatever happens on the replenishment side
+        get_logger("agent.score_worker").error("structure_failed", reason=f"{type(exc).__name__}: {exc}")
 
 
 def check_output(frame: pl.DataFrame, *, levels: list[int], horizon: int, n_series: int) -> None:
