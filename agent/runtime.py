@@ -29,9 +29,10 @@ from agent.record import Record, VersionRef, count_error, read_credential, resol
 from agent.replenishment import ProposalView, load_proposals, refresh_proposals
 from agent.scoring import Scorer, ScoringSettings, ShadowModel, score_store
 from agent.serving import read_serving
-from agent.sync import SyncClient, backoff_seconds
+from agent.sync import SyncClient
 from forecasting.common.contracts import Heartbeat
 from forecasting.common.logs import get_logger
+from forecasting.common.retry import backoff_seconds
 from forecasting.common.version import shelfcast_version
 
 if TYPE_CHECKING:
@@ -246,7 +247,12 @@ class AgentRuntime:
             self._queue_heartbeat()
             self._next_heartbeat = now + self.config.agent.heartbeat_interval_seconds
         if now >= self._next_flush:
-            self._flush_outbox()
+            # each call may wait out its retries: the watchdog knows the thread is delivering, not stuck
+            self.busy_until = now + 600
+            try:
+                self._flush_outbox()
+            finally:
+                self.busy_until = 0.0
 
     def _run_commands(self) -> None:
         while True:

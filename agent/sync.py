@@ -1,7 +1,15 @@
 """The agent's client of the central server: enrollment, assignment polls, bundle downloads, reports.
 
+Every request goes through ``SYNC_RETRY``: a dropped connection, a timeout or a 429/502/503/504 answer is
+tried again within the call (full-jitter exponential backoff, at most 3 tries, no wait ending more than
+4 s after the first try), and a 429 or 503 with ``Retry-After`` waits what the server asked plus jitter.
+When the tries end on such an answer (or the wait does not fit the call), the answer goes back to the
+caller and the client sends nothing more before that time (capped at 30 s): the next request waits for
+it, so the outbox is delivered in order and no sooner than the server asked. A bundle download is tried
+again only before its body starts; a download cut half-way is resumed with ``Range`` by a later call.
+
 Every method raises ``SyncError`` (or ``EnrollmentError``) for anything the caller should retry later or
-report; nothing here decides policy (that is the lifecycle's job).
+report; nothing here decides what to do about it (that is the lifecycle's and the runtime's job).
 """
 
 from __future__ import annotations
@@ -9,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,12 +27,23 @@ import msgspec
 
 from agent.errors import EnrollmentError, ResponseTooLargeError, SyncError, UpdateRejectedError
 from forecasting.common.contracts import Assignment
+from forecasting.common.logs import get_logger
+from forecasting.common.retry import RetryPolicy
 
 if TYPE_CHECKING:
     import httpx
 
+log = get_logger("agent.sync")
+
 CHUNK_BYTES = 1024 * 1024
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
+# The one retry policy of the agent's calls to the server. A call retries within 4 s at most: a timed-out
+# request is not repeated at once (the runtime's own backoff spaces the next), and a longer Retry-After
+# holds the next request back instead (see ``SyncClient._send``).
+SYNC_RETRY = RetryPolicy(
+    max_attempts=3, max_elapsed_seconds=4.0, backoff_seconds=0.5, max_backoff_seconds=2.0,
+    max_retry_after_seconds=30.0,
+)  # fmt: skip
 
 
 class EnrollResponse(msgspec.Struct, frozen=True):
@@ -59,12 +78,6 @@ class Answer:
         return self.content.decode("utf-8", errors="replace")
 
 
-def backoff_seconds(failures: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter: uniform in [base/2, min(cap, base * 2**failures)]."""
-    ceiling = min(cap, base * (2 ** min(failures, 30)))
-    return random.uniform(min(base / 2, ceiling), ceiling)
-
-
 def _problem_detail(response: Answer) -> str:
     try:
         body = response.json()
@@ -85,6 +98,8 @@ class SyncClient:
         timeout_seconds: float,
         ca_file: str = "",
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        retry: RetryPolicy = SYNC_RETRY,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         import ssl
 
@@ -104,6 +119,9 @@ class SyncClient:
         )
         self.token = ""
         self.max_response_bytes = max_response_bytes
+        self.retry = retry
+        self._sleep = sleep
+        self._quiet_until = 0.0  # monotonic time before which the server asked for nothing more
 
     def close(self) -> None:
         self._client.close()
@@ -111,12 +129,28 @@ class SyncClient:
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
-    def _request(self, method: str, url: str, **kwargs: Any) -> Answer:
-        """Send a request and read its answer, streaming, up to ``max_response_bytes`` (decoded)."""
+    def _send(self, attempt: Callable[[], Answer], what: str) -> Answer:
+        """Run ``attempt`` under the retry policy, after any wait the server asked for; a transport error
+        that outlasts the tries is a ``SyncError`` prefixed with ``what``."""
         import httpx
 
-        cap = self.max_response_bytes
+        held = self._quiet_until - time.monotonic()
+        if held > 0:
+            log.info("request_held", what=what, wait_seconds=round(held, 2))
+            self._sleep(held)
         try:
+            answer = self.retry.call(attempt, what=what, sleep=self._sleep)
+        except httpx.HTTPError as exc:
+            raise SyncError(f"{what}: {self._describe(exc)}") from exc
+        asked = self.retry.asked_wait(answer)
+        self._quiet_until = time.monotonic() + asked if asked else 0.0
+        return answer
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> Answer:
+        """Send a request and read its answer, streaming, up to ``max_response_bytes`` (decoded)."""
+        cap = self.max_response_bytes
+
+        def attempt() -> Answer:
             with self._client.stream(method, url, **kwargs) as response:
                 announced = response.headers.get("content-length", "")
                 if announced.isdigit() and int(announced) > cap:
@@ -129,8 +163,8 @@ class SyncClient:
                     if len(body) > cap:
                         raise ResponseTooLargeError(f"{method} {url}: the answer exceeds the {cap}-byte cap")
                 return Answer(response.status_code, response.headers, bytes(body))
-        except httpx.HTTPError as exc:
-            raise SyncError(f"{method} {url}: {self._describe(exc)}") from exc
+
+        return self._send(attempt, f"{method} {url}")
 
     def _describe(self, exc: Exception) -> str:
         """The transport error, saying so plainly when the server's certificate is not trusted."""
@@ -195,53 +229,68 @@ class SyncClient:
         have = part.stat().st_size if part.exists() else 0
         if have > max_bytes or (expected_size and have > expected_size):
             part.unlink()
-            have = 0
-        headers = self._auth()
-        if have:
-            headers["Range"] = f"bytes={have}-"
-            headers["If-Range"] = f'"{sha256}"'
-        import httpx
-
+        label = f"bundle {sha256[:12]}"
         # A server (or anything in between) sending more than announced is cut off at the announced size.
         limit = min(max_bytes, expected_size) if expected_size else max_bytes
         try:
-            with self._client.stream("GET", f"/v1/bundles/{sha256}", headers=headers) as response:
-                if response.status_code == 200:
-                    have = 0
-                elif response.status_code == 416:
-                    # The part file is complete or garbage: start over next time.
-                    part.unlink(missing_ok=True)
-                    raise SyncError(f"bundle {sha256[:12]}: range not satisfiable, restarting download")
-                elif response.status_code != 206:
-                    raise SyncError(f"bundle {sha256[:12]} download failed ({response.status_code})")
-                with part.open("r+b" if have else "wb") as fh:
-                    fh.seek(have)
-                    fh.truncate()
-                    written = have
-                    # As they arrive (no re-chunking): what was received before a cut is on disk to resume.
-                    for chunk in _raw_chunks(response, f"bundle {sha256[:12]}"):
-                        written += len(chunk)
-                        if written > limit:
-                            raise UpdateRejectedError(
-                                f"bundle {sha256[:12]} exceeds the {limit}-byte cap"
-                                + (f" (announced size {expected_size})" if limit == expected_size else "")
-                            )
-                        fh.write(chunk)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-        except httpx.HTTPError as exc:
-            raise SyncError(f"bundle {sha256[:12]} download interrupted: {self._describe(exc)}") from exc
+            answer = self._send(
+                lambda: self._download_once(sha256, part, limit, expected_size),
+                f"{label} download interrupted",
+            )
         except OSError as exc:
             part.unlink(missing_ok=True)
-            raise SyncError(
-                f"bundle {sha256[:12]} cannot be written to {dest_dir}: {exc.strerror or exc}"
-            ) from exc
+            raise SyncError(f"{label} cannot be written to {dest_dir}: {exc.strerror or exc}") from exc
+        if answer.status_code not in (200, 206):
+            raise SyncError(f"{label} download failed ({answer.status_code})")
         digest = _sha256_file(part)
         if digest != sha256:
             part.unlink(missing_ok=True)
             raise UpdateRejectedError(f"bundle {sha256[:12]}: sha256 mismatch (got {digest[:12]})")
         Path(part).replace(final)
         return final
+
+    def _download_once(self, sha256: str, part: Path, limit: int, expected_size: int) -> Answer:
+        """One try at the bundle: from the ``.part`` file's end with ``Range``, into that file.
+
+        A status the policy retries comes back before any byte is written; a transport error once the
+        body has started is a ``SyncError`` (not retried here: a later call resumes from the part file).
+        """
+        import httpx
+
+        label = f"bundle {sha256[:12]}"
+        have = part.stat().st_size if part.exists() else 0
+        headers = self._auth()
+        if have:
+            headers["Range"] = f"bytes={have}-"
+            headers["If-Range"] = f'"{sha256}"'
+        with self._client.stream("GET", f"/v1/bundles/{sha256}", headers=headers) as response:
+            if response.status_code == 200:
+                have = 0
+            elif response.status_code == 416:
+                # The part file is complete or garbage: start over next time.
+                part.unlink(missing_ok=True)
+                raise SyncError(f"{label}: range not satisfiable, restarting download")
+            elif response.status_code != 206:
+                return Answer(response.status_code, response.headers, b"")
+            try:
+                with part.open("r+b" if have else "wb") as fh:
+                    fh.seek(have)
+                    fh.truncate()
+                    written = have
+                    # As they arrive (no re-chunking): what was received before a cut is on disk to resume.
+                    for chunk in _raw_chunks(response, label):
+                        written += len(chunk)
+                        if written > limit:
+                            raise UpdateRejectedError(
+                                f"{label} exceeds the {limit}-byte cap"
+                                + (f" (announced size {expected_size})" if limit == expected_size else "")
+                            )
+                        fh.write(chunk)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except httpx.HTTPError as exc:
+                raise SyncError(f"{label} download interrupted: {self._describe(exc)}") from exc
+            return Answer(response.status_code, response.headers, b"")
 
     def post_report(self, path: str, body: bytes, idempotency_key: str) -> int:
         """POST one outbox report; returns the status code (transport errors raise ``SyncError``)."""

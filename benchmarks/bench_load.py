@@ -341,12 +341,19 @@ def _free_port() -> int:
 
 
 def publish_champion(url: str, admin_token: str, tmp: Path) -> None:
-    """A signed v1 of the model, published and made champion (the assignment every agent polls)."""
+    """A signed v1 of the model (a real Parquet payload, which the server checks), published and made
+    champion (the assignment every agent polls)."""
+    import io
+
+    import polars as pl
+
     from forecasting.bundle.format import Manifest, pack_archive, write_bundle
 
     key = tmp / "keys" / "signing.key"
     manifest = Manifest(model_name=MODEL, version=1, created_at=datetime.now(UTC))
-    bundle = write_bundle(tmp / "demand-v1", manifest, {"series.parquet": b"0" * 4096}, key)
+    table = io.BytesIO()
+    pl.DataFrame({"blob": [b"0" * 4096]}).write_parquet(table, compression="uncompressed", statistics=False)
+    bundle = write_bundle(tmp / "demand-v1", manifest, {"series.parquet": table.getvalue()}, key)
     archive = tmp / "demand-v1.tar"
     pack_archive(bundle, archive)
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=60) as admin:

@@ -132,7 +132,8 @@ def _onnx_bundle(
     root: Path, frame: pl.DataFrame, sample: pl.DataFrame, keys: pl.DataFrame, private: Path
 ) -> tuple[Path, float]:
     from forecasting.common.config import TrainSection
-    from forecasting.models.gbm import fit, make_features, make_spec
+    from forecasting.models.gbm import fit
+    from forecasting.models.gbm_features import make_features, make_spec
     from forecasting.models.onnx_model import OnnxScorer, export_global
 
     cfg = msgspec.structs.replace(TrainSection(), horizon=H, gbm_rounds=100)

@@ -27,7 +27,8 @@ from server.blobs import BlobStore
 from server.config import ServerConfig
 from server.dashboard.controllers import TEMPLATES, dashboard_router, template_filters
 from server.db import DB_FILE_NAME, Database
-from server.errors import InvalidInputError, ServerError
+from server.errors import InvalidInputError, OverloadedError, ServerError
+from server.fleet.contacts import ContactBook
 from server.fleet.controllers import (
     CredentialController,
     EnrollController,
@@ -54,6 +55,7 @@ from server.rollouts.engine import RolloutEngine
 from server.rollouts.repository import RolloutRepository
 from server.rollouts.services import RolloutService
 from server.system import AdminController, SystemController
+from server.writer import GroupWriter
 
 log = get_logger("server.app")
 
@@ -67,6 +69,7 @@ class ServerState:
         self.tokens = TokenIndex(config.server.admin_token)
         self.sessions = SessionStore(self.tokens)  # dashboard sign-ins (in memory)
         self.db: Database | None = None
+        self.writer: GroupWriter | None = None
         self._fleet: FleetService | None = None
         self._registry: RegistryService | None = None
         self._rollouts: RolloutService | None = None
@@ -74,7 +77,11 @@ class ServerState:
         self.metrics = Metrics(self._fleet_gauges)
 
     def _fleet_gauges(self) -> dict[str, Any]:
-        return self.fleet.gauges()
+        gauges = self.fleet.gauges()
+        writer = self.writer
+        if writer is not None:
+            gauges["writes"] = {"batches": writer.batches, "jobs": writer.jobs, "queued": writer.queued}
+        return gauges
 
     @property
     def fleet(self) -> FleetService:
@@ -105,10 +112,24 @@ class ServerState:
         for stale in blobs.tmp_dir.glob("upload-*.part"):
             stale.unlink(missing_ok=True)
         registry_repo = RegistryRepository(db)
+        fleet_repo = FleetRepository(db)
+        contacts = ContactBook(fleet_repo)
+        writes = self.config.writes
+        writer = GroupWriter(
+            db,
+            max_batch=writes.max_batch,
+            max_wait_seconds=writes.max_wait_ms / 1000,
+            max_queue=writes.max_queue,
+            retry_after_seconds=writes.retry_after_seconds,
+            flush_every_seconds=writes.contact_flush_seconds,
+            flush=contacts,
+        )
         fleet = FleetService(
-            FleetRepository(db),
+            fleet_repo,
             registry_repo,
             self.tokens,
+            writer,
+            contacts,
             enrollment_ttl_seconds=server.enrollment_ttl_seconds,
             stale_after_seconds=server.stale_after_seconds,
             page_default=server.default_page_size,
@@ -140,9 +161,11 @@ class ServerState:
             lease_seconds=self.config.rollouts.lease_seconds,
         )
         self._fleet = fleet
+        self.writer = writer
         self.db = db
         fleet.load_tokens()
         fleet.prune()
+        writer.start()
 
     async def start_engine(self) -> None:
         """Start the rollout engine's task (the state is open by now)."""
@@ -154,6 +177,10 @@ class ServerState:
             await self.engine.stop()
 
     def close(self) -> None:
+        """Commit what the writer holds, checkpoint and close the database."""
+        if self.writer is not None:
+            self.writer.stop()
+            self.writer = None
         if self.db is not None:
             self.db.checkpoint()
             self.db.close()
@@ -172,7 +199,10 @@ def problem(status: int, title: str, detail: str) -> Response[bytes]:
 def server_error_handler(_: Request[Any, Any, Any], exc: ServerError) -> Response[bytes]:
     if exc.status_code >= 500:
         log.error("request_failed", error=str(exc), error_type=type(exc).__name__)
-    return problem(exc.status_code, exc.title, str(exc))
+    response = problem(exc.status_code, exc.title, str(exc))
+    if isinstance(exc, OverloadedError):
+        response.headers["Retry-After"] = str(exc.retry_after_seconds)
+    return response
 
 
 def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:

@@ -239,7 +239,7 @@ def backup(
     if server_url:
         import httpx
 
-        from server.admin_cli import check_response
+        from server.cli_client import check_response
 
         dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".backup-") as tmp:

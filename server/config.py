@@ -40,6 +40,22 @@ class RolloutsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     lease_seconds: float = 60.0
 
 
+class WritesConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[writes]``: the group writer of heartbeats and reports (``docs/server.md``, *The write path*)."""
+
+    max_batch: int = 256  # requests committed in one transaction at most
+    max_wait_ms: float = 0.0  # how long a batch waits for more requests once it has one
+    max_queue: int = 2048  # requests waiting for the writer; beyond it they are refused with 429
+    retry_after_seconds: int = 2  # the Retry-After of those refusals
+    contact_flush_seconds: float = 5.0  # polls' last contact is written this often (with the next batch)
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_queue < 1:
+            raise ValueError("max_batch and max_queue must be at least 1")
+        if self.max_wait_ms < 0 or self.retry_after_seconds < 1 or self.contact_flush_seconds <= 0:
+            raise ValueError("max_wait_ms >= 0, retry_after_seconds >= 1 and contact_flush_seconds > 0")
+
+
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Whole server configuration file."""
 
@@ -48,6 +64,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     retraining: RetrainingConfig = msgspec.field(default_factory=RetrainingConfig)
     rollouts: RolloutsConfig = msgspec.field(default_factory=RolloutsConfig)
+    writes: WritesConfig = msgspec.field(default_factory=WritesConfig)
 
     @property
     def state_path(self) -> Path:
@@ -103,10 +120,13 @@ def load_client_config(files: list[Path]) -> ClientConfig:
 
 
 def load_server_config(files: list[Path]) -> ServerConfig:
-    """Defaults < /etc/shelfcast/server.toml < files < SHELFCAST_{SERVER,LOGGING,ROLLOUTS,RETRAINING}__*."""
+    """Defaults < /etc/shelfcast/server.toml < files < SHELFCAST_<SECTION>__* variables.
+
+    The sections the environment may set: server, logging, rollouts, retraining, writes.
+    """
     return load_config(
         ServerConfig,
         files,
         system_file="server.toml",
-        restrict_env_to=("server", "logging", "rollouts", "retraining"),
+        restrict_env_to=("server", "logging", "rollouts", "retraining", "writes"),
     )

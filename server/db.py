@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 import threading
+import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +43,8 @@ WAL_RECOVERY_DIR = "wal-recovery"
 _WAL_ENTRY_HEAD = 16  # each entry: uint64 size, uint64 checksum, then ``size`` bytes
 _WAL_VERSION_TYPE = 98  # the first, unchecksummed entry of a DuckDB write-ahead log
 _KNOWN_WAL_VERSIONS = frozenset({2})
+CHECKPOINT_ATTEMPTS = 10
+CHECKPOINT_RETRY_SECONDS = 0.02
 
 
 class DamagedWalError(ServerError):
@@ -187,12 +191,34 @@ def to_naive_utc(value: datetime | None) -> datetime | None:
 
 
 class Database:
-    """One connection, one lock: every statement runs under the lock, transactions hold it throughout."""
+    """One database, one connection per thread: reads run side by side, writes one at a time.
+
+    Every thread gets its own cursor on the file (DuckDB connections are not shared between threads), so
+    a read never waits for a write: it sees what was committed when it began. Writes (``execute`` and
+    ``transaction``) hold one write lock, so two of them never race for the same rows; a transaction
+    opened inside another on the same thread joins it (the outer one commits or rolls back both), which
+    lets the group writer wrap many services' transactions in one commit.
+    """
 
     def __init__(self, path: Path, connection: duckdb.DuckDBPyConnection) -> None:
         self.path = path
         self._con = connection
-        self._lock = threading.RLock()
+        self._write_lock = threading.RLock()
+        self._local = threading.local()
+        # the live threads' connections (a thread's goes when the thread ends), closed by ``close``
+        self._cursors: weakref.WeakSet[duckdb.DuckDBPyConnection] = weakref.WeakSet()
+        self._cursors_lock = threading.Lock()
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        """This thread's connection to the database (made on its first statement)."""
+        cursor: duckdb.DuckDBPyConnection | None = getattr(self._local, "cursor", None)
+        if cursor is None:
+            with self._cursors_lock:
+                cursor = self._con.cursor()
+                self._cursors.add(cursor)
+            self._local.cursor = cursor
+            self._local.depth = 0
+        return cursor
 
     @classmethod
     def open(cls, path: Path, *, migrate: bool = True, discard_damaged_wal: bool = False) -> Database:
@@ -285,48 +311,85 @@ class Database:
             detail="the last process did not stop cleanly; its write-ahead log was replayed",
         )
 
+    @property
+    def open_connections(self) -> int:
+        """How many threads hold a connection to the database now."""
+        return len(self._cursors)
+
     def close(self) -> None:
-        with self._lock:
+        with self._write_lock, self._cursors_lock:
+            for cursor in list(self._cursors):
+                cursor.close()
             self._con.close()
 
     # --- statements -------------------------------------------------------------------------------
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
-        with self._lock:
-            self._con.execute(sql, params)
+        """A writing statement, under the write lock (on its own, it commits by itself)."""
+        with self._write_lock:
+            self._cursor().execute(sql, params)
 
     def fetch_all(self, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
-        """Rows as dicts keyed by column name."""
-        with self._lock:
-            cur = self._con.execute(sql, params)
-            names = [d[0] for d in cur.description or []]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        """Rows as dicts keyed by column name (without waiting for writes of other threads)."""
+        cur = self._cursor().execute(sql, params)
+        names = [d[0] for d in cur.description or []]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def fetch_one(self, sql: str, params: Sequence[Any] | None = None) -> dict[str, Any] | None:
         rows = self.fetch_all(sql, params)
         return rows[0] if rows else None
 
     def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
-        with self._lock:
-            row = self._con.execute(sql, params).fetchone()
-            return None if row is None else row[0]
+        row = self._cursor().execute(sql, params).fetchone()
+        return None if row is None else row[0]
 
     @contextmanager
     def transaction(self) -> Iterator[Database]:
-        """``BEGIN`` ... ``COMMIT`` (``ROLLBACK`` on error) holding the lock throughout."""
-        with self._lock:
-            self._con.execute("BEGIN TRANSACTION")
+        """``BEGIN`` ... ``COMMIT`` (``ROLLBACK`` on error) holding the write lock throughout.
+
+        Inside another transaction of the same thread it joins that one: an error rolls back the outer
+        transaction, and nothing is committed before the outer one commits.
+        """
+        with self._write_lock:
+            cursor = self._cursor()
+            if self._local.depth:
+                self._local.depth += 1
+                try:
+                    yield self
+                finally:
+                    self._local.depth -= 1
+                return
+            cursor.execute("BEGIN TRANSACTION")
+            self._local.depth = 1
             try:
                 yield self
             except BaseException:
-                self._con.execute("ROLLBACK")
+                self._local.depth = 0
+                cursor.execute("ROLLBACK")
                 raise
-            self._con.execute("COMMIT")
+            self._local.depth = 0
+            cursor.execute("COMMIT")
 
     def checkpoint(self) -> None:
-        """Flush the write-ahead log into the file (after writes that must survive a crash intact)."""
-        with self._lock:
-            self._con.execute("CHECKPOINT")
+        """Flush the write-ahead log into the file (after writes that must survive a crash intact).
+
+        DuckDB refuses while a transaction of another connection holds changes; the checkpoint is then
+        tried again for a moment (0.2 s), and otherwise left to the next one (what was committed is in the
+        write-ahead log, which a restart replays), with a warning.
+        """
+        import duckdb
+
+        with self._write_lock:
+            for attempt in range(CHECKPOINT_ATTEMPTS):
+                try:
+                    self._cursor().execute("CHECKPOINT")
+                except duckdb.TransactionException as exc:
+                    if attempt == CHECKPOINT_ATTEMPTS - 1:
+                        log.warning("db_checkpoint_deferred", path=str(self.path), reason=_first_line(exc))
+                        return
+                    time.sleep(CHECKPOINT_RETRY_SECONDS)
+                else:
+                    return
 
     def copy_to(self, dest: Path) -> None:
         """Write a consistent copy of the whole database to a new file ``dest``, through DuckDB.
@@ -337,33 +400,39 @@ class Database:
         if dest.exists():
             raise ServerError(f"{dest} already exists")
         quoted = str(dest).replace("'", "''")
-        with self._lock:
-            self._con.execute("CHECKPOINT")
-            name = self._con.execute("SELECT current_database()").fetchone()
+        with self._write_lock:
+            cursor = self._cursor()
+            cursor.execute("CHECKPOINT")
+            name = cursor.execute("SELECT current_database()").fetchone()
             assert name is not None
-            self._con.execute(f"ATTACH '{quoted}' AS shelfcast_backup")
+            cursor.execute(f"ATTACH '{quoted}' AS shelfcast_backup")
             try:
-                self._con.execute(f'COPY FROM DATABASE "{name[0]}" TO shelfcast_backup')
+                cursor.execute(f'COPY FROM DATABASE "{name[0]}" TO shelfcast_backup')
             finally:
-                self._con.execute("DETACH shelfcast_backup")
+                cursor.execute("DETACH shelfcast_backup")
 
     # --- migrations -------------------------------------------------------------------------------
 
     def schema_version(self) -> int:
-        with self._lock:
-            exists = self._con.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
-            ).fetchone()
+        with self._write_lock:
+            exists = (
+                self._cursor()
+                .execute(
+                    "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+                )
+                .fetchone()
+            )
             if not exists or not exists[0]:
                 return 0
-            row = self._con.execute("SELECT coalesce(max(number), 0) FROM schema_migrations").fetchone()
+            row = self._cursor().execute("SELECT coalesce(max(number), 0) FROM schema_migrations").fetchone()
             return int(row[0]) if row else 0
 
     def migrate(self, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
         """Apply migrations newer than the recorded version, each in its own transaction."""
         applied: list[int] = []
-        with self._lock:
-            self._con.execute(
+        with self._write_lock:
+            cursor = self._cursor()
+            cursor.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 "number INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
             )
@@ -372,13 +441,13 @@ class Database:
                 if migration.number <= current:
                     continue
                 with self.transaction():
-                    self._con.execute(migration.sql)
-                    self._con.execute(
+                    cursor.execute(migration.sql)
+                    cursor.execute(
                         "INSERT INTO schema_migrations VALUES (?, ?, ?)",
                         [migration.number, migration.name, utcnow()],
                     )
                 applied.append(migration.number)
             if applied:
-                self._con.execute("CHECKPOINT")
+                cursor.execute("CHECKPOINT")
                 log.info("db_migrated", path=str(self.path), applied=applied)
         return applied

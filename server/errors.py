@@ -55,3 +55,14 @@ class BackupError(ServerError):
     """A backup cannot be written, or a restore source is incomplete or corrupt."""
 
     title = "Backup or restore failed"
+
+
+class OverloadedError(ServerError):
+    """The server cannot take this write now (its write queue is full); nothing of it was stored."""
+
+    status_code = 429
+    title = "Too many requests"
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from server.errors import InvalidInputError, ServerError
@@ -51,6 +51,17 @@ class FleetCollector(Collector):
         for row in data["by_version"]:
             by_version.add_metric([row["model_name"], row["version"]], row["n"])
         yield by_version
+        writes = data.get("writes")
+        if writes is not None:
+            batches = CounterMetricFamily("shelfcast_write_batches", "Group-writer transactions committed")
+            batches.add_metric([], writes["batches"])
+            yield batches
+            jobs = CounterMetricFamily("shelfcast_write_requests", "Requests answered by the group writer")
+            jobs.add_metric([], writes["jobs"])
+            yield jobs
+            queued = GaugeMetricFamily("shelfcast_write_queue", "Requests waiting for the group writer")
+            queued.add_metric([], writes["queued"])
+            yield queued
 
 
 class Metrics:

@@ -17,7 +17,7 @@ from forecasting.common.config import TrainConfig
 from forecasting.common.errors import ForecastingError
 from forecasting.common.logs import configure_logging
 from forecasting.common.settings import file_errors
-from server import admin_cli
+from server import admin_cli, fleet_cli
 from server import cli as server_cli
 from server.config import ServerConfig
 from server.errors import ServerError
@@ -120,7 +120,7 @@ def _guess_kind(file: Path) -> str:
 cli.add_command(forecasting_cli.data)
 cli.add_command(forecasting_cli.backtest_cmd)
 cli.add_command(forecasting_cli.train_cmd)
-for key_command in admin_cli.KEY_COMMANDS:
+for key_command in fleet_cli.KEY_COMMANDS:
     bundle_cli.keys.add_command(key_command)
 cli.add_command(bundle_cli.keys)
 cli.add_command(bundle_cli.bundle)

@@ -1,4 +1,4 @@
-"""The house's rules, read from the imports: the dependency direction and no import circle anywhere.
+"""The house's rules, read from the code: the dependency direction, no import circle, small modules.
 
 ``shelfcast -> server, agent -> forecasting``: the forecasting library knows nothing of the server, the
 agent or the CLI; the server and the agent never import each other; nothing below ``shelfcast`` imports
@@ -9,11 +9,14 @@ circle through ``TYPE_CHECKING`` still ties two modules into one unit to read an
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import grimp
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("shelfcast", "server", "agent", "forecasting")
+MAX_MODULE_LINES = 620  # "about 600": a module past it is split by what its parts do
 FORBIDDEN = {
     "forecasting": ("server", "agent", "shelfcast"),
     "server": ("agent", "shelfcast"),
@@ -80,3 +83,14 @@ def test_dependency_direction(graph: grimp.ImportGraph, importer: str) -> None:
 def test_no_import_circle(graph: grimp.ImportGraph) -> None:
     """No module reaches itself through imports, within a package or across packages."""
     assert _circles(graph) == []
+
+
+def test_no_module_is_over_about_600_lines() -> None:
+    """Every Python module of the packages, the tests and the benchmarks stays readable in one sitting."""
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for folder in (*PACKAGES, "tests", "benchmarks")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, long

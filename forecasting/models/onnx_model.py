@@ -9,9 +9,10 @@ canonical objective name (``regression_l1``). Nothing else changes: the trees ar
 Scoring: onnxruntime on the CPU provider with ``threads`` intra-op threads, no custom-op library
 registered, and every node checked to belong to the standard domains (``ai.onnx``, ``ai.onnx.ml``)
 before a session is created, so a bundle cannot smuggle in custom operators. Features come from
-:func:`forecasting.models.gbm.feature_block`, the very function training uses (through ``make_features``),
-read at the last date of each series with known sales from its last ``lookback`` periods; rows after
-that date (``y`` missing) feed the dynamic drivers of the forecast dates (see :mod:`forecasting.models.gbm`).
+:func:`forecasting.models.gbm_features.feature_block`, the very function training uses (through
+``make_features``), read at the last date of each series with known sales from its last ``lookback``
+periods; rows after that date (``y`` missing) feed the dynamic drivers of the forecast dates (see
+:mod:`forecasting.models.gbm_features`).
 Missing feature values are NaN, which the exported trees route as LightGBM does.
 
 Intervals: the booster predicts a point per horizon. The exporter calibrates split-conformal intervals on
@@ -125,7 +126,7 @@ def _calibrate(model: GlobalModel, frame: pl.DataFrame, levels: Sequence[int]) -
     if origins.height == 0:
         return out
     pred = model.predict(frame, origins=origins)
-    from forecasting.models.gbm import make_features
+    from forecasting.models.gbm_features import make_features
 
     scale = make_features(frame, spec, origins=origins).select(*keys, "ds", "scale")
     actual = frame.select(*keys, "ds", "y")
@@ -171,7 +172,7 @@ def forecast_global(
     Returns ``store_id, item_id, horizon, forecast, lo-<lv>, hi-<lv>`` sorted by series and horizon;
     ``h`` may not exceed the horizon the model was trained for.
     """
-    from forecasting.models.gbm import FeatureSpec, feature_block, index_series, last_observed
+    from forecasting.models.gbm_features import FeatureSpec, feature_block, index_series, last_observed
 
     started = time.perf_counter()
     spec = FeatureSpec.from_params(entry.params["features"])

@@ -215,19 +215,14 @@ def calibrate_backtest(cv: Any, data: Any, names: list[str], cfg: TrainSection, 
     the ``unique_id, ds, y`` histories. For each cutoff, the interval columns of the local candidates
     whose intervals are calibrated (those without native intervals, and the cheap native ones of
     ``RECALIBRATED_NATIVE``) are recomputed from the history up to the cutoff with
-    :func:`forecasting.models.fitted.forecast_batch`, the very function the edge scores with (a fitted-state
-    model is fitted on that history first); then, when :func:`interval_settings` says so, every
-    forecast and bound below 0 becomes 0.
+    :func:`forecasting.models.fitted_forecast.forecast_batch`, the very function the edge scores with (a
+    fitted-state model is fitted on that history first); then, when :func:`interval_settings` says so,
+    every forecast and bound below 0 becomes 0.
     """
     import polars as pl
 
-    from forecasting.models.fitted import (
-        CONFORMAL_ONLY,
-        RECALIBRATED_NATIVE,
-        fit_states,
-        forecast_batch,
-        model_state,
-    )
+    from forecasting.models.fitted import CONFORMAL_ONLY, RECALIBRATED_NATIVE, model_state
+    from forecasting.models.fitted_forecast import fit_states, forecast_batch
     from forecasting.models.kernels import pad_right_aligned
 
     settings = interval_settings(cfg, frame)

@@ -20,7 +20,7 @@ import msgspec
 import polars as pl
 
 from forecasting.common.config import TrainConfig
-from forecasting.models.fitted import level_columns
+from forecasting.models.fitted_forecast import level_columns
 from forecasting.training import metrics
 from forecasting.training.backtest import ID, with_unique_id
 

@@ -251,9 +251,9 @@ def write_run(
     with progress("training_progress", stage="final_fit", run_id=result.lineage.run_id):
         global_model = None
         if any(label in GLOBAL_MODELS for label in labels):
-            from forecasting.models import gbm
+            from forecasting.models import gbm, gbm_features
 
-            spec = gbm.make_spec(result.frame, cfg, result.config.data.freq, cfg.horizon)
+            spec = gbm_features.make_spec(result.frame, cfg, result.config.data.freq, cfg.horizon)
             global_model = gbm.fit(result.frame, spec, cfg)
         fitted = fit_models(
             result.frame,
@@ -462,9 +462,9 @@ def forecast_selected(
         for label in assignment["model"].unique().to_list()
         for m in ensemble_members(label)
     ):
-        from forecasting.models import gbm
+        from forecasting.models import gbm, gbm_features
 
-        model = gbm.fit(frame, gbm.make_spec(frame, cfg, freq, h), cfg)
+        model = gbm.fit(frame, gbm_features.make_spec(frame, cfg, freq, h), cfg)
         global_fc = (
             model.predict(frame)
             .filter(pl.col("horizon") <= h)

@@ -93,9 +93,14 @@ class StoreController(Controller):
         ),
     )
     async def assignment(self, request: Request[Any, Any, Any]) -> ASGIResponse:
-        """The hot path of every agent's poll: answered from memory, no database, no body on 304."""
+        """The hot path of every agent's poll: answered from memory, no database, no body on 304.
+
+        The store's agent polling counts as contact: noted in memory, written with the next write batch.
+        """
         store_id: str = request.path_params["store_id"]
         fleet: FleetService = request.app.state.server.fleet
+        if principal_of(request).role == "agent":
+            fleet.note_contact(store_id)
         cached = fleet.cached_assignment(store_id)
         if cached is False or cached is None:
             cached = await anyio.to_thread.run_sync(fleet.assignment, store_id)
@@ -142,8 +147,13 @@ class HeartbeatController(Controller):
     path = "/v1/heartbeats"
     tags = ["agents"]  # noqa: RUF012
 
-    @post("/", opt=AGENT, sync_to_thread=True, status_code=202)
-    def heartbeat(
+    @post(
+        "/",
+        opt=AGENT,
+        status_code=202,
+        summary="Record a heartbeat (answered after its commit; 429 with Retry-After when busy)",
+    )
+    async def heartbeat(
         self,
         request: Request[Any, Any, Any],
         fleet: NamedDependency[FleetService],
@@ -152,7 +162,7 @@ class HeartbeatController(Controller):
             str | None, HeaderParameter(name="Idempotency-Key", required=False)
         ] = None,
     ) -> schemas.Accepted:
-        return fleet.record_heartbeat(data, principal_of(request), idempotency_key)
+        return await fleet.record_heartbeat(data, principal_of(request), idempotency_key)
 
 
 class CredentialController(Controller):

@@ -265,6 +265,23 @@ class FleetRepository:
             [at, store_id],
         )
 
+    def touch_agents(self, contacts: list[tuple[str, datetime, datetime | None]]) -> None:
+        """Record many stores' contacts in one statement: ``(store_id, at, sent_at or None)``.
+
+        The contact time only moves forward; a ``sent_at`` (an unchanged heartbeat's) moves the stored one
+        forward too, so an older heartbeat arriving late is still recognised as older.
+        """
+        if not contacts:
+            return
+        self.db.execute(
+            "UPDATE agent_status SET last_contact_at = greatest(agent_status.last_contact_at, c.at), "
+            "sent_at = CASE WHEN c.sent_at > agent_status.sent_at THEN c.sent_at "
+            "ELSE agent_status.sent_at END "
+            "FROM (SELECT unnest(?::VARCHAR[]) AS store_id, unnest(?::TIMESTAMP[]) AS at, "
+            "unnest(?::TIMESTAMP[]) AS sent_at) AS c WHERE agent_status.store_id = c.store_id",
+            [[c[0] for c in contacts], [c[1] for c in contacts], [c[2] for c in contacts]],
+        )
+
     def fleet_gauges(self, stale_before: datetime) -> dict[str, Any]:
         by_version = self.db.fetch_all(
             "SELECT coalesce(model_name, '') AS model_name, "

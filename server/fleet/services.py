@@ -23,10 +23,12 @@ from server.errors import (
     UnauthorizedError,
 )
 from server.fleet import schemas
+from server.fleet.contacts import ContactBook
 from server.fleet.repository import FleetRepository
 from server.pagination import next_cursor, page_request
 from server.registry.repository import RegistryRepository
 from server.registry.services import check_name
+from server.writer import GroupWriter
 
 log = get_logger("server.fleet")
 
@@ -47,6 +49,8 @@ class FleetService:
         repo: FleetRepository,
         registry: RegistryRepository,
         tokens: TokenIndex,
+        writer: GroupWriter,
+        contacts: ContactBook,
         *,
         enrollment_ttl_seconds: int,
         stale_after_seconds: int,
@@ -64,6 +68,10 @@ class FleetService:
         self._cache_lock = threading.Lock()
         self._generation = 0
         self._heartbeats = 0
+        # store id -> (what its last stored heartbeat said, its sent_at), for the unchanged-heartbeat path
+        self._last_said: dict[str, tuple[tuple[Any, ...], datetime]] = {}
+        self.writer = writer
+        self.contacts = contacts
         # (store_id, model_name) -> the active rollout's version for the store, if any
         self.rollout_override: Callable[[str, str], Any] | None = None
 
@@ -275,9 +283,15 @@ class FleetService:
 
     # --- heartbeats -------------------------------------------------------------------------------
 
-    def record_heartbeat(
+    async def record_heartbeat(
         self, beat: Heartbeat, who: Principal, idempotency_key: str | None
     ) -> schemas.Accepted:
+        """Store a heartbeat; answered once the batch holding it is committed.
+
+        A heartbeat that says what the store's last stored one said (only its time differs) is a contact:
+        kept in memory and written with the next batch. With an ``Idempotency-Key`` the key is still
+        claimed in a batch (a retried delivery is told ``duplicate``); without one it is answered at once.
+        """
         if who.role == "agent" and who.store_id != beat.store_id:
             raise PermissionDeniedError(
                 f"this credential belongs to store {who.store_id}; it cannot report for {beat.store_id}"
@@ -285,51 +299,74 @@ class FleetService:
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
             raise InvalidInputError("Idempotency-Key must be 1-200 characters")
         _check_error_counts(beat.errors)
-        current_errors = _current_errors(beat.current_errors)
+        row = _status_row(beat, _current_errors(beat.current_errors))
+        sent_at = row["sent_at"]
+        said = _said(row)
+        last = self._last_said.get(beat.store_id)
+        if last is not None and last[0] == said and sent_at >= last[1]:
+            if idempotency_key is None:
+                self.contacts.note(beat.store_id, utcnow(), sent_at)
+                return schemas.Accepted()
+            return await self.writer.run(lambda: self._keyed_contact(beat.store_id, idempotency_key, sent_at))
+        accepted, applied = await self.writer.run(lambda: self._store_heartbeat(row, who, idempotency_key))
+        if applied:
+            self._remember(beat.store_id, said, sent_at)
+        return accepted
+
+    def _remember(self, store_id: str, said: tuple[Any, ...], sent_at: datetime) -> None:
+        last = self._last_said.get(store_id)
+        if last is None or sent_at >= last[1]:
+            self._last_said[store_id] = (said, sent_at)
+
+    def _keyed_contact(self, store_id: str, idempotency_key: str, sent_at: datetime) -> schemas.Accepted:
+        """An unchanged heartbeat with a key (in a batch): claim the key, note the contact."""
         now = utcnow()
-        sent_at = to_naive_utc(beat.sent_at)
-        last_error = beat.last_error[:1000] if beat.last_error else None
-        with self.repo.db.transaction():
-            # an agent credential exists only for an existing store; an admin may name any store
-            if who.role != "agent" and not self.repo.store_exists(beat.store_id):
-                raise NotFoundError(f"no store {beat.store_id!r}")
-            if idempotency_key and not self.repo.claim_report_key(beat.store_id, idempotency_key):
-                return schemas.Accepted(duplicate=True)
-            previous = self.repo.reported_errors(beat.store_id)
-            # ordered by sent_at, unless the stored one lies ahead of our clock (see upsert_agent_status)
-            if previous is None or sent_at is None or sent_at >= previous[0] or previous[0] > now:
-                increases = error_increases(previous[1] if previous else {}, beat.errors)
-                if increases:
-                    self.repo.insert_error_increases(beat.store_id, increases, last_error, now)
-                    log.warning(
-                        "agent_errors_reported",
-                        store_id=beat.store_id,
-                        new_errors={k: v[0] for k, v in increases.items()},
-                        last_error=last_error,
-                    )
-            self.repo.upsert_agent_status(
-                {
-                    "store_id": beat.store_id,
-                    "state": beat.state,
-                    "model_name": beat.model_name,
-                    "active_version": beat.active_version,
-                    "last_scored_at": to_naive_utc(beat.last_scored_at),
-                    "agent_version": beat.agent_version,
-                    "sent_at": sent_at,
-                    "last_contact_at": now,
-                    "errors": beat.errors,
-                    "last_error": last_error,
-                    "last_error_at": to_naive_utc(beat.last_error_at),
-                    "shadow_version": beat.shadow_version,
-                    "current_errors": current_errors,
-                }
-            )
-            self.repo.touch_agent(beat.store_id, now)
-            self._heartbeats += 1
-            if self._heartbeats % PRUNE_EVERY_HEARTBEATS == 0:
-                self.repo.prune_report_keys(now - REPORT_KEY_RETENTION)
-                self.repo.prune_agent_errors(now - ERROR_RETENTION)
+        if not self.repo.claim_report_key(store_id, idempotency_key):
+            return schemas.Accepted(duplicate=True)
+        self.contacts.note(store_id, now, sent_at)
+        self._count_heartbeat(now)
         return schemas.Accepted()
+
+    def _store_heartbeat(
+        self, row: dict[str, Any], who: Principal, idempotency_key: str | None
+    ) -> tuple[schemas.Accepted, bool]:
+        """A heartbeat's writes (in a batch); whether it replaced the stored status as well."""
+        store_id = row["store_id"]
+        now = row["last_contact_at"] = utcnow()
+        sent_at = row["sent_at"]
+        # an agent credential exists only for an existing store; an admin may name any store
+        if who.role != "agent" and not self.repo.store_exists(store_id):
+            raise NotFoundError(f"no store {store_id!r}")
+        if idempotency_key and not self.repo.claim_report_key(store_id, idempotency_key):
+            return schemas.Accepted(duplicate=True), False
+        previous = self.repo.reported_errors(store_id)
+        # ordered by sent_at, unless the stored one lies ahead of our clock (see upsert_agent_status)
+        applied = previous is None or sent_at >= previous[0] or previous[0] > now
+        if applied:
+            increases = error_increases(previous[1] if previous else {}, row["errors"])
+            if increases:
+                self.repo.insert_error_increases(store_id, increases, row["last_error"], now)
+                log.warning(
+                    "agent_errors_reported",
+                    store_id=store_id,
+                    new_errors={k: v[0] for k, v in increases.items()},
+                    last_error=row["last_error"],
+                )
+        self.repo.upsert_agent_status(row)
+        if not applied:  # an applied one wrote the contact time itself
+            self.repo.touch_agent(store_id, now)
+        self._count_heartbeat(now)
+        return schemas.Accepted(), applied
+
+    def _count_heartbeat(self, now: datetime) -> None:
+        self._heartbeats += 1
+        if self._heartbeats % PRUNE_EVERY_HEARTBEATS == 0:
+            self.repo.prune_report_keys(now - REPORT_KEY_RETENTION)
+            self.repo.prune_agent_errors(now - ERROR_RETENTION)
+
+    def note_contact(self, store_id: str) -> None:
+        """A poll: the store was here now (written with the writer's next batch)."""
+        self.contacts.note(store_id, utcnow())
 
     def prune(self) -> None:
         with self.repo.db.transaction():
@@ -411,6 +448,34 @@ class FleetService:
                     )
         body = msgspec.json.encode(assignment)
         return CachedAssignment(etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"', body=body)
+
+
+def _status_row(beat: Heartbeat, current_errors: dict[str, str]) -> dict[str, Any]:
+    """The ``agent_status`` row a heartbeat stores (``last_contact_at`` is set when it is written)."""
+    return {
+        "store_id": beat.store_id,
+        "state": beat.state,
+        "model_name": beat.model_name,
+        "active_version": beat.active_version,
+        "last_scored_at": to_naive_utc(beat.last_scored_at),
+        "agent_version": beat.agent_version,
+        "sent_at": to_naive_utc(beat.sent_at),
+        "last_contact_at": None,
+        "errors": beat.errors,
+        "last_error": beat.last_error[:1000] if beat.last_error else None,
+        "last_error_at": to_naive_utc(beat.last_error_at),
+        "shadow_version": beat.shadow_version,
+        "current_errors": current_errors,
+    }
+
+
+def _said(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What a heartbeat says besides its times (two equal ones change nothing but the contact time)."""
+    return (
+        row["state"], row["model_name"], row["active_version"], row["last_scored_at"], row["agent_version"],
+        tuple(sorted(row["errors"].items())), row["last_error"], row["last_error_at"], row["shadow_version"],
+        tuple(sorted(row["current_errors"].items())),
+    )  # fmt: skip
 
 
 def _check_error_counts(errors: dict[str, int]) -> None:

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from forecasting.commands.train import output_option
-from server.admin_cli import connect, emit, remote_options
+from server.cli_client import connect, emit, remote_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -64,7 +64,7 @@ def service_of(state: Any) -> QualityService:
         if service is None or service.repo.db is not db:
             alerts = getattr(state.config, "alerts", None) or AlertsConfig()
             registered = service is not None
-            service = QualityService(QualityRepository(db), alerts)
+            service = QualityService(QualityRepository(db), alerts, state.writer)
             _services[state] = service
             if not registered:
                 state.metrics.registry.register(AlertCollector(state))
@@ -127,15 +127,9 @@ class AccuracyController(Controller):
     dependencies = {"pooled": Provide(pooled_query, sync_to_thread=False)}  # noqa: RUF012
     tags = ["monitoring"]  # noqa: RUF012 - Litestar reads class attributes
 
-    @post(
-        "/",
-        opt=AGENT,
-        sync_to_thread=True,
-        status_code=202,
-        summary="Store a live-accuracy report (idempotent)",
-    )
-    def report(self, request: Request[Any, Any, Any], data: AccuracyReport) -> schemas.ReportAccepted:
-        return _service(request).accept_accuracy(data, principal_of(request))
+    @post("/", opt=AGENT, status_code=202, summary="Store a live-accuracy report (idempotent)")
+    async def report(self, request: Request[Any, Any, Any], data: AccuracyReport) -> schemas.ReportAccepted:
+        return await _service(request).accept_accuracy(data, principal_of(request))
 
     @get("/", opt=READER, sync_to_thread=True, summary="Live accuracy pooled by the chosen groups")
     def query(self, request: Request[Any, Any, Any], pooled: PooledQuery) -> list[schemas.AccuracyGroup]:
@@ -147,11 +141,9 @@ class DriftController(Controller):
     dependencies = {"pooled": Provide(pooled_query, sync_to_thread=False)}  # noqa: RUF012
     tags = ["monitoring"]  # noqa: RUF012
 
-    @post(
-        "/", opt=AGENT, sync_to_thread=True, status_code=202, summary="Store a data-drift report (idempotent)"
-    )
-    def report(self, request: Request[Any, Any, Any], data: DriftReport) -> schemas.ReportAccepted:
-        return _service(request).accept_drift(data, principal_of(request))
+    @post("/", opt=AGENT, status_code=202, summary="Store a data-drift report (idempotent)")
+    async def report(self, request: Request[Any, Any, Any], data: DriftReport) -> schemas.ReportAccepted:
+        return await _service(request).accept_drift(data, principal_of(request))
 
     @get("/", opt=READER, sync_to_thread=True, summary="Drift pooled by the chosen groups")
     def query(self, request: Request[Any, Any, Any], pooled: PooledQuery) -> list[schemas.DriftGroup]:

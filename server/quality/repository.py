@@ -14,6 +14,7 @@ from server.db import Database
 PERIODS = ("day", "week", "month", "quarter", "year")
 ACCURACY_GROUPS = ("model_name", "version", "role", "store_id", "category", "horizon_bucket", "period")
 DRIFT_GROUPS = ("model_name", "version", "role", "store_id", "category", "period")
+ROWS_PER_INSERT = 500  # rows of one multi-row INSERT (a prepared statement of at most ~10,000 values)
 
 
 def _test_stat(tests: Sequence[Any], name: str) -> float | None:
@@ -70,30 +71,42 @@ class QualityRepository:
         return row is not None
 
     def insert_accuracy(self, report: AccuracyReport, now: datetime) -> None:
+        """All rows of the report in one multi-row ``INSERT``."""
         head = [report.report_id, report.store_id, report.model_name, report.version, report.role,
                 report.period_start, report.period_end]  # fmt: skip
-        for r in report.rows:
-            self.db.execute(
-                f"INSERT INTO accuracy_rows VALUES ({', '.join(['?'] * 21)})",  # noqa: S608 - placeholders
-                [*head, r.category, r.horizon_bucket, r.n, r.abs_err_sum, r.abs_y_sum, r.err_sum,
-                 r.scaled_abs_err_sum, r.scaled_n, r.covered.get("80"), r.covered.get("95"),
-                 msgspec.json.encode(r.covered).decode(), r.backtest_wape, now, report.scoring_id],
-            )  # fmt: skip
+        rows = [
+            [*head, r.category, r.horizon_bucket, r.n, r.abs_err_sum, r.abs_y_sum, r.err_sum,
+             r.scaled_abs_err_sum, r.scaled_n, r.covered.get("80"), r.covered.get("95"),
+             msgspec.json.encode(r.covered).decode(), r.backtest_wape, now, report.scoring_id]
+            for r in report.rows
+        ]  # fmt: skip
+        self._insert_rows("accuracy_rows", rows)
 
     def insert_drift(self, report: DriftReport, now: datetime) -> None:
+        """The report's head row, then all its category rows in one multi-row ``INSERT``."""
         head = [report.report_id, report.store_id, report.model_name, report.version, report.role,
                 report.period_start, report.period_end]  # fmt: skip
         self.db.execute(
             "INSERT INTO drift_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [*head, report.unknown_item_share, report.missing_rate, now],
         )
-        for c in report.categories:
+        rows = [
+            [*head, c.category, c.comparison, c.drifted, c.score, _test_stat(c.tests, "psi"),
+             _test_stat(c.tests, "wasserstein"), _test_stat(c.tests, "ks_pvalue"),
+             _test_stat(c.tests, "zero_rate"), msgspec.json.encode(c.tests).decode()]
+            for c in report.categories
+        ]  # fmt: skip
+        self._insert_rows("drift_rows", rows)
+
+    def _insert_rows(self, table: str, rows: list[list[Any]]) -> None:
+        """``rows`` (all of one width) into ``table``, up to ``ROWS_PER_INSERT`` per statement."""
+        for start in range(0, len(rows), ROWS_PER_INSERT):
+            chunk = rows[start : start + ROWS_PER_INSERT]
+            values = ", ".join(["(" + ", ".join(["?"] * len(chunk[0])) + ")"] * len(chunk))
             self.db.execute(
-                "INSERT INTO drift_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [*head, c.category, c.comparison, c.drifted, c.score, _test_stat(c.tests, "psi"),
-                 _test_stat(c.tests, "wasserstein"), _test_stat(c.tests, "ks_pvalue"),
-                 _test_stat(c.tests, "zero_rate"), msgspec.json.encode(c.tests).decode()],
-            )  # fmt: skip
+                f"INSERT INTO {table} VALUES {values}",  # noqa: S608 - fixed table names, placeholders
+                [value for row in chunk for value in row],
+            )
 
     # --- queries ----------------------------------------------------------------------------------
 

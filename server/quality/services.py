@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import Any
 
+import anyio
 import msgspec
 
 from forecasting.common.contracts import AccuracyReport, DriftReport
@@ -33,6 +34,7 @@ from server.quality.alerts import (
 from server.quality.baseline import PeriodSums, Point, points
 from server.quality.repository import ACCURACY_GROUPS, DRIFT_GROUPS, PERIODS, Filters, QualityRepository
 from server.quality.webhooks import WebhookSender
+from server.writer import GroupWriter
 
 log = get_logger("server.quality")
 
@@ -112,9 +114,14 @@ def _details(verdict: Verdict) -> str | None:
 
 class QualityService:
     def __init__(
-        self, repo: QualityRepository, config: AlertsConfig, sender: WebhookSender | None = None
+        self,
+        repo: QualityRepository,
+        config: AlertsConfig,
+        writer: GroupWriter,
+        sender: WebhookSender | None = None,
     ) -> None:
         self.repo = repo
+        self.writer = writer
         self.config = config
         self.sender = sender or WebhookSender(config.webhooks, repo.record_delivery)
         self.on_firing: list[Callable[[schemas.Alert], None]] = []  # e.g. retraining's alert trigger
@@ -128,9 +135,9 @@ class QualityService:
                 f"this credential belongs to store {who.store_id}; it cannot report for store {store_id}"
             )
 
-    def accept_accuracy(self, report: AccuracyReport, who: Principal) -> schemas.ReportAccepted:
+    async def accept_accuracy(self, report: AccuracyReport, who: Principal) -> schemas.ReportAccepted:
         categories = sorted({r.category for r in report.rows})
-        accepted = self._accept(
+        accepted = await self._accept(
             "accuracy", report, who, categories, len(report.rows), self.repo.insert_accuracy
         )
         if not accepted.duplicate:
@@ -142,9 +149,9 @@ class QualityService:
             )  # fmt: skip
         return accepted
 
-    def accept_drift(self, report: DriftReport, who: Principal) -> schemas.ReportAccepted:
+    async def accept_drift(self, report: DriftReport, who: Principal) -> schemas.ReportAccepted:
         categories = sorted({c.category for c in report.categories})
-        accepted = self._accept(
+        accepted = await self._accept(
             "drift", report, who, categories, len(report.categories), self.repo.insert_drift
         )
         if not accepted.duplicate:
@@ -156,7 +163,7 @@ class QualityService:
             )  # fmt: skip
         return accepted
 
-    def _accept(
+    async def _accept(
         self,
         kind: str,
         report: AccuracyReport | DriftReport,
@@ -167,26 +174,36 @@ class QualityService:
     ) -> schemas.ReportAccepted:
         """Store a report once and evaluate the rules on it in the same transaction, then notify.
 
-        A reader never sees a stored report without the alerts it fires; notifications (log line, webhooks,
-        hooks) leave only after the commit, so none announces an alert that was rolled back.
+        The writes go into the group writer's next batch and the answer waits for its commit. A reader
+        never sees a stored report without the alerts it fires; notifications (log line, webhooks, hooks)
+        leave only after the commit, so none announces an alert that was rolled back.
         """
         self._check_sender(report.store_id, who)
         if rows > MAX_ROWS_PER_REPORT:
             raise InvalidInputError(f"a {kind} report holds at most {MAX_ROWS_PER_REPORT} rows")
-        now = utcnow()
-        with self.repo.db.transaction():
+
+        def store() -> list[tuple[dict[str, Any], str]] | None:
+            now = utcnow()
             if not self.repo.claim(kind, report.store_id, report.report_id, now):
-                return schemas.ReportAccepted(report_id=report.report_id, duplicate=True)
+                return None
             insert(report, now)
-            changes = self._evaluate(kind, report.model_name, report.store_id, categories, report.role)
-        for row, outcome in changes:
-            self._notify(row, outcome)
+            return self._evaluate(kind, report.model_name, report.store_id, categories, report.role)
+
+        changes = await self.writer.run(store)
+        if changes is None:
+            return schemas.ReportAccepted(report_id=report.report_id, duplicate=True)
+        if changes:  # hooks may write (a retraining request): off the event loop
+            await anyio.to_thread.run_sync(self._notify_all, changes)
         return schemas.ReportAccepted(
             report_id=report.report_id,
             rows=rows,
             alerts_fired=sum(outcome == "fired" for _, outcome in changes),
             alerts_resolved=sum(outcome == "resolved" for _, outcome in changes),
         )
+
+    def _notify_all(self, changes: list[tuple[dict[str, Any], str]]) -> None:
+        for row, outcome in changes:
+            self._notify(row, outcome)
 
     # --- queries ----------------------------------------------------------------------------------
 

@@ -4,24 +4,48 @@ Headers: ``X-Shelfcast-Event`` (``alert.firing`` / ``alert.resolved``), ``X-Shel
 alert id and event: receivers de-duplicate on it) and ``X-Shelfcast-Signature: sha256=<hex>``, the
 HMAC-SHA256 of the exact body bytes with the webhook's secret. Delivery runs on a background thread,
 never in the request that triggered the alert.
+
+Retries follow ``webhook_retry``: a dropped connection, a timeout or a 500/502/503/504/429 answer is
+tried again, up to the webhook's ``max_attempts``, with full-jitter exponential backoff from its
+``backoff_seconds`` up to ``max_backoff_seconds``; a 429 or 503 with ``Retry-After`` waits what the
+receiver asked (plus jitter), never longer than ``max_backoff_seconds``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import itertools
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from forecasting.common.logs import get_logger
+from forecasting.common.retry import RETRYABLE_STATUSES, RetryPolicy
 from server.db import utcnow
 from server.quality.alerts import SEVERITY_RANK, WebhookConfig
 
 log = get_logger("server.quality.webhooks")
 
 SIGNATURE_HEADER = "X-Shelfcast-Signature"
+# A receiver's 500 is tried again too: it is most often a passing fault of its own, and a repeated
+# delivery is harmless (receivers de-duplicate on X-Shelfcast-Delivery).
+WEBHOOK_RETRY_STATUSES = RETRYABLE_STATUSES | {500}
+MAX_DELIVERY_SECONDS = 600.0
+
+
+def webhook_retry(hook: WebhookConfig) -> RetryPolicy:
+    """The one retry policy of alert webhooks, bounded by the webhook's own settings."""
+    return RetryPolicy(
+        max_attempts=hook.max_attempts,
+        max_elapsed_seconds=MAX_DELIVERY_SECONDS,
+        backoff_seconds=hook.backoff_seconds,
+        max_backoff_seconds=hook.max_backoff_seconds,
+        max_retry_after_seconds=hook.max_backoff_seconds,
+        statuses=WEBHOOK_RETRY_STATUSES,
+    )
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -76,34 +100,38 @@ class WebhookSender:
         }
         if hook.secret:
             headers[SIGNATURE_HEADER] = sign(hook.secret, body)
-        delay = hook.backoff_seconds
-        for attempt in range(1, hook.max_attempts + 1):
-            status: int | None = None
-            error = ""
+        tries = itertools.count(1)
+
+        def attempt() -> httpx.Response:
+            number = next(tries)
             try:
                 response = httpx.post(hook.url, content=body, headers=headers, timeout=hook.timeout_seconds)
-                status = response.status_code
-                ok = 200 <= status < 300
-                if not ok:
-                    error = f"answered {status}"
             except httpx.HTTPError as exc:
-                ok = False
-                error = f"{type(exc).__name__}: {exc}"
-            self.record(
-                {"alert_id": alert_id, "event": event, "target": hook.url, "attempt": attempt,
-                 "status_code": status, "ok": ok, "error": error[:500], "attempted_at": utcnow()}
-            )  # fmt: skip
-            if ok:
-                log.info(
-                    "webhook_delivered", alert_id=alert_id, alert_event=event, url=hook.url, attempt=attempt
-                )
-                return
-            retry = attempt < hook.max_attempts and (status is None or status >= 500 or status == 429)
+                self._attempted(hook, alert_id, event, number, None, f"{type(exc).__name__}: {exc}")
+                raise
+            error = "" if response.is_success else f"answered {response.status_code}"
+            self._attempted(hook, alert_id, event, number, response.status_code, error)
+            return response
+
+        with contextlib.suppress(httpx.HTTPError):  # every attempt is recorded and logged already
+            webhook_retry(hook).call(attempt, what=f"webhook {hook.url}", sleep=self.sleep)
+
+    def _attempted(
+        self, hook: WebhookConfig, alert_id: str, event: str, attempt: int, status: int | None, error: str
+    ) -> None:
+        """Record one attempt in the delivery log and log it (``error`` empty when it was delivered)."""
+        self.record(
+            {"alert_id": alert_id, "event": event, "target": hook.url, "attempt": attempt,
+             "status_code": status, "ok": not error, "error": error[:500], "attempted_at": utcnow()}
+        )  # fmt: skip
+        if error:
             log.warning(
-                "webhook_failed", alert_id=alert_id, alert_event=event, url=hook.url, attempt=attempt,
-                reason=error, retry_in_seconds=round(delay, 2) if retry else None,
-            )  # fmt: skip
-            if not retry:
-                return
-            self.sleep(delay)
-            delay = min(delay * 2, hook.max_backoff_seconds)
+                "webhook_failed",
+                alert_id=alert_id,
+                alert_event=event,
+                url=hook.url,
+                attempt=attempt,
+                reason=error,
+            )
+        else:
+            log.info("webhook_delivered", alert_id=alert_id, alert_event=event, url=hook.url, attempt=attempt)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from forecasting.commands.train import output_option
-from server.admin_cli import RemoteError, connect, emit, limit_option, remote_options
+from server.cli_client import RemoteError, connect, emit, limit_option, remote_options
 
 LIST_COLUMNS = [
     "retraining_id", "model_name", "trigger", "status", "stage", "version", "run_id", "dataset_id",

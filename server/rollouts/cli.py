@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from forecasting.commands.train import output_option
-from server.admin_cli import connect, emit, limit_option, remote_options
+from server.cli_client import connect, emit, limit_option, remote_options
 from server.errors import InvalidInputError
 
 

@@ -21,7 +21,7 @@ from tests.agent.support import (
     sales_frame,
     wait_until,
 )
-from tests.server.test_dashboard import sign_in
+from tests.server.dashboard_fleet import sign_in
 
 pytestmark = pytest.mark.slow
 

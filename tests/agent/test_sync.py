@@ -5,15 +5,21 @@ from __future__ import annotations
 import gzip
 import socket
 import threading
+import time
 import tracemalloc
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import msgspec
 import pytest
 
 from agent.errors import ResponseTooLargeError, SyncError
-from agent.sync import SyncClient, backoff_seconds
+from agent.sync import SYNC_RETRY, SyncClient
+from forecasting.common.retry import RetryPolicy, backoff_seconds
 from forecasting.common.systemd_notify import notify, watchdog_interval_seconds
 
 
@@ -150,3 +156,117 @@ def test_an_assignment_out_of_range_is_a_sync_error() -> None:
         client.close()
         httpd.shutdown()
         httpd.server_close()
+
+
+class _Central(BaseHTTPRequestHandler):
+    """Stands in for the central server's report routes: answers the queued statuses (with their headers)
+    first, then 200; records every request as (monotonic time, idempotency key)."""
+
+    script: ClassVar[list[tuple[int, dict[str, str]]]] = []
+    seen: ClassVar[list[tuple[float, str]]] = []
+
+    def log_message(self, *_: object) -> None:
+        return
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        kind = type(self)
+        kind.seen.append((time.monotonic(), self.headers.get("Idempotency-Key", "")))
+        status, headers = kind.script.pop(0) if kind.script else (200, {})
+        if status == 0:  # the connection is dropped without an answer
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+
+@pytest.fixture
+def central() -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 playing ``_Central``; yields its URL."""
+    _Central.script, _Central.seen = [], []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Central)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _deliver(client: SyncClient, keys: list[str]) -> list[int]:
+    """Deliver reports oldest first, stopping at the first one not accepted (as the outbox flush does)."""
+    statuses = []
+    for key in keys:
+        statuses.append(client.post_report("/v1/heartbeats", b"{}", key))
+        if statuses[-1] != 200:
+            break
+    return statuses
+
+
+def test_a_429_with_retry_after_waits_that_long_then_delivers_in_order(central: str) -> None:
+    """``429 Retry-After: 2`` on the oldest report: it is sent again 2 s later (plus at most the first
+    backoff's jitter), then every report is delivered once, oldest first."""
+    _Central.script = [(429, {"Retry-After": "2"})]
+    client = SyncClient(central, timeout_seconds=10)
+    try:
+        assert _deliver(client, ["r1", "r2", "r3"]) == [200, 200, 200]
+    finally:
+        client.close()
+    assert [key for _, key in _Central.seen] == ["r1", "r1", "r2", "r3"]
+    waited = _Central.seen[1][0] - _Central.seen[0][0]
+    assert 2.0 <= waited <= 2.0 + SYNC_RETRY.backoff_seconds + 0.5, waited
+
+
+def test_retry_after_as_an_http_date_holds_the_next_request_back(central: str) -> None:
+    """With the tries spent on a 503 whose Retry-After is an HTTP date, the answer goes back to the caller
+    and the client sends nothing more until that date."""
+    until = datetime.now(UTC) + timedelta(seconds=3)
+    _Central.script = [(503, {"Retry-After": format_datetime(until, usegmt=True)})]
+    client = SyncClient(central, timeout_seconds=10, retry=RetryPolicy(max_attempts=1))
+    try:
+        assert _deliver(client, ["r1"]) == [503]
+        assert _deliver(client, ["r1", "r2"]) == [200, 200]
+    finally:
+        client.close()
+    assert [key for _, key in _Central.seen] == ["r1", "r1", "r2"]
+    waited = _Central.seen[1][0] - _Central.seen[0][0]
+    assert 1.5 <= waited <= 3.5, waited  # the date has whole seconds: 2 to 3 s away when it was sent
+
+
+def test_only_what_a_later_try_can_fix_is_tried_again(central: str) -> None:
+    """A dropped connection and 502/503/504 are tried again (bounded), a 500 or 400 is answered at once."""
+    policy = RetryPolicy(max_attempts=3, backoff_seconds=0.05, max_backoff_seconds=0.1)
+    client = SyncClient(central, timeout_seconds=10, retry=policy)
+    try:
+        _Central.script = [(0, {}), (502, {}), (200, {})]
+        assert _deliver(client, ["dropped"]) == [200]
+        _Central.script = [(503, {}), (504, {}), (503, {}), (200, {})]
+        assert _deliver(client, ["spent"]) == [503]
+        _Central.script = [(500, {})]
+        assert _deliver(client, ["server-error"]) == [500]
+        _Central.script = [(400, {})]
+        assert _deliver(client, ["refused"]) == [400]
+    finally:
+        client.close()
+    keys = [key for _, key in _Central.seen]
+    assert keys == ["dropped"] * 3 + ["spent"] * 3 + ["server-error", "refused"]
+
+
+def test_a_refused_connection_is_tried_within_the_bounds_then_a_sync_error() -> None:
+    """Nothing listens: three tries, then ``SyncError`` naming the transport error."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = SyncClient(f"http://127.0.0.1:{port}", timeout_seconds=2)
+    started = time.monotonic()
+    try:
+        with pytest.raises(SyncError, match="ConnectError"):
+            client.post_report("/v1/heartbeats", b"{}", "k")
+    finally:
+        client.close()
+    assert time.monotonic() - started < SYNC_RETRY.max_elapsed_seconds

@@ -18,7 +18,7 @@ import pytest
 from forecasting.common.contracts import AccuracyReport
 from server.quality.alerts import default_rules
 from shelfcast.simulate import SimulationOptions, simulation
-from tests.server.test_dashboard import sign_in
+from tests.server.dashboard_fleet import sign_in
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 RULE = next(r for r in default_rules() if r.name == "accuracy-degradation")

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.server.test_dashboard import CHART_PAGES, PAGES, Filled, shared_fleet
+from tests.server.dashboard_fleet import CHART_PAGES, PAGES, Filled, shared_fleet
 
 COMMAND_TIMEOUT_SECONDS = 60.0  # a first page target on a loaded two-core machine can take tens of seconds
 LOAD_TIMEOUT_SECONDS = 30.0

@@ -14,7 +14,7 @@ import pytest
 
 from forecasting.bundle.format import read_manifest
 from forecasting.data.synthetic import generate
-from forecasting.models import kernels
+from forecasting.models import ets_kernel, kernels
 from forecasting.models.fitted import (
     CONFORMAL_WINDOWS,
     FITTED_STATE_CODECS,
@@ -246,7 +246,7 @@ def test_ets_kernel_matches_statsforecast_forward(model: str, damped: bool) -> N
         rows = [i for i, f in enumerate(fits) if f.model_["components"] == comp]
         par = np.stack([fits[i].model_["par"] for i in rows])
         n_params = np.array([fits[i].model_["n_params"] for i in rows])
-        out = kernels.ets_forward(mat[:, rows], lengths[rows], comp, 7, par, n_params, 28, LEVELS)
+        out = ets_kernel.ets_forward(mat[:, rows], lengths[rows], comp, 7, par, n_params, 28, LEVELS)
         for r, i in enumerate(rows):
             ref = fits[i].forward(ys[i], h=28, level=LEVELS)
             for key, values in ref.items():
@@ -258,7 +258,7 @@ def test_ets_kernel_constant_series() -> None:
     rng = np.random.default_rng(0)
     fit = make_model("AutoETS", 7).fit(np.abs(rng.normal(10, 2, 80)) + 1)
     y = np.full((50, 1), 4.0)
-    out = kernels.ets_forward(
+    out = ets_kernel.ets_forward(
         y, np.array([50]), fit.model_["components"], 7, fit.model_["par"][None, :], np.array([3]), 5, LEVELS
     )
     ref = fit.forward(y[:, 0], h=5, level=LEVELS)
@@ -272,7 +272,7 @@ def test_conformal_kernels_match_statsforecast(family: str) -> None:
     from statsforecast.utils import ConformalIntervals
 
     from forecasting.bundle.format import ModelEntry
-    from forecasting.models.fitted import forecast_batch
+    from forecasting.models.fitted_forecast import forecast_batch
 
     rng = np.random.default_rng(5)
     ys = [np.where(rng.random(n) < 0.3, rng.poisson(3, n) + 1, 0).astype(float) for n in (40, 70, 95, 25)]

@@ -12,10 +12,10 @@ import pytest
 
 from forecasting.common.config import TrainSection
 from forecasting.data.synthetic import generate
-from forecasting.models.gbm import (
+from forecasting.models.gbm import GlobalModel
+from forecasting.models.gbm_features import (
     HOLIDAY_FEATURES,
     FeatureSpec,
-    GlobalModel,
     make_features,
     make_spec,
     training_origins,

@@ -24,20 +24,15 @@ from forecasting.bundle.scoring import score
 from forecasting.common.config import TrainConfig, TrainSection, load_train_config
 from forecasting.data.synthetic import generate
 from forecasting.data.validation import load_canonical
-from forecasting.models import kernels
+from forecasting.models import calibration, kernels
 from forecasting.models.families import (
     candidate_specs,
     interval_settings,
     model_families,
     tsb_optimized_class,
 )
-from forecasting.models.fitted import (
-    INTERMITTENT_FAMILIES,
-    calibrated_forecast,
-    ensemble_forecast,
-    fit_models,
-    forecast_batch,
-)
+from forecasting.models.fitted import INTERMITTENT_FAMILIES, fit_models
+from forecasting.models.fitted_forecast import calibrated_forecast, ensemble_forecast, forecast_batch
 from forecasting.training.backtest import run_backtest
 from forecasting.training.pipeline import train, write_run
 from tests.forecasting._bundles import key_pair
@@ -120,7 +115,7 @@ def test_count_interval_covers_its_level_on_negative_binomial_draws() -> None:
     n, width, mean, phi = 400, 365, 1.5, 3.0
     draws = rng.negative_binomial(mean / (phi - 1), 1 / phi, size=(width + 28, n)).astype(np.float64)
     history, future = draws[:width], draws[width:].T
-    out = kernels.count_intervals(np.full((n, 28), mean), history, np.full(n, width), LEVELS)
+    out = calibration.count_intervals(np.full((n, 28), mean), history, np.full(n, width), LEVELS)
     for lv, band in ((80, (0.75, 0.85)), (95, (0.92, 0.98))):
         cover = float(((future >= out[f"lo-{lv}"]) & (future <= out[f"hi-{lv}"])).mean())
         assert band[0] <= cover <= band[1], (lv, cover)
@@ -137,7 +132,7 @@ def test_conformal_pools_steps_when_windows_are_few() -> None:
     def point(m: np.ndarray[Any, Any], lens: np.ndarray[Any, Any], steps: int) -> np.ndarray[Any, Any]:
         return np.repeat(m[-20:].mean(axis=0)[:, None], steps, axis=1)
 
-    out = kernels.calibrated_conformal(point, history, lengths, h, LEVELS, n_windows=2)
+    out = calibration.calibrated_conformal(point, history, lengths, h, LEVELS, n_windows=2)
     assert np.isfinite(out["lo-95"]).all()
     assert (out["hi-95"] - out["lo-95"] > out["hi-80"] - out["lo-80"]).all()
     for lv, band in ((80, (0.75, 0.85)), (95, (0.90, 0.98))):
@@ -217,7 +212,9 @@ def test_manifest_without_interval_settings_keeps_statsforecast_intervals() -> N
     legacy = forecast_batch(entry, 7, y, lengths, 7, LEVELS)
     assert np.allclose(
         legacy["lo-80"],
-        kernels.conformal(lambda a, b, c: kernels.window_mean(a, b, c, 4), y, lengths, 7, LEVELS)["lo-80"],
+        calibration.conformal(lambda a, b, c: kernels.window_mean(a, b, c, 4), y, lengths, 7, LEVELS)[
+            "lo-80"
+        ],
     )
 
 

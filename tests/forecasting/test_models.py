@@ -10,7 +10,7 @@ import pytest
 
 from forecasting.common.config import TrainSection
 from forecasting.common.errors import ConfigError
-from forecasting.models import gbm
+from forecasting.models import gbm_features
 from forecasting.models.families import (
     build_models,
     candidate_specs,
@@ -93,12 +93,12 @@ def _weekly_frame(weeks: int = 120) -> pl.DataFrame:
 def test_gbm_features_use_only_history_before_the_origin() -> None:
     """Features of an origin do not change when later rows exist; lags shorter than h are null."""
     frame = _weekly_frame()
-    spec = gbm.make_spec(frame, TrainSection(season_length=52, gbm_lags=[1, 52]), "W", horizon=4)
+    spec = gbm_features.make_spec(frame, TrainSection(season_length=52, gbm_lags=[1, 52]), "W", horizon=4)
     cut = frame["ds"].unique().sort()[99]
     past = frame.filter(pl.col("ds") <= cut)
-    edge = gbm.make_features(past, spec)
+    edge = gbm_features.make_features(past, spec)
     origins = pl.DataFrame({"store_id": ["S1", "S1"], "item_id": ["A", "B"], "t": [99, 99]})
-    full = gbm.make_features(frame, spec, origins=origins)
+    full = gbm_features.make_features(frame, spec, origins=origins)
     assert edge.select(spec.feature_names).equals(full.select(spec.feature_names))
     assert edge.height == 2 * 4
     first = edge.filter((pl.col("item_id") == "A") & (pl.col("horizon") == 1)).row(0, named=True)

@@ -17,14 +17,8 @@ from forecasting.common.config import TrainSection
 from forecasting.common.errors import BundleError
 from forecasting.data.synthetic import generate
 from forecasting.models.fitted import SERIES_PAYLOAD
-from forecasting.models.gbm import (
-    GlobalModel,
-    index_series,
-    lookback,
-    make_features,
-    make_spec,
-    training_origins,
-)
+from forecasting.models.gbm import GlobalModel
+from forecasting.models.gbm_features import index_series, lookback, make_features, make_spec, training_origins
 from forecasting.models.onnx_model import (
     ONNX_PAYLOAD,
     OnnxScorer,

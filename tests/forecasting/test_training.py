@@ -125,7 +125,7 @@ def test_a_model_that_cannot_forecast_leaves_no_bundle_and_is_named(
     """The bundle is scored once before it takes its place: when its model family fails there (a fault
     injected into SeasonalNaive's kernel after training), no bundle is left and the error names the
     model, the category and a series."""
-    import forecasting.models.fitted as fitted_module
+    import forecasting.models.fitted_forecast as fitted_module
     from forecasting.common.errors import BundleError
     from forecasting.training.pipeline import train, write_run
 
