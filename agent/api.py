@@ -21,6 +21,8 @@ from litestar.params import Parameter
 
 from agent.errors import AgentError, IngestError, NoActiveModelError
 from agent.forecasts import MEDIA_TYPES, CursorError, ForecastView, OutputFormat, negotiate, render
+from agent.ingest import SalesFormat
+from agent.replenishment import ProposalView
 from forecasting.common.logs import get_logger
 from forecasting.common.version import shelfcast_version
 
@@ -214,7 +216,7 @@ def _next_url(request: Request[Any, Any, Any], cursor: str) -> str:
     return f"{request.url.path}?{urlencode([*params, ('cursor', cursor)])}"
 
 
-SALES_TYPES = {
+SALES_TYPES: dict[str, SalesFormat] = {
     "text/csv": "csv",
     "application/csv": "csv",
     "application/vnd.apache.parquet": "parquet",
@@ -232,22 +234,16 @@ def post_sales(request: Request[Any, Any, Any], body: bytes) -> Response[bytes]:
 
     runtime = _runtime(request)
     runtime.metrics.hit("sales")
-    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-    fmt = SALES_TYPES.get(ctype)
-    if fmt is None:
-        return problem(
-            415, "Unsupported sales format", "send text/csv, application/vnd.apache.parquet or JSON"
-        )
-    if len(body) > runtime.config.api.max_upload_bytes:
-        return problem(413, "Too large", f"at most {runtime.config.api.max_upload_bytes} bytes per upload")
-    if runtime.store is None:
-        return problem(503, "Starting", "the local store is not open yet")
+    fmt = _upload_format(runtime, request, body, "sales")
+    if isinstance(fmt, Response):
+        return fmt
+    assert runtime.store is not None
     source = f"api:{datetime.now(UTC):%Y%m%dT%H%M%S.%f}"
     try:
         result = ingest_bytes(
             runtime.store,
             body,
-            fmt,  # type: ignore[arg-type]
+            fmt,
             source=source,
             store_id=runtime.config.agent.store_id,
             today=datetime.now().astimezone().date(),
@@ -266,6 +262,134 @@ def post_sales(request: Request[Any, Any, Any], body: bytes) -> Response[bytes]:
         "reasons": result.reasons,
     }
     return Response(msgspec.json.encode(answer), media_type=JSON)
+
+
+def _upload_format(
+    runtime: AgentRuntime, request: Request[Any, Any, Any], body: bytes, what: str
+) -> SalesFormat | Response[bytes]:
+    """The format of an upload by its ``Content-Type``, or the problem with it (type, size, store)."""
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    fmt = SALES_TYPES.get(ctype)
+    if fmt is None:
+        return problem(
+            415, f"Unsupported {what} format", "send text/csv, application/vnd.apache.parquet or JSON"
+        )
+    if len(body) > runtime.config.api.max_upload_bytes:
+        return problem(413, "Too large", f"at most {runtime.config.api.max_upload_bytes} bytes per upload")
+    if runtime.store is None:
+        return problem(503, "Starting", "the local store is not open yet")
+    return fmt
+
+
+@post("/inventory", sync_to_thread=True, status_code=200, responses=AS_JSON_OBJECT, opt=OPERATOR)
+def post_inventory(request: Request[Any, Any, Any], body: bytes) -> Response[bytes]:
+    """Post on-hand stock, open orders and replenishment policy per item or category (CSV, Parquet or
+    JSON); bad rows are quarantined with reasons and get no proposal. Proposals follow shortly."""
+    from agent.inventory import ingest_inventory
+
+    runtime = _runtime(request)
+    runtime.metrics.hit("inventory")
+    fmt = _upload_format(runtime, request, body, "inventory")
+    if isinstance(fmt, Response):
+        return fmt
+    assert runtime.store is not None
+    source = f"inventory:api:{datetime.now(UTC):%Y%m%dT%H%M%S.%f}"
+    try:
+        result = ingest_inventory(
+            runtime.store, body, fmt, source=source, max_periods=runtime.config.scoring.horizon
+        )
+    except IngestError as exc:
+        return problem(422, "Unreadable inventory", str(exc))
+    runtime.inventory_arrived.set()  # proposals are recomputed by the work loop, not this request
+    runtime.wake.set()
+    answer = {
+        "source": result.source,
+        "items_accepted": result.items,
+        "categories_accepted": result.categories,
+        "rows_quarantined": result.rows_quarantined,
+        "reasons": result.reasons,
+    }
+    return Response(msgspec.json.encode(answer), media_type=JSON)
+
+
+def _proposals_or_problem(
+    runtime: AgentRuntime, counter: str, request: Request[Any, Any, Any], fmt: str | None
+) -> tuple[ProposalView, OutputFormat] | Response[bytes]:
+    runtime.metrics.hit(counter)
+    view = _view_or_problem(runtime)
+    if isinstance(view, Response):
+        return view
+    proposals = runtime.proposals or ProposalView.empty(view)
+    chosen = negotiate(request.headers.get("accept"), fmt)
+    if chosen is None:
+        return problem(406, "Not acceptable", "formats: json, csv, parquet, arrow")
+    return proposals, chosen
+
+
+@get("/replenishment/{item_id:str}", responses=AS_JSON_OBJECT)
+async def replenishment_item(
+    request: Request[Any, Any, Any],
+    item_id: str,
+    fmt: Annotated[str | None, Parameter(query="format")] = None,
+) -> Response[bytes]:
+    """The order proposal of one item (JSON, CSV, Parquet or Arrow by ``Accept``)."""
+    prepared = _proposals_or_problem(_runtime(request), "replenishment_item", request, fmt)
+    if isinstance(prepared, Response):
+        return prepared
+    proposals, chosen = prepared
+    etag = proposals.etag("item", item_id, chosen)
+    if _not_modified(request, etag):
+        return Response(b"", status_code=304, headers=proposals.headers(etag))
+    if chosen == "json":
+        body = proposals.item_json(item_id)
+    else:
+        row = proposals.item(item_id)
+        body = None if row is None else render(row, chosen, proposals.meta(), None)
+    if body is None:
+        return problem(404, "No proposal", f"no proposal for item {item_id!r}: post its inventory first")
+    return Response(body, media_type=MEDIA_TYPES[chosen], headers=proposals.headers(etag))
+
+
+@get("/replenishment", sync_to_thread=True, responses=AS_JSON_OBJECT)
+def replenishment_list(
+    request: Request[Any, Any, Any],
+    item_id: Annotated[list[str] | None, Parameter(query="item_id")] = None,
+    category: str | None = None,
+    cursor: str | None = None,
+    limit: int | None = None,
+    fmt: Annotated[str | None, Parameter(query="format")] = None,
+) -> Response[bytes]:
+    """Order proposals per item: order-up-to level, inventory position, proposed quantity, expected
+    service level and stock at the end of the lead time, model version. Filters, cursor pages and
+    formats as ``/v1/forecasts``."""
+    runtime = _runtime(request)
+    prepared = _proposals_or_problem(runtime, "replenishment_list", request, fmt)
+    if isinstance(prepared, Response):
+        return prepared
+    proposals, chosen = prepared
+    api = runtime.config.api
+    if limit is not None and not 1 <= limit <= api.max_page_size:
+        return problem(400, "Bad limit", f"limit must be between 1 and {api.max_page_size}")
+    if limit is None and chosen in ("json", "csv"):
+        limit = api.default_page_size
+    items = sorted(set(item_id or []))
+    query_key = msgspec.json.encode([items, category, limit]).decode()
+    etag = proposals.etag("list", query_key, cursor, chosen)
+    if _not_modified(request, etag):
+        return Response(b"", status_code=304, headers=proposals.headers(etag))
+    try:
+        rows, next_cursor = proposals.select(
+            item_ids=items, category=category, cursor=cursor, limit=limit, query_key=query_key
+        )
+    except CursorError as exc:
+        return problem(400, "Bad cursor", str(exc))
+    headers = proposals.headers(etag)
+    if next_cursor:
+        headers["X-Next-Cursor"] = next_cursor
+        headers["Link"] = f'<{_next_url(request, next_cursor)}>; rel="next"'
+    return Response(
+        render(rows, chosen, proposals.meta(), next_cursor), media_type=MEDIA_TYPES[chosen], headers=headers
+    )
 
 
 @post("/score", sync_to_thread=True, status_code=200, responses=AS_JSON_OBJECT, opt=OPERATOR)
@@ -341,6 +465,9 @@ def create_app(runtime: AgentRuntime) -> Litestar:
             forecast_item,
             forecast_list,
             post_sales,
+            post_inventory,
+            replenishment_item,
+            replenishment_list,
             post_score,
             post_rollback,
             post_retry,
@@ -396,7 +523,7 @@ def _document_media_types(app: Litestar) -> None:
             )
             ok = operation.responses.get("200")
             if (
-                path.startswith("/v1/forecasts")
+                path.startswith(("/v1/forecasts", "/v1/replenishment"))
                 and isinstance(ok, OpenAPIResponse)
                 and ok.content is not None
             ):

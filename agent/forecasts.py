@@ -282,33 +282,44 @@ class ForecastView:
         query_key: str,
     ) -> tuple[pl.DataFrame, str | None]:
         """Filtered page of rows and the cursor of the next page (None at the end)."""
-        offset = self._decode_cursor(cursor, query_key) if cursor else 0
         rows = self.rows_frame(item_ids or None, category, horizon)
-        if offset or limit is not None:
-            rows = rows.slice(offset, None if limit is None else limit + 1)
-        next_cursor = None
-        if limit is not None and rows.height > limit:
-            rows = rows.head(limit)
-            next_cursor = self._encode_cursor(offset + limit, query_key)
-        return rows, next_cursor
+        return page(rows, cursor, limit, self.pointer.run_id, query_key)
 
-    def _encode_cursor(self, offset: int, query_key: str) -> str:
-        raw = msgspec.json.encode({"r": self.pointer.run_id, "q": query_key, "o": offset})
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
-    def _decode_cursor(self, cursor: str, query_key: str) -> int:
-        try:
-            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-            data = msgspec.json.decode(raw)
-            offset = int(str(data["o"]))
-            run, query = data["r"], data["q"]
-        except (ValueError, KeyError, TypeError, msgspec.DecodeError) as exc:
-            raise CursorError("malformed cursor") from exc
-        if run != self.pointer.run_id:
-            raise CursorError("cursor belongs to an earlier scoring run; start again without a cursor")
-        if query != query_key or offset < 0:
-            raise CursorError("cursor was issued for different filters")
-        return offset
+def encode_cursor(run: str, query_key: str, offset: int) -> str:
+    """An opaque cursor: the row ``offset`` of a query's answer from the served data ``run``."""
+    raw = msgspec.json.encode({"r": run, "q": query_key, "o": offset})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, run: str, query_key: str) -> int:
+    """The row offset of ``cursor``; ``CursorError`` when it is malformed or from another run or query."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = msgspec.json.decode(raw)
+        offset = int(str(data["o"]))
+        issued_run, query = data["r"], data["q"]
+    except (ValueError, KeyError, TypeError, msgspec.DecodeError) as exc:
+        raise CursorError("malformed cursor") from exc
+    if issued_run != run:
+        raise CursorError("cursor belongs to an earlier scoring run; start again without a cursor")
+    if query != query_key or offset < 0:
+        raise CursorError("cursor was issued for different filters")
+    return offset
+
+
+def page(
+    rows: pl.DataFrame, cursor: str | None, limit: int | None, run: str, query_key: str
+) -> tuple[pl.DataFrame, str | None]:
+    """The page of ``rows`` a cursor and limit select, and the next page's cursor (None at the end)."""
+    offset = decode_cursor(cursor, run, query_key) if cursor else 0
+    if offset or limit is not None:
+        rows = rows.slice(offset, None if limit is None else limit + 1)
+    next_cursor = None
+    if limit is not None and rows.height > limit:
+        rows = rows.head(limit)
+        next_cursor = encode_cursor(run, query_key, offset + limit)
+    return rows, next_cursor
 
 
 def render(frame: pl.DataFrame, fmt: OutputFormat, meta: dict[str, Any], next_cursor: str | None) -> bytes:

@@ -26,6 +26,7 @@ from agent.lifecycle import Lifecycle
 from agent.metrics import AgentMetrics
 from agent.paths import StatePaths, read_symlink
 from agent.record import Record, VersionRef, count_error, read_credential, resolve_errors, save_record
+from agent.replenishment import ProposalView, load_proposals, refresh_proposals
 from agent.scoring import Scorer, ScoringSettings, ShadowModel, score_store
 from agent.serving import read_serving
 from agent.sync import SyncClient
@@ -58,7 +59,9 @@ class AgentRuntime:
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.sales_arrived = threading.Event()  # set by POST /v1/sales: measure on the next tick
+        self.inventory_arrived = threading.Event()  # set by POST /v1/inventory: new proposals next tick
         self.view: ForecastView | None = None
+        self.proposals: ProposalView | None = None
         self.metrics = AgentMetrics(
             config.agent.store_id,
             {
@@ -198,6 +201,7 @@ class AgentRuntime:
             return
         try:
             self.view = ForecastView.load(self.paths.root, pointer)
+            self.proposals = load_proposals(self.paths, self.view)
         except Exception as exc:  # a missing or unreadable run: serve nothing until the next scoring
             log.error(  # noqa: TRY400 - expected failure, no traceback
                 "serving_load_failed", run_id=pointer.run_id, reason=str(exc)
@@ -233,6 +237,9 @@ class AgentRuntime:
         if now >= self._next_poll:
             self._run_lifecycle()
         self._maybe_score_missing()
+        if self.inventory_arrived.is_set():
+            self.inventory_arrived.clear()
+            self._refresh_proposals()
         self._maybe_rescore_after_sales()
         self._maybe_score_on_schedule()
         now = time.monotonic()
@@ -412,7 +419,19 @@ class AgentRuntime:
                     reason=result.shadow_error,
                 )
                 self._report_errors_now()
+        self._refresh_proposals()
         return True
+
+    def _refresh_proposals(self) -> None:
+        """Recompute the order proposals of the served run for the stored inventory (kept on failure)."""
+        if self.view is None or self.store is None:
+            return
+        try:
+            self.proposals = refresh_proposals(self.paths, self.store, self.scorer, self.view)
+        except (ScoringError, OSError) as exc:
+            log.error(  # noqa: TRY400 - expected failure, no traceback
+                "proposals_failed", run_id=self.view.pointer.run_id, reason=str(exc)
+            )
 
     def _shadow_model(self) -> ShadowModel | None:
         record = self.lifecycle.record if self.lifecycle is not None else self.record

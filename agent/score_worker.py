@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 PROBE_DAYS = 120
 
 
-class Job(msgspec.Struct, frozen=True):
+class Job(msgspec.Struct, frozen=True, tag_field="kind", tag="score"):
     """One scoring job; an empty ``history`` means: score the built-in probe (the health check)."""
 
     bundle: str
@@ -43,9 +43,53 @@ class Job(msgspec.Struct, frozen=True):
     store_id: str = ""
 
 
-def run_job(job: Job) -> dict[str, int]:
+class ProposalJob(msgspec.Struct, frozen=True, tag_field="kind", tag="proposals"):
+    """Order proposals from a served run (its forecasts and error structure) and the exported inventory."""
+
+    forecasts: str
+    structure: str
+    positions: str
+    orders: str
+    out: str
+
+
+STRUCTURE_FILE = "structure.parquet"
+
+
+def run_job(job: Job | ProposalJob) -> dict[str, int]:
+    """Run one job of either kind (see :func:`score_job` and :func:`proposal_job`)."""
+    return proposal_job(job) if isinstance(job, ProposalJob) else score_job(job)
+
+
+def proposal_job(job: ProposalJob) -> dict[str, int]:
+    """Write ``job.out`` (Parquet, atomically): one order proposal per item with forecasts and a position."""
+    import polars as pl
+
+    from forecasting.replenishment.proposals import proposals
+
+    result = proposals(
+        pl.read_parquet(job.forecasts),
+        pl.read_parquet(job.structure),
+        pl.read_parquet(job.positions),
+        pl.read_parquet(job.orders),
+    )
+    _write_atomically(result, Path(job.out))
+    return {"rows": result.height}
+
+
+def _write_atomically(frame: pl.DataFrame, out: Path) -> None:
+    tmp = out.with_name(f".{out.name}.tmp")
+    frame.write_parquet(tmp)
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    tmp.replace(out)
+
+
+def score_job(job: Job) -> dict[str, int]:
     """Score, check and write ``job.out`` (Parquet, atomically) with ``model_name``/``model_version`` added.
 
+    For a store's history (not the probe) the run's error structure (``structure.parquet``, see
+    :mod:`forecasting.replenishment.structure`) is written beside it, for order proposals.
     Returns the numbers of series and rows; the output check (complete, finite, lo <= forecast <= hi)
     raises ``ScoringError`` here, so the daemon never loads the frame to check it.
     """
@@ -68,14 +112,24 @@ def run_job(job: Job) -> dict[str, int]:
         pl.lit(int(manifest.version), dtype=pl.Int32).alias("model_version"),
     )
     out = Path(job.out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    result.write_parquet(tmp)
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    tmp.replace(out)
+    if job.history:
+        _write_structure(bundle, history, result, out.parent / STRUCTURE_FILE)
+    _write_atomically(result, out)
     if job.history:
         write_serving_index(out.parent, out)
     return {"rows": result.height, "series": int(n_series)}
+
+
+def _write_structure(bundle: Path, history: pl.DataFrame, forecasts: pl.DataFrame, out: Path) -> None:
+    """The run's error structure for order proposals; a failure here is logged and never fails the
+    scoring (the run is served, and its proposals fail with a missing file until the next scoring)."""
+    from forecasting.common.logs import get_logger
+    from forecasting.replenishment.structure import error_structure
+
+    try:
+        _write_atomically(error_structure(bundle, history, forecasts), out)
+    except Exception as exc:  # forecasts are served whatever happens on the replenishment side
+        get_logger("agent.score_worker").error("structure_failed", reason=f"{type(exc).__name__}: {exc}")
 
 
 def check_output(frame: pl.DataFrame, *, levels: list[int], horizon: int, n_series: int) -> None:
@@ -141,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("warning", "json")
     import forecasting.bundle.scoring  # noqa: F401 - warm up: the scoring stack imports slowly
 
-    decoder = msgspec.json.Decoder(Job)
+    decoder = msgspec.json.Decoder(Job | ProposalJob)
     while True:
         readable, _, _ = select.select([sys.stdin], [], [], args.idle_seconds)
         if not readable:

@@ -23,7 +23,7 @@ import msgspec
 
 from agent.errors import ScoringError, UpdateRejectedError
 from agent.paths import StatePaths, atomic_write_bytes, remove_tree
-from agent.score_worker import Job, run_job
+from agent.score_worker import STRUCTURE_FILE, Job, ProposalJob, run_job
 from agent.serving import ServingPointer
 from forecasting.common.logs import get_logger
 
@@ -97,6 +97,7 @@ class Scorer:
         Returns ``{"rows": ..., "series": ...}``; raises ``ScoringError`` with the child's reason.
         """
         job = {
+            "kind": "score",
             "bundle": str(bundle_dir),
             "history": "" if history is None else str(history),
             "out": str(out),
@@ -105,6 +106,22 @@ class Scorer:
             "threads": self.settings.threads,
             "store_id": store_id,
         }
+        return self._submit(job)
+
+    def propose(self, run_dir: Path, positions: Path, orders: Path, out: Path) -> int:
+        """Order proposals of the scoring run in ``run_dir`` for the exported inventory, into ``out``."""
+        job = {
+            "kind": "proposals",
+            "forecasts": str(run_dir / "forecasts.parquet"),
+            "structure": str(run_dir / STRUCTURE_FILE),
+            "positions": str(positions),
+            "orders": str(orders),
+            "out": str(out),
+        }
+        return self._submit(job)["rows"]
+
+    def _submit(self, job: dict[str, Any]) -> dict[str, int]:
+        """Run a job in the child (or inline); its counts, or ``ScoringError`` with the child's reason."""
         if self.inline:
             return self._run_inline(job)
         with self._lock:
@@ -135,7 +152,7 @@ class Scorer:
     def _run_inline(self, job: dict[str, Any]) -> dict[str, int]:
         with self._lock:
             try:
-                return run_job(msgspec.convert(job, Job))
+                return run_job(msgspec.convert(job, Job | ProposalJob))
             except Exception as exc:  # the same one-line reason the child would have answered
                 raise ScoringError(f"{type(exc).__name__}: {exc}") from exc
 

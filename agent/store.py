@@ -1,4 +1,5 @@
-"""The agent's local DuckDB store: sales history, quarantined rows, the report outbox, scoring runs.
+"""The agent's local DuckDB store: sales history, quarantined rows, the report outbox, scoring runs and
+the inventory position and policy the inventory system posts.
 
 One process (the running agent) owns the file; every method takes the store's lock, so the API threads
 and the lifecycle thread can share one connection safely.
@@ -72,7 +73,55 @@ CREATE TABLE IF NOT EXISTS scoring_runs (
 ALTER TABLE scoring_runs ADD COLUMN IF NOT EXISTS role VARCHAR;  -- served | shadow (NULL: before roles)
 -- the served run's id for every run of one scoring (served and shadow): pairs their accuracy reports
 ALTER TABLE scoring_runs ADD COLUMN IF NOT EXISTS scoring_id VARCHAR;
+-- inventory (POST /v1/inventory): the latest position and policy per item, its open orders, and the
+-- policy defaults per category; a NULL policy field of an item takes its category's default
+CREATE TABLE IF NOT EXISTS inventory_items (
+    item_id VARCHAR PRIMARY KEY,
+    on_hand DOUBLE NOT NULL,
+    backorders DOUBLE NOT NULL,
+    lead_time_days INTEGER,
+    review_period_days INTEGER,
+    service_metric VARCHAR,
+    target_service_level DOUBLE,
+    pack_size DOUBLE,
+    min_order DOUBLE,
+    shelf_capacity DOUBLE,
+    posted_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inventory_orders (
+    item_id VARCHAR NOT NULL,
+    due_date DATE NOT NULL,
+    quantity DOUBLE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inventory_policies (
+    category VARCHAR PRIMARY KEY,
+    lead_time_days INTEGER,
+    review_period_days INTEGER,
+    service_metric VARCHAR,
+    target_service_level DOUBLE,
+    pack_size DOUBLE,
+    min_order DOUBLE,
+    shelf_capacity DOUBLE,
+    posted_at TIMESTAMPTZ NOT NULL
+);
 """
+POLICY_FIELDS = (
+    "lead_time_days",
+    "review_period_days",
+    "service_metric",
+    "target_service_level",
+    "pack_size",
+    "min_order",
+    "shelf_capacity",
+)
+# Policy of an item that neither it nor its category sets (the lead time has no default).
+POLICY_DEFAULTS = {
+    "review_period_days": "1",
+    "service_metric": "'cycle_service_level'",
+    "target_service_level": "0.95",
+    "pack_size": "1",
+    "min_order": "0",
+}
 
 
 @dataclass(frozen=True)
@@ -188,6 +237,83 @@ class LocalStore:
             "last_ds": last.isoformat() if last else None,
             "quarantined_rows": int(quarantined),
         }
+
+    def item_categories(self) -> dict[str, str]:
+        """Every item with sales history and its latest category."""
+        rows = self._fetch("SELECT item_id, arg_max(category, ds) FROM sales GROUP BY item_id")
+        return {str(item): str(category) for item, category in rows}
+
+    # -- inventory -----------------------------------------------------------------------------------
+
+    def policy_defaults(self) -> dict[str, dict[str, Any]]:
+        """The stored policy defaults per category."""
+        columns = ", ".join(POLICY_FIELDS)
+        rows = self._fetch(f"SELECT category, {columns} FROM inventory_policies")  # noqa: S608 - fixed names
+        return {str(r[0]): dict(zip(POLICY_FIELDS, r[1:], strict=True)) for r in rows}
+
+    def save_inventory(self, items: pl.DataFrame, orders: pl.DataFrame, policies: pl.DataFrame) -> None:
+        """Replace the position, policy and open orders of the posted items, and the posted categories'
+        defaults, in one transaction."""
+        now = datetime.now(UTC)
+        batch = self.path.parent / f".inventory-{uuid.uuid4().hex}"
+        files = {name: batch.with_suffix(f".{name}.parquet") for name in ("items", "orders", "policies")}
+        items.write_parquet(files["items"])
+        orders.write_parquet(files["orders"])
+        policies.write_parquet(files["policies"])
+        item_cols = ", ".join(["item_id", "on_hand", "backorders", *POLICY_FIELDS])
+        policy_cols = ", ".join(["category", *POLICY_FIELDS])
+        try:
+            with self._lock:
+                self._exec("BEGIN TRANSACTION")
+                try:
+                    self._exec(
+                        "DELETE FROM inventory_orders WHERE item_id IN (SELECT item_id FROM read_parquet(?))",
+                        [str(files["items"])],
+                    )
+                    self._exec(
+                        f"INSERT OR REPLACE INTO inventory_items ({item_cols}, posted_at) "  # noqa: S608 - fixed names
+                        f"SELECT {item_cols}, ? FROM read_parquet(?)",
+                        [now, str(files["items"])],
+                    )
+                    self._exec(
+                        "INSERT INTO inventory_orders "
+                        "SELECT item_id, due_date, quantity FROM read_parquet(?)",
+                        [str(files["orders"])],
+                    )
+                    self._exec(
+                        f"INSERT OR REPLACE INTO inventory_policies ({policy_cols}, posted_at) "  # noqa: S608 - fixed names
+                        f"SELECT {policy_cols}, ? FROM read_parquet(?)",
+                        [now, str(files["policies"])],
+                    )
+                    self._exec("COMMIT")
+                except Exception:
+                    self._exec("ROLLBACK")
+                    raise
+        finally:
+            for path in files.values():
+                path.unlink(missing_ok=True)
+
+    def export_inventory(self, positions: Path, orders: Path) -> int:
+        """Write each item's position with its resolved policy (item, else category default, else the
+        defaults) and the open orders, as Parquet files for the scoring process; returns the items."""
+        resolved = ", ".join(
+            f"coalesce(i.{f}, p.{f}{', ' + POLICY_DEFAULTS[f] if f in POLICY_DEFAULTS else ''}) AS {f}"
+            for f in POLICY_FIELDS
+        )
+        query = (
+            f"SELECT i.item_id, i.on_hand, i.backorders, {resolved} FROM inventory_items i "  # noqa: S608 - fixed names
+            "LEFT JOIN (SELECT item_id, arg_max(category, ds) AS category FROM sales GROUP BY item_id) c "
+            "USING (item_id) LEFT JOIN inventory_policies p ON p.category = c.category ORDER BY i.item_id"
+        )
+        with self._lock:
+            (count,) = self._exec("SELECT count(*) FROM inventory_items")[0]
+            for sql, out in (
+                (query, positions),
+                ("SELECT item_id, due_date, quantity FROM inventory_orders ORDER BY ALL", orders),
+            ):
+                target = str(out).replace("'", "''")
+                self._exec(f"COPY ({sql}) TO '{target}' (FORMAT PARQUET)")
+        return int(count)
 
     # -- outbox --------------------------------------------------------------------------------------
 

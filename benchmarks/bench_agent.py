@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
 WRK_SCRIPT = """
 math.randomseed(7)
 request = function()
-  return wrk.format("GET", string.format("/v1/forecasts/I%05d", math.random(1, {items})))
+  return wrk.format("GET", string.format("{path}I%05d", math.random(1, {items})))
 end
 """
 
@@ -129,11 +129,13 @@ def _prepare_state(state_dir: Path, items: int, horizon: int) -> None:
 class Agent:
     """A running agent process and how long it took to send READY=1."""
 
-    def __init__(self, root: Path, items: int, horizon: int) -> None:
+    def __init__(
+        self, root: Path, items: int, horizon: int, prepare: Callable[[Path, int, int], None] | None = None
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         state = root / "state"
-        _prepare_state(state, items, horizon)
+        (prepare or _prepare_state)(state, items, horizon)
         config = root / "agent.toml"
         config.write_text(
             "[agent]\n"
@@ -231,10 +233,10 @@ def bare_url() -> Iterator[str]:
         proc.wait(10)
 
 
-def _wrk(url: str, seconds: int, items: int) -> tuple[float, float]:
+def _wrk(url: str, seconds: int, items: int, path: str) -> tuple[float, float]:
     """Requests/s and p99 latency (ms) from wrk with random item ids."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT.replace("{items}", str(items)))
+        script.write(WRK_SCRIPT.replace("{items}", str(items)).replace("{path}", path))
     try:
         out = subprocess.run(
             [shutil.which("wrk") or "wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s",
@@ -252,7 +254,7 @@ def _wrk(url: str, seconds: int, items: int) -> tuple[float, float]:
     return rps, float(match.group(1)) * scale
 
 
-async def _python_load(url: str, seconds: float, items: int) -> tuple[float, float]:
+async def _python_load(url: str, seconds: float, items: int, prefix: str) -> tuple[float, float]:
     """Fallback load generator: 32 keep-alive connections, raw HTTP/1.1, random item ids."""
     host, port = url.removeprefix("http://").split(":")
     latencies: list[float] = []
@@ -262,7 +264,7 @@ async def _python_load(url: str, seconds: float, items: int) -> tuple[float, flo
         rng = random.Random(seed)
         reader, writer = await asyncio.open_connection(host, int(port))
         while time.perf_counter() < deadline:
-            path = f"/v1/forecasts/I{rng.randint(1, items):05d}"
+            path = f"{prefix}I{rng.randint(1, items):05d}"
             began = time.perf_counter()
             writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
             head = await reader.readuntil(b"\r\n\r\n")
@@ -277,10 +279,11 @@ async def _python_load(url: str, seconds: float, items: int) -> tuple[float, flo
     return len(latencies) / elapsed, float(np.percentile(latencies, 99) * 1000)
 
 
-def _load(url: str, seconds: int, items: int) -> tuple[float, float]:
+def _load(url: str, seconds: int, items: int, path: str = "/v1/forecasts/") -> tuple[float, float]:
+    """Requests/s and p99 latency (ms) of ``GET <path><item id>`` for random items of the store."""
     if shutil.which("wrk"):
-        return _wrk(url, seconds, items)
-    return asyncio.run(_python_load(url, seconds, items))
+        return _wrk(url, seconds, items, path)
+    return asyncio.run(_python_load(url, seconds, items, path))
 
 
 def test_idle_memory_and_start(agent: Agent, figures: Any, benchmark: Any) -> None:
