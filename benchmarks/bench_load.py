@@ -374,6 +374,7 @@ def test_fleet_polls_and_reports(
     assert api_problems == [] and db_problems == [], (api_problems[:10], db_problems)
 
 
+@pytest.mark.timeout(1800)  # enrolling 10,000 stores, then a 3-minute run
 def test_fleet10k(benchmark: Any, figures: Any, bench_size: str, server: dict[str, Any]) -> None:
     """A 10,000-store fleet's traffic at the defaults with the nightly burst: throughput, p99 over all
     routes, zero errors, every report counted once (in the API and in the stopped server's file)."""
