@@ -205,6 +205,9 @@ class _Shard:
         self.beats: Counter[str] = Counter()
         self.acknowledged: dict[str, asyncio.Event] = {}  # store -> its accuracy report was acknowledged
         self.reports: dict[str, dict[str, Any]] = {}
+        # Requests in flight at most (one a connection): httpx's pool slows down with every request
+        # waiting in it, so the rest wait here, where waiting costs nothing.
+        self.gate = asyncio.Semaphore(plan.connections)
 
     def schedule(self) -> list[tuple[float, str, str]]:
         """(seconds after the start, what, store), sorted: polls and heartbeats every interval from a
@@ -236,7 +239,8 @@ class _Shard:
         self.result.offered[route] += 1
         while True:
             try:
-                response = await client.request(method, path, headers=headers, **kw)
+                async with self.gate:
+                    response = await client.request(method, path, headers=headers, **kw)
             except httpx.HTTPError as exc:
                 self.result.errors.append(f"{route} {store}: {type(exc).__name__}: {exc}")
                 return None
