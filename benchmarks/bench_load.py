@@ -30,7 +30,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from shelfcast.procs import ServiceProcess  # noqa: E402 - after making the project importable
+from benchmarks.fleet_traffic import (  # noqa: E402 - after making the project importable
+    MODEL,
+    FleetPlan,
+    FleetRun,
+    ShardResult,
+    accuracy_report,
+    drift_report,
+    enroll_stores,
+    offer_fleet,
+)
+from shelfcast.procs import ServiceProcess  # noqa: E402
 
 AGENTS = {"full": 200, "tiny": 10}
 SECONDS = {"full": 60.0, "tiny": 3.0}
@@ -50,8 +60,15 @@ SECONDS = {"full": 60.0, "tiny": 3.0}
 # server process can write, so answers queue and the run shows what overload costs (nothing may be lost).
 PACES = {"paced": 10.0, "saturated": 1.0}
 ADMIN = "sca_bench-admin-token-0123456789"
-MODEL = "demand"
 ROUTES = ("poll", "heartbeat", "accuracy", "drift", "resend")
+# A chain of 10,000 stores at the agent's default intervals (60 s polls and heartbeats) with the nightly
+# burst's 15 minutes compressed fivefold (a 3-minute run); tiny: 20 stores a second apart for 4 s.
+FLEET10K = {
+    "full": FleetPlan(stores=10_000, time_scale=5.0, processes=3),
+    "tiny": FleetPlan(
+        stores=20, poll_seconds=1.0, heartbeat_seconds=1.0, burst_seconds=4.0, processes=2, connections=16
+    ),
+}
 
 
 @dataclass
@@ -78,50 +95,6 @@ class FleetLoad:
         if not values:
             return 0.0
         return 1000.0 * values[min(len(values) - 1, int(q * len(values)))]
-
-
-def _accuracy(store_id: str, report_id: str, n: int) -> dict[str, Any]:
-    today = date.today().isoformat()
-    row = {
-        "category": "food",
-        "horizon_bucket": "1-7",
-        "n": n,
-        "abs_err_sum": 2.0 * n,
-        "abs_y_sum": 10.0 * n,
-        "err_sum": 0.5 * n,
-    }
-    return {
-        "report_id": report_id,
-        "store_id": store_id,
-        "model_name": MODEL,
-        "version": 1,
-        "period_start": today,
-        "period_end": today,
-        "created_at": datetime.now(UTC).isoformat(),
-        "rows": [row],
-    }
-
-
-def _drift(store_id: str, report_id: str) -> dict[str, Any]:
-    today = date.today().isoformat()
-    test = {"name": "psi", "statistic": 0.01, "threshold": 0.2, "verdict": "ok", "n_current": 50}
-    category = {
-        "category": "food",
-        "comparison": "seasonal",
-        "drifted": False,
-        "score": 0.01,
-        "tests": [test],
-    }
-    return {
-        "report_id": report_id,
-        "store_id": store_id,
-        "model_name": MODEL,
-        "version": 1,
-        "period_start": today,
-        "period_end": today,
-        "created_at": datetime.now(UTC).isoformat(),
-        "categories": [category],
-    }
 
 
 async def _agent(
@@ -176,12 +149,12 @@ async def _agent(
                 last_beat = (key, body)
             if i % 5 == 0:
                 n = 5 + i % 4
-                report = _accuracy(store_id, f"{store_id}-acc-{i}", n)
+                report = accuracy_report(store_id, f"{store_id}-acc-{i}", n)
                 if await call("accuracy", "POST", "/v1/accuracy", 202, json=report) is not None:
                     load.accuracy_sent[store_id].append(n)
                     last_accuracy = report
             if i % 10 == 1:
-                drift = _drift(store_id, f"{store_id}-drift-{i}")
+                drift = drift_report(store_id, f"{store_id}-drift-{i}")
                 if await call("drift", "POST", "/v1/drift", 202, json=drift) is not None:
                     load.drift_sent[store_id] += 1
             if i % 7 == 2 and last_beat is not None and last_accuracy is not None:
@@ -200,29 +173,6 @@ async def _agent(
                     load.duplicates_acknowledged += 1
             i += 1
             await asyncio.sleep(round_seconds * random.uniform(0.5, 1.5))
-
-
-async def _enroll_all(url: str, admin_token: str, stores: list[str], region: str) -> dict[str, str]:
-    """Create and enrol every store (bounded concurrency); store id -> its own credential."""
-    tokens: dict[str, str] = {}
-    gate = asyncio.Semaphore(16)
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-
-        async def one(store_id: str) -> None:
-            async with gate:
-                created = await client.post(
-                    "/v1/stores",
-                    json={"store_id": store_id, "model_name": MODEL, "region": region},
-                    headers={"Authorization": f"Bearer {admin_token}"},
-                )
-                created.raise_for_status()
-                enrollment = {"store_id": store_id, "enrollment_token": created.json()["enrollment_token"]}
-                answer = await client.post("/v1/enroll", json=enrollment)
-                answer.raise_for_status()
-                tokens[store_id] = answer.json()["token"]
-
-        await asyncio.gather(*(one(s) for s in stores))
-    return tokens
 
 
 def process_cpu_seconds(pid: int) -> float | None:
@@ -248,7 +198,7 @@ def simulate_fleet(
     """Enrol ``agents`` stores of ``region``, then run them all for ``seconds``, each doing a round about
     every ``round_seconds``; what happened (with the server's CPU time when its pid is given)."""
     stores = [f"{region}-{i:04d}" for i in range(agents)]
-    tokens = asyncio.run(_enroll_all(url, admin_token, stores, region))
+    tokens = asyncio.run(enroll_stores(url, admin_token, stores, region, concurrency=16))
     load = FleetLoad(agents=agents)
 
     async def run() -> None:
@@ -282,7 +232,7 @@ def simulate_fleet(
     return load
 
 
-def counted_through_api(url: str, admin_token: str, load: FleetLoad) -> list[str]:
+def counted_through_api(url: str, admin_token: str, load: FleetLoad | ShardResult) -> list[str]:
     """Differences between what the agents sent and what the accuracy/drift queries count (none: [])."""
     problems: list[str] = []
     headers = {"Authorization": f"Bearer {admin_token}"}
@@ -302,7 +252,7 @@ def counted_through_api(url: str, admin_token: str, load: FleetLoad) -> list[str
     return problems
 
 
-def counted_in_database(state_dir: Path, load: FleetLoad, stores_prefix: str) -> list[str]:
+def counted_in_database(state_dir: Path, load: FleetLoad | ShardResult, stores_prefix: str) -> list[str]:
     """The same count in the stopped server's DuckDB file: rows per heartbeat key, report and row."""
     import duckdb
 
@@ -421,4 +371,49 @@ def test_fleet_polls_and_reports(
         cpu_ms = 1000 * load.server_cpu_seconds / load.requests
         figures.value(f"{pace}_server_cpu_per_request", cpu_ms, "cpu-ms")
     assert load.errors == [], load.errors[:10]
+    assert api_problems == [] and db_problems == [], (api_problems[:10], db_problems)
+
+
+@pytest.mark.timeout(1800)  # enrolling 10,000 stores, then a 3-minute run
+def test_fleet10k(benchmark: Any, figures: Any, bench_size: str, server: dict[str, Any]) -> None:
+    """A 10,000-store fleet's traffic at the defaults with the nightly burst: throughput, p99 over all
+    routes, zero errors, every report counted once (in the API and in the stopped server's file)."""
+    plan = FLEET10K[bench_size]
+    stores = [f"F10K-{i:05d}" for i in range(plan.stores)]
+    tokens = asyncio.run(enroll_stores(server["url"], ADMIN, stores, "F10K"))
+    pid = server["process"].proc.pid
+    figures.timing(None)
+    run: FleetRun = benchmark.pedantic(
+        offer_fleet,
+        args=(server["url"], tokens, plan, lambda: process_cpu_seconds(pid)),
+        rounds=1,
+        iterations=1,
+    )
+    api_problems = counted_through_api(server["url"], ADMIN, run.result)
+    server["process"].stop()
+    db_problems = counted_in_database(server["state_dir"], run.result, "F10K")
+    offered_rate = plan.offered_per_second()
+    figures.value("fleet10k_stores", plan.stores, "stores")
+    figures.value("fleet10k_time_scale", plan.time_scale, "x")
+    figures.value("fleet10k_offered_per_second", offered_rate, "req/s")
+    figures.value("fleet10k_offered", run.offered, "requests")
+    figures.value("fleet10k_answered", run.answered, "requests")
+    figures.value(
+        "fleet10k_requests_per_second",
+        run.answered / run.seconds,
+        "req/s",
+        target=f"value >= {0.95 * offered_rate:.1f}",
+    )
+    figures.value("fleet10k_p99", run.p99_ms(), "ms", target="value <= 250")
+    figures.value("fleet10k_errors", len(run.result.errors), "errors", target="value <= 0")
+    figures.value(
+        "fleet10k_reports_miscounted", len(api_problems) + len(db_problems), "stores", target="value <= 0"
+    )
+    figures.value("fleet10k_deferred", run.result.deferred, "429 answers")
+    figures.value("fleet10k_duplicates_acknowledged", run.result.duplicates_acknowledged, "resends")
+    if run.server_cpu_seconds is not None and run.answered:
+        cpu_ms = 1000 * run.server_cpu_seconds / run.answered
+        figures.value("fleet10k_server_cpu_per_request", cpu_ms, "cpu-ms", target="value <= 1.5")
+    assert run.result.errors == [], run.result.errors[:10]
+    assert run.answered == run.offered, (run.result.offered, run.result.answered)
     assert api_problems == [] and db_problems == [], (api_problems[:10], db_problems)

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from forecasting.common.logs import get_logger
-from server.db import Database
 from server.errors import OverloadedError, ServerError
+from server.storage import SqlStore
 
 log = get_logger("server.writer")
 
@@ -77,7 +77,7 @@ class GroupWriter:
 
     def __init__(
         self,
-        db: Database,
+        db: SqlStore,
         *,
         max_batch: int,
         max_wait_seconds: float,

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from server.db import Database
+from server.storage import SqlStore
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class FleetFilter:
 
 
 class DashboardRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlStore) -> None:
         self.db = db
         self._status_columns: set[str] | None = None
 

@@ -7,13 +7,14 @@ from typing import Any
 
 import msgspec
 
-from server.db import Database, utcnow
+from server.db import utcnow
+from server.storage import SqlStore
 
 STORE_COLUMNS = "store_id, model_name, name, region, type, size, tags, created_at, revoked_at"
 
 
 class FleetRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlStore) -> None:
         self.db = db
 
     # --- stores -----------------------------------------------------------------------------------

@@ -19,9 +19,10 @@ import msgspec
 from forecasting.common.contracts import ActualsBatch
 from forecasting.common.logs import get_logger
 from server.auth import Principal
-from server.db import Database, utcnow
+from server.db import utcnow
 from server.errors import InvalidInputError, PermissionDeniedError
 from server.quality import schemas
+from server.storage import SqlStore
 
 log = get_logger("server.quality.actuals")
 
@@ -30,7 +31,7 @@ DATASET_NAME = "actuals"
 
 
 class ActualsService:
-    def __init__(self, db: Database, root: Path, register: Any) -> None:
+    def __init__(self, db: SqlStore, root: Path, register: Any) -> None:
         self.db = db
         self.root = root
         self.register = register  # RegistryService.register_dataset

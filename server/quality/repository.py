@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from forecasting.common.contracts import AccuracyReport, DriftReport
-from server.db import Database
+from server.storage import SqlStore
 
 PERIODS = ("day", "week", "month", "quarter", "year")
 ACCURACY_GROUPS = ("model_name", "version", "role", "store_id", "category", "horizon_bucket", "period")
@@ -57,7 +57,7 @@ def _select_groups(group_by: Sequence[str], period: str) -> tuple[str, str]:
 
 
 class QualityRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlStore) -> None:
         self.db = db
 
     # --- reports ----------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ from typing import Any
 
 import msgspec
 
-from server.db import Database, utcnow
+from server.db import utcnow
+from server.storage import SqlStore
 
 VERSION_COLUMNS = (
     "model_name, version, bundle_sha256, bundle_size, run_id, dataset_id, created_at, created_by"
@@ -25,7 +26,7 @@ def _unjson(row: dict[str, Any], *names: str) -> dict[str, Any]:
 
 
 class RegistryRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlStore) -> None:
         self.db = db
 
     # --- models -----------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import msgspec
 from forecasting.common.contracts import ModelVersionInfo
 from forecasting.common.logs import get_logger
 from server.auth import Principal, new_id
-from server.blobs import BlobStore
 from server.db import as_utc, to_naive_utc
 from server.errors import ConflictError, InvalidInputError, NotFoundError
 from server.pagination import next_cursor, page_request
@@ -20,6 +19,7 @@ from server.registry import schemas
 from server.registry.bundles import inspect_archive, summarize_manifest
 from server.registry.keys import KeyRing
 from server.registry.repository import RegistryRepository
+from server.storage import BlobStorage
 
 log = get_logger("server.registry")
 
@@ -79,7 +79,7 @@ class RegistryService:
     def __init__(
         self,
         repo: RegistryRepository,
-        blobs: BlobStore,
+        blobs: BlobStorage,
         *,
         trusted_keys: Sequence[str],
         keys_dir: Path,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from server.db import Database
+from server.storage import SqlStore
 
 COLUMNS = (
     "retraining_id", "model_name", "trigger", "reason", "alert_id", "status", "stage", "dataset_id",
@@ -16,7 +16,7 @@ UPDATABLE = frozenset(COLUMNS) - {"retraining_id", "created_at"}
 
 
 class RetrainingRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlStore) -> None:
         self.db = db
 
     def insert(self, row: dict[str, Any]) -> None:

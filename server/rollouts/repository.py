@@ -8,7 +8,8 @@ from typing import Any
 
 import msgspec
 
-from server.db import Database, utcnow
+from server.db import utcnow
+from server.storage import SqlStore
 
 ACTIVE_STATUSES = ("running", "paused", "awaiting_approval", "promoting")
 
@@ -18,7 +19,7 @@ def _in(values: Sequence[Any]) -> str:
 
 
 class RolloutRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlStore) -> None:
         self.db = db
 
     # --- rollouts ---------------------------------------------------------------------------------
