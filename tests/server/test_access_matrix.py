@@ -140,6 +140,7 @@ API_TOKEN = "store-inventory-token-0123456789"
 OPERATOR_TOKEN = "store-operator-token-9876543210"
 OPERATOR_ROUTES = {
     ("POST", "/v1/sales"),
+    ("POST", "/v1/inventory"),
     ("POST", "/v1/score"),
     ("POST", "/v1/rollback"),
     ("POST", "/v1/retry"),
@@ -197,8 +198,8 @@ def running_agent(tmp_path: Path) -> Iterator[AgentHandle]:
 def test_agent_api_matrix(running_agent: AgentHandle, tmp_path: Path) -> None:
     """Every route of the agent's API read from its app: probes, metrics and the schema are open; every
     other route answers 401 without a token, with a wrong one or with a server credential; the read token
-    is served on reads and gets 403 on the operator routes (sales, score, rollback), which only the
-    operator token may call; the operator token is served everywhere."""
+    is served on reads and gets 403 on the operator routes (sales, inventory, score, rollback, retry),
+    which only the operator token may call; the operator token is served everywhere."""
     routes = _agent_routes(tmp_path)
     assert {("GET", "/v1/forecasts"), ("POST", "/v1/sales"), ("GET", "/livez")} <= set(routes)
     callers = {
