@@ -6,8 +6,9 @@ the target date (``y[t+k-L]`` for each lag ``L >= k``, so only known history is 
 the year-earlier window mean around the target date, calendar of the target date, static
 series/store attributes and the dynamic drivers of the target date (its holiday flag and those of the
 periods either side, the per-period covariates such as promotions, prices or markdowns) — sales features
-scaled. The loss is L1 (MAE) weighted by ``scale`` and by 5 on holiday
-targets, so it minimises WMAE in original units.
+scaled. The loss is L1 (MAE) weighted by 5 on holiday targets and, for metrics in sales units (``[train]
+gbm_weighting``), by ``scale``, so it minimises WMAE in original units; for scale-free metrics (MASE,
+RMSSE, sMAPE) every row weighs alike.
 
 The features are computed by one function for training and for the edge, in
 :mod:`forecasting.models.gbm_features`; this module fits the model, cross-validates it and fingerprints its
@@ -61,7 +62,7 @@ def fit(
     import lightgbm as lgb
 
     started = time.perf_counter()
-    origins = training_origins(history, spec, last_t=last_t)
+    origins = training_origins(history, spec, last_t=last_t, count=cfg.gbm_origins)
     rows = make_features(history, spec, origins=origins, with_target=True)
     if last_t is not None:
         cap = (
@@ -87,9 +88,7 @@ def fit(
         "num_threads": cfg.gbm_threads,
         "verbosity": -1,
     }
-    data = lgb.Dataset(
-        x, label=rows["y_scaled"].to_numpy(), weight=rows["weight"].to_numpy(), free_raw_data=True
-    )
+    data = lgb.Dataset(x, label=rows["y_scaled"].to_numpy(), weight=_weights(rows, cfg), free_raw_data=True)
     booster = lgb.train(params, data, num_boost_round=cfg.gbm_rounds)
     log.info(
         "gbm_trained",
@@ -98,6 +97,12 @@ def fit(
         duration_seconds=round(time.perf_counter() - started, 3),
     )
     return GlobalModel(booster=booster, spec=spec)
+
+
+def _weights(rows: pl.DataFrame, cfg: TrainSection) -> Any:
+    """Row weights: the features' level x holiday weight, or the holiday weight alone (``gbm_weighting``)."""
+    weight = rows["weight"]
+    return (weight if cfg.gbm_scale_weighted else weight / rows["scale"]).to_numpy()
 
 
 def cross_validation(

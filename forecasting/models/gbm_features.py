@@ -470,15 +470,16 @@ def _origin_positions(index: SeriesIndex, origins: pl.DataFrame | None) -> tuple
 
 
 def training_origins(
-    history: pl.DataFrame, spec: FeatureSpec, *, last_t: pl.DataFrame | None = None
+    history: pl.DataFrame, spec: FeatureSpec, *, last_t: pl.DataFrame | None = None, count: int = 0
 ) -> pl.DataFrame:
-    """Origins used for training: the last ``season + horizon`` indices of each series (not before half a
-    season of history) (``last_t`` caps the target index per series: ``store_id, item_id, t_max``)."""
+    """Origins used for training: the last ``count`` (0: ``season + horizon - 1``) indices of each series
+    before its last, not before half a season of history (``last_t`` caps the target index per series:
+    ``store_id, item_id, t_max``)."""
     keys = ["store_id", "item_id"]
-    n = history.group_by(keys).agg(pl.len().alias("n"))
+    n = history.group_by(keys).agg(pl.len().cast(pl.Int64).alias("n"))
     if last_t is not None:
         n = n.join(last_t, on=keys).with_columns(pl.min_horizontal("n", pl.col("t_max") + 1).alias("n"))
-    span = spec.season_length + spec.horizon
+    span = count + 1 if count else spec.season_length + spec.horizon
     first_allowed = spec.season_length // 2
     origins = n.select(
         *keys, pl.int_ranges(pl.max_horizontal(pl.col("n") - span, first_allowed), pl.col("n") - 1).alias("t")

@@ -118,3 +118,28 @@ def test_gbm_candidate_backtests_beside_local_models() -> None:
     assert result.cv.height == 2 * 2 * 4
     mae = dict(result.series_metrics.group_by("model").agg(pl.col("mae").mean()).iter_rows())
     assert set(mae) == {"SeasonalNaive", "LightGBM"}
+
+
+def test_gbm_training_origins_and_row_weights_follow_the_config() -> None:
+    """``gbm_origins`` sets the origins per series (never before half a season); ``gbm_weighting`` weighs
+    rows by level for metrics in sales units and alike for scale-free ones."""
+    from forecasting.models.gbm import _weights
+
+    frame = _weekly_frame()
+    n = frame.filter(pl.col("item_id") == "A").height
+    spec = gbm_features.make_spec(frame, TrainSection(season_length=52), "W", horizon=4)
+    default = gbm_features.training_origins(frame, spec)
+    assert default.group_by("item_id").len()["len"].to_list() == [52 + 4 - 1] * 2
+    assert (
+        gbm_features.training_origins(frame, spec, count=30).group_by("item_id").len()["len"].to_list()
+        == [30] * 2
+    )
+    wide = gbm_features.training_origins(frame, spec, count=10_000)
+    assert wide["t"].min() == 26 and wide.group_by("item_id").len()["len"].to_list() == [n - 1 - 26] * 2
+    rows = gbm_features.make_features(frame, spec, origins=default, with_target=True)
+    by_level = _weights(rows, TrainSection(metric="wmae"))
+    alike = _weights(rows, TrainSection(metric="mase"))
+    assert by_level == pytest.approx(rows["weight"].to_numpy())
+    assert set(np.round(alike, 9)) <= {1.0, 5.0}
+    assert TrainSection(metric="mase", gbm_weighting="scale").gbm_scale_weighted
+    assert not TrainSection(metric="wape", gbm_weighting="equal").gbm_scale_weighted
