@@ -13,6 +13,7 @@ from server.storage import SqlStore
 
 PERIODS = ("day", "week", "month", "quarter", "year")
 ACCURACY_GROUPS = ("model_name", "version", "role", "store_id", "category", "horizon_bucket", "period")
+REPLENISHMENT_GROUPS = ("store_id", "category")
 DRIFT_GROUPS = ("model_name", "version", "role", "store_id", "category", "period")
 ROWS_PER_INSERT = 500  # rows of one multi-row INSERT (a prepared statement of at most ~10,000 values)
 
@@ -81,6 +82,13 @@ class QualityRepository:
             for r in report.rows
         ]  # fmt: skip
         self._insert_rows("accuracy_rows", rows)
+        totals = [
+            [*head[:4], report.period_end, t.category, t.items, t.items_to_order, t.proposed_units,
+             t.order_up_to_units, t.target_service_level, t.cycles, t.cycles_met,
+             t.achieved_service_level, now]
+            for t in report.replenishment
+        ]  # fmt: skip
+        self._insert_rows("replenishment_rows", totals)
 
     def insert_drift(self, report: DriftReport, now: datetime) -> None:
         """The report's head row, then all its category rows in one multi-row ``INSERT``."""
@@ -100,6 +108,8 @@ class QualityRepository:
 
     def _insert_rows(self, table: str, rows: list[list[Any]]) -> None:
         """``rows`` (all of one width) into ``table``, up to ``ROWS_PER_INSERT`` per statement."""
+        if not rows:
+            return
         for start in range(0, len(rows), ROWS_PER_INSERT):
             chunk = rows[start : start + ROWS_PER_INSERT]
             values = ", ".join(["(" + ", ".join(["?"] * len(chunk[0])) + ")"] * len(chunk))
@@ -123,6 +133,36 @@ class QualityRepository:
             "sum(backtest_wape * n) FILTER (WHERE backtest_wape IS NOT NULL) AS bt_weighted, "
             "sum(n) FILTER (WHERE backtest_wape IS NOT NULL) AS bt_n "
             f"FROM accuracy_rows{where}{group}{order}",
+            params,
+        )
+
+    def replenishment(
+        self, store_id: str | None, category: str | None, group_by: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """The latest totals of every store x category (the newest report received), pooled by
+        ``group_by`` (a subset of ``store_id, category``): sums, and the service levels weighted by cycles
+        (the target, without a cycle, by items)."""
+        clauses, params = [], []
+        for column, value in (("store_id", store_id), ("category", category)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        keys = ", ".join(group_by)
+        select, group = (f"{keys}, ", f" GROUP BY {keys} ORDER BY {keys}") if keys else ("", "")
+        return self.db.fetch_all(
+            "WITH latest AS (SELECT * FROM replenishment_rows"  # noqa: S608 - fixed names, placeholders
+            f"{where} QUALIFY row_number() OVER (PARTITION BY store_id, category "
+            "ORDER BY received_at DESC, period_end DESC) = 1) "
+            f"SELECT {select}count(DISTINCT store_id) AS stores, sum(items) AS items, "
+            "sum(items_to_order) AS items_to_order, sum(proposed_units) AS proposed_units, "
+            "sum(order_up_to_units) AS order_up_to_units, sum(cycles) AS cycles, "
+            "sum(cycles_met) AS cycles_met, "
+            "sum(target_service_level * cycles) / nullif(sum(cycles), 0) AS cycle_target, "
+            "sum(target_service_level * items) / nullif(sum(items) FILTER "
+            "(WHERE target_service_level IS NOT NULL), 0) AS item_target, "
+            "max(period_end) AS last_period_end, max(received_at) AS last_received_at "
+            f"FROM latest{group}",
             params,
         )
 
