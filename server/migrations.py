@@ -403,6 +403,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             received_at TIMESTAMP NOT NULL
         );
         CREATE INDEX replenishment_rows_store ON replenishment_rows (store_id, category);
+        -- each store's newest totals (those of the last report that carried any): what the API and the
+        -- dashboard read, one row per store x category however long the history grows
+        CREATE TABLE replenishment_latest AS SELECT * FROM replenishment_rows WITH NO DATA;
         """,
     ),
 )

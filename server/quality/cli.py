@@ -180,8 +180,8 @@ def replenishment(
     category: str | None,
     group_by: str,
 ) -> None:
-    """The stores' order proposals and the cycle service level achieved against target, from each store x
-    category's newest accuracy report."""
+    """The stores' order proposals and the cycle service level achieved against target, from each store's
+    newest accuracy report that carried them."""
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
     with connect(server_url, token, client_config) as remote:
         rows = remote.get("/v1/replenishment", store=store_id, category=category, group_by=groups)

@@ -89,6 +89,9 @@ class QualityRepository:
             for t in report.replenishment
         ]  # fmt: skip
         self._insert_rows("replenishment_rows", totals)
+        if totals:
+            self.db.execute("DELETE FROM replenishment_latest WHERE store_id = ?", [report.store_id])
+            self._insert_rows("replenishment_latest", totals)
 
     def insert_drift(self, report: DriftReport, now: datetime) -> None:
         """The report's head row, then all its category rows in one multi-row ``INSERT``."""
@@ -139,9 +142,9 @@ class QualityRepository:
     def replenishment(
         self, store_id: str | None, category: str | None, group_by: Sequence[str]
     ) -> list[dict[str, Any]]:
-        """The latest totals of every store x category (the newest report received), pooled by
-        ``group_by`` (a subset of ``store_id, category``): sums, and the service levels weighted by cycles
-        (the target, without a cycle, by items)."""
+        """The totals of each store's newest report that carried any (by arrival; a category it no longer
+        names is gone), pooled by ``group_by`` (a subset of ``store_id, category``): sums, and the service
+        levels weighted by cycles (the target, without a cycle, by items)."""
         clauses, params = [], []
         for column, value in (("store_id", store_id), ("category", category)):
             if value is not None:
@@ -151,10 +154,7 @@ class QualityRepository:
         keys = ", ".join(group_by)
         select, group = (f"{keys}, ", f" GROUP BY {keys} ORDER BY {keys}") if keys else ("", "")
         return self.db.fetch_all(
-            "WITH latest AS (SELECT * FROM replenishment_rows"  # noqa: S608 - fixed names, placeholders
-            f"{where} QUALIFY row_number() OVER (PARTITION BY store_id, category "
-            "ORDER BY received_at DESC, period_end DESC) = 1) "
-            f"SELECT {select}count(DISTINCT store_id) AS stores, sum(items) AS items, "
+            f"SELECT {select}count(DISTINCT store_id) AS stores, sum(items) AS items, "  # noqa: S608 - fixed names
             "sum(items_to_order) AS items_to_order, sum(proposed_units) AS proposed_units, "
             "sum(order_up_to_units) AS order_up_to_units, sum(cycles) AS cycles, "
             "sum(cycles_met) AS cycles_met, "
@@ -162,7 +162,7 @@ class QualityRepository:
             "sum(target_service_level * items) / nullif(sum(items) FILTER "
             "(WHERE target_service_level IS NOT NULL), 0) AS item_target, "
             "max(period_end) AS last_period_end, max(received_at) AS last_received_at "
-            f"FROM latest{group}",
+            f"FROM replenishment_latest{where}{group}",
             params,
         )
 

@@ -62,7 +62,7 @@ class DriftGroup(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class ReplenishmentGroup(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Order proposals and the cycle service level achieved, from each store x category's newest report,
+    """Order proposals and the cycle service level achieved, from each store's newest report with them,
     pooled over one group (``store_id`` and/or ``category``, as asked in ``group_by``).
 
     ``achieved_service_level`` is ``cycles_met / cycles``; ``target_service_level`` the targets weighted

@@ -92,20 +92,23 @@ def test_migration_11_adds_its_table_and_keeps_older_rows(tmp_path: Path) -> Non
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM accuracy_rows").fetchone() == (1,)
         assert con.execute("SELECT count(*) FROM replenishment_rows").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM replenishment_latest").fetchone() == (0,)
         name = con.execute("SELECT name FROM schema_migrations WHERE number = 11").fetchone()
     assert name is not None and "service level" in name[0]
 
 
 def test_old_report_is_accepted_and_totals_are_stored_latest_first_and_pooled(server: RunningServer) -> None:
-    """An old report is stored without totals; each store x category answers its newest report's totals;
-    by category and by store the cycles pool (achieved = met / cycles, target weighted by cycles)."""
+    """An old report is stored without totals; each store answers its newest report's totals (a category
+    it no longer names is gone); by category and by store the cycles pool (achieved = met / cycles, target
+    weighted by cycles); a shadow report with totals and a level above 1 are refused."""
     a, b, old = unique("RA"), unique("RB"), unique("RO")
-    dairy, bakery = unique("dairy"), unique("bakery")  # categories of these stores only
+    dairy, bakery, gone = unique("dairy"), unique("bakery"), unique("gone")  # categories of these stores only
     with _agent(server, old) as agent:
         body = json.dumps({**OLD_REPORT, "store_id": old, "report_id": unique("acc")}).encode()
         assert _post(agent, body).status_code == 202
     with _agent(server, a) as agent:
-        stale = [_totals(dairy, cycles=10, met=10, target=0.9), _totals(bakery, cycles=4, met=4, target=0.8)]
+        stale = [_totals(dairy, cycles=10, met=10, target=0.9), _totals(bakery, cycles=4, met=4, target=0.8),
+                 _totals(gone, cycles=3, met=1, target=0.9)]  # fmt: skip
         assert _post(agent, msgspec.json.encode(_report(a, date(2024, 3, 7), stale))).status_code == 202
         newer = [_totals(dairy, cycles=20, met=17, target=0.9), _totals(bakery, cycles=0, met=0, target=0.8)]
         assert _post(agent, msgspec.json.encode(_report(a, date(2024, 3, 14), newer))).status_code == 202
@@ -128,7 +131,7 @@ def test_old_report_is_accepted_and_totals_are_stored_latest_first_and_pooled(se
 
     assert get(store=old) == []
     cells = {(r["store_id"], r["category"]): r for r in get() if r["store_id"] in (a, b)}
-    assert set(cells) == {(a, bakery), (a, dairy), (b, dairy)}
+    assert set(cells) == {(a, bakery), (a, dairy), (b, dairy)}  # gone: not in a's newest report
     dairy_a = cells[(a, dairy)]
     assert (dairy_a["cycles"], dairy_a["cycles_met"], dairy_a["items"], dairy_a["items_to_order"]) == (
         20,
