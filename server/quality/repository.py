@@ -139,17 +139,46 @@ class QualityRepository:
             params,
         )
 
+    def replenishment_stores(self, store_id: str | None = None) -> list[str]:
+        """The stores with replenishment totals (or just ``store_id``, if it has any), sorted."""
+        where, params = (" WHERE store_id = ?", [store_id]) if store_id is not None else ("", [])
+        rows = self.db.fetch_all(
+            f"SELECT DISTINCT store_id FROM replenishment_latest{where} ORDER BY store_id",  # noqa: S608
+            params,
+        )
+        return [str(r["store_id"]) for r in rows]
+
+    def replenishment_cells(self, store_id: str | None = None) -> dict[str, int]:
+        """How many store x category cells have an achieved service level (``measured``) and how many of
+        them are below their target (``below``)."""
+        where, params = (" AND store_id = ?", [store_id]) if store_id is not None else ("", [])
+        row = self.db.fetch_one(
+            "SELECT count(*) AS measured, "  # noqa: S608 - fixed names, placeholders
+            "count(*) FILTER (WHERE cycles_met / cycles < target_service_level) AS below "
+            f"FROM replenishment_latest WHERE cycles > 0{where}",
+            params,
+        )
+        return {"measured": int(row["measured"]), "below": int(row["below"])} if row else {}
+
     def replenishment(
-        self, store_id: str | None, category: str | None, group_by: Sequence[str]
+        self,
+        store_id: str | None,
+        category: str | None,
+        group_by: Sequence[str],
+        stores: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         """The totals of each store's newest report that carried any (by arrival; a category it no longer
         names is gone), pooled by ``group_by`` (a subset of ``store_id, category``): sums, and the service
         levels weighted by cycles (the target, without a cycle, by items)."""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         for column, value in (("store_id", store_id), ("category", category)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
+        if stores is not None:
+            clauses.append("list_contains(?, store_id)")
+            params.append(list(stores))
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         keys = ", ".join(group_by)
         select, group = (f"{keys}, ", f" GROUP BY {keys} ORDER BY {keys}") if keys else ("", "")

@@ -269,12 +269,25 @@ class QualityService:
             )
         return out
 
+    def replenishment_stores(self, store_id: str | None = None) -> list[str]:
+        """The stores with replenishment totals (or just ``store_id``, if it has any), sorted."""
+        return self.repo.replenishment_stores(store_id)
+
+    def replenishment_cells(self, store_id: str | None = None) -> dict[str, int]:
+        """How many store x category cells are ``measured`` (have cycles) and ``below`` their target."""
+        return self.repo.replenishment_cells(store_id)
+
     def replenishment(
-        self, store_id: str | None, category: str | None, group_by: Sequence[str]
+        self,
+        store_id: str | None,
+        category: str | None,
+        group_by: Sequence[str],
+        stores: Sequence[str] | None = None,
     ) -> list[schemas.ReplenishmentGroup]:
+        """Each store's newest replenishment totals pooled by ``group_by`` (of ``stores`` only, if given)."""
         groups = _check_groups(group_by, REPLENISHMENT_GROUPS, "week")
         out = []
-        for row in self.repo.replenishment(store_id, category, groups):
+        for row in self.repo.replenishment(store_id, category, groups, stores):
             if not row["stores"]:
                 continue
             cycles = int(row["cycles"])
