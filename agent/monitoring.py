@@ -4,7 +4,9 @@ Called by the work loop after an ingest that added rows. For every kept scoring 
 version's, role ``served``, and the shadow version's scored beside it, role ``shadow``) it scores the
 forecast dates that now have actuals and were not reported before (a watermark per run in
 ``monitoring.json``), and once a week of new sales has come in it checks drift against the served
-bundle's reference. The newest reports are also kept as JSON files under
+bundle's reference. The newest served accuracy report also carries, per category, the order proposals
+of the run served now and the cycle service level the store achieved (``ReplenishmentTotals``). The
+newest reports are also kept as JSON files under
 ``<state_dir>/monitoring/{accuracy,drift}/``; new sales rows go to the server in ``ActualsBatch`` chunks
 for the central dataset. Reports are queued in the durable outbox with
 deterministic idempotency keys, so a crash between queueing and recording the watermark resends a
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from agent.paths import StatePaths, atomic_write_bytes
+from agent.replenishment import category_totals
 from forecasting.common.logs import get_logger
 
 if TYPE_CHECKING:
@@ -104,21 +107,29 @@ def measure(
         return outcome
     latest = frame.select("ds").max().item()
     kept = {r["run_id"]: r for r in store.runs(limit=1000)}
+    reports = []
+    served_path: str | None = None
     for run_id, run in sorted(kept.items(), key=lambda kv: kv[1]["started_at"]):
         bundle = paths.bundle_dir(run["model_name"], run["version"])
         if bundle is None:
             continue
         # runs recorded before roles were: served when of the active version, else shadow
         role = run.get("role") or ("served" if active == (run["model_name"], run["version"]) else "shadow")
+        served_path = run["path"] if role == "served" else served_path
         report = _accuracy_report(
             paths, run, frame, read_manifest(bundle), store_id=store_id, role=role,
             after=state.accuracy_through.get(run_id),
         )  # fmt: skip
         if report is None:
             continue
-        body = msgspec.json.encode(report)
-        outcome.reports.append(("/v1/accuracy", body, report.report_id))
+        reports.append(report)
         state.accuracy_through[run_id] = report.period_end
+    served = [i for i, r in enumerate(reports) if r.role == "served"]
+    if served:  # the newest served report carries the proposals of the run served now
+        totals = category_totals(paths, store, served_path)
+        reports[served[-1]] = msgspec.structs.replace(reports[served[-1]], replenishment=totals)
+    for report in reports:
+        outcome.reports.append(("/v1/accuracy", msgspec.json.encode(report), report.report_id))
         outcome.accuracy_reports += 1
     state.accuracy_through = {k: v for k, v in state.accuracy_through.items() if k in kept}
     due = state.drift_through is None or latest >= state.drift_through + timedelta(days=DRIFT_EVERY_DAYS)

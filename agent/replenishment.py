@@ -127,3 +127,44 @@ def load_proposals(paths: StatePaths, forecasts: ForecastView) -> ProposalView |
     """The proposals already computed for the served run (after a restart), or None."""
     path = (paths.root / forecasts.pointer.path).parent / PROPOSALS_FILE
     return ProposalView.load(forecasts, path) if path.is_file() else None
+
+
+def category_totals(paths: StatePaths, store: LocalStore, run_path: str | None) -> list[Any]:
+    """Per category, the proposals of the run at ``run_path`` (its forecasts file; None: no served run)
+    and the review cycles of the store, as the ``ReplenishmentTotals`` of a served accuracy report."""
+    import polars as pl
+
+    from forecasting.common.contracts import ReplenishmentTotals
+    from forecasting.replenishment.policy import CYCLE
+
+    file = None if run_path is None else (paths.root / run_path).parent / PROPOSALS_FILE
+    by_category: dict[str, dict[str, Any]] = {}
+    if file is not None and file.is_file():
+        frame = pl.read_parquet(file)
+        sums = frame.group_by("category").agg(
+            items=pl.len(),
+            items_to_order=(pl.col("proposed_quantity") > 0).sum(),
+            proposed_units=pl.col("proposed_quantity").sum(),
+            order_up_to_units=pl.col("order_up_to").sum(),
+            target=pl.col("target_service_level").filter(pl.col("service_metric") == CYCLE).mean(),
+        )
+        by_category = {str(row.pop("category")): row for row in sums.iter_rows(named=True)}
+    cycles = store.review_cycles()
+    totals = []
+    for category in sorted(by_category.keys() | cycles.keys()):
+        row = by_category.get(category, {})
+        n, met, cycle_target = cycles.get(category, (0, 0, None))
+        totals.append(
+            ReplenishmentTotals(
+                category=category,
+                items=int(row.get("items", 0)),
+                items_to_order=int(row.get("items_to_order", 0)),
+                proposed_units=float(row.get("proposed_units", 0.0)),
+                order_up_to_units=float(row.get("order_up_to_units", 0.0)),
+                target_service_level=cycle_target if n else row.get("target"),
+                cycles=n,
+                cycles_met=met,
+                achieved_service_level=met / n if n else None,
+            )
+        )
+    return totals

@@ -11,7 +11,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +104,16 @@ CREATE TABLE IF NOT EXISTS inventory_policies (
     shelf_capacity DOUBLE,
     posted_at TIMESTAMPTZ NOT NULL
 );
+-- every position posted for an item, with its resolved policy: two successive posts bound a review
+-- cycle, whose outcome measures the cycle service level achieved (kept REVIEW_HISTORY_DAYS days)
+CREATE TABLE IF NOT EXISTS inventory_reviews (
+    item_id VARCHAR NOT NULL,
+    posted_at TIMESTAMPTZ NOT NULL,
+    on_hand DOUBLE NOT NULL,
+    backorders DOUBLE NOT NULL,
+    service_metric VARCHAR NOT NULL,
+    target_service_level DOUBLE NOT NULL
+);
 """
 POLICY_FIELDS = (
     "lead_time_days",
@@ -122,6 +132,22 @@ POLICY_DEFAULTS = {
     "pack_size": "1",
     "min_order": "0",
 }
+REVIEW_HISTORY_DAYS = 91
+_LATEST_CATEGORY = "(SELECT item_id, arg_max(category, ds) AS category FROM sales GROUP BY item_id)"
+
+
+def _resolved_items(where: str = "") -> str:
+    """Each stored item's position with its resolved policy (item, else category default, else the
+    defaults), optionally limited by ``where`` on ``i.item_id``."""
+    resolved = ", ".join(
+        f"coalesce(i.{f}, p.{f}{', ' + POLICY_DEFAULTS[f] if f in POLICY_DEFAULTS else ''}) AS {f}"
+        for f in POLICY_FIELDS
+    )
+    return (
+        f"SELECT i.item_id, i.on_hand, i.backorders, {resolved} FROM inventory_items i "  # noqa: S608 - fixed names
+        f"LEFT JOIN {_LATEST_CATEGORY} c USING (item_id) "
+        f"LEFT JOIN inventory_policies p ON p.category = c.category {where} ORDER BY i.item_id"
+    )
 
 
 @dataclass(frozen=True)
@@ -285,6 +311,16 @@ class LocalStore:
                         f"SELECT {policy_cols}, ? FROM read_parquet(?)",
                         [now, str(files["policies"])],
                     )
+                    posted = _resolved_items("WHERE i.item_id IN (SELECT item_id FROM read_parquet(?))")
+                    self._exec(
+                        "INSERT INTO inventory_reviews SELECT item_id, ?, on_hand, backorders, "  # noqa: S608 - fixed names
+                        f"service_metric, target_service_level FROM ({posted})",
+                        [now, str(files["items"])],
+                    )
+                    self._exec(
+                        "DELETE FROM inventory_reviews WHERE posted_at < ?",
+                        [now - timedelta(days=REVIEW_HISTORY_DAYS)],
+                    )
                     self._exec("COMMIT")
                 except Exception:
                     self._exec("ROLLBACK")
@@ -296,15 +332,7 @@ class LocalStore:
     def export_inventory(self, positions: Path, orders: Path) -> int:
         """Write each item's position with its resolved policy (item, else category default, else the
         defaults) and the open orders, as Parquet files for the scoring process; returns the items."""
-        resolved = ", ".join(
-            f"coalesce(i.{f}, p.{f}{', ' + POLICY_DEFAULTS[f] if f in POLICY_DEFAULTS else ''}) AS {f}"
-            for f in POLICY_FIELDS
-        )
-        query = (
-            f"SELECT i.item_id, i.on_hand, i.backorders, {resolved} FROM inventory_items i "  # noqa: S608 - fixed names
-            "LEFT JOIN (SELECT item_id, arg_max(category, ds) AS category FROM sales GROUP BY item_id) c "
-            "USING (item_id) LEFT JOIN inventory_policies p ON p.category = c.category ORDER BY i.item_id"
-        )
+        query = _resolved_items()
         with self._lock:
             (count,) = self._exec("SELECT count(*) FROM inventory_items")[0]
             for sql, out in (
@@ -314,6 +342,25 @@ class LocalStore:
                 target = str(out).replace("'", "''")
                 self._exec(f"COPY ({sql}) TO '{target}' (FORMAT PARQUET)")
         return int(count)
+
+    def review_cycles(self) -> dict[str, tuple[int, int, float]]:
+        """Per category, the completed review cycles of items under a cycle-service-level target: how many,
+        how many were met, and the mean target in force at their start.
+
+        A cycle runs from one posted position of an item to the next; it is met when the later post shows
+        stock on hand and no more backorders than the earlier one (demand did not exhaust the stock).
+        """
+        rows = self._fetch(
+            "WITH r AS (SELECT item_id, on_hand, backorders, "  # noqa: S608 - fixed names
+            "lag(backorders) OVER w AS start_backorders, lag(service_metric) OVER w AS metric, "
+            "lag(target_service_level) OVER w AS target FROM inventory_reviews "
+            "WINDOW w AS (PARTITION BY item_id ORDER BY posted_at)) "
+            "SELECT c.category, count(*), "
+            "count(*) FILTER (WHERE on_hand > 0 AND backorders <= start_backorders), "
+            f"avg(target) FROM r JOIN {_LATEST_CATEGORY} c USING (item_id) "
+            "WHERE metric = 'cycle_service_level' GROUP BY c.category ORDER BY c.category"
+        )
+        return {str(c): (int(n), int(met), float(target)) for c, n, met, target in rows}
 
     # -- outbox --------------------------------------------------------------------------------------
 

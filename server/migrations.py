@@ -381,4 +381,31 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE alerts ADD COLUMN details VARCHAR DEFAULT '{}';
         """,
     ),
+    Migration(
+        11,
+        "replenishment totals and achieved service level per store and category",
+        """
+        CREATE TABLE replenishment_rows (
+            report_id VARCHAR NOT NULL,
+            store_id VARCHAR NOT NULL,
+            model_name VARCHAR NOT NULL,
+            version INTEGER NOT NULL,
+            period_end DATE NOT NULL,
+            category VARCHAR NOT NULL,
+            items BIGINT NOT NULL,
+            items_to_order BIGINT NOT NULL,
+            proposed_units DOUBLE NOT NULL,
+            order_up_to_units DOUBLE NOT NULL,
+            target_service_level DOUBLE,
+            cycles BIGINT NOT NULL,
+            cycles_met BIGINT NOT NULL,
+            achieved_service_level DOUBLE,
+            received_at TIMESTAMP NOT NULL
+        );
+        CREATE INDEX replenishment_rows_store ON replenishment_rows (store_id, category);
+        -- each store's newest totals (those of the last report that carried any): what the API and the
+        -- dashboard read, one row per store x category however long the history grows
+        CREATE TABLE replenishment_latest AS SELECT * FROM replenishment_rows WITH NO DATA;
+        """,
+    ),
 )

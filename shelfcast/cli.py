@@ -131,6 +131,7 @@ for admin_group in admin_cli.ADMIN_GROUPS:
 cli.add_command(agent_cli.agent)
 cli.add_command(monitoring_cli.accuracy)
 cli.add_command(monitoring_cli.drift)
+cli.add_command(monitoring_cli.replenishment)
 cli.add_command(monitoring_cli.alerts)
 cli.add_command(retraining_cli.retrain)
 cli.add_command(rollouts_cli.rollouts)

@@ -7,7 +7,9 @@ last weeks of sales one week at a time while it rolls out two candidates with a 
 one (the champion re-signed as a new version), which passes every wave and becomes the champion, and a
 deliberately bad one (its forecasts x1.3, see ``shelfcast bundle adjust``), which the accuracy gate halts
 in the first wave and rolls back. Finally it pulls forecasts over HTTP as a store's inventory system
-would and prints where to look. Everything it starts it stops, on success, failure or Ctrl-C.
+would, posts that store's stock (``POST /v1/inventory`` with the agent's operator token), pulls the order
+proposals the agent computes from it (``GET /v1/replenishment``) and prints where to look. Everything it
+starts it stops, on success, failure or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if TYPE_CHECKING:  # the simulation and httpx load only when the demo runs
     from shelfcast.simulate import Simulation
 
 MODEL_NAME = "demand"
+DEMO_TARGET = 0.95  # the cycle service level the demo's inventory system asks for
 GOOD, BAD = 1.0, 1.3
 # The stores report accuracy by department (groups of the generator's categories): enough series per
 # department and week for a wave of two stores to be compared with its controls.
@@ -66,6 +69,8 @@ class DemoSummary:
     stores: list[dict[str, Any]] = field(default_factory=list)
     timings_seconds: dict[str, float] = field(default_factory=dict)
     sample_forecast: list[dict[str, Any]] = field(default_factory=list)
+    # the order proposals of one store with an inventory API, as its inventory system pulls them
+    replenishment: dict[str, Any] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
     state_dir: str = ""
 
@@ -75,6 +80,7 @@ def build_summary(sim: Simulation, timings: dict[str, float]) -> DemoSummary:
     report = sim.run()
     stores: list[dict[str, Any]] = []
     sample: list[dict[str, Any]] = []
+    replenishment: dict[str, Any] = {}
     for store_id, agent in sorted(sim.agents.items()):
         status = agent.status()
         entry = {
@@ -85,14 +91,20 @@ def build_summary(sim: Simulation, timings: dict[str, float]) -> DemoSummary:
             "state": status.get("state"),
             "versions_served": agent.served,
             "url": agent.url,
+            "config_file": str(agent.config_file) if agent.url else "",
         }
         if agent.url:
             started = time.monotonic()
-            entry["forecast_rows_pulled"], rows = pull_forecasts(agent.url)
+            entry["forecast_rows_pulled"], rows, next_demand = pull_forecasts(agent.url, agent.headers)
             timings["pull_forecasts"] = round(
                 timings.get("pull_forecasts", 0.0) + time.monotonic() - started, 3
             )
             sample = sample or rows
+            if not replenishment:
+                started = time.monotonic()
+                replenishment = {"store_id": store_id, "agent_url": agent.url}
+                replenishment |= pull_replenishment(agent.url, agent.headers, next_demand)
+                timings["post_inventory_and_pull_proposals"] = round(time.monotonic() - started, 3)
         stores.append(entry)
     rollouts = [
         {
@@ -119,6 +131,7 @@ def build_summary(sim: Simulation, timings: dict[str, float]) -> DemoSummary:
         stores=stores,
         timings_seconds=report.timings_seconds | timings,
         sample_forecast=sample,
+        replenishment=replenishment,
         commands=[
             f"export SHELFCAST_SERVER_URL={server} SHELFCAST_TOKEN={sim.admin_token}",
             f"shelfcast rollouts list --model {report.model_name}",
@@ -130,14 +143,18 @@ def build_summary(sim: Simulation, timings: dict[str, float]) -> DemoSummary:
     )
 
 
-def pull_forecasts(agent_url: str) -> tuple[int, list[dict[str, Any]]]:
-    """What an inventory system does: page through every forecast, then look at one item."""
+def pull_forecasts(
+    agent_url: str, headers: dict[str, str]
+) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
+    """What an inventory system does: page through every forecast, then look at one item. Returns the rows
+    pulled, the item's first forecasts and each item's category and forecast of the first period."""
     import httpx
 
     rows = 0
     body: dict[str, Any] = {"rows": []}
+    first: dict[str, Any] = {}
     cursor: str | None = None
-    with httpx.Client(base_url=agent_url, timeout=30) as client:
+    with httpx.Client(base_url=agent_url, headers=headers, timeout=30) as client:
         for _ in range(10_000):  # bounded: a store has far fewer pages
             params: dict[str, Any] = {"limit": 1000}
             if cursor:
@@ -146,16 +163,58 @@ def pull_forecasts(agent_url: str) -> tuple[int, list[dict[str, Any]]]:
             _check(response, "pull forecasts")
             body = response.json()
             rows += len(body["rows"])
+            for row in body["rows"]:
+                if row["item_id"] not in first or row["ds"] < first[row["item_id"]]["ds"]:
+                    first[row["item_id"]] = row
             cursor = body.get("next_cursor")
             if not cursor:
                 break
-        first_item = body["rows"][0]["item_id"] if body["rows"] else None
+        first_item = min(first) if first else None
         sample: list[dict[str, Any]] = []
         if first_item is not None:
             response = client.get(f"/v1/forecasts/{first_item}", params={"horizon": 4})
             _check(response, f"pull forecasts of item {first_item}")
             sample = response.json()["rows"]
-    return rows, sample
+    return rows, sample, first
+
+
+def pull_replenishment(agent_url: str, headers: dict[str, str], first: dict[str, Any]) -> dict[str, Any]:
+    """What an inventory system does at its review: post every item's stock and policy (on hand 0 to 3
+    times the first period's forecast; lead time and review period one period each, 95 % cycle service
+    level), then pull the order proposals the agent computes from them."""
+    import httpx
+
+    lines = ["item_id,on_hand,lead_time_days,review_period_days,service_metric,target_service_level"]
+    for i, item in enumerate(sorted(first)):
+        on_hand = round(max(0.0, float(first[item]["forecast"])) * (i % 4))
+        lines.append(f"{item},{on_hand},1,1,cycle_service_level,{DEMO_TARGET}")
+    with httpx.Client(base_url=agent_url, headers=headers, timeout=30) as client:
+        response = client.post(
+            "/v1/inventory", content="\n".join(lines).encode(), headers={"Content-Type": "text/csv"}
+        )
+        _check(response, "post the inventory")
+        posted = response.json()
+        proposals: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the agent computes proposals in its work loop, soon after
+            response = client.get("/v1/replenishment", params={"limit": 10_000})
+            _check(response, "pull order proposals")
+            proposals = response.json()["rows"]
+            if len(proposals) == posted["items_accepted"]:
+                break
+            time.sleep(0.3)
+        else:
+            raise click.ClickException(
+                f"the agent at {agent_url} proposed orders for {len(proposals)} of "
+                f"{posted['items_accepted']} posted items within 120 s"
+            )
+    return {
+        "items_posted": posted["items_accepted"],
+        "rows_quarantined": posted["rows_quarantined"],
+        "items_to_order": sum(p["proposed_quantity"] > 0 for p in proposals),
+        "proposed_units": sum(p["proposed_quantity"] for p in proposals),
+        "proposals": proposals,
+    }
 
 
 def _check(response: httpx.Response, what: str) -> None:
@@ -217,6 +276,17 @@ def _print_summary(summary: DemoSummary, kept: bool) -> None:
         click.echo("first forecasts of one item, as an inventory system sees them:")
         columns = ["item_id", "category", "ds", "forecast", "forecast-lo-80", "forecast-hi-80", "model"]
         click.echo(render_table(summary.sample_forecast[:7], columns))
+    if summary.replenishment:
+        r = summary.replenishment
+        click.echo("")
+        click.echo(
+            f"order proposals of store {r['store_id']}, as its inventory system pulls them after posting "
+            f"its stock: {r['items_to_order']} of {r['items_posted']} items to order, "
+            f"{r['proposed_units']:g} units (GET {r['agent_url']}/v1/replenishment):"
+        )
+        columns = ["item_id", "category", "inventory_position", "order_up_to", "proposed_quantity",
+                   "expected_service_level", "target_service_level"]  # fmt: skip
+        click.echo(render_table(r["proposals"][:8], columns))
     click.echo("")
     click.echo("where to look:")
     click.echo(f"  server     {summary.server_url}  (OpenAPI: {summary.server_url}/schema)")
@@ -227,7 +297,11 @@ def _print_summary(summary: DemoSummary, kept: bool) -> None:
     if kept:
         with_api = [s for s in summary.stores if s["url"]]
         if with_api:
-            click.echo(f"  try: curl '{with_api[0]['url']}/v1/forecasts?limit=5'")
+            store = with_api[0]
+            click.echo(
+                f"  try: curl -H 'Authorization: Bearer <[api] operator_token of {store['config_file']}>' "
+                f"'{store['url']}/v1/replenishment?limit=5'"
+            )
 
 
 @click.command()

@@ -17,6 +17,8 @@ Version = Annotated[int, msgspec.Meta(ge=1, le=INT32_MAX, description="a model v
 Count = Annotated[int, msgspec.Meta(ge=0, le=JSON_INT_MAX)]
 ByteSize = Annotated[int, msgspec.Meta(ge=0, le=JSON_INT_MAX, description="a size in bytes")]
 ErrorCount = Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)]
+Share = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Units = Annotated[float, msgspec.Meta(ge=0.0, le=1e15)]
 ScoringId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
@@ -102,6 +104,29 @@ class AccuracyRow(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     backtest_wape: float | None = None
 
 
+class ReplenishmentTotals(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A store's order proposals of one category, and the cycle service level it achieved.
+
+    ``items``: items with a proposal (a posted position and a forecast); ``items_to_order`` those whose
+    proposed quantity is above 0; ``proposed_units`` and ``order_up_to_units`` the sums over the items.
+    ``cycles`` are the completed review cycles of items under a cycle-service-level target (the span
+    between two successive positions posted for an item), ``cycles_met`` those that ended with stock on
+    hand and no more backorders than they began with; ``achieved_service_level`` is their ratio (None
+    without a completed cycle) and ``target_service_level`` the mean target in force at the start of those
+    cycles (without one: the mean target of the category's proposals). See docs/replenishment.md.
+    """
+
+    category: str
+    items: Count = 0
+    items_to_order: Count = 0
+    proposed_units: Units = 0.0
+    order_up_to_units: Units = 0.0
+    target_service_level: Share | None = None
+    cycles: Count = 0
+    cycles_met: Count = 0
+    achieved_service_level: Share | None = None
+
+
 class AccuracyReport(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """A store's live accuracy per category x horizon bucket for one model version (``POST /v1/accuracy``).
 
@@ -119,6 +144,9 @@ class AccuracyReport(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     period_end: date
     created_at: datetime
     rows: list[AccuracyRow] = msgspec.field(default_factory=list)
+    # per category, the store's proposals and achieved service level when the report was made (served
+    # reports only; absent from agents older than replenishment, and then empty)
+    replenishment: list[ReplenishmentTotals] = msgspec.field(default_factory=list)
 
 
 class DriftTest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

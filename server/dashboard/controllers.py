@@ -90,6 +90,10 @@ def _num(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f} %"
+
+
 def _query(request_args: dict[str, Any], **changes: Any) -> str:
     """The page's query string with some parameters changed (pagination links keep the filters)."""
     merged = {k: v for k, v in {**request_args, **changes}.items() if v not in (None, "", False)}
@@ -98,7 +102,7 @@ def _query(request_args: dict[str, Any], **changes: Any) -> str:
 
 def template_filters(engine: JinjaTemplateEngine) -> None:
     """Formatting filters the dashboard's templates use (registered on Litestar's Jinja engine)."""
-    engine.engine.filters.update(age=_age, when=_when, num=_num)
+    engine.engine.filters.update(age=_age, when=_when, num=_num, pct=_pct)
     engine.engine.globals.update(query=_query)
 
 
@@ -322,6 +326,13 @@ class PagesController(Controller):
     ) -> Response[str]:
         context = _service(request).accuracy(model or None, _date(since), page, category or None)
         return render(request, "accuracy.html", context)
+
+    @get("/service-levels", opt=READER, sync_to_thread=True)
+    def service_levels(
+        self, request: Request[Any, Any, Any], store: Opt = None, page: PageNumber = 1
+    ) -> Response[str]:
+        context = _service(request).service_levels(page, (store or "").strip() or None)
+        return render(request, "service_levels.html", context)
 
     @get("/alerts", opt=READER, sync_to_thread=True)
     def alerts(self, request: Request[Any, Any, Any], status: Opt = "firing") -> Response[str]:

@@ -182,6 +182,27 @@ class DashboardService:
             "over_time": self._wape_over_time(model, since, category),
         }
 
+    def service_levels(self, page: int, store: str | None = None) -> dict[str, Any]:
+        """Achieved vs target cycle service level per store x category (each cell from the store's newest
+        report), the fleet's per category, 40 stores a page; below-target cells are flagged."""
+        fleet = self.quality.replenishment(store, None, ["category"])
+        items = {g.category: g.items for g in fleet}
+        categories = sorted(items, key=lambda c: (-items[c], c))[:HEAT_CATEGORIES]
+        stores = self.quality.replenishment_stores(store)
+        pg = paging(page, len(stores), HEAT_STORES)
+        shown = stores[(pg.page - 1) * HEAT_STORES : pg.page * HEAT_STORES]
+        cells = self.quality.replenishment(store, None, ["store_id", "category"], stores=shown)
+        grid = {(c.store_id, c.category): c for c in cells}
+        return {
+            "categories": sorted(categories),
+            "fleet": {g.category: g for g in fleet},
+            "rows": [(s, {c: grid.get((s, c)) for c in categories}) for s in shown],
+            **self.quality.replenishment_cells(store),
+            "paging": pg,
+            "store": store or "",
+            "categories_total": len(items),
+        }
+
     def _wape_over_time(self, model: str, since: date | None, category: str | None) -> Any:
         if not model:
             return svg.line_chart([], [], label="WAPE over time")

@@ -49,6 +49,21 @@ DRIFT_COLUMNS = [
     "wasserstein_mean",
     "last_period_end",
 ]
+REPLENISHMENT_COLUMNS = [
+    "store_id",
+    "category",
+    "stores",
+    "items",
+    "items_to_order",
+    "proposed_units",
+    "order_up_to_units",
+    "target_service_level",
+    "achieved_service_level",
+    "below_target",
+    "cycles",
+    "cycles_met",
+    "last_reported_at",
+]
 ALERT_COLUMNS = [
     "alert_id",
     "status",
@@ -144,6 +159,35 @@ def drift(
     emit(rows, output, [c for c in DRIFT_COLUMNS if any(c in r for r in rows)] or None)
 
 
+@click.command("replenishment")
+@click.option("--store", "store_id", default=None, help="Only this store.")
+@click.option("--category", default=None, help="Only this category.")
+@click.option(
+    "--by",
+    "group_by",
+    default="store_id,category",
+    show_default=True,
+    help="Comma-separated groups: store_id and/or category.",
+)
+@remote_options
+@output_option
+def replenishment(
+    server_url: str | None,
+    token: str | None,
+    client_config: Path | None,
+    output: str,
+    store_id: str | None,
+    category: str | None,
+    group_by: str,
+) -> None:
+    """The stores' order proposals and the cycle service level achieved against target, from each store's
+    newest accuracy report that carried them."""
+    groups = [g.strip() for g in group_by.split(",") if g.strip()]
+    with connect(server_url, token, client_config) as remote:
+        rows = remote.get("/v1/replenishment", store=store_id, category=category, group_by=groups)
+    emit(rows, output, [c for c in REPLENISHMENT_COLUMNS if any(c in r for r in rows)] or None)
+
+
 @click.group()
 def alerts() -> None:
     """Monitoring alerts: list, show (with webhook deliveries), acknowledge."""
@@ -212,4 +256,4 @@ def alerts_ack(
     emit([alert], output, ALERT_COLUMNS)
 
 
-MONITORING_COMMANDS = (accuracy, drift, alerts)
+MONITORING_COMMANDS = (accuracy, drift, replenishment, alerts)

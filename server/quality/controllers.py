@@ -150,6 +150,25 @@ class DriftController(Controller):
         return _service(request).drift(pooled.filters, pooled.groups, pooled.period)
 
 
+class ReplenishmentController(Controller):
+    path = "/v1/replenishment"
+    tags = ["monitoring"]  # noqa: RUF012
+
+    @get(
+        "/", opt=READER, sync_to_thread=True,
+        summary="Order proposals and achieved vs target cycle service level per store x category",
+    )  # fmt: skip
+    def query(
+        self,
+        request: Request[Any, Any, Any],
+        group_by: GroupBy = None,
+        store_id: Annotated[str | None, Parameter(query="store", required=False)] = None,
+        category: Annotated[str | None, Parameter(query="category", required=False)] = None,
+    ) -> list[schemas.ReplenishmentGroup]:
+        groups = group_by if group_by is not None else ["store_id", "category"]
+        return _service(request).replenishment(store_id, category, groups)
+
+
 class AlertController(Controller):
     path = "/v1/alerts"
     tags = ["monitoring"]  # noqa: RUF012
@@ -186,4 +205,10 @@ class ActualsController(Controller):
         return actuals_of(request.app.state.server).accept(data, principal_of(request))
 
 
-MONITORING_CONTROLLERS = [AccuracyController, DriftController, AlertController, ActualsController]
+MONITORING_CONTROLLERS = [
+    AccuracyController,
+    DriftController,
+    ReplenishmentController,
+    AlertController,
+    ActualsController,
+]

@@ -13,6 +13,7 @@ from server.storage import SqlStore
 
 PERIODS = ("day", "week", "month", "quarter", "year")
 ACCURACY_GROUPS = ("model_name", "version", "role", "store_id", "category", "horizon_bucket", "period")
+REPLENISHMENT_GROUPS = ("store_id", "category")
 DRIFT_GROUPS = ("model_name", "version", "role", "store_id", "category", "period")
 ROWS_PER_INSERT = 500  # rows of one multi-row INSERT (a prepared statement of at most ~10,000 values)
 
@@ -81,6 +82,16 @@ class QualityRepository:
             for r in report.rows
         ]  # fmt: skip
         self._insert_rows("accuracy_rows", rows)
+        totals = [
+            [*head[:4], report.period_end, t.category, t.items, t.items_to_order, t.proposed_units,
+             t.order_up_to_units, t.target_service_level, t.cycles, t.cycles_met,
+             t.achieved_service_level, now]
+            for t in report.replenishment
+        ]  # fmt: skip
+        self._insert_rows("replenishment_rows", totals)
+        if totals:
+            self.db.execute("DELETE FROM replenishment_latest WHERE store_id = ?", [report.store_id])
+            self._insert_rows("replenishment_latest", totals)
 
     def insert_drift(self, report: DriftReport, now: datetime) -> None:
         """The report's head row, then all its category rows in one multi-row ``INSERT``."""
@@ -100,6 +111,8 @@ class QualityRepository:
 
     def _insert_rows(self, table: str, rows: list[list[Any]]) -> None:
         """``rows`` (all of one width) into ``table``, up to ``ROWS_PER_INSERT`` per statement."""
+        if not rows:
+            return
         for start in range(0, len(rows), ROWS_PER_INSERT):
             chunk = rows[start : start + ROWS_PER_INSERT]
             values = ", ".join(["(" + ", ".join(["?"] * len(chunk[0])) + ")"] * len(chunk))
@@ -123,6 +136,62 @@ class QualityRepository:
             "sum(backtest_wape * n) FILTER (WHERE backtest_wape IS NOT NULL) AS bt_weighted, "
             "sum(n) FILTER (WHERE backtest_wape IS NOT NULL) AS bt_n "
             f"FROM accuracy_rows{where}{group}{order}",
+            params,
+        )
+
+    def replenishment_stores(self, store_id: str | None = None) -> list[str]:
+        """The stores with replenishment totals (or just ``store_id``, if it has any), sorted."""
+        where, params = (" WHERE store_id = ?", [store_id]) if store_id is not None else ("", [])
+        rows = self.db.fetch_all(
+            f"SELECT DISTINCT store_id FROM replenishment_latest{where} ORDER BY store_id",  # noqa: S608
+            params,
+        )
+        return [str(r["store_id"]) for r in rows]
+
+    def replenishment_cells(self, store_id: str | None = None) -> dict[str, int]:
+        """How many store x category cells have an achieved service level (``measured``) and how many of
+        them are below their target (``below``)."""
+        where, params = (" AND store_id = ?", [store_id]) if store_id is not None else ("", [])
+        row = self.db.fetch_one(
+            "SELECT count(*) AS measured, "  # noqa: S608 - fixed names, placeholders
+            "count(*) FILTER (WHERE cycles_met / cycles < target_service_level) AS below "
+            f"FROM replenishment_latest WHERE cycles > 0{where}",
+            params,
+        )
+        return {"measured": int(row["measured"]), "below": int(row["below"])} if row else {}
+
+    def replenishment(
+        self,
+        store_id: str | None,
+        category: str | None,
+        group_by: Sequence[str],
+        stores: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The totals of each store's newest report that carried any (by arrival; a category it no longer
+        names is gone), pooled by ``group_by`` (a subset of ``store_id, category``): sums, and the service
+        levels weighted by cycles (the target, without a cycle, by items)."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("store_id", store_id), ("category", category)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if stores is not None:
+            clauses.append("list_contains(?, store_id)")
+            params.append(list(stores))
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        keys = ", ".join(group_by)
+        select, group = (f"{keys}, ", f" GROUP BY {keys} ORDER BY {keys}") if keys else ("", "")
+        return self.db.fetch_all(
+            f"SELECT {select}count(DISTINCT store_id) AS stores, sum(items) AS items, "  # noqa: S608 - fixed names
+            "sum(items_to_order) AS items_to_order, sum(proposed_units) AS proposed_units, "
+            "sum(order_up_to_units) AS order_up_to_units, sum(cycles) AS cycles, "
+            "sum(cycles_met) AS cycles_met, "
+            "sum(target_service_level * cycles) / nullif(sum(cycles), 0) AS cycle_target, "
+            "sum(target_service_level * items) / nullif(sum(items) FILTER "
+            "(WHERE target_service_level IS NOT NULL), 0) AS item_target, "
+            "max(period_end) AS last_period_end, max(received_at) AS last_received_at "
+            f"FROM replenishment_latest{where}{group}",
             params,
         )
 

@@ -61,6 +61,30 @@ class DriftGroup(msgspec.Struct, kw_only=True, omit_defaults=True):
     last_period_end: date | None = None
 
 
+class ReplenishmentGroup(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Order proposals and the cycle service level achieved, from each store's newest report with them,
+    pooled over one group (``store_id`` and/or ``category``, as asked in ``group_by``).
+
+    ``achieved_service_level`` is ``cycles_met / cycles``; ``target_service_level`` the targets weighted
+    by cycles (by items where no cycle completed); ``below_target`` compares the two.
+    """
+
+    store_id: str | None = None
+    category: str | None = None
+    stores: int
+    items: int
+    items_to_order: int
+    proposed_units: float
+    order_up_to_units: float
+    target_service_level: float | None = None
+    cycles: int
+    cycles_met: int
+    achieved_service_level: float | None = None
+    below_target: bool | None = None
+    last_period_end: date | None = None
+    last_reported_at: datetime | None = None
+
+
 class Alert(msgspec.Struct, kw_only=True):
     """An alert; ``details`` holds a learnt-baseline rule's numbers at its newest evaluation: live and
     backtest WAPE, the ratio, its learnt baseline and upper bound, history, periods beyond, persistence."""

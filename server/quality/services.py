@@ -32,7 +32,14 @@ from server.quality.alerts import (
     judge_periods,
 )
 from server.quality.baseline import PeriodSums, Point, points
-from server.quality.repository import ACCURACY_GROUPS, DRIFT_GROUPS, PERIODS, Filters, QualityRepository
+from server.quality.repository import (
+    ACCURACY_GROUPS,
+    DRIFT_GROUPS,
+    PERIODS,
+    REPLENISHMENT_GROUPS,
+    Filters,
+    QualityRepository,
+)
 from server.quality.webhooks import WebhookSender
 from server.writer import GroupWriter
 
@@ -136,6 +143,12 @@ class QualityService:
             )
 
     async def accept_accuracy(self, report: AccuracyReport, who: Principal) -> schemas.ReportAccepted:
+        if report.replenishment and report.role != "served":
+            raise InvalidInputError(
+                f"replenishment totals come with a served report, not a {report.role} one"
+            )
+        if len(report.replenishment) > MAX_ROWS_PER_REPORT:
+            raise InvalidInputError(f"a report holds at most {MAX_ROWS_PER_REPORT} replenishment rows")
         categories = sorted({r.category for r in report.rows})
         accepted = await self._accept(
             "accuracy", report, who, categories, len(report.rows), self.repo.insert_accuracy
@@ -252,6 +265,49 @@ class QualityService:
                     psi_mean=row["psi_mean"],
                     wasserstein_mean=row["wasserstein_mean"],
                     last_period_end=row["last_period_end"],
+                )
+            )
+        return out
+
+    def replenishment_stores(self, store_id: str | None = None) -> list[str]:
+        """The stores with replenishment totals (or just ``store_id``, if it has any), sorted."""
+        return self.repo.replenishment_stores(store_id)
+
+    def replenishment_cells(self, store_id: str | None = None) -> dict[str, int]:
+        """How many store x category cells are ``measured`` (have cycles) and ``below`` their target."""
+        return self.repo.replenishment_cells(store_id)
+
+    def replenishment(
+        self,
+        store_id: str | None,
+        category: str | None,
+        group_by: Sequence[str],
+        stores: Sequence[str] | None = None,
+    ) -> list[schemas.ReplenishmentGroup]:
+        """Each store's newest replenishment totals pooled by ``group_by`` (of ``stores`` only, if given)."""
+        groups = _check_groups(group_by, REPLENISHMENT_GROUPS, "week")
+        out = []
+        for row in self.repo.replenishment(store_id, category, groups, stores):
+            if not row["stores"]:
+                continue
+            cycles = int(row["cycles"])
+            achieved = int(row["cycles_met"]) / cycles if cycles else None
+            target = row["cycle_target"] if cycles else row["item_target"]
+            out.append(
+                schemas.ReplenishmentGroup(
+                    **{g: row[g] for g in groups},
+                    stores=int(row["stores"]),
+                    items=int(row["items"]),
+                    items_to_order=int(row["items_to_order"]),
+                    proposed_units=float(row["proposed_units"]),
+                    order_up_to_units=float(row["order_up_to_units"]),
+                    target_service_level=target,
+                    cycles=cycles,
+                    cycles_met=int(row["cycles_met"]),
+                    achieved_service_level=achieved,
+                    below_target=None if achieved is None or target is None else achieved < target,
+                    last_period_end=row["last_period_end"],
+                    last_reported_at=as_utc(row["last_received_at"]),
                 )
             )
         return out

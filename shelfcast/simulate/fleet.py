@@ -39,6 +39,18 @@ class Agent:
         self.url = ""
         self.as_process = process
         self.served: list[int] = []
+        # an agent process's inventory API takes this operator token (it may post inventory and score)
+        self.operator_token = secrets.token_urlsafe(24) if process else ""
+
+    @property
+    def config_file(self) -> Path:
+        """The config file of the agent process."""
+        return self.root.parent / f"{self.store_id}.toml"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a caller of the agent process's API sends: its operator token."""
+        return {"Authorization": f"Bearer {self.operator_token}"}
 
     @property
     def inbox(self) -> Path:
@@ -59,8 +71,9 @@ class Agent:
 
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
-        config_file = self.root.parent / f"{self.store_id}.toml"
-        config_file.write_text(toml_document(self.config | {"api": {"host": "127.0.0.1", "port": port}}))
+        config_file = self.config_file
+        api = {"host": "127.0.0.1", "port": port, "operator_token": self.operator_token}
+        config_file.write_text(toml_document(self.config | {"api": api}))
         self.process = ServiceProcess(
             f"agent {self.store_id}",
             ["agent", "run", "--config", str(config_file)],
@@ -80,7 +93,7 @@ class Agent:
         else:
             import httpx
 
-            status = httpx.get(f"{self.url}/v1/status", timeout=10).json()
+            status = httpx.get(f"{self.url}/v1/status", headers=self.headers, timeout=10).json()
         served = status.get("served_version")
         if served is not None and (not self.served or self.served[-1] != served):
             self.served.append(int(served))
@@ -112,7 +125,7 @@ class Agent:
             return
         import httpx
 
-        response = httpx.post(f"{self.url}/v1/score", timeout=timeout_seconds)
+        response = httpx.post(f"{self.url}/v1/score", headers=self.headers, timeout=timeout_seconds)
         if response.status_code >= 400:
             raise SimulationError(f"agent {self.store_id} could not score: {response.text[:200]}")
 

@@ -111,3 +111,38 @@ def test_unreadable_json_is_an_ingest_error(tmp_path: Path, body: bytes) -> None
     with pytest.raises(IngestError):
         ingest_bytes(store, body, "json", source="x", store_id="S001", today=date(2024, 6, 1))
     store.close()
+
+
+def test_review_cycles_count_successive_posts_by_the_target_in_force(tmp_path: Path) -> None:
+    """Each pair of successive posts of an item is a cycle, met with stock left and no more backorders; it
+    is judged against the target posted at its start; fill-rate items and posts older than 91 days are
+    left out."""
+    from datetime import UTC, datetime, timedelta
+
+    from agent.inventory import ingest_inventory
+    from agent.store import REVIEW_HISTORY_DAYS
+
+    store = LocalStore(tmp_path / "a.duckdb")
+    sales = pl.DataFrame(
+        {"store_id": ["S"] * 3, "item_id": ["A", "B", "C"], "category": ["food", "food", "toys"],
+         "ds": [date(2024, 1, 1)] * 3, "y": [1.0, 2.0, 3.0]}
+    )  # fmt: skip
+    store.append_sales(sales, "test")
+    header = "item_id,on_hand,backorders,lead_time_days,service_metric,target_service_level\n"
+    posts = [
+        "A,5,0,2,,0.9\nB,5,0,2,,0.9\nC,5,0,2,fill_rate,0.9\n",
+        "A,0,0,2,,0.8\nB,4,0,2,,0.9\nC,0,0,2,fill_rate,0.9\n",  # A: 5 -> 0 missed (judged by 0.9)
+        "A,3,0,2,,0.8\nB,4,2,2,,0.9\n",  # A: 0 -> 3 met (by 0.8); B: backorders 0 -> 2 missed
+    ]
+    for body in posts:
+        result = ingest_inventory(store, (header + body).encode(), "csv", source="test", max_periods=14)
+        assert result.rows_quarantined == 0, result.reasons
+    cycles, met, target = store.review_cycles()["food"]
+    assert (cycles, met) == (4, 2)  # A missed, met; B met (5 -> 4), missed
+    assert target == pytest.approx((0.9 + 0.8 + 0.9 + 0.9) / 4)
+    assert "toys" not in store.review_cycles()  # a fill-rate item has no cycle service level
+    old = datetime.now(UTC) - timedelta(days=REVIEW_HISTORY_DAYS + 1)
+    store._exec("UPDATE inventory_reviews SET posted_at = ? WHERE item_id = 'B'", [old])  # 92 days ago
+    ingest_inventory(store, (header + "A,3,0,2,,0.8\n").encode(), "csv", source="test", max_periods=14)
+    assert store.review_cycles()["food"][:2] == (3, 2)  # B's old posts pruned; A: one more cycle, met
+    store.close()

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.server.dashboard_fleet import CHART_PAGES, PAGES, Filled, shared_fleet
+from tests.server.dashboard_fleet import CHART_PAGES, PAGES, Filled, replenishment_totals, shared_fleet
 
 COMMAND_TIMEOUT_SECONDS = 60.0  # a first page target on a loaded two-core machine can take tens of seconds
 LOAD_TIMEOUT_SECONDS = 30.0
@@ -296,6 +296,31 @@ def _shot(browser: Chromium, folders: list[Path], name: str) -> None:
         browser.screenshot(folder / f"{name.strip('_')}.png")
 
 
+SERVICE_CELLS_JS = """JSON.stringify([...document.querySelectorAll('td.sl')].map(td => ({
+  store: td.dataset.store, category: td.dataset.category, below: td.classList.contains('below'),
+  red: getComputedStyle(td).backgroundColor,
+  achieved: td.querySelector('.achieved').textContent, target: td.querySelector('.target').textContent})))"""
+
+
+def _check_service_levels(browser: Chromium, base: str, fleet: Filled) -> None:
+    """The Service levels page, as the browser renders it, shows each store's posted achieved and target
+    service level per category, and paints exactly the below-target cells red."""
+    browser.navigate(f"{base}/dashboard/service-levels")
+    shown = {(c["store"], c["category"]): c for c in json.loads(browser.evaluate(SERVICE_CELLS_JS))}
+    stores = sorted(fleet.agents)
+    posted = {(store, t.category): t for i, store in enumerate(stores) for t in replenishment_totals(i, 2)}
+    assert {k for k in shown if k[0]} == set(posted)
+    plain = {c["red"] for c in shown.values() if not c["below"]}
+    red = {c["red"] for c in shown.values() if c["below"]}
+    assert red and plain and not red & plain, (red, plain)
+    for key, t in posted.items():
+        assert t.achieved_service_level is not None and t.target_service_level is not None
+        cell = shown[key]
+        assert cell["achieved"] == f"{100 * t.achieved_service_level:.1f} %", key
+        assert cell["target"] == f"{100 * t.target_service_level:.1f} %", key
+        assert cell["below"] == (t.achieved_service_level < t.target_service_level), key
+
+
 def test_every_page_in_chromium(chromium_binary: str, browser_fleet: Filled, tmp_path: Path) -> None:
     """Admin then reader sign in through the form; every page loads clean and draws its charts."""
     folders = _artifacts(tmp_path)
@@ -317,6 +342,7 @@ def test_every_page_in_chromium(chromium_binary: str, browser_fleet: Filled, tmp
             _shot(browser, folders, f"admin{page}")
         assert failures == {}
         assert max(timings.values()) < 10, timings
+        _check_service_levels(browser, base, browser_fleet)
 
         rollout = browser_fleet.url("/dashboard/rollouts/{rollout_id}")
         state, _ = _visit(browser, base, rollout, "lines")

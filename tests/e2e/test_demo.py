@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -31,7 +33,8 @@ def _demo_args(state_dir: Path, *extra: str) -> list[str]:
 
 
 def test_demo_rolls_out_promotes_rolls_back_and_stops_everything(tmp_path: Path) -> None:
-    """`shelfcast demo -o json`: good promoted (3 waves), x1.3 rolled back, no accuracy alert, all stopped."""
+    """`shelfcast demo -o json`: good promoted (3 waves), x1.3 rolled back, no accuracy alert, the order
+    proposals of a store pulled after posting its stock, all stopped."""
     state_dir = tmp_path / "demo"
     result = subprocess.run(
         _demo_args(state_dir, "-o", "json"), capture_output=True, text=True, timeout=600, check=False
@@ -54,10 +57,27 @@ def test_demo_rolls_out_promotes_rolls_back_and_stops_everything(tmp_path: Path)
     assert summary["sample_forecast"], "no forecast for the sampled item"
     for key in ("forecast", "forecast-lo-80", "forecast-hi-95", "ds", "item_id"):
         assert key in summary["sample_forecast"][0]
+    _check_proposals(summary["replenishment"], with_api[0])
     for url in [summary["server_url"], *(store["url"] for store in with_api)]:
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/livez", timeout=2)
     assert _firing_accuracy_alerts(state_dir) == []
+
+
+def _check_proposals(pulled: dict[str, Any], store: dict[str, Any]) -> None:
+    """The proposals the demo pulled after posting the stock of every item of the first agent process:
+    one per item, of that store, for the posted policy, each the order-up-to level minus the position."""
+    assert (pulled["store_id"], pulled["agent_url"]) == (store["store_id"], store["url"])
+    assert (pulled["items_posted"], pulled["rows_quarantined"]) == (120, 0)
+    proposals = pulled["proposals"]
+    assert len(proposals) == 120 and len({p["item_id"] for p in proposals}) == 120
+    assert {p["store_id"] for p in proposals} == {store["store_id"]}
+    for p in proposals:
+        assert (p["lead_time_days"], p["review_period_days"], p["target_service_level"]) == (1, 1, 0.95)
+        shortfall = p["order_up_to"] - p["inventory_position"]
+        assert p["proposed_quantity"] == max(0.0, math.ceil(shortfall - 1e-9))  # whole units, no cap
+    assert pulled["items_to_order"] == sum(p["proposed_quantity"] > 0 for p in proposals) > 0
+    assert pulled["proposed_units"] == pytest.approx(sum(p["proposed_quantity"] for p in proposals))
 
 
 def _firing_accuracy_alerts(state_dir: Path) -> list[tuple[str, str, str]]:

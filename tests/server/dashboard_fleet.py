@@ -29,6 +29,7 @@ from forecasting.common.contracts import (
     DriftReport,
     DriftTest,
     Heartbeat,
+    ReplenishmentTotals,
 )
 from tests.server.conftest import RunningServer, create_store, enroll, launch, make_bundle, publish
 
@@ -65,6 +66,7 @@ PAGES = [
     "/dashboard/accuracy?model=big&page=2",
     "/dashboard/alerts",
     "/dashboard/alerts/{alert_id}",
+    "/dashboard/service-levels",
 ]
 CHART_PAGES = {
     "/dashboard/fleet": "bars",
@@ -121,7 +123,26 @@ def _run_record(run_id: str, version: int, wape: float) -> dict[str, Any]:
     }
 
 
-def _accuracy(store_id: str, version: int, role: str, start: date, factor: float, i: int) -> AccuracyReport:
+def replenishment_totals(i: int, week: int) -> list[ReplenishmentTotals]:
+    """What the served report of store number ``i`` (in sorted order) says of its proposals in ``week``:
+    10 to 25 review cycles per category, 0 to 3 of them missed, against a 90 % target."""
+    totals = []
+    for c, category in enumerate(CATEGORIES):
+        cycles = 10 + i + c
+        met = cycles - (i + c + week) % 4
+        totals.append(
+            ReplenishmentTotals(
+                category=category, items=20 + c, items_to_order=5 + c + week,
+                proposed_units=12.5 * (i + 1) + c + week, order_up_to_units=300.0 + i + 10 * c,
+                target_service_level=0.9, cycles=cycles, cycles_met=met, achieved_service_level=met / cycles,
+            )
+        )  # fmt: skip
+    return totals
+
+
+def _accuracy(
+    store_id: str, version: int, role: str, start: date, factor: float, i: int, week: int = 0
+) -> AccuracyReport:
     rows = []
     for c, category in enumerate(CATEGORIES):
         abs_y = 1000.0 + 37 * i + 11 * c
@@ -141,6 +162,7 @@ def _accuracy(store_id: str, version: int, role: str, start: date, factor: float
         period_end=start + timedelta(days=6),
         created_at=datetime.now(UTC),
         rows=rows,
+        replenishment=replenishment_totals(i, week) if role == "served" else [],
     )
 
 
@@ -211,7 +233,7 @@ def _play_week(server: RunningServer, week: int, start: date, i: int, store: tup
                          sent_at=datetime.now(UTC), errors=errors,
                          last_error="server unreachable" if errors else None)  # fmt: skip
         _post(agent, "/v1/heartbeats", beat)
-        _post(agent, "/v1/accuracy", _accuracy(store_id, running, "served", start, 1.0, i))
+        _post(agent, "/v1/accuracy", _accuracy(store_id, running, "served", start, 1.0, i, week))
         if assigned.get("shadow_version"):
             _post(
                 agent,

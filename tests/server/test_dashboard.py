@@ -18,6 +18,7 @@ from tests.server.dashboard_fleet import (
     PAGES,
     Filled,
     hidden_field,
+    replenishment_totals,
     shared_fleet,
     sign_in,
 )
@@ -264,6 +265,44 @@ def test_pages_show_the_data(filled: Filled) -> None:
     dairy = client.get("/dashboard/accuracy?model=demand&category=dairy").text
     assert "Weekly WAPE by version, demand, dairy" in dairy
     client.close()
+
+
+SERVICE_CELL = re.compile(
+    r'<td class="sl( below)?" data-store="([^"]*)" data-category="([^"]*)"\s+title="(\d+) of (\d+) review '
+    r"cycles met; (\d+) items with a proposal, (\d+) to order, ([\d.,]+) units proposed, order-up-to "
+    r'([\d.,]+)">\s*<span class="achieved">([^<]*)</span>\s*/ <span class="target">([^<]*)</span>'
+)
+
+
+def test_service_levels_show_the_figures_the_stores_posted(filled: Filled) -> None:
+    """Each store x category cell shows the newest report's achieved and target service level, cycles and
+    proposals, and is flagged exactly when achieved is below target; the fleet row pools the cycles."""
+    client = sign_in(filled.server.url, filled.reader_token)
+    page = client.get("/dashboard/service-levels")
+    client.close()
+    assert page.status_code == 200, page.text[:300]
+    cells = {(m[2], m[3]): m for m in SERVICE_CELL.finditer(page.text)}
+    stores = sorted(filled.agents)
+    expected = {(s, t.category): t for i, s in enumerate(stores) for t in replenishment_totals(i, week=2)}
+    assert set(cells) - {k for k in cells if k[0] == ""} == set(expected)
+    below = 0
+    for key, t in expected.items():
+        m = cells[key]
+        assert t.achieved_service_level is not None and t.target_service_level is not None
+        shown = (int(m[4]), int(m[5]), int(m[6]), int(m[7]), float(m[8]), float(m[9].replace(",", "")))
+        posted = (t.cycles_met, t.cycles, t.items, t.items_to_order, round(t.proposed_units, 1),
+                  round(t.order_up_to_units, 1))  # fmt: skip
+        assert shown == posted, key
+        assert m[10] == f"{100 * t.achieved_service_level:.1f} %"
+        assert m[11] == f"{100 * t.target_service_level:.1f} %"
+        assert (m[1] is not None) == (t.achieved_service_level < t.target_service_level), key
+        below += t.achieved_service_level < t.target_service_level
+    assert 0 < below < len(expected)
+    assert f"{below} of {len(expected)} measured store x category cells are below target" in page.text
+    for category in {c for _, c in expected}:
+        mine = [t for (_, c), t in expected.items() if c == category]
+        met, cycles = sum(t.cycles_met for t in mine), sum(t.cycles for t in mine)
+        assert cells[("", category)][10] == f"{100 * met / cycles:.1f} %"
 
 
 def test_pages_stay_fast_with_a_thousand_stores(filled: Filled) -> None:
