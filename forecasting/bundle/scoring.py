@@ -286,7 +286,7 @@ def _calibrated_ensemble(
 
     members = [str(m) for m in entry.params["members"]]
     if any(m in plan.global_results for m in members):
-        return averaged
+        return _scaled_ensemble(hist, entry, idx, levels, manifest, averaged)
     states = [plan.states[m][plan.rows(m, idx)] if m in plan.states else None for m in members]
     y, lengths = pad_right_aligned(hist.y, hist.offsets, idx)
     settings = manifest.interval_settings()
@@ -302,6 +302,27 @@ def _calibrated_ensemble(
     )
     out["mean"] = averaged["mean"]
     return out
+
+
+def _scaled_ensemble(
+    hist: History,
+    entry: ModelEntry,
+    idx: np.ndarray[Any, Any],
+    levels: list[int],
+    manifest: Manifest,
+    averaged: dict[str, FloatArray],
+) -> dict[str, FloatArray]:
+    """An ensemble with a global member: bounds from its backtest errors scaled by each series' level
+    (:mod:`forecasting.training.ensemble_intervals`); bundles without them keep the averaged bounds."""
+    from forecasting.models.calibration import scaled_bounds
+    from forecasting.models.gbm_features import level_scale
+
+    quantiles = entry.params.get("interval_scaled_quantiles") or {}
+    if not levels or any(str(lv) not in quantiles for lv in levels):
+        return averaged
+    start, end = hist.offsets[idx], hist.offsets[idx + 1] - 1
+    level = level_scale(hist.y, start, end, max(manifest.season_length, 1))
+    return {"mean": averaged["mean"], **scaled_bounds(averaged["mean"], level, quantiles, levels)}
 
 
 def _forecast_single(

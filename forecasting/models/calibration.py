@@ -240,3 +240,18 @@ def count_intervals(
             values = bound[inverse.ravel()].reshape(mean.shape)
             out[f"{side}-{lv}"] = np.where(missing, np.nan, values).astype(np.float64)
     return out
+
+
+def scaled_bounds(
+    mean: FloatArray, level: FloatArray, quantiles: dict[str, list[float]], levels: Sequence[int]
+) -> dict[str, FloatArray]:
+    """Bounds ``mean -+ q[step] * level`` for an ``(n, h)`` mean and an ``(n,)`` level (the last step's
+    quantile serves steps beyond the calibrated horizon)."""
+    h = mean.shape[1]
+    out: dict[str, FloatArray] = {}
+    for lv in levels:
+        q = np.asarray(quantiles[str(lv)], dtype=np.float64)
+        width = q[np.minimum(np.arange(h), len(q) - 1)][None, :] * level[:, None]
+        out[f"lo-{lv}"] = mean - width
+        out[f"hi-{lv}"] = mean + width
+    return out

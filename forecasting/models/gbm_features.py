@@ -211,6 +211,12 @@ class FeatureBlock:
     target: IntArray | None  # row of the sorted history holding the target (``with_target`` only)
 
 
+def level_scale(values: FloatArray, start: IntArray, pos: IntArray, season: int) -> FloatArray:
+    """The level that scales a series at position ``pos`` (``start``: its first position): the mean absolute
+    value of its last ``season`` periods up to ``pos``, plus 1 (so an all-zero series scales by 1)."""
+    return _range_mean(values, np.maximum(start, pos - season + 1), pos, season, absolute=True) + 1.0
+
+
 def _range_mean(
     values: FloatArray, first: IntArray, last: IntArray, width: int, *, absolute: bool = False
 ) -> FloatArray:
@@ -259,7 +265,7 @@ def feature_block(
         keep = pos[row_origin] + h <= last[row_origin]
         row_origin, h = row_origin[keep], h[keep]
         target = pos[row_origin] + h
-    scale_o = _range_mean(y, np.maximum(start, pos - s + 1), pos, s, absolute=True) + 1.0
+    scale_o = level_scale(y, start, pos, s)
     p, first, scale = pos[row_origin], start[row_origin], scale_o[row_origin]
     names = spec.feature_names
     x = np.empty((len(h), len(names)), dtype=np.float32)

@@ -266,6 +266,7 @@ def write_run(
             global_model=global_model,
             levels=list(cfg.levels),
         )
+        _calibrate_ensembles(fitted.models, result, keyed)
     lineage = result.lineage
     now = datetime.now().astimezone()
     selection_map = {
@@ -335,6 +336,27 @@ def write_run(
         duration_seconds=round(result.duration_seconds + time.perf_counter() - t0, 3),
     )
     return record
+
+
+def _calibrate_ensembles(models: dict[str, Any], result: TrainResult, keyed: pl.DataFrame) -> None:
+    """Ensembles with a global member get intervals from their own backtest errors (in place)."""
+    from forecasting.training.ensemble_intervals import scaled_error_quantiles
+
+    cfg = result.config.train
+    for label, entry in list(models.items()):
+        members = [str(m) for m in entry.params.get("members", [])] if entry.state == "ensemble" else []
+        if not any(m in GLOBAL_MODELS for m in members):
+            continue
+        ids = keyed.filter(pl.col("model") == label).select(
+            pl.concat_str("store_id", "item_id", separator="/").alias(ID)
+        )[ID]
+        weights = [float(w) for w in entry.params["weights"]]
+        quantiles = scaled_error_quantiles(
+            result.backtest.cv, result.frame, members, weights, ids, cfg.season_length, cfg.levels
+        )
+        if quantiles is not None:
+            params = {**entry.params, "interval_scaled_quantiles": quantiles}
+            models[label] = msgspec.structs.replace(entry, params=params)
 
 
 def write_tables(result: BacktestResult, selection: Selection, out_dir: Path) -> dict[str, str]:

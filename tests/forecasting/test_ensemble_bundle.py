@@ -86,3 +86,40 @@ def test_m4_benchmarks_are_deployed_when_they_win(frame: pl.DataFrame, tmp_path:
         point["forecast"].to_numpy(),
         rtol=1e-6,
     )
+
+
+def test_ensemble_with_the_global_model_is_calibrated_on_its_own_backtest_errors(
+    frame: pl.DataFrame, tmp_path: Path
+) -> None:
+    """An ensemble with LightGBM carries per-step quantiles of its backtest |error| / level; the edge's
+    bounds are its mean -+ those quantiles times each series' level at its last period."""
+    from forecasting.models.gbm_features import level_scale
+
+    cfg = _config(
+        models=["SeasonalNaive", "LightGBM"], ensemble_top_k=2, select_by="all", windows=4, gbm_rounds=20
+    )
+    result = train(frame, cfg)
+    label = "Ensemble(SeasonalNaive+LightGBM)"
+    forced = result.assignment.with_columns(pl.lit(label).alias("model"))
+    result = dataclasses.replace(result, assignment=forced)
+    key, pub, _ = generate_key_files(tmp_path / "k")
+    write_run(result, tmp_path / "b", signing_key=key)
+    quantiles = verify(tmp_path / "b", [pub]).models[label].params["interval_scaled_quantiles"]
+    assert len(quantiles["80"]) == 14 and all(q > 0 for q in quantiles["80"])
+    scored = score(tmp_path / "b", frame).sort("store_id", "item_id", "ds")
+    history = frame.sort("store_id", "item_id", "ds")
+    y = history["y"].cast(pl.Float64).to_numpy()
+    ends = (
+        history.with_row_index()
+        .group_by("store_id", "item_id")
+        .agg(pl.col("index").max())
+        .sort("store_id", "item_id")["index"]
+        .to_numpy()
+    )
+    level = level_scale(y, ends - 199, ends, 7)
+    width = np.repeat(level, 14) * np.tile(quantiles["80"], len(level))
+    mean = scored["forecast"].to_numpy()
+    hi = scored["forecast-hi-80"].to_numpy()
+    np.testing.assert_allclose(hi, mean + width, rtol=1e-6)
+    # The synthetic history has returns (negative sales), so the bounds are not floored at 0.
+    np.testing.assert_allclose(scored["forecast-lo-80"].to_numpy(), mean - width, rtol=1e-6, atol=1e-9)
