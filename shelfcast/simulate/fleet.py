@@ -44,6 +44,12 @@ class Agent:
     def inbox(self) -> Path:
         return self.root / "inbox"
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """Headers of the agent's operator routes (none when its API has no tokens)."""
+        token = self.config.get("api", {}).get("operator_token", "")
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def start(self, logs: Path) -> None:
         if self.as_process:
             self._start_process(logs)
@@ -60,7 +66,8 @@ class Agent:
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
         config_file = self.root.parent / f"{self.store_id}.toml"
-        config_file.write_text(toml_document(self.config | {"api": {"host": "127.0.0.1", "port": port}}))
+        api = self.config.get("api", {}) | {"host": "127.0.0.1", "port": port}
+        config_file.write_text(toml_document(self.config | {"api": api}))
         self.process = ServiceProcess(
             f"agent {self.store_id}",
             ["agent", "run", "--config", str(config_file)],
@@ -80,7 +87,7 @@ class Agent:
         else:
             import httpx
 
-            status = httpx.get(f"{self.url}/v1/status", timeout=10).json()
+            status = httpx.get(f"{self.url}/v1/status", headers=self.auth, timeout=10).json()
         served = status.get("served_version")
         if served is not None and (not self.served or self.served[-1] != served):
             self.served.append(int(served))
@@ -112,7 +119,7 @@ class Agent:
             return
         import httpx
 
-        response = httpx.post(f"{self.url}/v1/score", timeout=timeout_seconds)
+        response = httpx.post(f"{self.url}/v1/score", headers=self.auth, timeout=timeout_seconds)
         if response.status_code >= 400:
             raise SimulationError(f"agent {self.store_id} could not score: {response.text[:200]}")
 
@@ -270,7 +277,9 @@ class Fleet:
             "isolation": "inline",
             "rescore_after_sales_seconds": 0.0,
         }
+        tokens = {"token": o.agent_read_token, "operator_token": o.agent_operator_token}
         return {
+            "api": {name: token for name, token in tokens.items() if token},
             "agent": {
                 "store_id": store_id,
                 "server_url": self.server_url,
