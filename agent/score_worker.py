@@ -13,6 +13,7 @@ prints goes to stderr (the agent's own log stream).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import select
 import sys
@@ -156,7 +157,7 @@ def check_output(frame: pl.DataFrame, *, levels: list[int], horizon: int, n_seri
         bad = frame.filter(pl.col(f"forecast-lo-{level}") > pl.col(f"forecast-hi-{level}") + 1e-9).height
         if bad:
             raise ScoringError(f"{bad} rows have their {level}% lower bound above the upper bound")
-    for narrow, wide in zip(ordered, ordered[1:], strict=False):
+    for narrow, wide in itertools.pairwise(ordered):
         bad = frame.filter(
             (pl.col(f"forecast-lo-{wide}") > pl.col(f"forecast-lo-{narrow}") + 1e-9)
             | (pl.col(f"forecast-hi-{narrow}") > pl.col(f"forecast-hi-{wide}") + 1e-9)

@@ -15,7 +15,8 @@ system's side of the agent API), ``replay`` (the steps in order), ``report`` and
 """
 
 from shelfcast.replenish.command import replenish
-from shelfcast.replenish.replay import ReplenishOptions, run_replenishment
+from shelfcast.replenish.options import ReplenishOptions
+from shelfcast.replenish.replay import run_replenishment
 from shelfcast.replenish.report import GroupReport, ReplenishReport
 
 __all__ = ["GroupReport", "ReplenishOptions", "ReplenishReport", "replenish", "run_replenishment"]

@@ -37,11 +37,13 @@ def backtest_sigma(cv: pl.DataFrame, assignment: pl.DataFrame, history: pl.DataF
             continue
         rows = cv.join(group.select(keys), on=keys).filter(pl.all_horizontal(pl.col(members).is_not_null()))
         prediction = pl.mean_horizontal(members)
-        parts.append(
-            rows.group_by(keys).agg(sigma=((pl.col("y") - prediction) ** 2).mean().sqrt())
-        )
+        parts.append(rows.group_by(keys).agg(sigma=((pl.col("y") - prediction) ** 2).mean().sqrt()))
     fallback = history.group_by(keys).agg(fallback=pl.col("y").std().fill_null(0.0))
-    errors = pl.concat(parts) if parts else pl.DataFrame(schema={"store_id": pl.Utf8, "item_id": pl.Utf8, "sigma": pl.Float64})
+    errors = (
+        pl.concat(parts)
+        if parts
+        else pl.DataFrame(schema={"store_id": pl.Utf8, "item_id": pl.Utf8, "sigma": pl.Float64})
+    )
     return (
         fallback.join(errors, on=keys, how="left")
         .select(*keys, sigma=pl.coalesce("sigma", "fallback").fill_nan(0.0))
@@ -56,9 +58,7 @@ def classic_levels(means: FloatArray, sigma: FloatArray, target: float, cover_pe
     return levels
 
 
-def stock_at_service_level(
-    ladder: list[Achieved], service_level: float
-) -> tuple[float, bool]:
+def stock_at_service_level(ladder: list[Achieved], service_level: float) -> tuple[float, bool]:
     """The average stock of the ladder's policy at ``service_level`` (linear between the two nearest
     achieved levels) and whether the level lies within the ladder's range (else the nearest end)."""
     points = sorted((a.achieved_cycle_service_level, a.average_stock) for a in ladder)

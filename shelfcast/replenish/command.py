@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 import msgspec
 
-from shelfcast.replenish.replay import ReplenishOptions, check_options, run_replenishment
+from shelfcast.replenish.options import ReplenishOptions, check_options
+from shelfcast.replenish.replay import run_replenishment
 from shelfcast.replenish.report import render_report
 from shelfcast.simulate.command import log_to_file
 from shelfcast.simulate.options import SimulationError
@@ -35,7 +36,9 @@ def replenish() -> None:
     required=True,
     help="Sales extract, read with the config's [data] mapping.",
 )
-@click.option("--service-level", type=float, default=0.95, show_default=True, help="Target cycle service level.")
+@click.option(
+    "--service-level", type=float, default=0.95, show_default=True, help="Target cycle service level."
+)
 @click.option(
     "--lead-time", type=int, required=True, help="Periods (days or weeks of the data) from order to arrival."
 )

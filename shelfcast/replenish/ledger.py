@@ -66,7 +66,9 @@ def run_ledger(demand: FloatArray, lead_time: int, review_period: int, rule: Ord
         raise ValueError(f"lead time ({lead_time}) and review period ({review_period}) must be at least 1")
     demand = np.maximum(np.asarray(demand, dtype=np.float64), 0.0)
     periods, items = demand.shape
-    arrays = {name: np.zeros((periods, items)) for name in ("received", "start", "sold", "lost", "end", "ordered")}
+    arrays = {
+        name: np.zeros((periods, items)) for name in ("received", "start", "sold", "lost", "end", "ordered")
+    }
     on_hand = np.zeros(items)
     pipeline = np.zeros((items, lead_time))  # column k arrives at the start of the period k + 1 from now
     for t in range(periods):

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,52 +22,18 @@ from shelfcast.replenish.ledger import (
     perfect_foresight_levels,
     run_ledger,
 )
+from shelfcast.replenish.options import ReplenishOptions, check_options
 from shelfcast.replenish.report import ReplenishReport, build_report, write_ledgers
 from shelfcast.replenish.store_system import Policy, StoreSystem
 from shelfcast.simulate.options import SimulationError, SimulationOptions
 
 if TYPE_CHECKING:
     from forecasting.common.config import TrainConfig
-    from shelfcast.simulate.fleet import Fleet
+    from shelfcast.simulate.clock import Clock
+    from shelfcast.simulate.fleet import Agent, Fleet
     from shelfcast.simulate.report import Timings
 
 KEYS = ["store_id", "item_id"]
-
-
-@dataclass
-class ReplenishOptions:
-    """What to replay: the sales, the training config, the policy and the window."""
-
-    config_files: list[Path]
-    data_path: Path
-    state_dir: Path
-    service_level: float = 0.95
-    lead_time: int = 2  # periods of the data (days or weeks)
-    review_period: int = 1
-    periods: int = 13  # the last N dates every replayed series shares
-    stores: int | None = None  # the first N stores (default all)
-    items: int | None = None  # the first N items of each store (default all)
-    period_timeout_seconds: float = 120.0
-    on_progress: Callable[[str], None] | None = field(default=None, repr=False)
-
-    def progress(self, message: str) -> None:
-        if self.on_progress is not None:
-            self.on_progress(message)
-
-
-def check_options(options: ReplenishOptions) -> None:
-    """Refuse a policy or window that cannot be replayed, naming the option."""
-    if options.lead_time < 1:
-        raise SimulationError(f"--lead-time must be at least 1 period (got {options.lead_time})")
-    if options.review_period < 1:
-        raise SimulationError(f"--review-period must be at least 1 period (got {options.review_period})")
-    if not 0 < options.service_level < 1:
-        raise SimulationError(f"--service-level must be between 0 and 1, exclusive (got {options.service_level:g})")
-    if options.periods < options.lead_time + options.review_period:
-        raise SimulationError(
-            f"--periods ({options.periods}) must cover at least the lead time plus one review period "
-            f"({options.lead_time + options.review_period}): the first lead time is warm-up"
-        )
 
 
 def run_replenishment(options: ReplenishOptions) -> ReplenishReport:
@@ -110,23 +74,31 @@ def run_replenishment(options: ReplenishOptions) -> ReplenishReport:
 def replay_frame(options: ReplenishOptions, config: TrainConfig) -> tuple[pl.DataFrame, list[date]]:
     """The validated sales of the chosen stores and items (canonical columns) whose series have history
     before the window and a row at every date of it; the window's dates."""
-    from forecasting.data.validation import load_canonical, require_usable, write_reports
+    from forecasting.data.loading import load_extract
+    from forecasting.data.validation import require_usable, validate, write_reports
 
     options.progress(f"loading {options.data_path.name}")
-    loaded = load_canonical(options.data_path, config.data)
+    raw = load_extract(options.data_path, config.data)
+    stores = sorted(raw["store_id"].unique().to_list())[: options.stores]
+    raw = raw.filter(pl.col("store_id").is_in(stores))  # the chosen stores only are validated
+    loaded = validate(raw, config.data, source=options.data_path.name)
     write_reports(loaded, options.state_dir / "validation")
     require_usable(loaded)
     frame = loaded.frame.select("store_id", "item_id", "category", "ds", pl.col("y").cast(pl.Float64))
-    stores = sorted(frame["store_id"].unique().to_list())[: options.stores]
-    frame = frame.filter(pl.col("store_id").is_in(stores))
     if options.items:
         firsts = (
-            frame.select(KEYS).unique().sort(KEYS).group_by("store_id", maintain_order=True).head(options.items)
+            frame.select(KEYS)
+            .unique()
+            .sort(KEYS)
+            .group_by("store_id", maintain_order=True)
+            .head(options.items)
         )
         frame = frame.join(firsts, on=KEYS, how="semi")
     dates = sorted(frame["ds"].unique().to_list())
     if len(dates) <= options.periods:
-        raise SimulationError(f"{options.data_path.name}: {len(dates)} dates; --periods {options.periods} leaves no history")
+        raise SimulationError(
+            f"{options.data_path.name}: {len(dates)} dates; --periods {options.periods} leaves no history"
+        )
     window = dates[-options.periods :]
     complete = (
         frame.filter(pl.col("ds") >= window[0])
@@ -167,56 +139,27 @@ def _replay(
     if late:
         raise SimulationError(f"stores {', '.join(late)} did not activate the model; see {fleet.logs}")
 
-    series = frame.select(KEYS + ["category"]).unique(KEYS).sort(KEYS)
-    demand_matrix = _dense(frame, series, dates)
-    policy = Policy(options.lead_time, options.review_period, options.service_level)
-    means = np.zeros_like(demand_matrix)
-    agent_levels = np.full_like(demand_matrix, np.nan)
-    clock = Clock(data, fleet, timings)
-    per_store = {s: np.flatnonzero((series["store_id"] == s).to_numpy()) for s in stores}
-    items = series["item_id"].to_list()
-    step = dates[1] - dates[0] if len(dates) > 1 else timedelta(days=1)
-
-    def agent_rule(position: Position) -> FloatArray:
-        t = position.period
-        if t:
-            clock.play_period()  # the sales of the previous period reach every store
-        options.progress(f"period {t + 1}/{len(dates)} ({dates[0] + t * step}): review at every store")
-        due = [dates[0] + (t + k + 1) * step for k in range(options.lead_time)]
-        order = np.zeros(len(items))
-
-        def review(store_id: str) -> None:
-            rows = per_store[store_id]
-            agent = fleet.agents[store_id]
-            system = StoreSystem(
-                agent.url, fleet.options.agent_read_token, fleet.options.agent_operator_token,
-                options.period_timeout_seconds,
-            )  # fmt: skip
-            answer = system.review(
-                [items[i] for i in rows], position.on_hand[rows], position.open_orders[rows], due, policy,
-                dates[0] + t * step,
-            )  # fmt: skip
-            order[rows] = answer.quantity
-            means[t, rows] = answer.demand_mean
-            agent_levels[t, rows] = answer.order_up_to
-
-        fleet.each_agent(lambda agent: review(agent.store_id))
-        return order
-
-    agents = run_ledger(demand_matrix, options.lead_time, options.review_period, agent_rule)
+    series = frame.select(*KEYS, "category").unique(KEYS).sort(KEYS)
+    demand = _dense(frame, series, dates)
+    orders = AgentOrders(options, fleet, Clock(data, fleet, timings), series, dates)
+    agents = run_ledger(demand, options.lead_time, options.review_period, orders)
     timings.add("replay", started)
     options.progress("replaying the classic policy and perfect foresight over the same demand")
-    sigma_vec = series.join(sigma, on=KEYS, how="left", maintain_order="left")["sigma"].fill_null(0.0).to_numpy()
+    sigma_vec = (
+        series.join(sigma, on=KEYS, how="left", maintain_order="left")["sigma"].fill_null(0.0).to_numpy()
+    )
 
     def play(levels: FloatArray) -> Ledger:
-        return run_ledger(demand_matrix, options.lead_time, options.review_period, order_up_to_rule(levels))
+        return run_ledger(demand, options.lead_time, options.review_period, order_up_to_rule(levels))
 
-    classic = ladder(means, sigma_vec, options.lead_time + options.review_period, play)
-    perfect = play(perfect_foresight_levels(demand_matrix, options.lead_time, options.review_period))
-    ledgers = options.state_dir / "ledgers.parquet"
     cover = options.lead_time + options.review_period
-    nominal = play(classic_levels(means, sigma_vec, options.service_level, cover))
-    write_ledgers(ledgers, series, dates, {"agents": agents, "classic": nominal, "perfect_foresight": perfect})
+    classic = ladder(orders.forecast_totals, sigma_vec, cover, play)
+    nominal = play(classic_levels(orders.forecast_totals, sigma_vec, options.service_level, cover))
+    perfect = play(perfect_foresight_levels(demand, options.lead_time, options.review_period))
+    ledgers = options.state_dir / "ledgers.parquet"
+    write_ledgers(
+        ledgers, series, dates, {"agents": agents, "classic": nominal, "perfect_foresight": perfect}
+    )
     return build_report(
         options=options,
         series=series,
@@ -229,6 +172,50 @@ def _replay(
         ledgers=ledgers,
         seconds=timings.seconds,
     )
+
+
+class AgentOrders:
+    """The agents' order rule. At each review the previous period's sales first reach every store (the
+    agents ingest them and score); then each store's inventory system posts its items' positions and
+    orders what the agent proposes. The proposals' forecast totals are kept for the classic policy."""
+
+    def __init__(
+        self, options: ReplenishOptions, fleet: Fleet, clock: Clock, series: pl.DataFrame, dates: list[date]
+    ) -> None:
+        self.options = options
+        self.fleet = fleet
+        self.clock = clock
+        self.dates = dates
+        self.items = series["item_id"].to_list()
+        self.per_store = {s: np.flatnonzero((series["store_id"] == s).to_numpy()) for s in fleet.agents}
+        self.policy = Policy(options.lead_time, options.review_period, options.service_level)
+        self.step = dates[1] - dates[0] if len(dates) > 1 else timedelta(days=1)
+        self.forecast_totals = np.zeros((len(dates), series.height))
+
+    def __call__(self, position: Position) -> FloatArray:
+        t = position.period
+        if t:
+            self.clock.play_period()
+        day = self.dates[0] + t * self.step
+        self.options.progress(f"period {t + 1}/{len(self.dates)} ({day}): review at every store")
+        due = [day + (k + 1) * self.step for k in range(self.options.lead_time)]
+        order = np.zeros(len(self.items))
+
+        def review(agent: Agent) -> None:
+            rows = self.per_store[agent.store_id]
+            system = StoreSystem(
+                agent.url, self.fleet.options.agent_read_token, self.fleet.options.agent_operator_token,
+                self.options.period_timeout_seconds,
+            )  # fmt: skip
+            answer = system.review(
+                [self.items[i] for i in rows], position.on_hand[rows], position.open_orders[rows], due,
+                self.policy, day,
+            )  # fmt: skip
+            order[rows] = answer.quantity
+            self.forecast_totals[t, rows] = answer.demand_mean
+
+        self.fleet.each_agent(review)
+        return order
 
 
 def _dense(frame: pl.DataFrame, series: pl.DataFrame, dates: list[date]) -> FloatArray:

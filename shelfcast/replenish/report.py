@@ -15,7 +15,7 @@ from shelfcast.replenish.classic import stock_at_service_level
 from shelfcast.replenish.ledger import Achieved, Ledger, achieved
 
 if TYPE_CHECKING:
-    from shelfcast.replenish.replay import ReplenishOptions
+    from shelfcast.replenish.options import ReplenishOptions
 
 
 class PolicyFigures(msgspec.Struct, kw_only=True):
@@ -120,10 +120,12 @@ def build_report(
     ledgers: Path,
     seconds: dict[str, float],
 ) -> ReplenishReport:
-    """The report of a finished replay (``series``: ``store_id, item_id, category`` in ledger column order)."""
+    """The report of a finished replay; ``series``: ``store_id, item_id, category`` in ledger order."""
     category = series["category"].to_numpy()
     per_category = {
-        str(name): GroupReport(**_group(np.flatnonzero(category == name), agents, classic, classic_at_target, perfect))
+        str(name): GroupReport(
+            **_group(np.flatnonzero(category == name), agents, classic, classic_at_target, perfect)
+        )
         for name in sorted(set(category.tolist()))
     }
     return ReplenishReport(

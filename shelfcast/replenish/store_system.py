@@ -35,8 +35,7 @@ class Proposal:
     """The agent's answer for the items of one store, in the order they were posted."""
 
     quantity: FloatArray
-    demand_mean: FloatArray
-    order_up_to: FloatArray
+    demand_mean: FloatArray  # the forecast total over lead time and review period
 
 
 def inventory_rows(
@@ -89,22 +88,27 @@ class StoreSystem:
             f"{self.url}/v1/inventory", content=msgspec.json.encode(rows), headers=self.operate, timeout=60
         )
         if response.status_code != 200:
-            raise SimulationError(f"{self.url}: POST /v1/inventory: HTTP {response.status_code} {response.text[:300]}")
+            raise SimulationError(
+                f"{self.url}: POST /v1/inventory: HTTP {response.status_code} {response.text[:300]}"
+            )
         quarantined = response.json().get("rows_quarantined", 0)
         if quarantined:
-            raise SimulationError(f"{self.url}: the agent quarantined {quarantined} inventory row(s): {response.text[:300]}")
+            raise SimulationError(
+                f"{self.url}: the agent quarantined {quarantined} inventory row(s): {response.text[:300]}"
+            )
         position = on_hand + open_orders.sum(axis=1)
         deadline = time.monotonic() + self.timeout
         while True:
             frame = self._proposals(forecast_start)
             if frame is not None:
-                ordered = pl.DataFrame({"item_id": items}).join(frame, on="item_id", how="left", maintain_order="left")
+                ordered = pl.DataFrame({"item_id": items}).join(
+                    frame, on="item_id", how="left", maintain_order="left"
+                )
                 current = ordered["inventory_position"].to_numpy()
                 if not np.isnan(current.astype(np.float64)).any() and np.allclose(current, position):
                     return Proposal(
                         quantity=ordered["proposed_quantity"].to_numpy().astype(np.float64),
                         demand_mean=ordered["demand_mean"].to_numpy().astype(np.float64),
-                        order_up_to=ordered["order_up_to"].to_numpy().astype(np.float64),
                     )
             if time.monotonic() > deadline:
                 raise SimulationError(
@@ -118,6 +122,9 @@ class StoreSystem:
         response = httpx.get(
             f"{self.url}/v1/replenishment", params={"format": "parquet"}, headers=self.read, timeout=60
         )
-        if response.status_code != 200 or response.headers.get("X-Forecast-Start") != forecast_start.isoformat():
+        if (
+            response.status_code != 200
+            or response.headers.get("X-Forecast-Start") != forecast_start.isoformat()
+        ):
             return None
         return pl.read_parquet(io.BytesIO(response.content))

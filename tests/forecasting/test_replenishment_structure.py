@@ -108,7 +108,11 @@ def test_weekly_forecasts_count_orders_due_within_lead_time_and_review_period_in
             "min_order": [0.0, 0.0],
             "shelf_capacity": [None, None],
         },
-        schema_overrides={"lead_time_days": pl.Int32, "review_period_days": pl.Int32, "shelf_capacity": pl.Float64},
+        schema_overrides={
+            "lead_time_days": pl.Int32,
+            "review_period_days": pl.Int32,
+            "shelf_capacity": pl.Float64,
+        },
     )
     orders = pl.DataFrame(
         {
