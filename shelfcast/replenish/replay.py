@@ -10,6 +10,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
 import numpy as np
 import polars as pl
 
@@ -160,7 +161,7 @@ def _replay(
     write_ledgers(
         ledgers, series, dates, {"agents": agents, "classic": nominal, "perfect_foresight": perfect}
     )
-    return build_report(
+    report = build_report(
         options=options,
         series=series,
         agents=agents,
@@ -172,6 +173,8 @@ def _replay(
         ledgers=ledgers,
         seconds=timings.seconds,
     )
+    (options.state_dir / "report.json").write_bytes(msgspec.json.encode(report))
+    return report
 
 
 class AgentOrders:
