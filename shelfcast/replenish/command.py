@@ -76,7 +76,8 @@ def simulate(
     stock-outs per category, next to a classic policy from the same forecasts (at the same achieved
     service level) and to perfect foresight. Ledgers of every item and period land in the state folder.
 
-    Example (two m5_mini stores, a week's lead time, the last 28 days):
+    Example (two m5_mini stores, a week's lead time, the last 28 days; it trains the shipped m5 config,
+    a few minutes, so CI runs the command on one Walmart store with a small config instead):
 
     \b
         shelfcast replenish simulate --config configs/m5.toml --data m5_mini/sales_d1-d1885.csv \\
