@@ -27,6 +27,7 @@ from server.rollouts import cli as rollouts_cli
 from server.rollouts.plan import RolloutPlan, plan_problems
 from shelfcast import __version__
 from shelfcast import demo as demo_cmd
+from shelfcast import replenish as replenish_cmd
 from shelfcast import simulate as simulate_cmd
 
 CONFIG_KINDS: dict[str, type[Any]] = {
@@ -137,6 +138,7 @@ cli.add_command(retraining_cli.retrain)
 cli.add_command(rollouts_cli.rollouts)
 cli.add_command(demo_cmd.demo)
 cli.add_command(simulate_cmd.simulate)
+cli.add_command(replenish_cmd.replenish)
 
 
 def main() -> None:

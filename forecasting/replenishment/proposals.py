@@ -30,17 +30,19 @@ def proposals(
 
     ``positions``: ``item_id, on_hand, backorders`` and the resolved policy fields; ``orders``:
     ``item_id, due_date, quantity``. Open orders count towards the inventory position when they are due
-    within the item's lead time plus review period, counted from the first forecast day.
+    within the item's lead time plus review period, counted in forecast periods from the first forecast
+    day (days for daily forecasts, weeks for weekly ones).
     """
     if forecasts.height == 0 or positions.height == 0:
         return pl.DataFrame(schema={c: proposal_dtype(c) for c in PROPOSAL_COLUMNS})
     first_day = forecasts.select(pl.col("ds").min()).item()
+    period = _period(forecasts)
     store_of = forecasts.select("store_id", "item_id", "category", "model", "model_name", "model_version")
     store_of = store_of.unique(["store_id", "item_id"], keep="first")
     cycle = pl.col("lead_time_days") + pl.col("review_period_days")
     due = (
         orders.join(positions.select("item_id", cycle.alias("_days")), on="item_id")
-        .filter(pl.col("due_date") <= pl.lit(first_day) + pl.duration(days=pl.col("_days") - 1))
+        .filter(pl.col("due_date") <= pl.lit(first_day) + pl.duration(days=(pl.col("_days") - 1) * period))
         .group_by("item_id")
         .agg(on_order=pl.col("quantity").sum())
     )
@@ -53,6 +55,12 @@ def proposals(
     matrix = forecast_matrix(forecasts, structure)
     out = propose(matrix, inventory).join(store_of, on=["store_id", "item_id"], how="left")
     return out.select(PROPOSAL_COLUMNS)
+
+
+def _period(forecasts: pl.DataFrame) -> int:
+    """Days between the first two forecast dates (1 for a single date)."""
+    dates = forecasts.select(pl.col("ds").unique().sort().head(2))["ds"].to_list()
+    return (dates[1] - dates[0]).days if len(dates) == 2 else 1
 
 
 def proposal_dtype(column: str) -> pl.DataType:

@@ -39,8 +39,10 @@ class Agent:
         self.url = ""
         self.as_process = process
         self.served: list[int] = []
-        # an agent process's inventory API takes this operator token (it may post inventory and score)
-        self.operator_token = secrets.token_urlsafe(24) if process else ""
+        # an agent process's inventory API takes this operator token (it may post inventory and score):
+        # the configured one, else a fresh one
+        configured = str(config.get("api", {}).get("operator_token", ""))
+        self.operator_token = configured or (secrets.token_urlsafe(24) if process else "")
 
     @property
     def config_file(self) -> Path:
@@ -49,8 +51,8 @@ class Agent:
 
     @property
     def headers(self) -> dict[str, str]:
-        """What a caller of the agent process's API sends: its operator token."""
-        return {"Authorization": f"Bearer {self.operator_token}"}
+        """What a caller of the agent process's API sends: its operator token (none without one)."""
+        return {"Authorization": f"Bearer {self.operator_token}"} if self.operator_token else {}
 
     @property
     def inbox(self) -> Path:
@@ -72,7 +74,7 @@ class Agent:
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
         config_file = self.config_file
-        api = {"host": "127.0.0.1", "port": port, "operator_token": self.operator_token}
+        api = self.config.get("api", {}) | {"host": "127.0.0.1", "port": port, "operator_token": self.operator_token}
         config_file.write_text(toml_document(self.config | {"api": api}))
         self.process = ServiceProcess(
             f"agent {self.store_id}",
@@ -283,7 +285,9 @@ class Fleet:
             "isolation": "inline",
             "rescore_after_sales_seconds": 0.0,
         }
+        tokens = {"token": o.agent_read_token, "operator_token": o.agent_operator_token}
         return {
+            "api": {name: token for name, token in tokens.items() if token},
             "agent": {
                 "store_id": store_id,
                 "server_url": self.server_url,

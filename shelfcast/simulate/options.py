@@ -84,6 +84,8 @@ class SimulationOptions:
     heartbeat_interval_seconds: float = 3.0  # also how often an agent delivers its queued reports
     converge_timeout_seconds: float = 30.0
     period_timeout_seconds: float = 120.0
+    agent_read_token: str = ""  # bearer tokens of the agents' inventory API (none by default)
+    agent_operator_token: str = ""
     keep_runs: int = 1  # scoring runs an agent keeps (each reports its accuracy as actuals arrive)
     keep_server: bool = False  # leave the own server running (the caller stops `Simulation.server`)
     server_host: str = "127.0.0.1"  # own server: where it listens

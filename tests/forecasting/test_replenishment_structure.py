@@ -86,3 +86,42 @@ def test_only_orders_due_within_lead_time_and_review_period_count(
     assert rows["I00002"]["inventory_position"] == 3.0
     assert rows["I00001"]["category"] == "A" and rows["I00001"]["model"] == "AutoETS"
     assert rows["I00001"]["model_version"] == 1
+
+
+def test_weekly_forecasts_count_orders_due_within_lead_time_and_review_period_in_weeks(
+    scored: tuple[Path, pl.DataFrame, pl.DataFrame],
+) -> None:
+    """With weekly forecasts the window is in weeks: an order due in the last week of it counts."""
+    bundle, frame, forecasts = scored
+    first = forecasts["ds"].min()
+    weekly = forecasts.with_columns(ds=first + (pl.col("ds") - first) * 7)
+    positions = pl.DataFrame(
+        {
+            "item_id": ["I00001", "I00002"],
+            "on_hand": [5.0, 5.0],
+            "backorders": [0.0, 0.0],
+            "lead_time_days": [2, 2],
+            "review_period_days": [1, 1],
+            "service_metric": [CYCLE, CYCLE],
+            "target_service_level": [0.9, 0.9],
+            "pack_size": [1.0, 1.0],
+            "min_order": [0.0, 0.0],
+            "shelf_capacity": [None, None],
+        },
+        schema_overrides={
+            "lead_time_days": pl.Int32,
+            "review_period_days": pl.Int32,
+            "shelf_capacity": pl.Float64,
+        },
+    )
+    orders = pl.DataFrame(
+        {
+            "item_id": ["I00001", "I00002"],
+            "due_date": [first + timedelta(weeks=2), first + timedelta(weeks=3)],
+            "quantity": [10.0, 10.0],
+        }
+    )
+    out = proposals(weekly, error_structure(bundle, frame, weekly), positions, orders)
+    rows = out.rows_by_key("item_id", named=True, unique=True)
+    assert rows["I00001"]["inventory_position"] == 15.0
+    assert rows["I00002"]["inventory_position"] == 5.0
