@@ -74,7 +74,11 @@ class Agent:
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
         config_file = self.config_file
-        api = self.config.get("api", {}) | {"host": "127.0.0.1", "port": port, "operator_token": self.operator_token}
+        api = self.config.get("api", {}) | {
+            "host": "127.0.0.1",
+            "port": port,
+            "operator_token": self.operator_token,
+        }
         config_file.write_text(toml_document(self.config | {"api": api}))
         self.process = ServiceProcess(
             f"agent {self.store_id}",
