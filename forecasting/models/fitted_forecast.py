@@ -214,7 +214,8 @@ def point_forecaster(
     A numpy kernel where there is one; otherwise statsforecast's ``forecast`` series by series (NaN for a
     history it cannot fit, e.g. a single value).
     """
-    m = int(entry.params.get("season_length", season_length))
+    seasons = entry.params.get("season_length", season_length)  # a list for MSTL
+    m = int(max(seasons) if isinstance(seasons, list) else seasons)
     kernel = _conformal_point(entry.family, entry.params, m)
     if kernel is not None:
         fast: Callable[[FloatArray, IntArray, int], FloatArray] = kernel

@@ -123,3 +123,26 @@ def test_ensemble_with_the_global_model_is_calibrated_on_its_own_backtest_errors
     np.testing.assert_allclose(hi, mean + width, rtol=1e-6)
     # The synthetic history has returns (negative sales), so the bounds are not floored at 0.
     np.testing.assert_allclose(scored["forecast-lo-80"].to_numpy(), mean - width, rtol=1e-6, atol=1e-9)
+
+
+def test_ensemble_with_mstl_scores_from_its_bundle(frame: pl.DataFrame, tmp_path: Path) -> None:
+    """MSTL keeps its seasons as a list: an ensemble with it is calibrated and scored like any other."""
+    cfg = _config(
+        models=["SeasonalNaive", "MSTL"], mstl_season_lengths=[7, 28], ensemble_top_k=2, select_by="all"
+    )
+    result = train(frame, cfg)
+    label = "Ensemble(SeasonalNaive+MSTL)"
+    result = dataclasses.replace(
+        result, assignment=result.assignment.with_columns(pl.lit(label).alias("model"))
+    )
+    key, pub, _ = generate_key_files(tmp_path / "k")
+    write_run(result, tmp_path / "b", signing_key=key)
+    assert verify(tmp_path / "b", [pub]).models["MSTL"].params["season_length"] == [7, 28]
+    scored = score(tmp_path / "b", frame)
+    assert scored.height == 10 * 14 and set(scored["model"]) == {label}
+    assert scored.select(pl.col("forecast", "forecast-lo-80", "forecast-hi-80").is_nan().any()).row(0) == (
+        False,
+        False,
+        False,
+    )
+    assert (scored["forecast-lo-80"] <= scored["forecast-hi-80"]).all()
