@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from forecasting.common.contracts import AccuracyReport, DriftReport
-from server.storage import SqlStore
+from server.storage import SqlStore, claim_id, insert_claims
 
 PERIODS = ("day", "week", "month", "quarter", "year")
 ACCURACY_GROUPS = ("model_name", "version", "role", "store_id", "category", "horizon_bucket", "period")
@@ -64,11 +64,17 @@ class QualityRepository:
 
     def claim(self, kind: str, store_id: str, report_id: str, now: datetime) -> bool:
         """Record the report id; False when it was stored before (a duplicate delivery)."""
-        row = self.db.fetch_one(
-            "INSERT INTO monitoring_reports VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING report_id",
-            [kind, store_id, report_id, now],
+        return bool(self.claim_many([(kind, store_id, report_id)], now))
+
+    def claim_many(self, reports: Sequence[tuple[str, str, str]], now: datetime) -> set[tuple[str, str, str]]:
+        """Record many ``(kind, store_id, report_id)`` at once: those not stored before."""
+        wanted = {f"{kind}:{claim_id(store_id, report_id)}": (kind, store_id, report_id)
+                  for kind, store_id, report_id in reports}  # fmt: skip
+        rows = [[claim, *report, now] for claim, report in wanted.items()]
+        claimed = insert_claims(
+            self.db, "monitoring_reports (claim, kind, store_id, report_id, received_at)", rows
         )
-        return row is not None
+        return {wanted[c] for c in claimed}
 
     def insert_accuracy(self, report: AccuracyReport, now: datetime) -> None:
         """All rows of the report in one multi-row ``INSERT``."""

@@ -8,6 +8,7 @@ webhooks), a breach with one open only refreshes it (de-duplication), a clear ve
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -112,6 +113,15 @@ def _details(verdict: Verdict) -> str | None:
     return None if verdict.details is None else msgspec.json.encode(verdict.details).decode()
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """A report on its way into the group writer's batch."""
+
+    kind: str
+    report: AccuracyReport | DriftReport
+    categories: list[str]
+
+
 class QualityService:
     def __init__(
         self,
@@ -137,9 +147,7 @@ class QualityService:
 
     async def accept_accuracy(self, report: AccuracyReport, who: Principal) -> schemas.ReportAccepted:
         categories = sorted({r.category for r in report.rows})
-        accepted = await self._accept(
-            "accuracy", report, who, categories, len(report.rows), self.repo.insert_accuracy
-        )
+        accepted = await self._accept(_Pending("accuracy", report, categories), who, len(report.rows))
         if not accepted.duplicate:
             log.info(
                 "accuracy_report_stored", store_id=report.store_id, model_name=report.model_name,
@@ -151,9 +159,7 @@ class QualityService:
 
     async def accept_drift(self, report: DriftReport, who: Principal) -> schemas.ReportAccepted:
         categories = sorted({c.category for c in report.categories})
-        accepted = await self._accept(
-            "drift", report, who, categories, len(report.categories), self.repo.insert_drift
-        )
+        accepted = await self._accept(_Pending("drift", report, categories), who, len(report.categories))
         if not accepted.duplicate:
             log.info(
                 "drift_report_stored", store_id=report.store_id, model_name=report.model_name,
@@ -163,33 +169,19 @@ class QualityService:
             )  # fmt: skip
         return accepted
 
-    async def _accept(
-        self,
-        kind: str,
-        report: AccuracyReport | DriftReport,
-        who: Principal,
-        categories: list[str],
-        rows: int,
-        insert: Callable[[Any, datetime], None],
-    ) -> schemas.ReportAccepted:
+    async def _accept(self, pending: _Pending, who: Principal, rows: int) -> schemas.ReportAccepted:
         """Store a report once and evaluate the rules on it in the same transaction, then notify.
 
-        The writes go into the group writer's next batch and the answer waits for its commit. A reader
-        never sees a stored report without the alerts it fires; notifications (log line, webhooks, hooks)
-        leave only after the commit, so none announces an alert that was rolled back.
+        The writes go into the group writer's next batch (with every other report of it: ``_store``) and
+        the answer waits for its commit. A reader never sees a stored report without the alerts it fires;
+        notifications (log line, webhooks, hooks) leave only after the commit, so none announces an alert
+        that was rolled back.
         """
+        report = pending.report
         self._check_sender(report.store_id, who)
         if rows > MAX_ROWS_PER_REPORT:
-            raise InvalidInputError(f"a {kind} report holds at most {MAX_ROWS_PER_REPORT} rows")
-
-        def store() -> list[tuple[dict[str, Any], str]] | None:
-            now = utcnow()
-            if not self.repo.claim(kind, report.store_id, report.report_id, now):
-                return None
-            insert(report, now)
-            return self._evaluate(kind, report.model_name, report.store_id, categories, report.role)
-
-        changes = await self.writer.run(store)
+            raise InvalidInputError(f"a {pending.kind} report holds at most {MAX_ROWS_PER_REPORT} rows")
+        changes = await self.writer.run_grouped(self._store, pending)
         if changes is None:
             return schemas.ReportAccepted(report_id=report.report_id, duplicate=True)
         if changes:  # hooks may write (a retraining request): off the event loop
@@ -200,6 +192,28 @@ class QualityService:
             alerts_fired=sum(outcome == "fired" for _, outcome in changes),
             alerts_resolved=sum(outcome == "resolved" for _, outcome in changes),
         )
+
+    def _store(self, reports: list[_Pending]) -> list[list[tuple[dict[str, Any], str]] | None]:
+        """A batch's reports (in its transaction): one claim of all their ids, then each new one's rows
+        and rule evaluation; per report the alerts it fired or resolved, None for a duplicate."""
+        now = utcnow()
+        new = self.repo.claim_many([(p.kind, p.report.store_id, p.report.report_id) for p in reports], now)
+        outcomes: list[list[tuple[dict[str, Any], str]] | None] = []
+        for p in reports:
+            claim = (p.kind, p.report.store_id, p.report.report_id)
+            if claim not in new:  # stored before, or earlier in this batch
+                outcomes.append(None)
+                continue
+            new.discard(claim)
+            if isinstance(p.report, AccuracyReport):
+                self.repo.insert_accuracy(p.report, now)
+            else:
+                self.repo.insert_drift(p.report, now)
+            report = p.report
+            outcomes.append(
+                self._evaluate(p.kind, report.model_name, report.store_id, p.categories, report.role)
+            )
+        return outcomes
 
     def _notify_all(self, changes: list[tuple[dict[str, Any], str]]) -> None:
         for row, outcome in changes:
