@@ -121,6 +121,10 @@ class _Pending:
     report: AccuracyReport | DriftReport
     categories: list[str]
 
+    @property
+    def claim(self) -> tuple[str, str, str]:
+        return self.kind, self.report.store_id, self.report.report_id
+
 
 class QualityService:
     def __init__(
@@ -194,26 +198,23 @@ class QualityService:
         )
 
     def _store(self, reports: list[_Pending]) -> list[list[tuple[dict[str, Any], str]] | None]:
-        """A batch's reports (in its transaction): one claim of all their ids, then each new one's rows
-        and rule evaluation; per report the alerts it fired or resolved, None for a duplicate."""
+        """A batch's reports (in its transaction): one claim of all their ids, their rows in one insert a
+        table, then each new one's rule evaluation (over one read of the alerts they may touch); per report
+        the alerts it fired or resolved, None for a duplicate."""
         now = utcnow()
-        new = self.repo.claim_many([(p.kind, p.report.store_id, p.report.report_id) for p in reports], now)
-        outcomes: list[list[tuple[dict[str, Any], str]] | None] = []
+        new = self.repo.claim_many([p.claim for p in reports], now)
+        stored: list[_Pending | None] = []
         for p in reports:
-            claim = (p.kind, p.report.store_id, p.report.report_id)
-            if claim not in new:  # stored before, or earlier in this batch
-                outcomes.append(None)
-                continue
-            new.discard(claim)
-            if isinstance(p.report, AccuracyReport):
-                self.repo.insert_accuracy(p.report, now)
-            else:
-                self.repo.insert_drift(p.report, now)
-            report = p.report
-            outcomes.append(
-                self._evaluate(p.kind, report.model_name, report.store_id, p.categories, report.role)
-            )
-        return outcomes
+            stored.append(
+                p if p.claim in new else None
+            )  # a duplicate: stored before, or earlier in this batch
+            new.discard(p.claim)
+        fresh = [p for p in stored if p is not None]
+        self.repo.insert_accuracy([p.report for p in fresh if isinstance(p.report, AccuracyReport)], now)
+        self.repo.insert_drift([p.report for p in fresh if isinstance(p.report, DriftReport)], now)
+        scopes = {fingerprint(rule, key) for p in fresh for rule, key in self._scopes(p)}
+        firing = self.repo.open_alerts(sorted(scopes))
+        return [None if p is None else self._evaluate(p, firing) for p in stored]
 
     def _notify_all(self, changes: list[tuple[dict[str, Any], str]]) -> None:
         for row, outcome in changes:
@@ -272,33 +273,35 @@ class QualityService:
 
     # --- alerts -----------------------------------------------------------------------------------
 
-    def _evaluate(
-        self, kind: str, model_name: str, store_id: str, categories: list[str], role: str
-    ) -> list[tuple[dict[str, Any], str]]:
-        """Evaluate the rules of ``kind`` (inside the caller's transaction): the alerts fired or resolved.
+    def _scopes(self, p: _Pending) -> list[tuple[AlertRule, dict[str, str]]]:
+        """The rules a report is judged by, each with the scope keys it touches (none unless served)."""
+        if p.report.role != "served":
+            return []
+        return [
+            (rule, key)
+            for rule in self.config.rules
+            if rule.kind == p.kind
+            for key in self._keys(rule, p.report.model_name, p.report.store_id, p.categories)
+        ]
+
+    def _evaluate(self, p: _Pending, firing: dict[str, dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+        """Evaluate the rules of the report's kind (inside the caller's transaction): the alerts fired or
+        resolved. ``firing`` holds the open alerts of the scopes (kept current as alerts fire and resolve).
 
         A bug in a rule is logged and evaluates nothing, so it never turns the report into a retry loop.
         """
-        if role != "served":
-            return []
-        try:
-            return self._evaluate_rules(kind, model_name, store_id, categories)
-        except Exception as exc:
-            log.exception("alert_evaluation_failed", store_id=store_id, report_kind=kind, reason=str(exc))
-            return []
-
-    def _evaluate_rules(
-        self, kind: str, model_name: str, store_id: str, categories: list[str]
-    ) -> list[tuple[dict[str, Any], str]]:
         changes: list[tuple[dict[str, Any], str]] = []
-        for rule in self.config.rules:
-            if rule.kind != kind:
-                continue
-            for key in self._keys(rule, model_name, store_id, categories):
+        try:
+            for rule, key in self._scopes(p):
                 verdict, worst = self._judge(rule, key)
-                change = self._apply(rule, key, verdict, worst)
+                change = self._apply(rule, key, verdict, worst, firing)
                 if change is not None:
                     changes.append(change)
+        except Exception as exc:
+            log.exception(
+                "alert_evaluation_failed", store_id=p.report.store_id, report_kind=p.kind, reason=str(exc)
+            )
+            return []
         return changes
 
     @staticmethod
@@ -338,12 +341,18 @@ class QualityService:
         return points(found, rule.window, rule.baseline)[-periods:]
 
     def _apply(
-        self, rule: AlertRule, key: dict[str, str], verdict: Verdict, worst: list[str]
+        self,
+        rule: AlertRule,
+        key: dict[str, str],
+        verdict: Verdict,
+        worst: list[str],
+        firing: dict[str, dict[str, Any]],
     ) -> tuple[dict[str, Any], str] | None:
-        """Fire, refresh or resolve the alert of ``rule`` and ``key``; the fired or resolved row, if any."""
+        """Fire, refresh or resolve the alert of ``rule`` and ``key`` (``firing``: the open alerts by
+        fingerprint, updated); the fired or resolved row, if any."""
         fp = fingerprint(rule, key)
         now = utcnow()
-        current = self.repo.open_alert(fp)
+        current = firing.get(fp)
         if verdict.state == "firing" and current is None:
             row = {
                 "alert_id": new_id("alr"), "fingerprint": fp, "rule": rule.name, "metric": rule.metric,
@@ -354,6 +363,7 @@ class QualityService:
                 "evaluations": 1, "fired_at": now, "updated_at": now, "details": _details(verdict) or "{}",
             }  # fmt: skip
             self.repo.insert_alert(row)
+            firing[fp] = row
             return row, "fired"
         if verdict.state in ("firing", "holding") and current is not None:
             details = _details(verdict)
@@ -362,6 +372,7 @@ class QualityService:
         elif verdict.state == "ok" and current is not None:
             details = _details(verdict)
             self.repo.resolve_alert(current["alert_id"], verdict.value, details, now)
+            del firing[fp]
             return {**current, "status": "resolved", "value": verdict.value, "resolved_at": now,
                     "updated_at": now, "details": details or current.get("details")}, "resolved"  # fmt: skip
         return None
