@@ -51,6 +51,7 @@ from benchmarks.fleet_traffic import (  # noqa: E402 - after making the project 
     enroll_stores,
     offer_fleet,
 )
+from benchmarks.route_cpu import route_costs  # noqa: E402
 from shelfcast.procs import ServiceProcess  # noqa: E402
 
 AGENTS = {"full": 200, "tiny": 10}
@@ -69,6 +70,10 @@ FLEET10K = {
         stores=20, poll_seconds=1.0, heartbeat_seconds=1.0, burst_seconds=4.0, processes=2, connections=16
     ),
 }
+
+
+# Each hot route alone: stores enrolled, requests per second offered, requests measured per route.
+ROUTE_CPU = {"full": (200, 150.0, 600), "tiny": (5, 20.0, 20)}
 
 
 @dataclass
@@ -417,3 +422,24 @@ def test_fleet10k(benchmark: Any, figures: Any, bench_size: str, server: dict[st
     assert run.result.errors == [], run.result.errors[:10]
     assert run.answered == run.offered, (run.result.offered, run.result.answered)
     assert api_problems == [] and db_problems == [], (api_problems[:10], db_problems)
+
+
+def test_route_cpu(benchmark: Any, figures: Any, bench_size: str, server: dict[str, Any]) -> None:
+    """The server's CPU time per request of each hot route on its own, at a rate one process keeps up with."""
+    stores, rate, requests = ROUTE_CPU[bench_size]
+    names = [f"ROUTE-{i:04d}" for i in range(stores)]
+    tokens = asyncio.run(enroll_stores(server["url"], ADMIN, names, "ROUTE", concurrency=16))
+    pid = server["process"].proc.pid
+    figures.timing(None)
+    costs = benchmark.pedantic(
+        route_costs,
+        args=(server["url"], tokens, rate, requests, lambda: process_cpu_seconds(pid)),
+        rounds=1,
+        iterations=1,
+    )
+    figures.value("route_cpu_stores", stores, "stores")
+    figures.value("route_cpu_rate", rate, "req/s")
+    for cost in costs:
+        if cost.cpu_ms is not None:
+            figures.value(f"route_cpu_{cost.route}", cost.cpu_ms, "cpu-ms")
+    assert [e for cost in costs for e in cost.errors] == []

@@ -15,6 +15,30 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 
+def claim_id(store_id: str, key: str) -> str:
+    """The one-column key of a store's idempotency key (``report_keys.claim``, ``monitoring_reports.claim``
+    after the kind): ``<UTF-8 bytes of store_id>:<store_id>:<key>``, unambiguous whatever either holds."""
+    return f"{len(store_id.encode())}:{store_id}:{key}"
+
+
+CLAIMS_PER_INSERT = 500  # rows of one claiming INSERT (a prepared statement of a few thousand values)
+
+
+def insert_claims(db: SqlStore, target: str, rows: Sequence[Sequence[Any]]) -> set[str]:
+    """Insert ``rows`` into ``target`` (``"table (claim, ...)"``, the one-column key first) except those whose
+    claim is stored already; the claims that were new. One statement per ``CLAIMS_PER_INSERT`` rows."""
+    claimed: set[str] = set()
+    for start in range(0, len(rows), CLAIMS_PER_INSERT):
+        chunk = rows[start : start + CLAIMS_PER_INSERT]
+        values = ", ".join(["(" + ", ".join("?" * len(chunk[0])) + ")"] * len(chunk))
+        found = db.fetch_all(
+            f"INSERT INTO {target} VALUES {values} ON CONFLICT DO NOTHING RETURNING claim",  # noqa: S608 - fixed names
+            [value for row in chunk for value in row],
+        )
+        claimed.update(row["claim"] for row in found)
+    return claimed
+
+
 @runtime_checkable
 class SqlStore(Protocol):
     """A SQL database every thread of the server may use at once.

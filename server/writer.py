@@ -12,6 +12,12 @@ without it, in a new transaction; the failing request gets its own error. A comm
 is retried with each job in a transaction of its own. When the queue is full a new job is refused at
 once with ``OverloadedError`` (HTTP 429 with ``Retry-After``): nothing of it was written.
 
+Work that is cheaper done for many requests at once (one idempotency lookup for every key of the batch:
+each statement costs the database a fixed overhead of milliseconds) is a *grouped* job (``run_grouped``):
+the batch calls the group's function once with the items of all its requests that named it. When that
+call raises for several items, they are taken out of the batch and run again one by one, each in its own
+transaction, so a failing request still fails alone.
+
 The writer also carries a ``Flush``: writes kept in memory (such as the last contact of polling stores)
 that it writes at most every ``flush_every_seconds``, in the transaction of the first batch after that
 time, or on its own when no batch comes; and once more when it stops.
@@ -35,6 +41,7 @@ from server.storage import SqlStore
 log = get_logger("server.writer")
 
 T = TypeVar("T")
+Item = TypeVar("Item")
 
 
 class Flush(Protocol):
@@ -50,9 +57,14 @@ class Flush(Protocol):
         """Hold again what ``drain`` took, when its transaction did not commit."""
 
 
+Group = Callable[[list[Any]], list[Any]]  # the items of a batch's requests -> one result per item
+
+
 @dataclass(eq=False)
 class _Job:
-    work: Callable[[], Any]
+    work: Callable[[], Any] | None
+    group: Group | None = None
+    item: Any = None
     future: Future[Any] = field(default_factory=Future)
 
 
@@ -67,6 +79,14 @@ class _JobFailedError(Exception):
         super().__init__()
         self.job = job
         self.error = error
+
+
+class _GroupFailedError(Exception):
+    """A grouped call for several jobs raised: roll back, run the others, then each of these alone."""
+
+    def __init__(self, jobs: list[_Job]) -> None:
+        super().__init__()
+        self.jobs = jobs
 
 
 _STOP = object()
@@ -111,10 +131,17 @@ class GroupWriter:
         result: T = await asyncio.wrap_future(self._enqueue(work).future)
         return result
 
-    def _enqueue(self, work: Callable[[], Any]) -> _Job:
+    async def run_grouped(self, group: Callable[[list[Item]], list[T]], item: Item) -> T:
+        """Have ``group`` called with ``item`` and the items of every other request of the batch that names
+        the same ``group`` (in their order; it returns one result per item); this item's result, after
+        the commit."""
+        result: T = await asyncio.wrap_future(self._enqueue(None, group, item).future)
+        return result
+
+    def _enqueue(self, work: Callable[[], Any] | None, group: Group | None = None, item: Any = None) -> _Job:
         if not self._running:
             raise ServerError("the server's writer is not running")
-        job = _Job(work)
+        job = _Job(work, group, item)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -196,21 +223,24 @@ class GroupWriter:
         if not batch and held is None:
             return
         pending = list(batch)
-        while True:
+        alone: list[_Job] = []  # jobs of a failed group call: each runs again in a transaction of its own
+        while pending or held is not None:
             try:
                 results = self._transaction(pending, held)
             except _FlushFailedError:
                 log.exception("write_flush_failed", detail="what it held is dropped")
                 held = None
-                if pending:
-                    continue
-                return
+                continue
             except _JobFailedError as abort:
                 pending.remove(abort.job)
                 self._answer(abort.job, error=abort.error)
-                if pending or held is not None:
-                    continue
-                return
+                continue
+            except _GroupFailedError as abort:
+                log.warning("write_group_failed", jobs=len(abort.jobs), detail="each runs again alone")
+                for job in abort.jobs:
+                    pending.remove(job)
+                alone.extend(abort.jobs)
+                continue
             except Exception as exc:  # the commit itself failed: each job on its own
                 if self.flush is not None and held is not None:
                     self.flush.restore(held)
@@ -218,13 +248,14 @@ class GroupWriter:
                 if len(pending) == 1:
                     self._answer(pending[0], error=exc)
                 else:
-                    for job in pending:
-                        self._commit([job])
-                return
+                    alone.extend(pending)
+                break
             self.batches += 1
             for job, result in zip(pending, results, strict=True):
                 self._answer(job, result=result)
-            return
+            break
+        for job in alone:
+            self._commit([job])
 
     def _take_flush(self, *, flush_now: bool) -> Any:
         """What the flush holds, when it is due (or ``flush_now``); None otherwise."""
@@ -236,7 +267,11 @@ class GroupWriter:
         return self.flush.drain()
 
     def _transaction(self, jobs: list[_Job], held: Any) -> list[Any]:
-        results: list[Any] = []
+        results: dict[_Job, Any] = {}
+        groups: dict[Group, list[_Job]] = {}
+        for job in jobs:
+            if job.group is not None:
+                groups.setdefault(job.group, []).append(job)
         with self.db.transaction():
             if held is not None and self.flush is not None:
                 try:
@@ -244,11 +279,15 @@ class GroupWriter:
                 except Exception as exc:
                     raise _FlushFailedError from exc
             for job in jobs:
-                try:
-                    results.append(job.work())
-                except Exception as exc:
-                    raise _JobFailedError(job, exc) from exc
-        return results
+                if job.work is not None:
+                    try:
+                        results[job] = job.work()
+                    except Exception as exc:
+                        raise _JobFailedError(job, exc) from exc
+                elif job.group in groups:  # the group runs where its first job stands
+                    members = groups.pop(job.group)
+                    results.update(zip(members, _call_group(job.group, members), strict=True))
+        return [results[job] for job in jobs]
 
     def _answer(self, job: _Job, *, result: Any = None, error: BaseException | None = None) -> None:
         self.jobs += 1
@@ -256,3 +295,14 @@ class GroupWriter:
             job.future.set_exception(error)
         else:
             job.future.set_result(result)
+
+
+def _call_group(group: Group, members: list[_Job]) -> list[Any]:
+    """``group`` over the members' items: one result per member, or the error that makes them fail."""
+    try:
+        results = group([job.item for job in members])
+    except Exception as exc:
+        if len(members) == 1:
+            raise _JobFailedError(members[0], exc) from exc
+        raise _GroupFailedError(members) from exc
+    return results

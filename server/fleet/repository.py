@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from server.db import utcnow
-from server.storage import SqlStore
+from server.storage import SqlStore, claim_id, insert_claims
 
 STORE_COLUMNS = "store_id, model_name, name, region, type, size, tags, created_at, revoked_at"
 
@@ -167,11 +168,15 @@ class FleetRepository:
 
     def claim_report_key(self, store_id: str, key: str) -> bool:
         """Record ``key`` for ``store_id``; False when it was seen before (a retried delivery)."""
-        claimed = self.db.fetch_all(
-            "INSERT INTO report_keys VALUES (?, ?, ?) ON CONFLICT DO NOTHING RETURNING store_id",
-            [store_id, key, utcnow()],
-        )
-        return bool(claimed)
+        return bool(self.claim_report_keys([(store_id, key)], utcnow()))
+
+    def claim_report_keys(self, keys: Sequence[tuple[str, str]], now: datetime) -> set[tuple[str, str]]:
+        """Record many ``(store_id, key)`` at once: those not seen before (each checked through the
+        one-column key's index, one statement per ``CLAIMS_PER_INSERT``)."""
+        wanted = {claim_id(store_id, key): (store_id, key) for store_id, key in keys}
+        rows = [[claim, store_id, key, now] for claim, (store_id, key) in wanted.items()]
+        claimed = insert_claims(self.db, "report_keys (claim, store_id, idempotency_key, received_at)", rows)
+        return {wanted[c] for c in claimed}
 
     def store_exists(self, store_id: str) -> bool:
         return bool(self.db.scalar("SELECT count(*) FROM stores WHERE store_id = ?", [store_id]))

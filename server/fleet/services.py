@@ -307,7 +307,9 @@ class FleetService:
             if idempotency_key is None:
                 self.contacts.note(beat.store_id, utcnow(), sent_at)
                 return schemas.Accepted()
-            return await self.writer.run(lambda: self._keyed_contact(beat.store_id, idempotency_key, sent_at))
+            return await self.writer.run_grouped(
+                self._keyed_contacts, (beat.store_id, idempotency_key, sent_at)
+            )
         accepted, applied = await self.writer.run(lambda: self._store_heartbeat(row, who, idempotency_key))
         if applied:
             self._remember(beat.store_id, said, sent_at)
@@ -318,14 +320,21 @@ class FleetService:
         if last is None or sent_at >= last[1]:
             self._last_said[store_id] = (said, sent_at)
 
-    def _keyed_contact(self, store_id: str, idempotency_key: str, sent_at: datetime) -> schemas.Accepted:
-        """An unchanged heartbeat with a key (in a batch): claim the key, note the contact."""
+    def _keyed_contacts(self, beats: list[tuple[str, str, datetime]]) -> list[schemas.Accepted]:
+        """Unchanged heartbeats with keys, all of a batch's at once (``(store_id, key, sent_at)``): one
+        claim of their keys, then each new one is a contact noted in memory."""
         now = utcnow()
-        if not self.repo.claim_report_key(store_id, idempotency_key):
-            return schemas.Accepted(duplicate=True)
-        self.contacts.note(store_id, now, sent_at)
-        self._count_heartbeat(now)
-        return schemas.Accepted()
+        new = self.repo.claim_report_keys([(store_id, key) for store_id, key, _ in beats], now)
+        answers = []
+        for store_id, key, sent_at in beats:
+            if (store_id, key) not in new:  # seen before, or earlier in this batch
+                answers.append(schemas.Accepted(duplicate=True))
+                continue
+            new.discard((store_id, key))
+            self.contacts.note(store_id, now, sent_at)
+            self._count_heartbeat(now)
+            answers.append(schemas.Accepted())
+        return answers
 
     def _store_heartbeat(
         self, row: dict[str, Any], who: Principal, idempotency_key: str | None

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from forecasting.common.contracts import AccuracyReport, DriftReport
-from server.storage import SqlStore
+from server.storage import SqlStore, claim_id, insert_claims
 
 PERIODS = ("day", "week", "month", "quarter", "year")
 ACCURACY_GROUPS = ("model_name", "version", "role", "store_id", "category", "horizon_bucket", "period")
@@ -65,20 +65,27 @@ class QualityRepository:
 
     def claim(self, kind: str, store_id: str, report_id: str, now: datetime) -> bool:
         """Record the report id; False when it was stored before (a duplicate delivery)."""
-        row = self.db.fetch_one(
-            "INSERT INTO monitoring_reports VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING report_id",
-            [kind, store_id, report_id, now],
-        )
-        return row is not None
+        return bool(self.claim_many([(kind, store_id, report_id)], now))
 
-    def insert_accuracy(self, report: AccuracyReport, now: datetime) -> None:
-        """All rows of the report in one multi-row ``INSERT``."""
-        head = [report.report_id, report.store_id, report.model_name, report.version, report.role,
-                report.period_start, report.period_end]  # fmt: skip
+    def claim_many(self, reports: Sequence[tuple[str, str, str]], now: datetime) -> set[tuple[str, str, str]]:
+        """Record many ``(kind, store_id, report_id)`` at once: those not stored before."""
+        wanted = {f"{kind}:{claim_id(store_id, report_id)}": (kind, store_id, report_id)
+                  for kind, store_id, report_id in reports}  # fmt: skip
+        rows = [[claim, *report, now] for claim, report in wanted.items()]
+        claimed = insert_claims(
+            self.db, "monitoring_reports (claim, kind, store_id, report_id, received_at)", rows
+        )
+        return {wanted[c] for c in claimed}
+
+    def insert_accuracy(self, reports: Sequence[AccuracyReport], now: datetime) -> None:
+        """All rows of the reports in multi-row ``INSERT``s."""
         rows = [
-            [*head, r.category, r.horizon_bucket, r.n, r.abs_err_sum, r.abs_y_sum, r.err_sum,
-             r.scaled_abs_err_sum, r.scaled_n, r.covered.get("80"), r.covered.get("95"),
-             msgspec.json.encode(r.covered).decode(), r.backtest_wape, now, report.scoring_id]
+            [report.report_id, report.store_id, report.model_name, report.version, report.role,
+             report.period_start, report.period_end, r.category, r.horizon_bucket, r.n, r.abs_err_sum,
+             r.abs_y_sum, r.err_sum, r.scaled_abs_err_sum, r.scaled_n, r.covered.get("80"),
+             r.covered.get("95"), msgspec.json.encode(r.covered).decode(), r.backtest_wape, now,
+             report.scoring_id]
+            for report in reports
             for r in report.rows
         ]  # fmt: skip
         self._insert_rows("accuracy_rows", rows)
@@ -93,18 +100,25 @@ class QualityRepository:
             self.db.execute("DELETE FROM replenishment_latest WHERE store_id = ?", [report.store_id])
             self._insert_rows("replenishment_latest", totals)
 
-    def insert_drift(self, report: DriftReport, now: datetime) -> None:
-        """The report's head row, then all its category rows in one multi-row ``INSERT``."""
-        head = [report.report_id, report.store_id, report.model_name, report.version, report.role,
-                report.period_start, report.period_end]  # fmt: skip
-        self.db.execute(
-            "INSERT INTO drift_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [*head, report.unknown_item_share, report.missing_rate, now],
+    def insert_drift(self, reports: Sequence[DriftReport], now: datetime) -> None:
+        """The reports' head rows, then all their category rows, in multi-row ``INSERT``s."""
+        heads = [
+            [report.report_id, report.store_id, report.model_name, report.version, report.role,
+             report.period_start, report.period_end]
+            for report in reports
+        ]  # fmt: skip
+        self._insert_rows(
+            "drift_reports",
+            [
+                [*head, r.unknown_item_share, r.missing_rate, now]
+                for head, r in zip(heads, reports, strict=True)
+            ],
         )
         rows = [
             [*head, c.category, c.comparison, c.drifted, c.score, _test_stat(c.tests, "psi"),
              _test_stat(c.tests, "wasserstein"), _test_stat(c.tests, "ks_pvalue"),
              _test_stat(c.tests, "zero_rate"), msgspec.json.encode(c.tests).decode()]
+            for head, report in zip(heads, reports, strict=True)
             for c in report.categories
         ]  # fmt: skip
         self._insert_rows("drift_rows", rows)
@@ -273,8 +287,15 @@ class QualityRepository:
 
     # --- alerts -----------------------------------------------------------------------------------
 
-    def open_alert(self, fp: str) -> dict[str, Any] | None:
-        return self.db.fetch_one("SELECT * FROM alerts WHERE fingerprint = ? AND status = 'firing'", [fp])
+    def open_alerts(self, fingerprints: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The firing alerts of these fingerprints (one statement), by fingerprint."""
+        if not fingerprints:
+            return {}
+        rows = self.db.fetch_all(
+            "SELECT * FROM alerts WHERE status = 'firing' AND list_contains(?, fingerprint)",
+            [list(fingerprints)],
+        )
+        return {row["fingerprint"]: row for row in rows}
 
     def insert_alert(self, row: dict[str, Any]) -> None:
         cols = list(row)

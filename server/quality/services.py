@@ -8,6 +8,7 @@ webhooks), a breach with one open only refreshes it (de-duplication), a clear ve
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -119,6 +120,19 @@ def _details(verdict: Verdict) -> str | None:
     return None if verdict.details is None else msgspec.json.encode(verdict.details).decode()
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """A report on its way into the group writer's batch."""
+
+    kind: str
+    report: AccuracyReport | DriftReport
+    categories: list[str]
+
+    @property
+    def claim(self) -> tuple[str, str, str]:
+        return self.kind, self.report.store_id, self.report.report_id
+
+
 class QualityService:
     def __init__(
         self,
@@ -150,9 +164,7 @@ class QualityService:
         if len(report.replenishment) > MAX_ROWS_PER_REPORT:
             raise InvalidInputError(f"a report holds at most {MAX_ROWS_PER_REPORT} replenishment rows")
         categories = sorted({r.category for r in report.rows})
-        accepted = await self._accept(
-            "accuracy", report, who, categories, len(report.rows), self.repo.insert_accuracy
-        )
+        accepted = await self._accept(_Pending("accuracy", report, categories), who, len(report.rows))
         if not accepted.duplicate:
             log.info(
                 "accuracy_report_stored", store_id=report.store_id, model_name=report.model_name,
@@ -164,9 +176,7 @@ class QualityService:
 
     async def accept_drift(self, report: DriftReport, who: Principal) -> schemas.ReportAccepted:
         categories = sorted({c.category for c in report.categories})
-        accepted = await self._accept(
-            "drift", report, who, categories, len(report.categories), self.repo.insert_drift
-        )
+        accepted = await self._accept(_Pending("drift", report, categories), who, len(report.categories))
         if not accepted.duplicate:
             log.info(
                 "drift_report_stored", store_id=report.store_id, model_name=report.model_name,
@@ -176,33 +186,19 @@ class QualityService:
             )  # fmt: skip
         return accepted
 
-    async def _accept(
-        self,
-        kind: str,
-        report: AccuracyReport | DriftReport,
-        who: Principal,
-        categories: list[str],
-        rows: int,
-        insert: Callable[[Any, datetime], None],
-    ) -> schemas.ReportAccepted:
+    async def _accept(self, pending: _Pending, who: Principal, rows: int) -> schemas.ReportAccepted:
         """Store a report once and evaluate the rules on it in the same transaction, then notify.
 
-        The writes go into the group writer's next batch and the answer waits for its commit. A reader
-        never sees a stored report without the alerts it fires; notifications (log line, webhooks, hooks)
-        leave only after the commit, so none announces an alert that was rolled back.
+        The writes go into the group writer's next batch (with every other report of it: ``_store``) and
+        the answer waits for its commit. A reader never sees a stored report without the alerts it fires;
+        notifications (log line, webhooks, hooks) leave only after the commit, so none announces an alert
+        that was rolled back.
         """
+        report = pending.report
         self._check_sender(report.store_id, who)
         if rows > MAX_ROWS_PER_REPORT:
-            raise InvalidInputError(f"a {kind} report holds at most {MAX_ROWS_PER_REPORT} rows")
-
-        def store() -> list[tuple[dict[str, Any], str]] | None:
-            now = utcnow()
-            if not self.repo.claim(kind, report.store_id, report.report_id, now):
-                return None
-            insert(report, now)
-            return self._evaluate(kind, report.model_name, report.store_id, categories, report.role)
-
-        changes = await self.writer.run(store)
+            raise InvalidInputError(f"a {pending.kind} report holds at most {MAX_ROWS_PER_REPORT} rows")
+        changes = await self.writer.run_grouped(self._store, pending)
         if changes is None:
             return schemas.ReportAccepted(report_id=report.report_id, duplicate=True)
         if changes:  # hooks may write (a retraining request): off the event loop
@@ -213,6 +209,25 @@ class QualityService:
             alerts_fired=sum(outcome == "fired" for _, outcome in changes),
             alerts_resolved=sum(outcome == "resolved" for _, outcome in changes),
         )
+
+    def _store(self, reports: list[_Pending]) -> list[list[tuple[dict[str, Any], str]] | None]:
+        """A batch's reports (in its transaction): one claim of all their ids, their rows in one insert a
+        table, then each new one's rule evaluation (over one read of the alerts they may touch); per report
+        the alerts it fired or resolved, None for a duplicate."""
+        now = utcnow()
+        new = self.repo.claim_many([p.claim for p in reports], now)
+        stored: list[_Pending | None] = []
+        for p in reports:
+            stored.append(
+                p if p.claim in new else None
+            )  # a duplicate: stored before, or earlier in this batch
+            new.discard(p.claim)
+        fresh = [p for p in stored if p is not None]
+        self.repo.insert_accuracy([p.report for p in fresh if isinstance(p.report, AccuracyReport)], now)
+        self.repo.insert_drift([p.report for p in fresh if isinstance(p.report, DriftReport)], now)
+        scopes = {fingerprint(rule, key) for p in fresh for rule, key in self._scopes(p)}
+        firing = self.repo.open_alerts(sorted(scopes))
+        return [None if p is None else self._evaluate(p, firing) for p in stored]
 
     def _notify_all(self, changes: list[tuple[dict[str, Any], str]]) -> None:
         for row, outcome in changes:
@@ -314,33 +329,35 @@ class QualityService:
 
     # --- alerts -----------------------------------------------------------------------------------
 
-    def _evaluate(
-        self, kind: str, model_name: str, store_id: str, categories: list[str], role: str
-    ) -> list[tuple[dict[str, Any], str]]:
-        """Evaluate the rules of ``kind`` (inside the caller's transaction): the alerts fired or resolved.
+    def _scopes(self, p: _Pending) -> list[tuple[AlertRule, dict[str, str]]]:
+        """The rules a report is judged by, each with the scope keys it touches (none unless served)."""
+        if p.report.role != "served":
+            return []
+        return [
+            (rule, key)
+            for rule in self.config.rules
+            if rule.kind == p.kind
+            for key in self._keys(rule, p.report.model_name, p.report.store_id, p.categories)
+        ]
+
+    def _evaluate(self, p: _Pending, firing: dict[str, dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+        """Evaluate the rules of the report's kind (inside the caller's transaction): the alerts fired or
+        resolved. ``firing`` holds the open alerts of the scopes (kept current as alerts fire and resolve).
 
         A bug in a rule is logged and evaluates nothing, so it never turns the report into a retry loop.
         """
-        if role != "served":
-            return []
-        try:
-            return self._evaluate_rules(kind, model_name, store_id, categories)
-        except Exception as exc:
-            log.exception("alert_evaluation_failed", store_id=store_id, report_kind=kind, reason=str(exc))
-            return []
-
-    def _evaluate_rules(
-        self, kind: str, model_name: str, store_id: str, categories: list[str]
-    ) -> list[tuple[dict[str, Any], str]]:
         changes: list[tuple[dict[str, Any], str]] = []
-        for rule in self.config.rules:
-            if rule.kind != kind:
-                continue
-            for key in self._keys(rule, model_name, store_id, categories):
+        try:
+            for rule, key in self._scopes(p):
                 verdict, worst = self._judge(rule, key)
-                change = self._apply(rule, key, verdict, worst)
+                change = self._apply(rule, key, verdict, worst, firing)
                 if change is not None:
                     changes.append(change)
+        except Exception as exc:
+            log.exception(
+                "alert_evaluation_failed", store_id=p.report.store_id, report_kind=p.kind, reason=str(exc)
+            )
+            return []
         return changes
 
     @staticmethod
@@ -380,12 +397,18 @@ class QualityService:
         return points(found, rule.window, rule.baseline)[-periods:]
 
     def _apply(
-        self, rule: AlertRule, key: dict[str, str], verdict: Verdict, worst: list[str]
+        self,
+        rule: AlertRule,
+        key: dict[str, str],
+        verdict: Verdict,
+        worst: list[str],
+        firing: dict[str, dict[str, Any]],
     ) -> tuple[dict[str, Any], str] | None:
-        """Fire, refresh or resolve the alert of ``rule`` and ``key``; the fired or resolved row, if any."""
+        """Fire, refresh or resolve the alert of ``rule`` and ``key`` (``firing``: the open alerts by
+        fingerprint, updated); the fired or resolved row, if any."""
         fp = fingerprint(rule, key)
         now = utcnow()
-        current = self.repo.open_alert(fp)
+        current = firing.get(fp)
         if verdict.state == "firing" and current is None:
             row = {
                 "alert_id": new_id("alr"), "fingerprint": fp, "rule": rule.name, "metric": rule.metric,
@@ -396,6 +419,7 @@ class QualityService:
                 "evaluations": 1, "fired_at": now, "updated_at": now, "details": _details(verdict) or "{}",
             }  # fmt: skip
             self.repo.insert_alert(row)
+            firing[fp] = row
             return row, "fired"
         if verdict.state in ("firing", "holding") and current is not None:
             details = _details(verdict)
@@ -404,6 +428,7 @@ class QualityService:
         elif verdict.state == "ok" and current is not None:
             details = _details(verdict)
             self.repo.resolve_alert(current["alert_id"], verdict.value, details, now)
+            del firing[fp]
             return {**current, "status": "resolved", "value": verdict.value, "resolved_at": now,
                     "updated_at": now, "details": details or current.get("details")}, "resolved"  # fmt: skip
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -11,6 +12,9 @@ from click.testing import CliRunner
 
 from server.db import DB_FILE_NAME, Database
 from server.errors import StorageLockedError
+from server.fleet.repository import FleetRepository
+from server.migrations import MIGRATIONS
+from server.quality.repository import QualityRepository
 from shelfcast.cli import cli
 from tests.conftest import free_port
 from tests.server.conftest import (
@@ -78,6 +82,24 @@ def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     rows = con.execute("SELECT number, name FROM schema_migrations ORDER BY number").fetchall()
     con.close()
     assert rows[0] == (1, "registry and fleet")
+
+
+def test_idempotency_claims_stored_before_the_one_column_keys_still_count(tmp_path: Path) -> None:
+    """Keys and report ids stored under the old composite keys are carried into the one-column ``claim``
+    keys: sent again, they are duplicates; new ones (with ':' in them) are not."""
+    db = Database.open(tmp_path / "r.duckdb", migrate=False)
+    db.migrate([m for m in MIGRATIONS if m.number <= 11])
+    at = datetime(2026, 12, 1, 12)
+    db.execute("INSERT INTO report_keys VALUES ('S1', 'hb-1', ?), ('S1:x', 'y', ?)", [at, at])
+    db.execute("INSERT INTO monitoring_reports VALUES ('accuracy', 'S1', 'r-1', ?)", [at])
+    assert db.migrate() == [12]
+    fleet, quality = FleetRepository(db), QualityRepository(db)
+    with db.transaction():
+        new_keys = fleet.claim_report_keys([("S1", "hb-1"), ("S1", "hb-2"), ("S1", "x:y"), ("S1:x", "y")], at)
+        new_reports = quality.claim_many([("accuracy", "S1", "r-1"), ("drift", "S1", "r-1")], at)
+    db.close()
+    assert new_keys == {("S1", "hb-2"), ("S1", "x:y")}
+    assert new_reports == {("drift", "S1", "r-1")}
 
 
 def test_restart_backup_and_restore_keep_everything(

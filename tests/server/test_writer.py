@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -117,6 +118,37 @@ def test_a_failing_job_fails_alone_and_its_batch_mates_commit(db: Database) -> N
     assert isinstance(outcomes[11], NotFoundError)
     assert ids(db) == [*range(10), 1000]
     assert writer.batches < 10
+
+
+def test_grouped_jobs_run_once_per_batch_and_a_failing_one_fails_alone(db: Database) -> None:
+    """Thirty grouped requests (one of them breaking a constraint) and plain jobs between them: the group
+    runs with many items per call (one statement for them all); its failing call runs each item again
+    alone, so only the breaking request fails and every other one is committed once."""
+    db.execute("INSERT INTO items VALUES (1000)")
+    writer = writer_over(db)
+    calls: list[list[int]] = []
+
+    def insert_all(values: list[int]) -> list[int]:
+        calls.append(values)
+        db.execute(f"INSERT INTO items VALUES {', '.join('(?)' for _ in values)}", values)
+        return [-v for v in values]
+
+    async def offer() -> list[Any]:
+        grouped = [writer.run_grouped(insert_all, i) for i in [*range(15), 1000, *range(15, 29)]]
+        plain = [writer.run(insert(db, i)) for i in range(100, 105)]
+        return await asyncio.gather(*grouped, *plain, return_exceptions=True)
+
+    try:
+        outcomes = asyncio.run(offer())
+    finally:
+        writer.stop()
+    assert outcomes[:15] == [-i for i in range(15)]
+    assert "constraint" in str(outcomes[15]).lower()
+    assert outcomes[16:30] == [-i for i in range(15, 29)]
+    assert outcomes[30:] == list(range(100, 105))
+    assert ids(db) == [*range(29), *range(100, 105), 1000]
+    assert max(len(c) for c in calls) > 1  # many requests' items in one call
+    assert [1000] in calls  # the failing call's items ran again alone
 
 
 def test_a_full_queue_refuses_at_once_and_writes_nothing(db: Database) -> None:
