@@ -89,16 +89,21 @@ class QualityRepository:
             for r in report.rows
         ]  # fmt: skip
         self._insert_rows("accuracy_rows", rows)
-        totals = [
-            [*head[:4], report.period_end, t.category, t.items, t.items_to_order, t.proposed_units,
-             t.order_up_to_units, t.target_service_level, t.cycles, t.cycles_met,
-             t.achieved_service_level, now]
-            for t in report.replenishment
-        ]  # fmt: skip
-        self._insert_rows("replenishment_rows", totals)
-        if totals:
-            self.db.execute("DELETE FROM replenishment_latest WHERE store_id = ?", [report.store_id])
-            self._insert_rows("replenishment_latest", totals)
+        latest: dict[str, list[list[Any]]] = {}  # per store, the totals of its last report carrying any
+        for report in reports:
+            totals = [
+                [report.report_id, report.store_id, report.model_name, report.version, report.period_end,
+                 t.category, t.items, t.items_to_order, t.proposed_units, t.order_up_to_units,
+                 t.target_service_level, t.cycles, t.cycles_met, t.achieved_service_level, now]
+                for t in report.replenishment
+            ]  # fmt: skip
+            if totals:
+                self._insert_rows("replenishment_rows", totals)
+                latest[report.store_id] = totals
+        if latest:
+            marks = ", ".join("?" * len(latest))
+            self.db.execute(f"DELETE FROM replenishment_latest WHERE store_id IN ({marks})", list(latest))  # noqa: S608
+            self._insert_rows("replenishment_latest", [row for rows in latest.values() for row in rows])
 
     def insert_drift(self, reports: Sequence[DriftReport], now: datetime) -> None:
         """The reports' head rows, then all their category rows, in multi-row ``INSERT``s."""
