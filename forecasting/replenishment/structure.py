@@ -102,7 +102,8 @@ def _label_structure(
         inner = manifest.models.get(member) or ModelEntry(state="refit-at-edge", family=member)
         intermittent |= inner.family in INTERMITTENT_FAMILIES
         alpha, _ = _single(member, inner, manifest, states, keys)
-        values = alpha if isinstance(alpha, pl.Series) else keys.select(alpha).to_series()
+        # a member's constant alpha (a literal) is broadcast to one value per series of the label
+        values = alpha if isinstance(alpha, pl.Series) else keys.with_columns(_alpha=alpha)["_alpha"]
         total = values * weight if total is None else total + values * weight
     return (total if total is not None else pl.lit(DEFAULT_ALPHA)), 0, intermittent
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import msgspec
 
-from shelfcast.simulate.options import Candidate, SimulationOptions
+from shelfcast.simulate.options import Candidate, SimulationError, SimulationOptions
 from shelfcast.simulate.replay import run_simulation
 from shelfcast.simulate.report import render_summary
 
@@ -63,6 +63,25 @@ def _candidate_models(value: str) -> Candidate:
     if not names:
         raise click.BadParameter(f"expected MODEL[,MODEL...][:LABEL], e.g. Naive:worse, got {value!r}")
     return Candidate(models=names, label=label)
+
+
+def _candidate_train(value: str) -> Candidate:
+    """``FILE`` or ``FILE:LABEL``: a candidate trained like the champion with the file's ``[train]`` table
+    laid over the champion's training settings."""
+    import tomllib
+
+    name, _, label = value.partition(":")
+    path = Path(name)
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("train")
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"{name}: {exc}") from None
+    if not isinstance(table, dict) or not table:
+        raise click.BadParameter(f"{name}: no [train] table of settings to override")
+    try:
+        return Candidate(train=table, label=label)
+    except SimulationError as exc:
+        raise click.BadParameter(f"{name}: {exc}") from None
 
 
 @click.command("simulate")
@@ -123,6 +142,13 @@ def _candidate_models(value: str) -> Candidate:
     "(repeatable; after the --candidate-bundle ones).",
 )
 @click.option(
+    "--candidate-train",
+    "candidate_trains",
+    multiple=True,
+    help="FILE[:LABEL]: roll out a candidate trained like the champion with FILE's [train] table (TOML, "
+    "e.g. models, windows, ensemble_top_k) laid over the champion's settings (repeatable; last).",
+)
+@click.option(
     "--plan",
     "plan_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -163,6 +189,7 @@ def simulate(
     candidates: tuple[str, ...],
     candidate_bundles: tuple[str, ...],
     candidate_models: tuple[str, ...],
+    candidate_trains: tuple[str, ...],
     plan_file: Path | None,
     agent_processes: int,
     engine_interval: float,
@@ -178,6 +205,12 @@ def simulate(
     """
     import shutil
 
+    rollouts = [
+        *(_candidate(c) for c in candidates),
+        *(_candidate_bundle(c) for c in candidate_bundles),
+        *(_candidate_models(c) for c in candidate_models),
+        *(_candidate_train(c) for c in candidate_trains),
+    ]
     if state_dir.exists():
         shutil.rmtree(state_dir)
     state_dir.mkdir(parents=True)
@@ -196,11 +229,7 @@ def simulate(
         seed=seed,
         replay_noise=replay_noise,
         model_name=model_name,
-        candidates=[
-            *(_candidate(c) for c in candidates),
-            *(_candidate_bundle(c) for c in candidate_bundles),
-            *(_candidate_models(c) for c in candidate_models),
-        ],
+        candidates=rollouts,
         plan_file=plan_file,
         agent_processes=agent_processes,
         engine_interval_seconds=engine_interval,

@@ -16,6 +16,33 @@ class SimulationError(ForecastingError):
     """The simulation could not run (a step failed; the message says which and where to look)."""
 
 
+# The simulation's own [train] settings: every version it rolls out forecasts the same horizon under the
+# same model name, so a candidate cannot override them.
+SIMULATION_TRAIN_SETTINGS = frozenset({"model_name", "horizon"})
+
+
+def check_train_overrides(overrides: dict[str, Any], where: str) -> None:
+    """Fail, naming ``where`` and the setting, unless ``overrides`` are valid ``[train]`` settings."""
+    import msgspec
+
+    from forecasting.common.config import TrainSection
+    from forecasting.common.errors import ConfigError
+    from forecasting.models.families import check_candidates
+
+    known = {f.encode_name for f in msgspec.structs.fields(TrainSection)}
+    for key in overrides:
+        if key in SIMULATION_TRAIN_SETTINGS:
+            raise SimulationError(f"{where}: train.{key} is set by the simulation, not by a candidate")
+        if key not in known:
+            settings = ", ".join(sorted(known))
+            raise SimulationError(f"{where}: unknown training setting train.{key} (known: {settings})")
+    try:
+        section = msgspec.convert(overrides, TrainSection)
+        check_candidates(section)
+    except (msgspec.ValidationError, ConfigError) as exc:
+        raise SimulationError(f"{where}: bad training settings: {exc}") from None
+
+
 @dataclass
 class Candidate:
     """A version to roll out: a bundle (the champion's by default) re-signed with forecast adjustments.
@@ -23,7 +50,9 @@ class Candidate:
     ``multiply`` scales every forecast (1.0: a new version that forecasts like the champion; 1.3: a
     deliberately bad one). ``bundle``: any trained bundle instead of the champion's (trained on the
     history before the replay, like the champion, for a fair comparison). ``models``: the simulation
-    trains the candidate itself, on the champion's history and settings with these models. ``plan``
+    trains the candidate itself, on the champion's history and settings with these models. ``train``:
+    ``[train]`` settings (e.g. ``{"windows": 3, "ensemble_top_k": 3}``) laid over the champion's when the
+    simulation trains the candidate (any of them, ``models`` too, makes it a trained candidate). ``plan``
     (a plan as a dict) or ``plan_file`` (TOML) overrides the simulation's
     plan. ``untrusted_by`` lists stores whose agents do not trust the key that signs this candidate (the
     candidate is signed with a second key the server trusts), so they cannot activate it.
@@ -35,17 +64,33 @@ class Candidate:
     label: str = ""
     bundle: Path | None = None
     models: list[str] = field(default_factory=list)
+    train: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] | None = None
     plan_file: Path | None = None
     untrusted_by: list[str] = field(default_factory=list)
     kill_server_after_periods: int | None = None
 
+    def __post_init__(self) -> None:
+        check_train_overrides(self.train, f"candidate {self.describe()!r}")
+        if self.models and "models" in self.train:
+            raise SimulationError(
+                f"candidate {self.describe()!r}: models given twice (as models and as train.models)"
+            )
+
+    @property
+    def trained(self) -> bool:
+        """Whether the simulation trains this candidate (rather than re-signing a bundle)."""
+        return bool(self.models or self.train)
+
     def describe(self) -> str:
         """The reason its bundle and rollout carry: the label, or what the candidate is made of."""
         if self.label:
             return self.label
-        if self.models:
-            return f"simulated candidate trained with {', '.join(self.models)}"
+        models = self.models or self.train.get("models", [])
+        if self.trained:
+            settings = ", ".join(f"{k}={v}" for k, v in self.train.items() if k != "models")
+            made_of = f"with {', '.join(models)}" if models else "with the champion's models"
+            return f"simulated candidate trained {made_of}{'; ' + settings if settings else ''}"
         if self.bundle is not None:
             return f"simulated candidate from bundle {self.bundle.name} x{self.multiply}"
         return f"simulated candidate x{self.multiply}"

@@ -7,16 +7,38 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shelfcast.simulate.fleet import check_response, toml_document
-from shelfcast.simulate.options import SimulationError
+from shelfcast.simulate.options import SimulationError, check_train_overrides
 
 if TYPE_CHECKING:
     from shelfcast.simulate.fleet import Fleet
-    from shelfcast.simulate.options import Candidate
+    from shelfcast.simulate.options import Candidate, SimulationOptions
     from shelfcast.simulate.report import Timings
     from shelfcast.simulate.sources import FleetData
+
+
+def training_settings(
+    data: FleetData, options: SimulationOptions, overrides: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The training config (``[data]`` and ``[train]`` tables) of a simulation's versions: the champion's
+    settings, with ``overrides`` (checked by :func:`check_train_overrides`) laid over ``[train]``."""
+    check_train_overrides(overrides, "training overrides")
+    train: dict[str, Any] = {
+        "model_name": options.model_name,
+        "horizon": options.horizon,
+        "season_length": data.season_length,
+        "models": list(options.train_models),
+        "fallback": "Naive",
+        "windows": 1,
+        "metric": "mae",
+        "select_by": "category",
+    }
+    return {
+        "data": {"freq": data.freq, "negative_values": "keep", "fill_gaps": "zero"},
+        "train": {**train, **overrides},
+    }
 
 
 class Publisher:
@@ -36,14 +58,15 @@ class Publisher:
         started = time.monotonic()
         self.next_version = self._first_free_version()
         version = self.next_version
-        out = self.train(list(self.options.train_models), version)
+        out = self.train(version)
         self.next_version = version + 1
         self.champion_bundle = out
         self.timings.add("train", started)
         return out
 
-    def train(self, models: list[str], version: int) -> Path:
-        """``shelfcast train`` of ``models`` on the history before the replay, signed as ``version``."""
+    def train(self, version: int, overrides: dict[str, Any] | None = None) -> Path:
+        """``shelfcast train`` on the history before the replay, signed as ``version``: the champion's
+        settings with ``overrides`` laid over its ``[train]`` section."""
         from forecasting.data.frames import write_frame
 
         data_dir = self.state_dir / "data"
@@ -52,23 +75,7 @@ class Publisher:
         if not history.exists():
             write_frame(self.data.history, history)
         config = data_dir / f"train-v{version}.toml"
-        config.write_text(
-            toml_document(
-                {
-                    "data": {"freq": self.data.freq, "negative_values": "keep", "fill_gaps": "zero"},
-                    "train": {
-                        "model_name": self.options.model_name,
-                        "horizon": self.options.horizon,
-                        "season_length": self.data.season_length,
-                        "models": models,
-                        "fallback": "Naive",
-                        "windows": 1,
-                        "metric": "mae",
-                        "select_by": "category",
-                    },
-                }
-            )
-        )
+        config.write_text(toml_document(training_settings(self.data, self.options, overrides or {})))
         out = self.state_dir / "models" / f"{self.options.model_name}-v{version}"
         log_path = self.fleet.logs / "train.log"
         with log_path.open("ab") as fh:
@@ -131,11 +138,12 @@ class Publisher:
         from forecasting.bundle.format import read_manifest
         from forecasting.commands.bundle import adjust_bundle
 
-        if candidate.models and candidate.bundle is None and not candidate.untrusted_by:
+        if candidate.trained and candidate.bundle is None and not candidate.untrusted_by:
             version = self.next_version
             self.next_version += 1
             started = time.monotonic()
-            trained = self.train(candidate.models, version)
+            overrides = {**({"models": candidate.models} if candidate.models else {}), **candidate.train}
+            trained = self.train(version, overrides)
             self.timings.add("train_candidates", started)
             if candidate.multiply == 1.0:
                 return trained, version

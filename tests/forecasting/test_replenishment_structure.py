@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from pathlib import Path
 
+import msgspec
 import polars as pl
 import pytest
 
 from forecasting.bundle.format import read_manifest
 from forecasting.bundle.scoring import score
+from forecasting.bundle.signing import generate_key_files
+from forecasting.common.config import DataConfig, TrainConfig, TrainSection
 from forecasting.models.fitted import load_fitted
 from forecasting.replenishment.policy import CYCLE
 from forecasting.replenishment.proposals import PROPOSAL_COLUMNS, proposals
 from forecasting.replenishment.structure import error_structure
+from forecasting.training.pipeline import train, write_run
 from tests.forecasting._bundles import build_bundle, key_pair, small_frame
 
 
@@ -125,3 +130,20 @@ def test_weekly_forecasts_count_orders_due_within_lead_time_and_review_period_in
     rows = out.rows_by_key("item_id", named=True, unique=True)
     assert rows["I00001"]["inventory_position"] == 15.0
     assert rows["I00002"]["inventory_position"] == 5.0
+
+
+def test_an_ensemble_of_constant_alpha_members_weighs_their_alphas(tmp_path: Path) -> None:
+    """Ensemble(Naive+SeasonalNaive): every series gets the members' weighted alpha (1 and 0: 0.5)."""
+    frame = small_frame(stores=1, items=3, days=120)
+    section = TrainSection(horizon=7, season_length=7, levels=[80])
+    section = msgspec.structs.replace(section, models=["Naive", "SeasonalNaive"], ensemble_top_k=2)
+    result = train(frame, TrainConfig(data=DataConfig(freq="D"), train=section))
+    label = "Ensemble(Naive+SeasonalNaive)"
+    forced = result.assignment.with_columns(pl.lit(label).alias("model"))
+    key, _, _ = generate_key_files(tmp_path / "k")
+    write_run(dataclasses.replace(result, assignment=forced), tmp_path / "b", signing_key=key)
+    forecasts = score(tmp_path / "b", frame)
+    assert set(forecasts["model"]) == {label}
+    structure = error_structure(tmp_path / "b", frame, forecasts)
+    assert structure.height == 3
+    assert structure["alpha"].to_list() == pytest.approx([0.5, 0.5, 0.5])

@@ -76,7 +76,7 @@ def test_a_report_without_totals_decodes_with_none() -> None:
 
 
 def test_migration_11_adds_its_table_and_keeps_older_rows(tmp_path: Path) -> None:
-    """A database at migration 10 with an accuracy row migrates on: the row stays, the new tables are empty."""
+    """A database at migration 10 with an accuracy row migrates on: the row stays, the new ones are empty."""
     path = tmp_path / "old.duckdb"
     db = Database.open(path, migrate=False)
     db.migrate([m for m in MIGRATIONS if m.number <= 10])
