@@ -56,13 +56,16 @@ BETTER_TRAIN: dict[str, Any] = {
     "ensemble_top_k": 2,
 }
 FACTORS = (1.05, 0.95, 1.02, 0.98)
-# The target rows first; the power curve's inner points (close to the 5 % bar, slow to decide) last.
+# The target rows first; the power curve's inner points (close to the 5 % bar, slow to decide) last. The
+# better model goes first: it is better than the champion in 9 of the 11 four-week blocks of the replay but
+# worse over the 2011 holidays (replay weeks 9-16, paired ratio 1.29), which a later slot would meet; the
+# champion's own forecasts scaled (x1.05, ...) keep their ratio whatever the weeks.
 CANDIDATES = (
+    Candidate(train=BETTER_TRAIN, label="better_model"),
     Candidate(multiply=1.05, label="x1.05"),
     Candidate(multiply=0.95, label="x0.95"),
     Candidate(models=["Naive"], label="worse_model"),
     Candidate(multiply=1.0, label="x1.00"),
-    Candidate(train=BETTER_TRAIN, label="better_model"),
     Candidate(multiply=1.02, label="x1.02"),
     Candidate(multiply=0.98, label="x0.98"),
 )
