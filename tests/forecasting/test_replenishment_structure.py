@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import msgspec
@@ -52,19 +52,15 @@ def test_structure_takes_alpha_from_the_fitted_state_and_the_season_from_seasona
     assert structure.height == 4
 
 
-def test_only_orders_due_within_lead_time_and_review_period_count(
-    scored: tuple[Path, pl.DataFrame, pl.DataFrame],
-) -> None:
-    """An order due on the last day of lead time + review period counts; one due the day after does not."""
-    bundle, frame, forecasts = scored
-    first = forecasts["ds"].min()
-    positions = pl.DataFrame(
+def _positions(backorders: list[float], review_period_days: int) -> pl.DataFrame:
+    """Positions of items I00001 and I00002: 5 on hand, lead time 2, 90 % cycle service, no constraints."""
+    return pl.DataFrame(
         {
             "item_id": ["I00001", "I00002"],
             "on_hand": [5.0, 5.0],
-            "backorders": [0.0, 2.0],
+            "backorders": backorders,
             "lead_time_days": [2, 2],
-            "review_period_days": [3, 3],
+            "review_period_days": [review_period_days] * 2,
             "service_metric": [CYCLE, CYCLE],
             "target_service_level": [0.9, 0.9],
             "pack_size": [1.0, 1.0],
@@ -77,13 +73,21 @@ def test_only_orders_due_within_lead_time_and_review_period_count(
             "shelf_capacity": pl.Float64,
         },
     )
-    orders = pl.DataFrame(
-        {
-            "item_id": ["I00001", "I00002"],
-            "due_date": [first + timedelta(days=4), first + timedelta(days=5)],
-            "quantity": [10.0, 10.0],
-        }
-    )
+
+
+def _orders(due: list[date]) -> pl.DataFrame:
+    """One open order of 10 for each of I00001 and I00002, due on ``due``."""
+    return pl.DataFrame({"item_id": ["I00001", "I00002"], "due_date": due, "quantity": [10.0, 10.0]})
+
+
+def test_only_orders_due_within_lead_time_and_review_period_count(
+    scored: tuple[Path, pl.DataFrame, pl.DataFrame],
+) -> None:
+    """An order due on the last day of lead time + review period counts; one due the day after does not."""
+    bundle, frame, forecasts = scored
+    first = forecasts["ds"].min()
+    positions = _positions(backorders=[0.0, 2.0], review_period_days=3)
+    orders = _orders([first + timedelta(days=4), first + timedelta(days=5)])
     out = proposals(forecasts, error_structure(bundle, frame, forecasts), positions, orders)
     assert out.columns == PROPOSAL_COLUMNS
     rows = out.rows_by_key("item_id", named=True, unique=True)
@@ -100,32 +104,8 @@ def test_weekly_forecasts_count_orders_due_within_lead_time_and_review_period_in
     bundle, frame, forecasts = scored
     first = forecasts["ds"].min()
     weekly = forecasts.with_columns(ds=first + (pl.col("ds") - first) * 7)
-    positions = pl.DataFrame(
-        {
-            "item_id": ["I00001", "I00002"],
-            "on_hand": [5.0, 5.0],
-            "backorders": [0.0, 0.0],
-            "lead_time_days": [2, 2],
-            "review_period_days": [1, 1],
-            "service_metric": [CYCLE, CYCLE],
-            "target_service_level": [0.9, 0.9],
-            "pack_size": [1.0, 1.0],
-            "min_order": [0.0, 0.0],
-            "shelf_capacity": [None, None],
-        },
-        schema_overrides={
-            "lead_time_days": pl.Int32,
-            "review_period_days": pl.Int32,
-            "shelf_capacity": pl.Float64,
-        },
-    )
-    orders = pl.DataFrame(
-        {
-            "item_id": ["I00001", "I00002"],
-            "due_date": [first + timedelta(weeks=2), first + timedelta(weeks=3)],
-            "quantity": [10.0, 10.0],
-        }
-    )
+    positions = _positions(backorders=[0.0, 0.0], review_period_days=1)
+    orders = _orders([first + timedelta(weeks=2), first + timedelta(weeks=3)])
     out = proposals(weekly, error_structure(bundle, frame, weekly), positions, orders)
     rows = out.rows_by_key("item_id", named=True, unique=True)
     assert rows["I00001"]["inventory_position"] == 15.0
